@@ -1,0 +1,121 @@
+//! Process-private handle counts, one per slot, that decide when this process's holder bit is set
+//! and cleared.
+//!
+//! A participant owns one holder bit per slot however many handles its threads have. The first
+//! handle sets the bit, the last clears it. The 0→1 and 1→0 transitions must not interleave (a
+//! late "clear" after another thread's "set" would drop a holding that still has a handle), so each
+//! transition runs with the count word set to [`TRANSITION`]; other threads of this process wait
+//! for the one shared-memory RMW the transition does. Counts between 1 and 2³¹ change by plain CAS.
+//!
+//! This memory is private to the process: no peer can touch it, and it dies with the process
+//! (the survivors then clear the dead participant's bits; see `ClassSlots::reclaim`).
+
+use crate::sync::{AtomicU32, Ordering, spin_hint};
+
+/// The count word while a thread sets or clears the holder bit.
+const TRANSITION: u32 = 1 << 31;
+
+/// One handle count per slot of the pool.
+pub struct LocalRefs {
+    counts: Box<[AtomicU32]>,
+}
+
+impl LocalRefs {
+    /// Counts for `slots` slots, all zero.
+    pub fn new(slots: usize) -> Self {
+        LocalRefs {
+            counts: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    /// Records the handle of a slot this process has just allocated (its bit is already set).
+    pub fn first_after_alloc(&self, i: usize) {
+        // Another thread of ours may still be finishing a 1→0 transition of this slot's previous
+        // life (it cleared the bit, which let us claim the slot, and has yet to store 0).
+        while self.counts[i]
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            spin_hint();
+        }
+    }
+
+    /// Adds a handle to a slot this process already holds (a clone).
+    pub fn add_held(&self, i: usize) {
+        let prev = self.counts[i].fetch_add(1, Ordering::Relaxed);
+        if prev >= TRANSITION - 1 {
+            // Like `Arc`: 2³¹ handles means a leak loop, and wrapping would free a held slot.
+            std::process::abort();
+        }
+    }
+
+    /// Adds a handle. `first` runs (and must set the holder bit) when this is the process's first
+    /// handle; `again` runs otherwise. If either fails, the count is as it was before.
+    pub fn acquire<E>(
+        &self,
+        i: usize,
+        first: impl FnOnce() -> Result<(), E>,
+        again: impl FnOnce() -> Result<(), E>,
+        last: impl FnOnce(),
+    ) -> Result<(), E> {
+        let count = &self.counts[i];
+        loop {
+            let v = count.load(Ordering::Acquire);
+            if v == TRANSITION {
+                spin_hint();
+            } else if v == 0 {
+                if count
+                    .compare_exchange_weak(0, TRANSITION, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let r = first();
+                    // SYNC POINT (transition end): Release pairs with the Acquire loads above, so
+                    // the next thread sees our shared-memory RMW done.
+                    count.store(if r.is_ok() { 1 } else { 0 }, Ordering::Release);
+                    return r;
+                }
+            } else if count
+                .compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                let r = again();
+                if r.is_err() {
+                    self.release(i, last);
+                }
+                return r;
+            }
+        }
+    }
+
+    /// Drops a handle. `last` runs (and must clear the holder bit) when it was the last one.
+    pub fn release(&self, i: usize, last: impl FnOnce()) {
+        let count = &self.counts[i];
+        loop {
+            let v = count.load(Ordering::Acquire);
+            if v == TRANSITION || v == 0 {
+                // 0 cannot happen for a caller that holds a handle; waiting is the safe answer to
+                // a transition in progress.
+                spin_hint();
+            } else if v == 1 {
+                if count
+                    .compare_exchange_weak(1, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    last();
+                    count.store(0, Ordering::Release);
+                    return;
+                }
+            } else if count
+                .compare_exchange_weak(v, v - 1, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The current count (for tests and diagnostics).
+    pub fn count(&self, i: usize) -> u32 {
+        self.counts[i].load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,160 @@
+//! Buffer handles: [`BufMut`] (exclusive, writable, not yet shared) freezes into [`Buf`]
+//! (read-only, cloneable, shareable). Dropping the last handle of a slot in a process clears that
+//! process's holder bit; the slot is free when no process and no in-flight descriptor holds it.
+
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+
+use super::{Desc, DescError, Pool, ShareError};
+use crate::alloc::SlotError;
+
+/// One local handle: the pool, and the checked descriptor of a slot this process holds.
+struct Lease {
+    pool: Pool,
+    desc: Desc,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.shared.release(&self.desc);
+    }
+}
+
+/// A freshly allocated buffer, writable by this process alone. Dereferences to `&mut [u8]` of the
+/// requested length.
+pub struct BufMut {
+    lease: Lease,
+}
+
+impl BufMut {
+    pub(super) fn new(pool: Pool, desc: Desc) -> Self {
+        BufMut {
+            lease: Lease { pool, desc },
+        }
+    }
+
+    /// Bytes this buffer can hold (its slot size).
+    pub fn capacity(&self) -> usize {
+        self.lease.pool.shared.layout.classes[self.lease.desc.class as usize].slot_size
+    }
+
+    /// Changes the length (the bytes a receiver will see), up to the capacity.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.capacity(),
+            "length {len} beyond capacity {}",
+            self.capacity()
+        );
+        self.lease.desc.len = len as u32;
+    }
+
+    /// Makes the buffer read-only and shareable.
+    pub fn freeze(self) -> Buf {
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so moving the lease out of it transfers
+        // the one local handle it owns to the `Buf` without a second release.
+        let lease = unsafe { std::ptr::read(&this.lease) };
+        Buf { lease }
+    }
+}
+
+impl Deref for BufMut {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let d = &self.lease.desc;
+        // SAFETY: the slot is inside our writable data mapping (the descriptor was checked at
+        // allocation), and this process claimed it by CAS: by the pool's protocol no other process
+        // writes it until it is shared, and `&self` excludes writers in this process.
+        unsafe { std::slice::from_raw_parts(self.lease.pool.shared.slot_ptr(d), d.len as usize) }
+    }
+}
+
+impl DerefMut for BufMut {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let d = &self.lease.desc;
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference in this process, and
+        // the allocation protocol makes this process the only writer.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.lease.pool.shared.slot_ptr(d), d.len as usize)
+        }
+    }
+}
+
+impl fmt::Debug for BufMut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufMut")
+            .field("desc", &self.lease.desc)
+            .finish()
+    }
+}
+
+/// A frozen buffer: read-only, cheap to clone within the process, shareable with others by
+/// descriptor.
+pub struct Buf {
+    lease: Lease,
+}
+
+impl Buf {
+    pub(super) fn from_held(pool: Pool, desc: Desc) -> Self {
+        Buf {
+            lease: Lease { pool, desc },
+        }
+    }
+
+    /// A descriptor that one other process can turn into a handle with [`Pool::import`] (or drop
+    /// with [`Pool::discard`]). Until then it keeps the slot alive even if every handle is dropped.
+    pub fn share(&self) -> Result<Desc, ShareError> {
+        let d = self.lease.desc;
+        let shared = &self.lease.pool.shared;
+        shared
+            .class(d.class as usize)
+            .lend(d.slot as usize, d.generation, shared.me, 1)
+            .map_err(|e| match e {
+                SlotError::TooManyInFlight => ShareError::TooManyInFlight,
+                other => ShareError::Corrupted(DescError::from_slot(other)),
+            })?;
+        Ok(d)
+    }
+
+    /// The descriptor of this buffer (for logging; to send it, use [`Buf::share`]).
+    pub fn desc(&self) -> Desc {
+        self.lease.desc
+    }
+}
+
+impl Clone for Buf {
+    fn clone(&self) -> Self {
+        let d = self.lease.desc;
+        let shared = &self.lease.pool.shared;
+        shared
+            .local
+            .add_held(shared.layout.classes[d.class as usize].first_slot + d.slot as usize);
+        Buf {
+            lease: Lease {
+                pool: self.lease.pool.clone(),
+                desc: d,
+            },
+        }
+    }
+}
+
+impl Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let d = &self.lease.desc;
+        // SAFETY: the descriptor was checked against the layout, so the bytes lie inside the
+        // mapping; this process holds the slot, so it is not reused. Payload bytes can only change
+        // if a producer breaks the protocol; they are plain `u8`s, so that can give wrong bytes
+        // but no invalid value. See docs/safety.md.
+        unsafe { std::slice::from_raw_parts(self.lease.pool.shared.slot_ptr(d), d.len as usize) }
+    }
+}
+
+impl fmt::Debug for Buf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buf")
+            .field("desc", &self.lease.desc)
+            .finish()
+    }
+}

@@ -1,0 +1,62 @@
+//! The descriptor: 16 bytes that name a buffer's bytes in the pool. Descriptors, not bytes, travel
+//! between processes, and every one that arrives is checked before it is followed.
+
+use bytemuck::{Pod, Zeroable};
+use thiserror::Error;
+
+use crate::alloc::SlotError;
+
+/// Names `len` bytes at the start of slot `slot` of size class `class`, in the slot's life
+/// `generation`. Plain old data: safe to place in shared memory and to copy between processes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Desc {
+    pub class: u16,
+    /// Reserved; must be zero.
+    pub flags: u16,
+    pub slot: u32,
+    pub generation: u32,
+    pub len: u32,
+}
+
+/// Why a descriptor from another process was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DescError {
+    #[error("descriptor names class {class} but the pool has {classes} classes")]
+    BadClass { class: u16, classes: usize },
+    #[error("descriptor names slot {slot} but class {class} has {slots} slots")]
+    BadSlot { class: u16, slot: u32, slots: usize },
+    #[error("descriptor length {len} exceeds the {slot_size}-byte slot")]
+    LenTooLong { len: u32, slot_size: usize },
+    #[error("descriptor has reserved flags {0:#x} set")]
+    BadFlags(u16),
+    #[error(
+        "stale descriptor: generation {expected}, slot is at {found} (it was freed and reused)"
+    )]
+    Stale { expected: u32, found: u32 },
+    #[error("descriptor is not in flight (already taken, discarded, or forged)")]
+    NotInFlight,
+    #[error(
+        "this process's holding of the slot is missing from its state word (corrupted by a peer?)"
+    )]
+    NotHeld,
+}
+
+impl DescError {
+    pub(crate) fn from_slot(e: SlotError) -> DescError {
+        match e {
+            SlotError::Stale { expected, found } => DescError::Stale { expected, found },
+            SlotError::NotInFlight | SlotError::TooManyInFlight => DescError::NotInFlight,
+            SlotError::NotHeld => DescError::NotHeld,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn descriptor_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<super::Desc>(), 16);
+        assert_eq!(std::mem::align_of::<super::Desc>(), 4);
+    }
+}

@@ -1,0 +1,526 @@
+//! The shared buffer pool: size classes of fixed-size slots in a sealed memfd, allocated and freed
+//! lock-free from any attached process.
+//!
+//! The owner creates the pool ([`Pool::create`]) and becomes participant 0; other processes attach
+//! to its two memfds ([`Pool::attach`], usually through a [`crate::session`]). Allocation, freezing,
+//! sharing, importing and releasing are atomics only: no system call on the fast path.
+
+mod buf;
+mod desc;
+pub mod participants;
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+pub use buf::{Buf, BufMut};
+pub use desc::{Desc, DescError};
+pub use participants::Role;
+
+use crate::alloc::{ClassSlots, LocalRefs, MAX_PARTICIPANTS};
+use crate::layout::{
+    ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CLASSES, VERSION,
+};
+use crate::region::{Region, RegionError};
+use crate::sync::{AtomicU64, Ordering};
+use participants::{ENTRY_WORDS, Entry};
+
+/// What a pool is made of.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Size classes, smallest slots first.
+    pub classes: Vec<ClassSpec>,
+    /// Name of the memfds (shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`).
+    pub name: String,
+}
+
+impl Default for PoolConfig {
+    /// 256 B to 4 MiB in five classes; about 77 MiB of data, touched only as it is used.
+    fn default() -> Self {
+        PoolConfig {
+            classes: vec![
+                ClassSpec {
+                    slot_size: 256,
+                    slot_count: 4096,
+                },
+                ClassSpec {
+                    slot_size: 4096,
+                    slot_count: 1024,
+                },
+                ClassSpec {
+                    slot_size: 64 << 10,
+                    slot_count: 128,
+                },
+                ClassSpec {
+                    slot_size: 1 << 20,
+                    slot_count: 32,
+                },
+                ClassSpec {
+                    slot_size: 4 << 20,
+                    slot_count: 8,
+                },
+            ],
+            name: "fbuf-pool".into(),
+        }
+    }
+}
+
+/// Why a pool could not be created.
+#[derive(Debug, Error)]
+pub enum PoolCreateError {
+    #[error("bad size classes: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("creating a region: {0}")]
+    Region(#[from] RegionError),
+}
+
+/// Why attaching to a pool's memfds failed.
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("control region refused: {0}")]
+    Control(RegionError),
+    #[error("data region refused: {0}")]
+    Data(RegionError),
+    #[error("control region smaller than the {HEADER_SIZE}-byte header")]
+    TooSmall,
+    #[error("the pool is not initialised yet (magic word is zero)")]
+    NotReady,
+    #[error("bad magic {0:#018x}: not an fbuf pool")]
+    BadMagic(u64),
+    #[error("pool layout version {theirs}, this build speaks {ours}")]
+    VersionMismatch { ours: u32, theirs: u32 },
+    #[error("header names {0} size classes; at most {MAX_CLASSES} are possible")]
+    BadClassCount(u32),
+    #[error("header's size classes are invalid: {0}")]
+    BadClasses(#[from] LayoutError),
+    #[error("header says {field} is {header}, the layout needs {computed}")]
+    LayoutMismatch {
+        field: &'static str,
+        header: u64,
+        computed: u64,
+    },
+    #[error("participant id {0} is out of range (at most {MAX_PARTICIPANTS} participants)")]
+    BadParticipant(u32),
+}
+
+/// Why an allocation failed. Never a panic: the caller decides.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AllocError {
+    #[error("{len} bytes is larger than the largest slot ({max} bytes)")]
+    TooLarge { len: usize, max: usize },
+    #[error("size class {class} ({slot_size}-byte slots) is exhausted")]
+    Exhausted { class: usize, slot_size: usize },
+    #[error("this participant maps the data read-only and cannot allocate")]
+    ReadOnly,
+}
+
+/// Why [`Buf::share`] could not make a descriptor.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ShareError {
+    #[error(
+        "too many descriptors of this slot are in flight (at most {})",
+        crate::alloc::MAX_IN_FLIGHT
+    )]
+    TooManyInFlight,
+    #[error("the slot's state no longer shows this process as holder: {0}")]
+    Corrupted(DescError),
+}
+
+/// One size class as the user sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassInfo {
+    pub slot_size: usize,
+    pub slot_count: usize,
+}
+
+/// What reclaiming a departed participant released.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Slots on which the participant's holder bit was cleared.
+    pub released: usize,
+    /// Of those, slots that became free.
+    pub freed: usize,
+}
+
+pub(crate) struct Shared {
+    control: Region,
+    data: Region,
+    layout: Layout,
+    me: u32,
+    writable: bool,
+    local: LocalRefs,
+}
+
+/// A handle to an attached pool. Cheap to clone; every clone is the same participant.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    /// Creates a pool: lays out and initialises both memfds, seals them, and writes the header's
+    /// magic word last, so a pool seen half-made reads as "not ready". The caller is participant 0,
+    /// a producer.
+    pub fn create(config: &PoolConfig) -> Result<Pool, PoolCreateError> {
+        let layout = Layout::compute(&config.classes)?;
+        let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
+        let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
+        let header = layout.header();
+        // SAFETY: the control region is ours alone so far (nobody else has its fd), writable, and
+        // at least HEADER_SIZE bytes; offset 8 is 8-aligned and the fields fit in the header page.
+        unsafe {
+            control
+                .ptr()
+                .add(8)
+                .cast::<HeaderFields>()
+                .write_unaligned(header);
+        }
+        let pool = Pool::from_parts(control, data, layout, 0, true);
+        for c in 0..pool.shared.layout.classes.len() {
+            pool.shared.class(c).init_hints();
+        }
+        pool.shared
+            .participant(0)
+            .claim(std::process::id(), Role::Producer);
+        // SYNC POINT (ready): Release pairs with the Acquire in `attach`: whoever reads the magic
+        // sees the header, the hints and the owner's table entry.
+        pool.shared.magic().store(MAGIC, Ordering::Release);
+        Ok(pool)
+    }
+
+    /// Attaches to a pool's memfds as participant `participant`. Validates both fds (memfd, seals,
+    /// sizes), then the header (magic, version, classes), and recomputes the layout rather than
+    /// trusting any offset it reads. `writable_data` is false for consumers, whose data fd is
+    /// read-only anyway.
+    pub fn attach(
+        control: OwnedFd,
+        data: OwnedFd,
+        participant: u32,
+        writable_data: bool,
+    ) -> Result<Pool, AttachError> {
+        if participant >= MAX_PARTICIPANTS {
+            return Err(AttachError::BadParticipant(participant));
+        }
+        let control = Region::attach(control, None, true).map_err(AttachError::Control)?;
+        if control.len() < HEADER_SIZE {
+            return Err(AttachError::TooSmall);
+        }
+        let magic = control.atomics_u64(0, 1)[0].load(Ordering::Acquire);
+        match magic {
+            0 => return Err(AttachError::NotReady),
+            MAGIC => {}
+            other => return Err(AttachError::BadMagic(other)),
+        }
+        // SAFETY: the region is at least HEADER_SIZE bytes, the fields fit in it at offset 8, and
+        // `HeaderFields` is Pod, so any bytes (even ones a peer changes while we copy) make a
+        // valid value, which we validate next.
+        let header = unsafe { control.ptr().add(8).cast::<HeaderFields>().read_volatile() };
+        if header.version != VERSION {
+            return Err(AttachError::VersionMismatch {
+                ours: VERSION,
+                theirs: header.version,
+            });
+        }
+        let count = header.class_count as usize;
+        if count > MAX_CLASSES {
+            return Err(AttachError::BadClassCount(header.class_count));
+        }
+        let layout = Layout::compute(&header.classes[..count])?;
+        let check = |field, header: u64, computed: usize| {
+            if header == computed as u64 {
+                Ok(())
+            } else {
+                Err(AttachError::LayoutMismatch {
+                    field,
+                    header,
+                    computed: computed as u64,
+                })
+            }
+        };
+        check("control_size", header.control_size, layout.control_size)?;
+        check(
+            "control memfd size",
+            control.len() as u64,
+            layout.control_size,
+        )?;
+        check(
+            "max_participants",
+            header.max_participants as u64,
+            MAX_PARTICIPANTS as usize,
+        )?;
+        let data = Region::attach(data, Some(layout.data_size as u64), writable_data)
+            .map_err(AttachError::Data)?;
+        check("data_size", header.data_size, layout.data_size)?;
+        Ok(Pool::from_parts(
+            control,
+            data,
+            layout,
+            participant,
+            writable_data,
+        ))
+    }
+
+    fn from_parts(control: Region, data: Region, layout: Layout, me: u32, writable: bool) -> Pool {
+        let local = LocalRefs::new(layout.total_slots);
+        Pool {
+            shared: Arc::new(Shared {
+                control,
+                data,
+                layout,
+                me,
+                writable,
+                local,
+            }),
+        }
+    }
+
+    /// Allocates a buffer of `len` bytes from the smallest class that fits. Lock-free, no system
+    /// call. An exhausted class is an error, never a panic.
+    pub fn alloc(&self, len: usize) -> Result<BufMut, AllocError> {
+        let s = &self.shared;
+        if !s.writable {
+            return Err(AllocError::ReadOnly);
+        }
+        let class = s.layout.class_for(len).ok_or(AllocError::TooLarge {
+            len,
+            max: s.layout.classes.last().map_or(0, |c| c.slot_size),
+        })?;
+        let (slot, generation) = s.class(class).alloc(s.me).ok_or(AllocError::Exhausted {
+            class,
+            slot_size: s.layout.classes[class].slot_size,
+        })?;
+        s.local
+            .first_after_alloc(s.layout.classes[class].first_slot + slot);
+        let desc = Desc {
+            class: class as u16,
+            flags: 0,
+            slot: slot as u32,
+            generation,
+            len: len as u32,
+        };
+        Ok(BufMut::new(self.clone(), desc))
+    }
+
+    /// Like [`Pool::alloc`], but waits up to `timeout` for a slot to come free (spinning, then
+    /// yielding, then sleeping in growing steps of at most a millisecond).
+    pub fn alloc_timeout(&self, len: usize, timeout: Duration) -> Result<BufMut, AllocError> {
+        let deadline = Instant::now() + timeout;
+        let mut round = 0u32;
+        loop {
+            match self.alloc(len) {
+                Err(AllocError::Exhausted { .. }) if Instant::now() < deadline => {}
+                other => return other,
+            }
+            round += 1;
+            if round < 64 {
+                std::hint::spin_loop();
+            } else if round < 128 {
+                std::thread::yield_now();
+            } else {
+                let step = Duration::from_micros(u64::from(round - 127).min(1000));
+                std::thread::sleep(step.min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+
+    /// Turns a descriptor another process made with [`Buf::share`] into a handle. Every field is
+    /// checked first; a descriptor can be imported once.
+    pub fn import(&self, desc: Desc) -> Result<Buf, DescError> {
+        let s = &self.shared;
+        let (class, slot) = s.check(&desc)?;
+        let slots = s.class(class);
+        let me = s.me;
+        s.local
+            .acquire(
+                s.layout.classes[class].first_slot + slot,
+                || slots.take_lent(slot, desc.generation, me, true),
+                || slots.take_lent(slot, desc.generation, me, false),
+                || {
+                    slots.release(slot, me);
+                },
+            )
+            .map_err(DescError::from_slot)?;
+        Ok(Buf::from_held(self.clone(), desc))
+    }
+
+    /// Drops a descriptor made by [`Buf::share`] without importing it; the slot is freed if
+    /// nothing else holds it.
+    pub fn discard(&self, desc: Desc) -> Result<(), DescError> {
+        let (class, slot) = self.shared.check(&desc)?;
+        self.shared
+            .class(class)
+            .discard(slot, desc.generation)
+            .map_err(DescError::from_slot)?;
+        Ok(())
+    }
+
+    /// Releases every slot participant `participant` holds: it left or died. Owner's duty.
+    pub fn reclaim(&self, participant: u32) -> Reclaimed {
+        let mut r = Reclaimed::default();
+        if participant >= MAX_PARTICIPANTS {
+            return r;
+        }
+        for c in 0..self.shared.layout.classes.len() {
+            let (released, freed) = self.shared.class(c).reclaim(participant);
+            r.released += released;
+            r.freed += freed;
+        }
+        r
+    }
+
+    /// Free slots over all classes (exact when nothing is allocating or releasing).
+    pub fn free_count(&self) -> usize {
+        (0..self.shared.layout.classes.len())
+            .map(|c| self.class_free_count(c))
+            .sum()
+    }
+
+    /// Free slots of class `class`.
+    pub fn class_free_count(&self, class: usize) -> usize {
+        if class < self.shared.layout.classes.len() {
+            self.shared.class(class).free_count()
+        } else {
+            0
+        }
+    }
+
+    /// Total slots over all classes.
+    pub fn slot_count(&self) -> usize {
+        self.shared.layout.total_slots
+    }
+
+    /// The size classes.
+    pub fn classes(&self) -> Vec<ClassInfo> {
+        self.shared
+            .layout
+            .classes
+            .iter()
+            .map(|c| ClassInfo {
+                slot_size: c.slot_size,
+                slot_count: c.slot_count,
+            })
+            .collect()
+    }
+
+    /// This process's participant id.
+    pub fn participant(&self) -> u32 {
+        self.shared.me
+    }
+
+    /// Whether this process may allocate and write buffers.
+    pub fn is_writable(&self) -> bool {
+        self.shared.writable
+    }
+
+    /// The control memfd (read-write for every participant).
+    pub fn control_fd(&self) -> BorrowedFd<'_> {
+        self.shared.control.fd()
+    }
+
+    /// The data memfd as this process opened it.
+    pub fn data_fd(&self) -> BorrowedFd<'_> {
+        self.shared.data.fd()
+    }
+
+    /// The data mapping's start and length, for tests that check protection.
+    pub fn data_mapping(&self) -> (*mut u8, usize) {
+        (self.shared.data.ptr(), self.shared.data.len())
+    }
+
+    /// Claims a participant table entry for a joining process. Owner only.
+    pub(crate) fn admit(&self, pid: u32, role: Role) -> Option<u32> {
+        (1..MAX_PARTICIPANTS).find(|&id| self.shared.participant(id).claim(pid, role))
+    }
+
+    /// Releases a departed participant's holdings and frees its entry. Owner only.
+    pub(crate) fn retire(&self, participant: u32) -> Reclaimed {
+        let r = self.reclaim(participant);
+        for c in 0..self.shared.layout.classes.len() {
+            self.shared.class(c).repair_hints();
+        }
+        self.shared.participant(participant).retire();
+        r
+    }
+
+    /// Pids of the active participants, by id.
+    pub fn participants(&self) -> Vec<(u32, u32, Option<Role>)> {
+        (0..MAX_PARTICIPANTS)
+            .map(|id| (id, self.shared.participant(id)))
+            .filter(|(_, e)| e.is_active())
+            .map(|(id, e)| (id, e.pid(), e.role()))
+            .collect()
+    }
+}
+
+impl Shared {
+    fn magic(&self) -> &AtomicU64 {
+        &self.control.atomics_u64(0, 1)[0]
+    }
+
+    fn class(&self, class: usize) -> ClassSlots<'_> {
+        let c = &self.layout.classes[class];
+        ClassSlots::new(
+            self.control.atomics_u64(c.states_offset, c.slot_count),
+            self.control.atomics_u64(c.hints_offset, c.hint_words()),
+            &self.control.atomics_u32(c.cursor_offset, 1)[0],
+        )
+    }
+
+    fn participant(&self, id: u32) -> Entry<'_> {
+        let offset =
+            self.layout.participants_offset + id as usize * crate::layout::PARTICIPANT_ENTRY_SIZE;
+        Entry::new(self.control.atomics_u32(offset, ENTRY_WORDS))
+    }
+
+    /// Checks a descriptor's fields against the layout; returns `(class, slot)` as indices.
+    fn check(&self, d: &Desc) -> Result<(usize, usize), DescError> {
+        let classes = self.layout.classes.len();
+        let c = self
+            .layout
+            .classes
+            .get(d.class as usize)
+            .ok_or(DescError::BadClass {
+                class: d.class,
+                classes,
+            })?;
+        if d.flags != 0 {
+            return Err(DescError::BadFlags(d.flags));
+        }
+        if d.slot as usize >= c.slot_count {
+            return Err(DescError::BadSlot {
+                class: d.class,
+                slot: d.slot,
+                slots: c.slot_count,
+            });
+        }
+        if d.len as usize > c.slot_size {
+            return Err(DescError::LenTooLong {
+                len: d.len,
+                slot_size: c.slot_size,
+            });
+        }
+        Ok((d.class as usize, d.slot as usize))
+    }
+
+    /// Pointer to the first byte of a checked descriptor's slot.
+    fn slot_ptr(&self, d: &Desc) -> *mut u8 {
+        let c = &self.layout.classes[d.class as usize];
+        // SAFETY: `d` passed `check`, so the slot lies inside the data mapping by construction
+        // of the layout (which `attach` verified against the region's size).
+        unsafe {
+            self.data
+                .ptr()
+                .add(c.data_offset + d.slot as usize * c.slot_size)
+        }
+    }
+
+    fn release(&self, d: &Desc) {
+        let c = &self.layout.classes[d.class as usize];
+        let slots = self.class(d.class as usize);
+        self.local.release(c.first_slot + d.slot as usize, || {
+            slots.release(d.slot as usize, self.me);
+        });
+    }
+}

@@ -1,0 +1,79 @@
+//! The participant table in the control region: who is attached, by pid and role.
+//!
+//! Entry `i` is participant `i`, whose holder bit is bit `i` of every slot state word. Only the
+//! pool's owner writes the table (at admission and after a participant leaves or dies); the others
+//! only read it, and treat what they read as untrusted.
+
+use crate::sync::{AtomicU32, Ordering};
+
+/// The state word of a free entry.
+pub const FREE: u32 = 0;
+/// The state word of an entry in use.
+pub const ACTIVE: u32 = 1;
+
+/// What a participant may do with the data region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Role {
+    /// Allocates and writes buffers (read-write data mapping).
+    Producer = 1,
+    /// Only reads buffers others wrote (read-only data mapping).
+    Consumer = 2,
+}
+
+impl Role {
+    pub fn from_u32(v: u32) -> Option<Role> {
+        match v {
+            1 => Some(Role::Producer),
+            2 => Some(Role::Consumer),
+            _ => None,
+        }
+    }
+}
+
+/// A view of one entry: `state`, `pid`, `role`, then padding to 64 bytes.
+pub struct Entry<'a> {
+    words: &'a [AtomicU32],
+}
+
+/// Words per 64-byte entry.
+pub const ENTRY_WORDS: usize = 16;
+
+impl<'a> Entry<'a> {
+    pub fn new(words: &'a [AtomicU32]) -> Self {
+        assert!(words.len() >= 3);
+        Entry { words }
+    }
+
+    /// Takes the entry if it is free. Owner only.
+    pub fn claim(&self, pid: u32, role: Role) -> bool {
+        if self.words[0]
+            .compare_exchange(FREE, ACTIVE, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.words[1].store(pid, Ordering::Relaxed);
+        self.words[2].store(role as u32, Ordering::Release);
+        true
+    }
+
+    /// Frees the entry. Owner only, after the participant's holdings were released.
+    pub fn retire(&self) {
+        self.words[1].store(0, Ordering::Relaxed);
+        self.words[2].store(0, Ordering::Relaxed);
+        self.words[0].store(FREE, Ordering::Release);
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.words[0].load(Ordering::Acquire) == ACTIVE
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.words[1].load(Ordering::Acquire)
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        Role::from_u32(self.words[2].load(Ordering::Acquire))
+    }
+}

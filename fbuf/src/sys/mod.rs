@@ -1,0 +1,6 @@
+//! Thin wrappers over the system calls fbuf uses. The only module that calls `nix`/`libc`
+//! directly; everything above it works with the types these functions return.
+
+pub mod fdpass;
+pub mod memfd;
+pub mod mmap;
