@@ -135,7 +135,9 @@ impl Region {
     fn check_words(&self, offset: usize, count: usize, align: usize) {
         let size = count.checked_mul(align).and_then(|b| offset.checked_add(b));
         assert!(
-            self.writable && offset % align == 0 && size.is_some_and(|end| end <= self.len()),
+            self.writable
+                && offset.is_multiple_of(align)
+                && size.is_some_and(|end| end <= self.len()),
             "atomics at {offset}+{count}x{align} outside a writable {}-byte region: layout bug",
             self.len()
         );

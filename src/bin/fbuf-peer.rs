@@ -1,1 +1,199 @@
-fn main() {}
+//! A participant process for fbuf's cross-process tests and demos. It joins a pool over a session
+//! socket and plays one role, printing one `RESULT key=value ...` line on stderr at the end.
+//!
+//! ```text
+//! fbuf-peer produce SOCKET COUNT SEED   allocate, fill, share; descriptors to stdout
+//! fbuf-peer consume SOCKET COUNT SEED   descriptors from stdin; import, verify every byte
+//! fbuf-peer probe   SOCKET ROLE         try to resize the memfds / make the data writable
+//! fbuf-peer write-ro SOCKET             write into a consumer's mapping (must die of SIGSEGV)
+//! fbuf-peer churn   SOCKET MILLIS SEED  allocate and free at random for a while
+//! fbuf-peer hold    SOCKET N            allocate N buffers, say READY, wait to be killed
+//! ```
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use fbuf::{Desc, Role, session};
+
+/// Sizes the producer cycles through: every default class, small and large.
+const SIZES: [usize; 8] = [64, 256, 1000, 4096, 20_000, 65_536, 300_000, 1_000_000];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| usage());
+    let result = match arg(0) {
+        "produce" => produce(arg(1), num(2), num(3)),
+        "consume" => consume(arg(1), num(2), num(3)),
+        "probe" => probe(
+            arg(1),
+            if arg(2) == "consumer" {
+                Role::Consumer
+            } else {
+                Role::Producer
+            },
+        ),
+        "write-ro" => write_ro(arg(1)),
+        "churn" => churn(arg(1), num(2), num(3)),
+        "hold" => hold(arg(1), num(2)),
+        _ => usage(),
+    };
+    match result {
+        Ok(line) => {
+            eprintln!("RESULT {line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fbuf-peer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: fbuf-peer produce|consume|probe|write-ro|churn|hold SOCKET ...");
+    std::process::exit(2)
+}
+
+type Res = Result<String, Box<dyn std::error::Error>>;
+
+/// splitmix64: a tiny deterministic generator both sides can run.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The bytes message `i` carries: a keyed stream, so a byte from the wrong message or offset shows.
+fn fill(buf: &mut [u8], seed: u64, i: u64) {
+    let key = mix(seed ^ mix(i));
+    for (w, chunk) in buf.chunks_mut(8).enumerate() {
+        let v = mix(key.wrapping_add(w as u64)).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+fn checksum(acc: u64, buf: &[u8]) -> u64 {
+    buf.chunks(8).fold(acc, |a, c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        mix(a ^ u64::from_le_bytes(w))
+    })
+}
+
+fn produce(socket: &str, count: u64, seed: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut out = std::io::stdout().lock();
+    let (mut sum, mut bytes) = (0u64, 0u64);
+    for i in 0..count {
+        let len = SIZES[(mix(seed ^ i) % SIZES.len() as u64) as usize];
+        let mut buf = pool.alloc_timeout(len, Duration::from_secs(20))?;
+        fill(&mut buf, seed, i);
+        sum = checksum(sum, &buf);
+        bytes += len as u64;
+        let desc = buf.freeze().share()?;
+        out.write_all(bytemuck::bytes_of(&desc))?;
+    }
+    out.flush()?;
+    Ok(format!("count={count} bytes={bytes} checksum={sum:016x}"))
+}
+
+fn consume(socket: &str, count: u64, seed: u64) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let mut input = std::io::stdin().lock();
+    let mut expect = Vec::new();
+    let (mut got, mut bad, mut sum) = (0u64, 0u64, 0u64);
+    let mut raw = [0u8; 16];
+    while got < count {
+        if input.read_exact(&mut raw).is_err() {
+            break;
+        }
+        let desc: Desc = bytemuck::pod_read_unaligned(&raw);
+        let buf = pool.import(desc)?;
+        expect.resize(buf.len(), 0);
+        fill(&mut expect, seed, got);
+        if buf[..] != expect[..] {
+            bad += 1;
+        }
+        sum = checksum(sum, &buf);
+        got += 1;
+    }
+    Ok(format!("count={got} bad={bad} checksum={sum:016x}"))
+}
+
+fn probe(socket: &str, role: Role) -> Res {
+    let pool = session::join(socket, role)?;
+    let verdict = |r: std::io::Result<()>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("err:{}", e.raw_os_error().unwrap_or(-1)),
+    };
+    let control = std::fs::File::from(pool.control_fd().try_clone_to_owned()?);
+    let data = std::fs::File::from(pool.data_fd().try_clone_to_owned()?);
+    let size = data.metadata()?.len();
+    let shrink_control = verdict(control.set_len(0));
+    let shrink_data = verdict(data.set_len(size / 2));
+    let grow_data = verdict(data.set_len(size * 2));
+    let write_data = verdict(std::os::unix::fs::FileExt::write_at(&data, b"x", 0).map(|_| ()));
+    let (ptr, len) = pool.data_mapping();
+    // SAFETY: the data mapping is page-aligned, owned by `pool` for the life of this function,
+    // and no reference into it is alive here.
+    let mprotect = verdict(unsafe { fbuf::sys::mmap::try_make_writable(ptr, len) });
+    Ok(format!(
+        "writable={} shrink_control={shrink_control} shrink_data={shrink_data} grow_data={grow_data} \
+         write_data={write_data} mprotect={mprotect}",
+        pool.is_writable()
+    ))
+}
+
+fn write_ro(socket: &str) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let (ptr, _) = pool.data_mapping();
+    eprintln!("writing into a read-only mapping; this process should now die of SIGSEGV");
+    // SAFETY: deliberately not safe: this is the test that the mapping is read-only. The write is
+    // volatile so it cannot be optimised away; the kernel kills the process before it lands.
+    unsafe { ptr.write_volatile(1) };
+    Ok("wrote=yes".into())
+}
+
+fn churn(socket: &str, millis: u64, seed: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let deadline = Instant::now() + Duration::from_millis(millis);
+    let mut held: Vec<fbuf::Buf> = Vec::new();
+    let (mut ops, mut exhausted, mut state) = (0u64, 0u64, seed);
+    while Instant::now() < deadline {
+        for _ in 0..256 {
+            state = mix(state);
+            if held.len() < 64 && state % 3 != 0 {
+                let len = SIZES[(state >> 8) as usize % 4];
+                match pool.alloc(len) {
+                    Ok(mut b) => {
+                        b[0] = state as u8;
+                        held.push(b.freeze());
+                    }
+                    Err(fbuf::AllocError::Exhausted { .. }) => exhausted += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            } else if !held.is_empty() {
+                let i = (state >> 16) as usize % held.len();
+                let b = held.swap_remove(i);
+                if state % 5 == 0 {
+                    held.push(b.clone()); // clones share one holding
+                }
+            }
+            ops += 1;
+        }
+    }
+    drop(held);
+    Ok(format!("ops={ops} exhausted={exhausted}"))
+}
+
+fn hold(socket: &str, n: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let held: Vec<_> = (0..n).map(|_| pool.alloc(100)).collect::<Result<_, _>>()?;
+    eprintln!("READY {}", held.len());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

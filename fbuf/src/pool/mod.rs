@@ -151,6 +151,9 @@ pub(crate) struct Shared {
     me: u32,
     writable: bool,
     local: LocalRefs,
+    /// The session connection, for joiners: closing it tells the owner we left.
+    #[allow(dead_code)] // held for its Drop only
+    membership: Option<OwnedFd>,
 }
 
 /// A handle to an attached pool. Cheap to clone; every clone is the same participant.
@@ -177,7 +180,7 @@ impl Pool {
                 .cast::<HeaderFields>()
                 .write_unaligned(header);
         }
-        let pool = Pool::from_parts(control, data, layout, 0, true);
+        let pool = Pool::from_parts(control, data, layout, 0, true, None);
         for c in 0..pool.shared.layout.classes.len() {
             pool.shared.class(c).init_hints();
         }
@@ -199,6 +202,17 @@ impl Pool {
         data: OwnedFd,
         participant: u32,
         writable_data: bool,
+    ) -> Result<Pool, AttachError> {
+        Pool::attach_member(control, data, participant, writable_data, None)
+    }
+
+    /// [`Pool::attach`], keeping `membership` (the session connection) open while the pool lives.
+    pub(crate) fn attach_member(
+        control: OwnedFd,
+        data: OwnedFd,
+        participant: u32,
+        writable_data: bool,
+        membership: impl Into<Option<OwnedFd>>,
     ) -> Result<Pool, AttachError> {
         if participant >= MAX_PARTICIPANTS {
             return Err(AttachError::BadParticipant(participant));
@@ -259,10 +273,18 @@ impl Pool {
             layout,
             participant,
             writable_data,
+            membership.into(),
         ))
     }
 
-    fn from_parts(control: Region, data: Region, layout: Layout, me: u32, writable: bool) -> Pool {
+    fn from_parts(
+        control: Region,
+        data: Region,
+        layout: Layout,
+        me: u32,
+        writable: bool,
+        membership: Option<OwnedFd>,
+    ) -> Pool {
         let local = LocalRefs::new(layout.total_slots);
         Pool {
             shared: Arc::new(Shared {
@@ -272,6 +294,7 @@ impl Pool {
                 me,
                 writable,
                 local,
+                membership,
             }),
         }
     }

@@ -1,0 +1,159 @@
+//! Descriptors from another participant are untrusted: every field is checked, a stale or reused
+//! descriptor is refused, and allocation errors never panic.
+
+use std::time::{Duration, Instant};
+
+use fbuf::layout::ClassSpec;
+use fbuf::{AllocError, Desc, DescError, Pool, PoolConfig};
+
+fn small_pool() -> Pool {
+    Pool::create(&PoolConfig {
+        classes: vec![
+            ClassSpec {
+                slot_size: 256,
+                slot_count: 4,
+            },
+            ClassSpec {
+                slot_size: 4096,
+                slot_count: 2,
+            },
+        ],
+        name: "desc-test".into(),
+    })
+    .unwrap()
+}
+
+/// A second participant on the same memfds, as another process would attach.
+fn peer_of(pool: &Pool) -> Pool {
+    Pool::attach(
+        pool.control_fd().try_clone_to_owned().unwrap(),
+        pool.data_fd().try_clone_to_owned().unwrap(),
+        1,
+        true,
+    )
+    .unwrap()
+}
+
+#[test]
+fn bad_fields_are_refused_by_name() {
+    let pool = small_pool();
+    let peer = peer_of(&pool);
+    let mut b = pool.alloc(100).unwrap();
+    b.fill(7);
+    let good = b.freeze().share().unwrap();
+    let bad = |f: fn(&mut Desc)| {
+        let mut d = good;
+        f(&mut d);
+        peer.import(d).unwrap_err()
+    };
+    assert_eq!(
+        bad(|d| d.class = 9),
+        DescError::BadClass {
+            class: 9,
+            classes: 2
+        }
+    );
+    assert_eq!(
+        bad(|d| d.slot = 4),
+        DescError::BadSlot {
+            class: 0,
+            slot: 4,
+            slots: 4
+        }
+    );
+    assert_eq!(
+        bad(|d| d.len = 257),
+        DescError::LenTooLong {
+            len: 257,
+            slot_size: 256
+        }
+    );
+    assert_eq!(bad(|d| d.flags = 1), DescError::BadFlags(1));
+    assert!(matches!(
+        bad(|d| d.generation += 1),
+        DescError::Stale { .. }
+    ));
+    let got = peer.import(good).unwrap();
+    assert_eq!(&got[..], &[7u8; 100][..]);
+    assert_eq!(
+        peer.import(good).unwrap_err(),
+        DescError::NotInFlight,
+        "a descriptor imports once"
+    );
+}
+
+#[test]
+fn a_descriptor_outlives_its_senders_handles_and_a_reused_slot_is_stale() {
+    let pool = small_pool();
+    let peer = peer_of(&pool);
+    let d = {
+        let mut b = pool.alloc(4000).unwrap();
+        b.fill(1);
+        b.freeze().share().unwrap()
+    }; // the sender dropped every handle: the in-flight descriptor keeps the slot
+    assert_eq!(pool.class_free_count(1), 1);
+    let got = peer.import(d).unwrap();
+    assert!(got.iter().all(|&x| x == 1));
+    drop(got);
+    assert_eq!(pool.class_free_count(1), 2, "freed after the last holder");
+    // Reuse the slot: the old descriptor now names an earlier life of it.
+    let held: Vec<_> = (0..2).map(|_| pool.alloc(4000).unwrap()).collect();
+    assert!(matches!(peer.import(d), Err(DescError::Stale { .. })));
+    drop(held);
+}
+
+#[test]
+fn discard_and_multiple_receivers_return_the_slot_exactly_once() {
+    let pool = small_pool();
+    let (p1, p2) = (
+        peer_of(&pool),
+        Pool::attach(
+            pool.control_fd().try_clone_to_owned().unwrap(),
+            pool.data_fd().try_clone_to_owned().unwrap(),
+            2,
+            false,
+        )
+        .unwrap(),
+    );
+    let b = pool.alloc(10).unwrap().freeze();
+    let (d1, d2, d3) = (b.share().unwrap(), b.share().unwrap(), b.share().unwrap());
+    drop(b);
+    let x = p1.import(d1).unwrap();
+    let y = p2.import(d2).unwrap();
+    let y2 = y.clone();
+    pool.discard(d3).unwrap();
+    assert_eq!(pool.class_free_count(0), 3);
+    drop((x, y));
+    assert_eq!(pool.class_free_count(0), 3, "a clone still holds it");
+    drop(y2);
+    assert_eq!(pool.class_free_count(0), 4);
+}
+
+#[test]
+fn exhaustion_is_an_error_and_the_timeout_is_kept() {
+    let pool = small_pool();
+    let held: Vec<_> = (0..2).map(|_| pool.alloc(4096).unwrap()).collect();
+    assert_eq!(
+        pool.alloc(4096).unwrap_err(),
+        AllocError::Exhausted {
+            class: 1,
+            slot_size: 4096
+        }
+    );
+    assert!(matches!(
+        pool.alloc(1 << 20),
+        Err(AllocError::TooLarge { .. })
+    ));
+    let t = Instant::now();
+    assert!(pool.alloc_timeout(4096, Duration::from_millis(50)).is_err());
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    // A slot freed by another thread while we wait is taken.
+    let pool2 = pool.clone();
+    let freer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(held);
+        drop(pool2);
+    });
+    assert!(pool.alloc_timeout(4096, Duration::from_secs(10)).is_ok());
+    freer.join().unwrap();
+}

@@ -1,0 +1,236 @@
+//! The shared pool across real processes: producer and consumer exchange verified buffers, bad
+//! memfds are refused, no participant can resize the pool, consumers cannot write, concurrent
+//! allocation leaves the pool exactly full, and a killed participant's holdings are reclaimed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+
+use common::{Owner, peer, result, run_peer, wait_output};
+use fbuf::pool::AttachError;
+use fbuf::region::RegionError;
+use fbuf::{Pool, PoolConfig};
+
+#[test]
+fn producer_and_consumer_processes_exchange_verified_buffers() {
+    let owner = Owner::new(PoolConfig::default());
+    let total = owner.pool.free_count();
+    let count = "3000";
+    let mut producer = peer(&["produce", &owner.socket(), count, "42"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let consumer = peer(&["consume", &owner.socket(), count, "42"])
+        .stdin(producer.stdout.take().unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (p, c) = (wait_output(producer), wait_output(consumer));
+    assert!(
+        p.status.success(),
+        "producer: {}",
+        String::from_utf8_lossy(&p.stderr)
+    );
+    assert!(
+        c.status.success(),
+        "consumer: {}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    let (p, c) = (result(&p.stderr), result(&c.stderr));
+    assert_eq!(c["count"], count, "every buffer arrived");
+    assert_eq!(c["bad"], "0", "every byte matched");
+    assert_eq!(p["checksum"], c["checksum"]);
+    owner.wait_retired(2);
+    assert_eq!(owner.pool.free_count(), total, "every slot came back");
+}
+
+#[test]
+fn attach_refuses_unsealed_foreign_and_wrong_size_fds() {
+    let pool = Pool::create(&PoolConfig::default()).unwrap();
+    let control = || pool.control_fd().try_clone_to_owned().unwrap();
+    let data = || pool.data_fd().try_clone_to_owned().unwrap();
+
+    let unsealed = fbuf::sys::memfd::create_unsealed("t", 4096).unwrap();
+    match Pool::attach(unsealed, data(), 1, true) {
+        Err(AttachError::Control(RegionError::MissingSeals { .. })) => {}
+        other => panic!(
+            "unsealed control accepted or wrong error: {:?}",
+            other.err()
+        ),
+    }
+    let unsealed = fbuf::sys::memfd::create_unsealed("t", 4096).unwrap();
+    match Pool::attach(control(), unsealed, 1, true) {
+        Err(AttachError::Data(RegionError::MissingSeals { .. })) => {}
+        other => panic!("unsealed data accepted or wrong error: {:?}", other.err()),
+    }
+    let file = std::fs::File::open("/proc/self/exe").unwrap();
+    match Pool::attach(control(), file.into(), 1, false) {
+        Err(AttachError::Data(RegionError::NotMemfd)) => {}
+        other => panic!("non-memfd accepted or wrong error: {:?}", other.err()),
+    }
+    let wrong = fbuf::sys::memfd::create_sealed("t", 8192).unwrap();
+    match Pool::attach(control(), wrong, 1, true) {
+        Err(AttachError::Data(RegionError::SizeMismatch { actual: 8192, .. })) => {}
+        other => panic!("wrong-size data accepted or wrong error: {:?}", other.err()),
+    }
+    let zeroed = fbuf::sys::memfd::create_sealed("t", 8192).unwrap();
+    match Pool::attach(zeroed, data(), 1, true) {
+        Err(AttachError::NotReady) => {}
+        other => panic!(
+            "uninitialised control accepted or wrong error: {:?}",
+            other.err()
+        ),
+    }
+    assert!(
+        Pool::attach(control(), data(), 1, true).is_ok(),
+        "the real fds attach"
+    );
+    let _ = pool.data_fd().as_fd();
+}
+
+#[test]
+fn no_participant_can_resize_the_pool() {
+    let owner = Owner::new(PoolConfig::default());
+    for fd in [owner.pool.control_fd(), owner.pool.data_fd()] {
+        let f = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        assert!(f.set_len(0).is_err(), "owner shrank a memfd");
+        assert!(f.set_len(1 << 40).is_err(), "owner grew a memfd");
+    }
+    for role in ["producer", "consumer"] {
+        let out = run_peer(&["probe", &owner.socket(), role]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = result(&out.stderr);
+        for key in ["shrink_control", "shrink_data", "grow_data"] {
+            assert!(r[key].starts_with("err"), "{role} could {key}: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn consumer_cannot_write_the_pool() {
+    let owner = Owner::new(PoolConfig::default());
+    let out = run_peer(&["probe", &owner.socket(), "consumer"]);
+    let r = result(&out.stderr);
+    assert_eq!(r["writable"], "false");
+    assert_eq!(
+        r["mprotect"],
+        format!("err:{}", libc_eacces()),
+        "mprotect to writable: {r:?}"
+    );
+    assert!(
+        r["write_data"].starts_with("err"),
+        "write(2) to the data fd: {r:?}"
+    );
+
+    let out = run_peer(&["write-ro", &owner.socket()]);
+    assert_eq!(
+        out.status.signal(),
+        Some(11),
+        "a direct write must die of SIGSEGV: {out:?}"
+    );
+
+    // A producer, by contrast, maps the data writable: the probe is not vacuous.
+    let out = run_peer(&["probe", &owner.socket(), "producer"]);
+    let r = result(&out.stderr);
+    assert_eq!(r["writable"], "true");
+    assert_eq!(r["mprotect"], "ok");
+}
+
+fn libc_eacces() -> i32 {
+    13
+}
+
+#[test]
+fn concurrent_allocation_in_two_processes_leaves_the_pool_full() {
+    let config = PoolConfig {
+        classes: vec![
+            fbuf::layout::ClassSpec {
+                slot_size: 64,
+                slot_count: 96,
+            },
+            fbuf::layout::ClassSpec {
+                slot_size: 256,
+                slot_count: 64,
+            },
+            fbuf::layout::ClassSpec {
+                slot_size: 1024,
+                slot_count: 32,
+            },
+            fbuf::layout::ClassSpec {
+                slot_size: 4096,
+                slot_count: 16,
+            },
+        ],
+        name: "churn".into(),
+    };
+    let owner = Owner::new(config);
+    let total = owner.pool.slot_count();
+    let a = peer(&["churn", &owner.socket(), "1500", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let b = peer(&["churn", &owner.socket(), "1500", "2"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    for out in [wait_output(a), wait_output(b)] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = result(&out.stderr);
+        assert!(
+            r["ops"].parse::<u64>().unwrap() > 1000,
+            "churn did work: {r:?}"
+        );
+        assert!(
+            r["exhausted"].parse::<u64>().unwrap() > 0,
+            "the small pool ran dry at times: {r:?}"
+        );
+    }
+    owner.wait_retired(2);
+    assert_eq!(owner.pool.free_count(), total);
+    assert_eq!(
+        owner
+            .server
+            .stats()
+            .released_on_retire
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "clean exits release everything themselves"
+    );
+}
+
+#[test]
+fn a_killed_participants_buffers_are_reclaimed() {
+    let owner = Owner::new(PoolConfig::default());
+    let total = owner.pool.free_count();
+    let mut child = peer(&["hold", &owner.socket(), "50"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert_eq!(ready, "READY 50");
+    assert_eq!(owner.pool.free_count(), total - 50);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    owner.wait_retired(1);
+    assert_eq!(owner.pool.free_count(), total);
+    assert_eq!(
+        owner
+            .server
+            .stats()
+            .released_on_retire
+            .load(std::sync::atomic::Ordering::SeqCst),
+        50
+    );
+}
