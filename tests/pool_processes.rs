@@ -234,3 +234,18 @@ fn a_killed_participants_buffers_are_reclaimed() {
         50
     );
 }
+
+#[test]
+fn the_fast_path_makes_no_system_call() {
+    let owner = Owner::new(PoolConfig::default());
+    let out = peer(&["fast-path", &owner.socket(), "10000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a syscall on the fast path killed the peer under seccomp strict mode: {out:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fast-path ok\n");
+    owner.wait_retired(1);
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}

@@ -57,7 +57,11 @@ fn malformed_handshakes_end_their_connection_and_the_owner_serves_on() {
     assert_eq!(owner.server.stats().malformed.load(Ordering::SeqCst), 3);
     let pool = session::join(owner.socket(), Role::Producer).expect("a good joiner still gets in");
     assert_eq!(pool.participant(), 1);
-    assert_eq!(owner.pool.participants().len(), 2, "the owner and the good joiner");
+    assert_eq!(
+        owner.pool.participants().len(),
+        2,
+        "the owner and the good joiner"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod alloc;
-mod sync;
+pub mod sync;
 
 #[cfg(not(loom))]
 pub mod layout;

@@ -6,10 +6,10 @@
 //! compiled only without loom (loom's atomics cannot live in mmap'd memory).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Tells the CPU (or loom's scheduler) that this thread is waiting for another one.
 #[inline]
@@ -18,4 +18,41 @@ pub(crate) fn spin_hint() {
     loom::thread::yield_now();
     #[cfg(not(loom))]
     std::hint::spin_loop();
+}
+
+/// Deliberate bugs that loom builds can switch on, to prove the models catch them
+/// (`tests/loom.rs`). Each names the one line of the real algorithm it breaks. Normal builds
+/// have no such switch: [`seeded::active`] is a constant `false` there and the branch disappears.
+pub mod seeded {
+    /// A bug a model can seed.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(usize)]
+    pub enum Bug {
+        None = 0,
+        /// Allocation keeps the old generation, so a stale descriptor looks current.
+        NoGenerationBump = 1,
+        /// The local count's last-release transition runs without the transition lock.
+        UnlockedLastRelease = 2,
+    }
+
+    #[cfg(loom)]
+    static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Switches `bug` on for the models that follow (loom builds only).
+    #[cfg(loom)]
+    pub fn set(bug: Bug) {
+        ACTIVE.store(bug as usize, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether `bug` is switched on.
+    #[inline(always)]
+    pub fn active(bug: Bug) -> bool {
+        #[cfg(loom)]
+        return ACTIVE.load(std::sync::atomic::Ordering::SeqCst) == bug as usize;
+        #[cfg(not(loom))]
+        {
+            let _ = bug;
+            false
+        }
+    }
 }

@@ -59,8 +59,8 @@ impl Drop for Owner {
 
 /// The peer binary with these arguments, stderr captured.
 pub fn peer(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fbuf-peer"));
-    c.args(args).stderr(Stdio::piped());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fbuf"));
+    c.arg("peer").args(args).stderr(Stdio::piped());
     c
 }
 
@@ -69,7 +69,7 @@ pub fn run_peer(args: &[&str]) -> Output {
     peer(args)
         .stdout(Stdio::null())
         .output()
-        .expect("spawn fbuf-peer")
+        .expect("spawn fbuf peer")
 }
 
 /// The `key=value` pairs of the peer's `RESULT` line; panics with its stderr if there is none.
@@ -86,5 +86,5 @@ pub fn result(stderr: &[u8]) -> std::collections::HashMap<String, String> {
 }
 
 pub fn wait_output(child: Child) -> Output {
-    child.wait_with_output().expect("wait for fbuf-peer")
+    child.wait_with_output().expect("wait for fbuf peer")
 }

@@ -14,6 +14,7 @@
 //! (which the descriptor checks above this layer report) but not a panic or an out-of-bounds access.
 
 use super::state::{MAX_IN_FLIGHT, SlotState};
+use crate::sync::seeded::{self, Bug};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// The shared words of one size class.
@@ -137,7 +138,11 @@ impl<'a> ClassSlots<'a> {
         if !cur.is_free() {
             return None;
         }
-        let generation = cur.generation().wrapping_add(1);
+        let generation = if seeded::active(Bug::NoGenerationBump) {
+            cur.generation()
+        } else {
+            cur.generation().wrapping_add(1)
+        };
         // SYNC POINT (claim): Acquire pairs with the Release of every earlier holder's `release`
         // and `discard` (one release sequence of RMWs on this word), so whatever they did with the
         // slot's bytes happens-before what the new owner writes.

@@ -10,6 +10,7 @@
 //! This memory is private to the process: no peer can touch it, and it dies with the process
 //! (the survivors then clear the dead participant's bits; see `ClassSlots::reclaim`).
 
+use crate::sync::seeded::{self, Bug};
 use crate::sync::{AtomicU32, Ordering, spin_hint};
 
 /// The count word while a thread sets or clears the holder bit.
@@ -96,6 +97,14 @@ impl LocalRefs {
                 // 0 cannot happen for a caller that holds a handle; waiting is the safe answer to
                 // a transition in progress.
                 spin_hint();
+            } else if v == 1 && seeded::active(Bug::UnlockedLastRelease) {
+                if count
+                    .compare_exchange_weak(1, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    last();
+                    return;
+                }
             } else if v == 1 {
                 if count
                     .compare_exchange_weak(1, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)

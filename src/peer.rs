@@ -1,13 +1,15 @@
-//! A participant process for fbuf's cross-process tests and demos. It joins a pool over a session
-//! socket and plays one role, printing one `RESULT key=value ...` line on stderr at the end.
+//! `fbuf peer ...`: a participant process for the cross-process tests and the demo. It joins a
+//! pool over a session socket and plays one role, printing one `RESULT key=value ...` line on
+//! stderr at the end.
 //!
 //! ```text
-//! fbuf-peer produce SOCKET COUNT SEED   allocate, fill, share; descriptors to stdout
-//! fbuf-peer consume SOCKET COUNT SEED   descriptors from stdin; import, verify every byte
-//! fbuf-peer probe   SOCKET ROLE         try to resize the memfds / make the data writable
-//! fbuf-peer write-ro SOCKET             write into a consumer's mapping (must die of SIGSEGV)
-//! fbuf-peer churn   SOCKET MILLIS SEED  allocate and free at random for a while
-//! fbuf-peer hold    SOCKET N            allocate N buffers, say READY, wait to be killed
+//! fbuf peer produce SOCKET COUNT SEED   allocate, fill, share; descriptors to stdout
+//! fbuf peer consume SOCKET COUNT SEED   descriptors from stdin; import, verify every byte
+//! fbuf peer probe   SOCKET ROLE         try to resize the memfds / make the data writable
+//! fbuf peer write-ro SOCKET             write into a consumer's mapping (must die of SIGSEGV)
+//! fbuf peer churn   SOCKET MILLIS SEED  allocate and free at random for a while
+//! fbuf peer hold    SOCKET N            allocate N buffers, say READY, wait to be killed
+//! fbuf peer fast-path SOCKET N          N rounds of the fast path under seccomp strict mode
 //! ```
 
 use std::io::{Read, Write};
@@ -19,8 +21,8 @@ use fbuf::{Desc, Role, session};
 /// Sizes the producer cycles through: every default class, small and large.
 const SIZES: [usize; 8] = [64, 256, 1000, 4096, 20_000, 65_536, 300_000, 1_000_000];
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// Runs the role named by `args` (the words after `fbuf peer`).
+pub fn main(args: &[String]) -> ExitCode {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| usage());
     let result = match arg(0) {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         "write-ro" => write_ro(arg(1)),
         "churn" => churn(arg(1), num(2), num(3)),
         "hold" => hold(arg(1), num(2)),
+        "fast-path" => fast_path(arg(1), num(2)),
         _ => usage(),
     };
     match result {
@@ -45,14 +48,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("fbuf-peer: {e}");
+            eprintln!("fbuf peer: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: fbuf-peer produce|consume|probe|write-ro|churn|hold SOCKET ...");
+    eprintln!("usage: fbuf peer produce|consume|probe|write-ro|churn|hold SOCKET ...");
     std::process::exit(2)
 }
 
@@ -196,4 +199,46 @@ fn hold(socket: &str, n: u64) -> Res {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Proves the fast path makes no system call: after joining (which needs syscalls), the process
+/// enters seccomp strict mode, where any syscall but read, write, _exit and sigreturn kills it
+/// with SIGKILL. Then it allocates, fills, freezes, shares, imports, reads and releases `rounds`
+/// times, writes "fast-path ok" and leaves with a raw `_exit`. Dying instead is the failure.
+fn fast_path(socket: &str, rounds: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    // A second participant in this process (same memfds) plays the receiver.
+    let receiver = fbuf::Pool::attach(
+        pool.control_fd().try_clone_to_owned()?,
+        pool.data_fd().try_clone_to_owned()?,
+        fbuf::alloc::MAX_PARTICIPANTS - 1,
+        false,
+    )?;
+    let msg = b"fast-path ok\n";
+    // SAFETY: prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) takes no pointers. Afterwards this thread
+    // only runs the loop below, `write` and `_exit`; nothing in it allocates from the heap.
+    let rc = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_STRICT, 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut sum = 0u64;
+    for i in 0..rounds {
+        let Ok(mut b) = pool.alloc(256) else { break };
+        b[0] = i as u8;
+        let Ok(desc) = b.freeze().share() else { break };
+        let Ok(got) = receiver.import(desc) else {
+            break;
+        };
+        sum += u64::from(got[0]);
+    }
+    let ok = sum == (0..rounds).map(|i| u64::from(i as u8)).sum::<u64>();
+    // SAFETY: write(2) of a static buffer to stdout, then the raw exit syscall (exit_group, what
+    // `std::process::exit` uses, is forbidden in strict mode).
+    unsafe {
+        if ok {
+            libc::write(1, msg.as_ptr().cast(), msg.len());
+        }
+        libc::syscall(libc::SYS_exit, if ok { 0 } else { 3 });
+    }
+    unreachable!("_exit returned")
 }
