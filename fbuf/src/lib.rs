@@ -10,6 +10,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod alloc;
+pub mod ring;
 pub mod sync;
 
 #[cfg(not(loom))]

@@ -9,7 +9,7 @@ use crate::alloc::SlotError;
 /// Names `len` bytes at the start of slot `slot` of size class `class`, in the slot's life
 /// `generation`. Plain old data: safe to place in shared memory and to copy between processes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct Desc {
     pub class: u16,
     /// Reserved; must be zero.

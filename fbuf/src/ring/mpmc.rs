@@ -1,0 +1,239 @@
+//! A bounded multi-producer multi-consumer ring: Dmitry Vyukov's bounded MPMC queue, in the form
+//! crossbeam's `ArrayQueue` uses (a stamp per cell, head and tail that carry a lap count above the
+//! index), written over generic storage so the same code runs on the heap, under loom, and in a
+//! shared mapping between processes.
+//!
+//! Indices: `pos = lap * one_lap + index`, where `one_lap` is the smallest power of two above the
+//! capacity. Cell `index` is ready to be written for the push at `pos` when its stamp equals `pos`,
+//! and ready to be read for the pop at `pos` when its stamp equals `pos + 1`.
+//!
+//! Untrusted storage: in a shared mapping any of these words can be garbage. Every index is
+//! bounds-checked, and waits for another party's half-finished operation are bounded
+//! ([`MAX_WAIT`]), so a corrupt or wedged ring yields [`Stuck`] instead of a hang.
+
+use bytemuck::Pod;
+
+use super::cells::Cells;
+use crate::sync::{AtomicU64, Ordering, fence, spin_hint};
+
+/// How many times an operation re-reads a cell another party is in the middle of before it gives
+/// up with [`Stuck`]. Large enough that a preempted peer finishes in between.
+#[cfg(not(loom))]
+pub const MAX_WAIT: u32 = 1 << 20;
+/// Under loom every poll is a scheduling point; a few suffice for the other thread to finish.
+#[cfg(loom)]
+pub const MAX_WAIT: u32 = 4;
+
+/// The ring's words are inconsistent (a corrupt peer) or another party stopped mid-operation
+/// (died, or stayed descheduled for [`MAX_WAIT`] polls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stuck;
+
+/// The outcome of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push<T> {
+    Done,
+    Full(T),
+    /// Pushed by evicting the oldest value, which is returned (`force_push` only).
+    Evicted(T),
+}
+
+/// A view of an MPMC ring's shared words.
+pub struct MpmcRing<'a, T> {
+    /// Next position to pop. Advanced by consumers (and by `force_push` when it evicts).
+    head: &'a AtomicU64,
+    /// Next position to push. Advanced by producers.
+    tail: &'a AtomicU64,
+    /// Per cell: the position it is ready for (see the module docs).
+    stamps: &'a [AtomicU64],
+    cells: Cells<'a, T>,
+    one_lap: u64,
+}
+
+impl<'a, T: Pod> MpmcRing<'a, T> {
+    /// A view over storage made by [`MpmcRing::init`] (or a peer's equivalent).
+    pub fn new(
+        head: &'a AtomicU64,
+        tail: &'a AtomicU64,
+        stamps: &'a [AtomicU64],
+        values: &'a [AtomicU64],
+    ) -> Self {
+        let cells = Cells::new(values);
+        assert_eq!(cells.len(), stamps.len(), "one stamp per cell");
+        assert!(!stamps.is_empty(), "capacity must be non-zero");
+        let one_lap = (stamps.len() as u64 + 1).next_power_of_two();
+        MpmcRing {
+            head,
+            tail,
+            stamps,
+            cells,
+            one_lap,
+        }
+    }
+
+    /// Resets the words to an empty ring. Only before anyone else uses it.
+    pub fn init(&self) {
+        self.head.store(0, Ordering::Relaxed);
+        self.tail.store(0, Ordering::Relaxed);
+        for (i, s) in self.stamps.iter().enumerate() {
+            s.store(i as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Capacity in values.
+    pub fn capacity(&self) -> usize {
+        self.stamps.len()
+    }
+
+    fn split(&self, pos: u64) -> (usize, u64) {
+        (
+            (pos & (self.one_lap - 1)) as usize,
+            pos & !(self.one_lap - 1),
+        )
+    }
+
+    /// The position after `pos`.
+    fn next(&self, pos: u64) -> u64 {
+        let (index, lap) = self.split(pos);
+        if index + 1 < self.capacity() {
+            pos + 1
+        } else {
+            lap.wrapping_add(self.one_lap)
+        }
+    }
+
+    /// Pushes `value`; if the ring is full, returns it (`force = false`) or evicts the oldest value
+    /// to make room (`force = true`).
+    pub fn push(&self, value: T, force: bool) -> Result<Push<T>, Stuck> {
+        let mut tail = self.tail.load(Ordering::Relaxed);
+        let mut waited = 0u32;
+        loop {
+            let (index, _) = self.split(tail);
+            let Some(stamp) = self.stamps.get(index) else {
+                return Err(Stuck);
+            };
+            let new_tail = self.next(tail);
+            // SYNC POINT (cell free): Acquire pairs with the Release stamp store in `pop`, so the
+            // consumer's read of the old value happens-before our overwrite.
+            let s = stamp.load(Ordering::Acquire);
+            if s == tail {
+                match self.tail.compare_exchange_weak(
+                    tail,
+                    new_tail,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        self.cells.write(index, value);
+                        // SYNC POINT (cell full): Release pairs with the Acquire in `pop`.
+                        stamp.store(tail + 1, Ordering::Release);
+                        return Ok(Push::Done);
+                    }
+                    Err(t) => tail = t,
+                }
+                continue;
+            }
+            if s.wrapping_add(self.one_lap) == tail + 1 {
+                // The cell still holds last lap's value: the ring may be full.
+                fence(Ordering::SeqCst);
+                let head = self.head.load(Ordering::Relaxed);
+                if head.wrapping_add(self.one_lap) == tail {
+                    if !force {
+                        return Ok(Push::Full(value));
+                    }
+                    // Evict: move head past the oldest value and take its cell ourselves.
+                    let new_head = new_tail.wrapping_sub(self.one_lap);
+                    if self
+                        .head
+                        .compare_exchange_weak(head, new_head, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        self.tail.store(new_tail, Ordering::SeqCst);
+                        let old = self.cells.read(index);
+                        self.cells.write(index, value);
+                        stamp.store(tail + 1, Ordering::Release);
+                        return Ok(Push::Evicted(old));
+                    }
+                }
+            }
+            // Another producer or consumer is mid-operation on this cell, or the words are corrupt.
+            waited += 1;
+            if waited > MAX_WAIT {
+                return Err(Stuck);
+            }
+            spin_hint();
+            tail = self.tail.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Pops the oldest value; `Ok(None)` if the ring is empty.
+    pub fn pop(&self) -> Result<Option<T>, Stuck> {
+        let mut head = self.head.load(Ordering::Relaxed);
+        let mut waited = 0u32;
+        loop {
+            let (index, lap) = self.split(head);
+            let Some(stamp) = self.stamps.get(index) else {
+                return Err(Stuck);
+            };
+            // SYNC POINT (cell full): Acquire pairs with the Release stamp store in `push`.
+            let s = stamp.load(Ordering::Acquire);
+            if s == head.wrapping_add(1) {
+                let new_head = if index + 1 < self.capacity() {
+                    head + 1
+                } else {
+                    lap.wrapping_add(self.one_lap)
+                };
+                match self.head.compare_exchange_weak(
+                    head,
+                    new_head,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let value = self.cells.read(index);
+                        // SYNC POINT (cell free): Release pairs with the Acquire in `push`.
+                        stamp.store(head.wrapping_add(self.one_lap), Ordering::Release);
+                        return Ok(Some(value));
+                    }
+                    Err(h) => head = h,
+                }
+                continue;
+            }
+            if s == head {
+                // The cell waits for this lap's push: empty unless a push is under way.
+                fence(Ordering::SeqCst);
+                if self.tail.load(Ordering::Relaxed) == head {
+                    return Ok(None);
+                }
+            }
+            waited += 1;
+            if waited > MAX_WAIT {
+                return Err(Stuck);
+            }
+            spin_hint();
+            head = self.head.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Values in the ring (a snapshot; exact when nothing runs concurrently).
+    pub fn len(&self) -> usize {
+        loop {
+            let tail = self.tail.load(Ordering::SeqCst);
+            let head = self.head.load(Ordering::SeqCst);
+            if self.tail.load(Ordering::SeqCst) == tail {
+                let (hix, _) = self.split(head);
+                let (tix, _) = self.split(tail);
+                let cap = self.capacity();
+                return if hix < tix {
+                    tix - hix
+                } else if hix > tix {
+                    (cap + tix).saturating_sub(hix)
+                } else if tail == head {
+                    0
+                } else {
+                    cap
+                };
+            }
+        }
+    }
+}

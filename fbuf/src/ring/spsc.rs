@@ -1,0 +1,178 @@
+//! A bounded single-producer single-consumer ring (Lamport's queue with cached indices, as in
+//! rigtorp's SPSCQueue or iceoryx2's `spsc::index_queue`), over generic storage.
+//!
+//! Each side keeps its own index in private memory and only *publishes* it to the shared word, so a
+//! corrupt shared word can never move the side that owns it. The other side's index is read only
+//! when the cached copy says the ring is full (producer) or empty (consumer), and it is validated:
+//! `head <= tail <= head + capacity`, or the ring is reported [`Stuck`].
+//!
+//! Batches cost one index publication however many values they carry.
+
+use bytemuck::Pod;
+
+use super::cells::Cells;
+use super::mpmc::Stuck;
+use crate::sync::{AtomicU64, Ordering};
+
+/// A view of an SPSC ring's shared words.
+pub struct SpscRing<'a, T> {
+    /// Values popped so far. Written by the consumer only.
+    head: &'a AtomicU64,
+    /// Values pushed so far. Written by the producer only.
+    tail: &'a AtomicU64,
+    cells: Cells<'a, T>,
+    mask: u64,
+}
+
+/// The producer's private state.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerState {
+    tail: u64,
+    cached_head: u64,
+}
+
+/// The consumer's private state.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerState {
+    head: u64,
+    cached_tail: u64,
+}
+
+impl<'a, T: Pod> SpscRing<'a, T> {
+    /// A view over `head`, `tail` and the value words.
+    ///
+    /// # Panics
+    /// If the capacity is not a power of two (a layout bug, not peer input).
+    pub fn new(head: &'a AtomicU64, tail: &'a AtomicU64, values: &'a [AtomicU64]) -> Self {
+        let cells = Cells::new(values);
+        assert!(
+            cells.len().is_power_of_two(),
+            "SPSC capacity must be a power of two"
+        );
+        let mask = cells.len() as u64 - 1;
+        SpscRing {
+            head,
+            tail,
+            cells,
+            mask,
+        }
+    }
+
+    /// Capacity in values.
+    pub fn capacity(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// The producer's state, read from the shared words (validated).
+    pub fn producer(&self) -> Result<ProducerState, Stuck> {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        self.check(head, tail)?;
+        Ok(ProducerState {
+            tail,
+            cached_head: head,
+        })
+    }
+
+    /// The consumer's state, read from the shared words (validated).
+    pub fn consumer(&self) -> Result<ConsumerState, Stuck> {
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Acquire);
+        self.check(head, tail)?;
+        Ok(ConsumerState {
+            head,
+            cached_tail: tail,
+        })
+    }
+
+    fn check(&self, head: u64, tail: u64) -> Result<(), Stuck> {
+        match tail.checked_sub(head) {
+            Some(n) if n <= self.capacity() as u64 => Ok(()),
+            _ => Err(Stuck),
+        }
+    }
+
+    /// Pushes as many of `values` as fit; returns how many.
+    pub fn push(&self, st: &mut ProducerState, values: &[T]) -> Result<usize, Stuck> {
+        let cap = self.capacity() as u64;
+        let mut free = cap - (st.tail - st.cached_head);
+        if free < values.len() as u64 {
+            // SYNC POINT (slots freed): Acquire pairs with the consumer's Release of `head`, so
+            // its reads of the cells finish before we overwrite them.
+            let head = self.head.load(Ordering::Acquire);
+            if head < st.cached_head {
+                return Err(Stuck);
+            }
+            self.check(head, st.tail)?;
+            st.cached_head = head;
+            free = cap - (st.tail - head);
+        }
+        let n = free.min(values.len() as u64);
+        for (k, v) in values[..n as usize].iter().enumerate() {
+            self.cells
+                .write(((st.tail + k as u64) & self.mask) as usize, *v);
+        }
+        if n > 0 {
+            st.tail += n;
+            // SYNC POINT (values ready): Release pairs with the consumer's Acquire of `tail`.
+            self.tail.store(st.tail, Ordering::Release);
+        }
+        Ok(n as usize)
+    }
+
+    /// Pops up to `out.len()` values into `out`; returns how many.
+    pub fn pop(&self, st: &mut ConsumerState, out: &mut [T]) -> Result<usize, Stuck> {
+        let mut avail = st.cached_tail - st.head;
+        if avail < out.len() as u64 {
+            // SYNC POINT (values ready): Acquire pairs with the producer's Release of `tail`.
+            let tail = self.tail.load(Ordering::Acquire);
+            if tail < st.cached_tail {
+                return Err(Stuck);
+            }
+            self.check(st.head, tail)?;
+            st.cached_tail = tail;
+            avail = tail - st.head;
+        }
+        let n = avail.min(out.len() as u64);
+        for (k, slot) in out[..n as usize].iter_mut().enumerate() {
+            *slot = self.cells.read(((st.head + k as u64) & self.mask) as usize);
+        }
+        if n > 0 {
+            st.head += n;
+            // SYNC POINT (slots freed): Release pairs with the producer's Acquire of `head`.
+            self.head.store(st.head, Ordering::Release);
+        }
+        Ok(n as usize)
+    }
+
+    /// Whether the consumer would find a value now (for waiting; no state change).
+    pub fn has_values(&self, st: &ConsumerState) -> bool {
+        self.tail.load(Ordering::Acquire) != st.head
+    }
+
+    /// Whether the producer would find room now.
+    pub fn has_room(&self, st: &ProducerState) -> bool {
+        let head = self.head.load(Ordering::Acquire);
+        st.tail.wrapping_sub(head) < self.capacity() as u64
+    }
+
+    /// Values in the ring (snapshot).
+    pub fn len(&self) -> usize {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        tail.saturating_sub(head).min(self.capacity() as u64) as usize
+    }
+
+    /// Whether the ring holds no values (snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+impl ConsumerState {
+    /// Forgets the cached tail, so the next pop reads the shared word (tests only).
+    pub(crate) fn cached_tail_for_test(&mut self, _: u64) {
+        self.cached_tail = self.head;
+    }
+}
