@@ -196,7 +196,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut seen = vec![0u64; 2];
+        let mut seen = [0u64; 2];
         let mut got = 0;
         while got < 100_000 {
             if let Some(v) = ring.pop() {

@@ -215,6 +215,11 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
         }
     }
 
+    /// Whether the ring holds no values (snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Values in the ring (a snapshot; exact when nothing runs concurrently).
     pub fn len(&self) -> usize {
         loop {
