@@ -18,15 +18,37 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `model` with `bug` seeded and says whether loom found a failing interleaving.
-fn caught(bug: Bug, model: fn()) -> bool {
+/// Runs the model test `test` in a child process with `bug` seeded, and says whether loom found a
+/// failing interleaving there. A child process, because some failures loom reports (a deadlock: a
+/// lost wake-up) abort the process instead of unwinding.
+fn caught(bug: Bug, test: &str) -> bool {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env("FBUF_SEEDED_BUG", (bug as usize).to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("running 1 test"),
+        "model test {test} not found:\n{stdout}"
+    );
+    !out.status.success() && (stderr.contains("panicked") || stderr.contains("deadlock"))
+}
+
+/// In a child started by [`caught`], switches on the bug it names.
+fn seed_from_env() {
+    let bug = match std::env::var("FBUF_SEEDED_BUG")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(1) => Bug::NoGenerationBump,
+        Some(2) => Bug::UnlockedLastRelease,
+        Some(3) => Bug::NoSleeperRecheck,
+        Some(4) => Bug::RelaxedSpscPublish,
+        _ => Bug::None,
+    };
     seeded::set(bug);
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let failed = std::panic::catch_unwind(model).is_err();
-    std::panic::set_hook(hook);
-    seeded::set(Bug::None);
-    failed
 }
 
 // ---- pool: allocation ------------------------------------------------------------------------
@@ -93,6 +115,7 @@ fn aba_generation() {
 #[test]
 fn pool_aba_generation() {
     let _g = serial();
+    seed_from_env();
     aba_generation();
 }
 
@@ -100,7 +123,7 @@ fn pool_aba_generation() {
 fn seeded_no_generation_bump_is_caught() {
     let _g = serial();
     assert!(
-        caught(Bug::NoGenerationBump, aba_generation),
+        caught(Bug::NoGenerationBump, "pool_aba_generation"),
         "loom missed the ABA bug"
     );
 }
@@ -192,6 +215,7 @@ fn local_last_release_vs_import() {
 #[test]
 fn local_refs_last_release_vs_import() {
     let _g = serial();
+    seed_from_env();
     local_last_release_vs_import();
 }
 
@@ -199,7 +223,281 @@ fn local_refs_last_release_vs_import() {
 fn seeded_unlocked_last_release_is_caught() {
     let _g = serial();
     assert!(
-        caught(Bug::UnlockedLastRelease, local_last_release_vs_import),
+        caught(
+            Bug::UnlockedLastRelease,
+            "local_refs_last_release_vs_import"
+        ),
         "loom missed the unlocked transition"
     );
+}
+
+// ---- rings -----------------------------------------------------------------------------------
+
+use fbuf::ring::{Ring, SpscHeap};
+use fbuf::sync::doorbell::{Doorbell, Futex, WaitStrategy};
+
+/// SPSC across the wrap-around: capacity `cap`, a batch of two and a single push against a
+/// consumer popping in batches; every value arrives once, in order, with its bytes.
+fn spsc_wrap(cap: usize) {
+    loom::model(move || {
+        let heap = Arc::new(SpscHeap::<[u64; 2]>::new(cap));
+        let (mut p, mut c) = heap.ends();
+        let producer = {
+            let heap = heap.clone();
+            thread::spawn(move || {
+                let r = heap.ring();
+                let mut next = 1u64;
+                while next <= 3 {
+                    let batch: Vec<[u64; 2]> = (next..=3).take(2).map(|v| [v, v * 10]).collect();
+                    let n = r.push(&mut p, &batch).unwrap();
+                    next += n as u64;
+                    if n == 0 {
+                        thread::yield_now();
+                    }
+                }
+            })
+        };
+        let r = heap.ring();
+        let mut expect = 1u64;
+        let mut out = [[0u64; 2]; 2];
+        while expect <= 3 {
+            let n = r.pop(&mut c, &mut out).unwrap();
+            for v in &out[..n] {
+                assert_eq!(*v, [expect, expect * 10], "value {expect} arrived whole");
+                expect += 1;
+            }
+            if n == 0 {
+                thread::yield_now();
+            }
+        }
+        producer.join().unwrap();
+    });
+}
+
+#[test]
+fn spsc_wrap_capacity_1() {
+    let _g = serial();
+    spsc_wrap(1);
+}
+
+#[test]
+fn spsc_wrap_capacity_2() {
+    let _g = serial();
+    seed_from_env();
+    spsc_wrap(2);
+}
+
+#[test]
+fn seeded_relaxed_spsc_publish_is_caught() {
+    let _g = serial();
+    assert!(
+        caught(Bug::RelaxedSpscPublish, "spsc_wrap_capacity_2"),
+        "loom missed the Relaxed publish"
+    );
+}
+
+/// Two producers, one consumer, across the wrap-around (capacity 2, positions start at 1): each
+/// value arrives exactly once. The consumer makes a bounded number of attempts and the main thread
+/// drains the rest after the joins, so no model spins unboundedly.
+#[test]
+fn mpmc_two_producers_one_consumer() {
+    let _g = serial();
+    loom::model(|| {
+        let ring = Arc::new(Ring::<[u64; 2]>::new(2));
+        ring.push([0, 0]).unwrap();
+        assert_eq!(ring.pop(), Some([0, 0]));
+        let producers: Vec<_> = (1..=2u64)
+            .map(|p| {
+                let ring = ring.clone();
+                thread::spawn(move || ring.push([p, p * 10]).unwrap())
+            })
+            .collect();
+        let consumer = {
+            let ring = ring.clone();
+            // Bounded attempts through the view: `Stuck` (a push in progress) counts as nothing.
+            thread::spawn(move || {
+                (0..2)
+                    .filter_map(|_| ring.view().pop().ok().flatten())
+                    .collect::<Vec<_>>()
+            })
+        };
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut all = consumer.join().unwrap();
+        while let Some(v) = ring.pop() {
+            all.push(v);
+        }
+        all.sort();
+        assert_eq!(
+            all,
+            [[1, 10], [2, 20]],
+            "each value exactly once, bytes intact"
+        );
+    });
+}
+
+/// One producer, two consumers: every value is popped by exactly one consumer.
+#[test]
+fn mpmc_one_producer_two_consumers() {
+    let _g = serial();
+    loom::model(|| {
+        let ring = Arc::new(Ring::<[u64; 2]>::new(2));
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let ring = ring.clone();
+                // One bounded attempt through the view; `Stuck` means a push was in progress.
+                thread::spawn(move || ring.view().pop().ok().flatten())
+            })
+            .collect();
+        ring.push([1, 0]).unwrap();
+        ring.push([2, 0]).unwrap();
+        let mut all: Vec<u64> = consumers
+            .into_iter()
+            .filter_map(|c| c.join().unwrap())
+            .map(|v| v[0])
+            .collect();
+        while let Some(v) = ring.pop() {
+            all.push(v[0]);
+        }
+        all.sort();
+        assert_eq!(all, [1, 2], "each value exactly once");
+    });
+}
+
+/// `force_push` on a full ring against a concurrent pop: no value is lost or duplicated; each is
+/// either popped, evicted (returned to the pusher), or still in the ring.
+#[test]
+fn mpmc_force_push_against_pop() {
+    let _g = serial();
+    loom::model(|| {
+        let ring = Arc::new(Ring::<[u64; 2]>::new(1));
+        ring.push([1, 0]).unwrap();
+        let popper = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.pop())
+        };
+        let evicted = ring.force_push([2, 0]);
+        let popped = popper.join().unwrap();
+        let mut seen: Vec<u64> = evicted.into_iter().chain(popped).map(|v| v[0]).collect();
+        while let Some(v) = ring.pop() {
+            seen.push(v[0]);
+        }
+        seen.sort();
+        assert_eq!(seen, [1, 2]);
+    });
+}
+
+#[test]
+fn mpmc_force_push_evicts_the_oldest() {
+    let _g = serial();
+    loom::model(|| {
+        let ring = Ring::<[u64; 2]>::new(2);
+        ring.push([1, 0]).unwrap();
+        ring.push([2, 0]).unwrap();
+        assert_eq!(ring.force_push([3, 0]), Some([1, 0]));
+        assert!(matches!(ring.pop(), Some([2, 0])));
+    });
+}
+
+// ---- doorbell --------------------------------------------------------------------------------
+
+/// A futex emulated with loom's mutex and condvar: the value check and the sleep are atomic with
+/// respect to wake, as the kernel's hash-bucket lock makes them.
+struct LoomFutex {
+    lock: loom::sync::Mutex<()>,
+    cv: loom::sync::Condvar,
+    wakes: loom::sync::atomic::AtomicUsize,
+}
+
+impl LoomFutex {
+    fn new() -> Self {
+        LoomFutex {
+            lock: loom::sync::Mutex::new(()),
+            cv: loom::sync::Condvar::new(),
+            wakes: loom::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Futex for LoomFutex {
+    fn wait(&self, word: &fbuf::sync::AtomicU32, expected: u32, _: Option<std::time::Duration>) {
+        let g = self.lock.lock().unwrap();
+        if word.load(fbuf::sync::Ordering::SeqCst) == expected {
+            drop(self.cv.wait(g).unwrap());
+        }
+    }
+
+    fn wake_all(&self, _: &fbuf::sync::AtomicU32) {
+        self.wakes.fetch_add(1, fbuf::sync::Ordering::SeqCst);
+        let _g = self.lock.lock().unwrap();
+        self.cv.notify_all();
+    }
+}
+
+struct Bell {
+    seq: fbuf::sync::AtomicU32,
+    sleepers: fbuf::sync::AtomicU32,
+    data: fbuf::sync::AtomicU32,
+    futex: LoomFutex,
+}
+
+/// A waiter that may sleep and a waker that publishes data then rings: the waiter always wakes
+/// (a lost wake-up would leave it blocked, which loom reports as a deadlock).
+fn doorbell_no_lost_wakeup() {
+    loom::model(|| {
+        let b = Arc::new(Bell {
+            seq: fbuf::sync::AtomicU32::new(0),
+            sleepers: fbuf::sync::AtomicU32::new(0),
+            data: fbuf::sync::AtomicU32::new(0),
+            futex: LoomFutex::new(),
+        });
+        let waiter = {
+            let b = b.clone();
+            thread::spawn(move || {
+                Doorbell::new(&b.seq, &b.sleepers).wait_until(
+                    &b.futex,
+                    WaitStrategy::Blocking,
+                    None,
+                    || b.data.load(fbuf::sync::Ordering::Acquire) == 1,
+                )
+            })
+        };
+        b.data.store(1, fbuf::sync::Ordering::Release);
+        Doorbell::new(&b.seq, &b.sleepers).ring(&b.futex);
+        assert!(waiter.join().unwrap());
+    });
+}
+
+#[test]
+fn doorbell_sleeper_is_always_woken() {
+    let _g = serial();
+    seed_from_env();
+    doorbell_no_lost_wakeup();
+}
+
+#[test]
+fn seeded_missing_sleeper_recheck_is_caught() {
+    let _g = serial();
+    assert!(
+        caught(Bug::NoSleeperRecheck, "doorbell_sleeper_is_always_woken"),
+        "loom missed the lost wake-up"
+    );
+}
+
+/// With no waiter, ringing makes no wake call: the sender's fast path stays in user space.
+#[test]
+fn doorbell_without_sleeper_makes_no_call() {
+    let _g = serial();
+    loom::model(|| {
+        let b = Bell {
+            seq: fbuf::sync::AtomicU32::new(0),
+            sleepers: fbuf::sync::AtomicU32::new(0),
+            data: fbuf::sync::AtomicU32::new(0),
+            futex: LoomFutex::new(),
+        };
+        b.data.store(1, fbuf::sync::Ordering::Release);
+        assert!(!Doorbell::new(&b.seq, &b.sleepers).ring(&b.futex));
+        assert_eq!(b.futex.wakes.load(fbuf::sync::Ordering::SeqCst), 0);
+    });
 }

@@ -39,7 +39,8 @@ impl<T: Pod> Ring<T> {
         ring
     }
 
-    fn view(&self) -> MpmcRing<'_, T> {
+    /// The algorithm's view, whose operations report [`super::Stuck`] instead of waiting.
+    pub fn view(&self) -> MpmcRing<'_, T> {
         MpmcRing::new(&self.head, &self.tail, &self.stamps, &self.values)
     }
 

@@ -12,6 +12,7 @@ use bytemuck::Pod;
 
 use super::cells::Cells;
 use super::mpmc::Stuck;
+use crate::sync::seeded::{self, Bug};
 use crate::sync::{AtomicU64, Ordering};
 
 /// A view of an SPSC ring's shared words.
@@ -115,7 +116,12 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         if n > 0 {
             st.tail += n;
             // SYNC POINT (values ready): Release pairs with the consumer's Acquire of `tail`.
-            self.tail.store(st.tail, Ordering::Release);
+            let order = if seeded::active(Bug::RelaxedSpscPublish) {
+                Ordering::Relaxed
+            } else {
+                Ordering::Release
+            };
+            self.tail.store(st.tail, order);
         }
         Ok(n as usize)
     }

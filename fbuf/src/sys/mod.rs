@@ -2,5 +2,6 @@
 //! directly; everything above it works with the types these functions return.
 
 pub mod fdpass;
+pub mod futex;
 pub mod memfd;
 pub mod mmap;

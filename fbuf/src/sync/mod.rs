@@ -6,10 +6,12 @@
 //! compiled only without loom (loom's atomics cannot live in mmap'd memory).
 
 #[cfg(loom)]
-pub use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 #[cfg(not(loom))]
-pub use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+pub use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+
+pub mod doorbell;
 
 /// Tells the CPU (or loom's scheduler) that this thread is waiting for another one.
 #[inline]
@@ -33,6 +35,10 @@ pub mod seeded {
         NoGenerationBump = 1,
         /// The local count's last-release transition runs without the transition lock.
         UnlockedLastRelease = 2,
+        /// A waiter sleeps without re-checking its condition after announcing itself.
+        NoSleeperRecheck = 3,
+        /// The SPSC producer publishes its tail with `Relaxed` instead of `Release`.
+        RelaxedSpscPublish = 4,
     }
 
     #[cfg(loom)]
