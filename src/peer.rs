@@ -10,6 +10,11 @@
 //! fbuf peer churn   SOCKET MILLIS SEED  allocate and free at random for a while
 //! fbuf peer hold    SOCKET N            allocate N buffers, say READY, wait to be killed
 //! fbuf peer fast-path SOCKET N          N rounds of the fast path under seccomp strict mode
+//! fbuf peer send    SOCKET CH COUNT ID  send COUNT buffers on channel CH, tagged with sender ID
+//! fbuf peer recv    SOCKET CH COUNT     receive COUNT buffers on channel CH, verify each
+//! fbuf peer publish SOCKET CH COUNT SUBS  wait for SUBS subscribers, publish COUNT buffers
+//! fbuf peer subscribe SOCKET CH COUNT   subscribe to CH, receive and verify COUNT buffers
+//! fbuf peer recv-hold SOCKET CH         open CH's receiver, say READY, wait to be killed
 //! ```
 
 use std::io::{Read, Write};
@@ -40,6 +45,11 @@ pub fn main(args: &[String]) -> ExitCode {
         "churn" => churn(arg(1), num(2), num(3)),
         "hold" => hold(arg(1), num(2)),
         "fast-path" => fast_path(arg(1), num(2)),
+        "send" => send(arg(1), num(2) as usize, num(3), num(4)),
+        "recv" => recv(arg(1), num(2) as usize, num(3)),
+        "publish" => publish(arg(1), num(2) as usize, num(3), num(4)),
+        "subscribe" => subscribe(arg(1), num(2) as usize, num(3)),
+        "recv-hold" => recv_hold(arg(1), num(2) as usize),
         _ => usage(),
     };
     match result {
@@ -241,4 +251,114 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
         libc::syscall(libc::SYS_exit, if ok { 0 } else { 3 });
     }
     unreachable!("_exit returned")
+}
+
+/// A tagged message: bytes 0..8 the sender id, 8..16 the sequence number, the rest the keyed
+/// stream for (sender, sequence). Any byte from another message or offset shows.
+fn fill_tagged(buf: &mut [u8], sender: u64, seq: u64) {
+    fill(buf, sender, seq);
+    if buf.len() >= 16 {
+        buf[..8].copy_from_slice(&sender.to_le_bytes());
+        buf[8..16].copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// Checks a tagged message; returns its (sender, sequence) if every byte is right.
+fn check_tagged(buf: &[u8], scratch: &mut Vec<u8>) -> Option<(u64, u64)> {
+    let sender = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(buf.get(8..16)?.try_into().ok()?);
+    scratch.resize(buf.len(), 0);
+    fill_tagged(scratch, sender, seq);
+    (scratch[..] == buf[..]).then_some((sender, seq))
+}
+
+fn tagged_len(sender: u64, seq: u64) -> usize {
+    SIZES[(mix(sender ^ mix(seq)) % SIZES.len() as u64) as usize].max(16)
+}
+
+fn send(socket: &str, ch: usize, count: u64, id: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut tx = pool.sender(ch)?;
+    let mut bytes = 0u64;
+    for seq in 0..count {
+        let len = tagged_len(id, seq);
+        let mut buf = pool.alloc_timeout(len, Duration::from_secs(20))?;
+        fill_tagged(&mut buf, id, seq);
+        bytes += len as u64;
+        tx.send_timeout(buf.freeze(), Some(Duration::from_secs(20)))?;
+    }
+    Ok(format!("count={count} bytes={bytes}"))
+}
+
+fn recv(socket: &str, ch: usize, count: u64) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let mut rx = pool.receiver(ch)?;
+    let mut next = std::collections::HashMap::<u64, u64>::new();
+    let (mut got, mut bad, mut out_of_order) = (0u64, 0u64, 0u64);
+    let mut scratch = Vec::new();
+    while got < count {
+        let buf = rx.recv_timeout(Some(Duration::from_secs(30)))?;
+        match check_tagged(&buf, &mut scratch) {
+            Some((sender, seq)) => {
+                let n = next.entry(sender).or_insert(0);
+                if seq != *n {
+                    out_of_order += 1;
+                }
+                *n = seq + 1;
+            }
+            None => bad += 1,
+        }
+        got += 1;
+    }
+    Ok(format!(
+        "count={got} bad={bad} out_of_order={out_of_order} senders={}",
+        next.len()
+    ))
+}
+
+fn publish(socket: &str, ch: usize, count: u64, subs: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut tx = pool.publisher(ch)?;
+    let start = Instant::now();
+    while (tx.subscribers() as u64) < subs {
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err("subscribers did not arrive".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut reached = 0u64;
+    for seq in 0..count {
+        let len = tagged_len(0, seq);
+        let mut buf = pool.alloc_timeout(len, Duration::from_secs(20))?;
+        fill_tagged(&mut buf, 0, seq);
+        reached += tx.publish_timeout(buf.freeze(), Some(Duration::from_secs(20)))? as u64;
+    }
+    Ok(format!("count={count} reached={reached}"))
+}
+
+fn subscribe(socket: &str, ch: usize, count: u64) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let mut rx = pool.subscriber(ch, false)?;
+    eprintln!("SUBSCRIBED");
+    let (mut got, mut bad, mut out_of_order) = (0u64, 0u64, 0u64);
+    let mut scratch = Vec::new();
+    while got < count {
+        let buf = rx.recv_timeout(Some(Duration::from_secs(30)))?;
+        match check_tagged(&buf, &mut scratch) {
+            Some((_, seq)) if seq == got => {}
+            Some(_) => out_of_order += 1,
+            None => bad += 1,
+        }
+        got += 1;
+    }
+    Ok(format!("count={got} bad={bad} out_of_order={out_of_order}"))
+}
+
+fn recv_hold(socket: &str, ch: usize) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let _rx = pool.receiver(ch)?;
+    eprintln!("READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

@@ -18,6 +18,7 @@ fn small_pool() -> Pool {
                 slot_count: 2,
             },
         ],
+        channels: vec![],
         name: "desc-test".into(),
     })
     .unwrap()

@@ -168,6 +168,7 @@ fn concurrent_allocation_in_two_processes_leaves_the_pool_full() {
                 slot_count: 16,
             },
         ],
+        channels: vec![],
         name: "churn".into(),
     };
     let owner = Owner::new(config);

@@ -44,6 +44,12 @@ pub const MAX_SLOT_SIZE: u32 = 1 << 30;
 pub const MAX_SLOTS_PER_CLASS: u32 = 1 << 24;
 /// Largest data region (1 TiB).
 pub const MAX_DATA_SIZE: u64 = 1 << 40;
+/// Most channels a pool can have.
+pub const MAX_CHANNELS: usize = 16;
+/// Largest ring capacity.
+pub const MAX_RING_CAPACITY: u32 = 1 << 20;
+/// Values of a ring cell in 64-bit words (a 16-byte descriptor).
+pub const DESC_WORDS: usize = 2;
 
 const PAGE: usize = 4096;
 const LINE: usize = 64;
@@ -58,6 +64,30 @@ pub struct ClassSpec {
     pub slot_count: u32,
 }
 
+/// The ring flavour and shape of a channel.
+pub mod channel_kind {
+    /// One sender, one receiver: an SPSC ring.
+    pub const ONE_TO_ONE: u32 = 1;
+    /// Many senders, one receiver: an MPMC ring.
+    pub const MANY_TO_ONE: u32 = 2;
+    /// One publisher, up to `receivers` subscribers: an MPMC ring per subscriber (MPMC so a lossy
+    /// subscriber's ring can evict its oldest descriptor).
+    pub const BROADCAST: u32 = 3;
+}
+
+/// One channel as recorded in the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ChannelSpec {
+    /// One of [`channel_kind`].
+    pub kind: u32,
+    /// Descriptors each ring holds: a power of two.
+    pub capacity: u32,
+    /// Rings (subscribers) for a broadcast channel; 1 otherwise.
+    pub receivers: u32,
+    pub reserved: u32,
+}
+
 /// The header's fixed fields, after the magic word. Copied out and validated before use.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -65,10 +95,39 @@ pub struct HeaderFields {
     pub version: u32,
     pub class_count: u32,
     pub max_participants: u32,
-    pub reserved: u32,
+    pub channel_count: u32,
     pub control_size: u64,
     pub data_size: u64,
     pub classes: [ClassSpec; MAX_CLASSES],
+    pub channels: [ChannelSpec; MAX_CHANNELS],
+}
+
+/// Where one ring unit (a ring, its endpoints and doorbells) lies in the control region. Offsets
+/// are absolute; every field starts on its own cache line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitLayout {
+    /// Words: receiver endpoint, flags, lost count, lossy flag (u64 each).
+    pub endpoint_offset: usize,
+    /// One u32 per participant: the epoch of a registered sender, 0 if none.
+    pub senders_offset: usize,
+    /// Doorbell the receiver sleeps on (data arrived): seq, sleepers (u32 each).
+    pub data_bell_offset: usize,
+    /// Doorbell a sender sleeps on (room freed).
+    pub space_bell_offset: usize,
+    pub head_offset: usize,
+    pub tail_offset: usize,
+    /// MPMC only: one stamp per cell.
+    pub stamps_offset: usize,
+    pub values_offset: usize,
+    pub capacity: usize,
+    pub mpmc: bool,
+}
+
+/// Where one channel's units lie.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelLayout {
+    pub kind: u32,
+    pub units: Vec<UnitLayout>,
 }
 
 /// Where one class's words and bytes lie.
@@ -96,6 +155,7 @@ impl ClassLayout {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub classes: Vec<ClassLayout>,
+    pub channels: Vec<ChannelLayout>,
     pub participants_offset: usize,
     pub control_size: usize,
     pub data_size: usize,
@@ -119,6 +179,18 @@ pub enum LayoutError {
     NotAscending { class: usize },
     #[error("the data region would exceed {MAX_DATA_SIZE} bytes")]
     TooLarge,
+    #[error("{0} channels given; at most {MAX_CHANNELS} are supported")]
+    TooManyChannels(usize),
+    #[error(
+        "channel {channel}: kind {kind} is not one-to-one (1), many-to-one (2) or broadcast (3)"
+    )]
+    BadChannelKind { channel: usize, kind: u32 },
+    #[error(
+        "channel {channel}: capacity {capacity} is not a power of two between 1 and {MAX_RING_CAPACITY}"
+    )]
+    BadRingCapacity { channel: usize, capacity: u32 },
+    #[error("channel {channel}: {receivers} receivers; a broadcast has 1 to {} and other kinds exactly 1", MAX_PARTICIPANTS - 1)]
+    BadReceivers { channel: usize, receivers: u32 },
 }
 
 fn align_up(x: usize, to: usize) -> Option<usize> {
@@ -126,8 +198,8 @@ fn align_up(x: usize, to: usize) -> Option<usize> {
 }
 
 impl Layout {
-    /// Computes the layout of a pool with these classes, or says which class is wrong.
-    pub fn compute(specs: &[ClassSpec]) -> Result<Layout, LayoutError> {
+    /// Computes the layout of a pool with these classes and channels, or says which is wrong.
+    pub fn compute(specs: &[ClassSpec], channels: &[ChannelSpec]) -> Result<Layout, LayoutError> {
         if specs.is_empty() {
             return Err(LayoutError::NoClasses);
         }
@@ -185,13 +257,20 @@ impl Layout {
             });
             first_slot += count;
         }
+        let (channels, control) = lay_out_channels(channels, control)?;
         Ok(Layout {
             classes,
+            channels,
             participants_offset,
             control_size: align_up(control, PAGE).ok_or(LayoutError::TooLarge)?,
             data_size: align_up(data.max(1), PAGE).ok_or(LayoutError::TooLarge)?,
             total_slots: first_slot,
         })
+    }
+
+    /// The layout of a pool with these classes and no channels.
+    pub fn compute_classes(specs: &[ClassSpec]) -> Result<Layout, LayoutError> {
+        Layout::compute(specs, &[])
     }
 
     /// The header fields that describe this layout.
@@ -203,14 +282,24 @@ impl Layout {
                 slot_count: c.slot_count as u32,
             };
         }
+        let mut channels = [ChannelSpec::zeroed(); MAX_CHANNELS];
+        for (spec, c) in channels.iter_mut().zip(&self.channels) {
+            *spec = ChannelSpec {
+                kind: c.kind,
+                capacity: c.units[0].capacity as u32,
+                receivers: c.units.len() as u32,
+                reserved: 0,
+            };
+        }
         HeaderFields {
             version: VERSION,
             class_count: self.classes.len() as u32,
             max_participants: MAX_PARTICIPANTS,
-            reserved: 0,
+            channel_count: self.channels.len() as u32,
             control_size: self.control_size as u64,
             data_size: self.data_size as u64,
             classes,
+            channels,
         }
     }
 
@@ -218,6 +307,67 @@ impl Layout {
     pub fn class_for(&self, len: usize) -> Option<usize> {
         self.classes.iter().position(|c| c.slot_size >= len)
     }
+}
+
+/// Places each channel's units after `control`; returns them and the new end.
+fn lay_out_channels(
+    specs: &[ChannelSpec],
+    mut control: usize,
+) -> Result<(Vec<ChannelLayout>, usize), LayoutError> {
+    if specs.len() > MAX_CHANNELS {
+        return Err(LayoutError::TooManyChannels(specs.len()));
+    }
+    let mut channels = Vec::with_capacity(specs.len());
+    for (channel, s) in specs.iter().enumerate() {
+        let mpmc = match s.kind {
+            channel_kind::ONE_TO_ONE => false,
+            channel_kind::MANY_TO_ONE | channel_kind::BROADCAST => true,
+            kind => return Err(LayoutError::BadChannelKind { channel, kind }),
+        };
+        if !s.capacity.is_power_of_two() || s.capacity > MAX_RING_CAPACITY {
+            return Err(LayoutError::BadRingCapacity {
+                channel,
+                capacity: s.capacity,
+            });
+        }
+        let max_receivers = if s.kind == channel_kind::BROADCAST {
+            MAX_PARTICIPANTS - 1
+        } else {
+            1
+        };
+        if s.receivers == 0 || s.receivers > max_receivers {
+            return Err(LayoutError::BadReceivers {
+                channel,
+                receivers: s.receivers,
+            });
+        }
+        let cap = s.capacity as usize;
+        let mut units = Vec::with_capacity(s.receivers as usize);
+        for _ in 0..s.receivers {
+            // Bounded above (16 channels x 23 units x 2^20 cells x 24 B), so no overflow.
+            let base = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
+            let stamps_offset = base + 7 * LINE;
+            let values_offset = stamps_offset + if mpmc { cap * 8 } else { 0 };
+            units.push(UnitLayout {
+                endpoint_offset: base,
+                senders_offset: base + LINE,
+                data_bell_offset: base + 3 * LINE,
+                space_bell_offset: base + 4 * LINE,
+                head_offset: base + 5 * LINE,
+                tail_offset: base + 6 * LINE,
+                stamps_offset,
+                values_offset,
+                capacity: cap,
+                mpmc,
+            });
+            control = values_offset + cap * DESC_WORDS * 8;
+        }
+        channels.push(ChannelLayout {
+            kind: s.kind,
+            units,
+        });
+    }
+    Ok((channels, control))
 }
 
 #[cfg(test)]
@@ -234,13 +384,18 @@ mod tests {
     #[test]
     fn header_fits_and_pins_its_size() {
         assert_eq!(std::mem::size_of::<ClassSpec>(), 8);
-        assert_eq!(std::mem::size_of::<HeaderFields>(), 32 + 8 * MAX_CLASSES);
+        assert_eq!(std::mem::size_of::<ChannelSpec>(), 16);
+        assert_eq!(
+            std::mem::size_of::<HeaderFields>(),
+            32 + 8 * MAX_CLASSES + 16 * MAX_CHANNELS
+        );
         assert!(8 + std::mem::size_of::<HeaderFields>() <= HEADER_SIZE);
     }
 
     #[test]
     fn big_classes_are_page_aligned_and_regions_disjoint() {
-        let l = Layout::compute(&[spec(256, 100), spec(4096, 3), spec(1 << 20, 2)]).unwrap();
+        let l =
+            Layout::compute_classes(&[spec(256, 100), spec(4096, 3), spec(1 << 20, 2)]).unwrap();
         assert_eq!(l.total_slots, 105);
         for c in &l.classes {
             assert_eq!(c.data_offset % 4096, 0);
@@ -257,25 +412,56 @@ mod tests {
 
     #[test]
     fn bad_specs_are_named() {
-        assert_eq!(Layout::compute(&[]), Err(LayoutError::NoClasses));
+        assert_eq!(Layout::compute_classes(&[]), Err(LayoutError::NoClasses));
         assert_eq!(
-            Layout::compute(&[spec(300, 1)]),
+            Layout::compute_classes(&[spec(300, 1)]),
             Err(LayoutError::BadSlotSize {
                 class: 0,
                 size: 300
             })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 0)]),
+            Layout::compute_classes(&[spec(256, 0)]),
             Err(LayoutError::BadSlotCount { class: 0, count: 0 })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 1), spec(256, 1)]),
+            Layout::compute_classes(&[spec(256, 1), spec(256, 1)]),
             Err(LayoutError::NotAscending { class: 1 })
         );
         assert_eq!(
-            Layout::compute(&[spec(1 << 30, 1 << 24)]),
+            Layout::compute_classes(&[spec(1 << 30, 1 << 24)]),
             Err(LayoutError::TooLarge)
         );
+        let ch = |kind, capacity, receivers| ChannelSpec {
+            kind,
+            capacity,
+            receivers,
+            reserved: 0,
+        };
+        assert_eq!(
+            Layout::compute(&[spec(256, 1)], &[ch(9, 8, 1)]),
+            Err(LayoutError::BadChannelKind {
+                channel: 0,
+                kind: 9
+            })
+        );
+        assert_eq!(
+            Layout::compute(&[spec(256, 1)], &[ch(1, 6, 1)]),
+            Err(LayoutError::BadRingCapacity {
+                channel: 0,
+                capacity: 6
+            })
+        );
+        assert_eq!(
+            Layout::compute(&[spec(256, 1)], &[ch(1, 8, 2)]),
+            Err(LayoutError::BadReceivers {
+                channel: 0,
+                receivers: 2
+            })
+        );
+        let l = Layout::compute(&[spec(256, 1)], &[ch(1, 8, 1), ch(3, 4, 3)]).unwrap();
+        assert_eq!(l.channels[1].units.len(), 3);
+        let last = l.channels[1].units[2];
+        assert!(last.values_offset + 4 * 16 <= l.control_size);
     }
 }

@@ -14,6 +14,8 @@ pub mod ring;
 pub mod sync;
 
 #[cfg(not(loom))]
+pub mod channel;
+#[cfg(not(loom))]
 pub mod layout;
 #[cfg(not(loom))]
 pub mod pool;

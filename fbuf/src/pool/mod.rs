@@ -21,7 +21,8 @@ pub use participants::Role;
 
 use crate::alloc::{ClassSlots, LocalRefs, MAX_PARTICIPANTS};
 use crate::layout::{
-    ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CLASSES, VERSION,
+    ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CHANNELS,
+    MAX_CLASSES, VERSION,
 };
 use crate::region::{Region, RegionError};
 use crate::sync::{AtomicU64, Ordering};
@@ -32,6 +33,8 @@ use participants::{ENTRY_WORDS, Entry};
 pub struct PoolConfig {
     /// Size classes, smallest slots first.
     pub classes: Vec<ClassSpec>,
+    /// Channels (rings of descriptors), opened by index with `Pool::sender`, `Pool::receiver`, ...
+    pub channels: Vec<ChannelSpec>,
     /// Name of the memfds (shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`).
     pub name: String,
 }
@@ -62,6 +65,7 @@ impl Default for PoolConfig {
                     slot_count: 8,
                 },
             ],
+            channels: vec![],
             name: "fbuf-pool".into(),
         }
     }
@@ -93,7 +97,9 @@ pub enum AttachError {
     VersionMismatch { ours: u32, theirs: u32 },
     #[error("header names {0} size classes; at most {MAX_CLASSES} are possible")]
     BadClassCount(u32),
-    #[error("header's size classes are invalid: {0}")]
+    #[error("header names {0} channels; at most {MAX_CHANNELS} are possible")]
+    BadChannelCount(u32),
+    #[error("header's size classes or channels are invalid: {0}")]
     BadClasses(#[from] LayoutError),
     #[error("header says {field} is {header}, the layout needs {computed}")]
     LayoutMismatch {
@@ -167,7 +173,7 @@ impl Pool {
     /// magic word last, so a pool seen half-made reads as "not ready". The caller is participant 0,
     /// a producer.
     pub fn create(config: &PoolConfig) -> Result<Pool, PoolCreateError> {
-        let layout = Layout::compute(&config.classes)?;
+        let layout = Layout::compute(&config.classes, &config.channels)?;
         let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
         let header = layout.header();
@@ -183,6 +189,14 @@ impl Pool {
         let pool = Pool::from_parts(control, data, layout, 0, true, None);
         for c in 0..pool.shared.layout.classes.len() {
             pool.shared.class(c).init_hints();
+        }
+        for ch in &pool.shared.layout.channels {
+            for u in ch.units.iter().filter(|u| u.mpmc) {
+                let stamps = pool.shared.control.atomics_u64(u.stamps_offset, u.capacity);
+                for (i, s) in stamps.iter().enumerate() {
+                    s.store(i as u64, Ordering::Relaxed);
+                }
+            }
         }
         pool.shared
             .participant(0)
@@ -241,7 +255,11 @@ impl Pool {
         if count > MAX_CLASSES {
             return Err(AttachError::BadClassCount(header.class_count));
         }
-        let layout = Layout::compute(&header.classes[..count])?;
+        let channels = header.channel_count as usize;
+        if channels > MAX_CHANNELS {
+            return Err(AttachError::BadChannelCount(header.channel_count));
+        }
+        let layout = Layout::compute(&header.classes[..count], &header.channels[..channels])?;
         let check = |field, header: u64, computed: usize| {
             if header == computed as u64 {
                 Ok(())
@@ -467,6 +485,10 @@ impl Pool {
         r
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Pids of the active participants, by id.
     pub fn participants(&self) -> Vec<(u32, u32, Option<Role>)> {
         (0..MAX_PARTICIPANTS)
@@ -478,11 +500,23 @@ impl Pool {
 }
 
 impl Shared {
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn control(&self) -> &Region {
+        &self.control
+    }
+
+    pub(crate) fn me(&self) -> u32 {
+        self.me
+    }
+
     fn magic(&self) -> &AtomicU64 {
         &self.control.atomics_u64(0, 1)[0]
     }
 
-    fn class(&self, class: usize) -> ClassSlots<'_> {
+    pub(crate) fn class(&self, class: usize) -> ClassSlots<'_> {
         let c = &self.layout.classes[class];
         ClassSlots::new(
             self.control.atomics_u64(c.states_offset, c.slot_count),
@@ -491,14 +525,14 @@ impl Shared {
         )
     }
 
-    fn participant(&self, id: u32) -> Entry<'_> {
+    pub(crate) fn participant(&self, id: u32) -> Entry<'_> {
         let offset =
             self.layout.participants_offset + id as usize * crate::layout::PARTICIPANT_ENTRY_SIZE;
         Entry::new(self.control.atomics_u32(offset, ENTRY_WORDS))
     }
 
     /// Checks a descriptor's fields against the layout; returns `(class, slot)` as indices.
-    fn check(&self, d: &Desc) -> Result<(usize, usize), DescError> {
+    pub(crate) fn check(&self, d: &Desc) -> Result<(usize, usize), DescError> {
         let classes = self.layout.classes.len();
         let c = self
             .layout

@@ -1,4 +1,7 @@
-//! The participant table in the control region: who is attached, by pid and role.
+//! The participant table in the control region: who is attached, by pid, role and epoch.
+//!
+//! The epoch is bumped each time an entry is claimed, so a channel endpoint that recorded
+//! `(id, epoch)` can tell its participant from a later process that reuses the id.
 //!
 //! Entry `i` is participant `i`, whose holder bit is bit `i` of every slot state word. Only the
 //! pool's owner writes the table (at admission and after a participant leaves or dies); the others
@@ -41,7 +44,7 @@ pub const ENTRY_WORDS: usize = 16;
 
 impl<'a> Entry<'a> {
     pub fn new(words: &'a [AtomicU32]) -> Self {
-        assert!(words.len() >= 3);
+        assert!(words.len() >= 4);
         Entry { words }
     }
 
@@ -54,6 +57,9 @@ impl<'a> Entry<'a> {
             return false;
         }
         self.words[1].store(pid, Ordering::Relaxed);
+        // Epoch 0 is never used, so 0 can mean "nobody" in endpoint words.
+        let epoch = self.words[3].load(Ordering::Relaxed).wrapping_add(1).max(1);
+        self.words[3].store(epoch, Ordering::Relaxed);
         self.words[2].store(role as u32, Ordering::Release);
         true
     }
@@ -63,6 +69,16 @@ impl<'a> Entry<'a> {
         self.words[1].store(0, Ordering::Relaxed);
         self.words[2].store(0, Ordering::Relaxed);
         self.words[0].store(FREE, Ordering::Release);
+    }
+
+    /// The epoch of the current (or last) claim.
+    pub fn epoch(&self) -> u32 {
+        self.words[3].load(Ordering::Acquire)
+    }
+
+    /// Whether this entry is active and still the claim that had `epoch`.
+    pub fn is_alive(&self, epoch: u32) -> bool {
+        self.is_active() && self.epoch() == epoch
     }
 
     pub fn is_active(&self) -> bool {

@@ -77,6 +77,8 @@ pub struct ServerStats {
     pub retired: AtomicUsize,
     /// Holder bits cleared on retirement: non-zero means participants left holding buffers.
     pub released_on_retire: AtomicUsize,
+    /// Descriptors dropped from the rings of retired receivers.
+    pub dropped_on_retire: AtomicUsize,
 }
 
 /// A running session server. Dropping it stops accepting and removes the socket file; admitted
@@ -220,6 +222,11 @@ fn serve_one(mut stream: UnixStream, pool: &Pool, policy: &Policy, stats: &Serve
     let _ = stream.set_read_timeout(None);
     let mut sink = [0u8; 64];
     while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    // Drop what waited in its rings and its endpoint registrations first, then its holdings.
+    let dropped = crate::channel::forget_participant(pool, id);
+    stats
+        .dropped_on_retire
+        .fetch_add(dropped, Ordering::Relaxed);
     let r = pool.retire(id);
     stats
         .released_on_retire

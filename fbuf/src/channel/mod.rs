@@ -1,0 +1,147 @@
+//! Channels: endpoints in different processes passing buffers by descriptor over the rings in the
+//! pool's control region.
+//!
+//! - one-to-one ([`Sender`]/[`Receiver`] on an SPSC ring),
+//! - many-to-one (several [`Sender`]s, one [`Receiver`], on an MPMC ring),
+//! - one-to-many ([`Publisher`]/[`Subscriber`]: the same buffer to every subscriber, each through
+//!   its own ring; the slot returns to the pool after the last subscriber releases it).
+//!
+//! Sending lends the buffer (one in-flight count per ring it enters) and pushes its descriptor;
+//! receiving pops and imports it, which checks every field. Nothing here enters the kernel unless a
+//! side sleeps: a wake-up is a futex call only when the doorbell shows a sleeper.
+//!
+//! Backpressure, not loss: a full ring makes `try_send` hand the buffer back (`SendError::Full`)
+//! and `send_timeout` wait. Only a subscriber that opted in (`lossy`) loses its oldest descriptors
+//! when it falls behind, and it is told how many ([`Subscriber::take_lost`]).
+
+mod broadcast;
+mod p2p;
+mod unit;
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+pub use crate::sync::doorbell::WaitStrategy;
+pub use broadcast::{Publisher, Subscriber};
+pub use p2p::{Receiver, Sender};
+
+use crate::layout::{ChannelLayout, channel_kind};
+use crate::pool::{Buf, DescError, Pool, ShareError};
+use crate::sync::doorbell::SysFutex;
+use unit::Unit;
+
+/// Why a channel endpoint could not be opened.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    #[error("no channel {channel}: the pool has {channels}")]
+    NoSuchChannel { channel: usize, channels: usize },
+    #[error("channel {channel} is a {found} channel, not {expected}")]
+    WrongKind {
+        channel: usize,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("channel {channel} already has a live receiver")]
+    ReceiverTaken { channel: usize },
+    #[error("channel {channel} is one-to-one and already has a live sender")]
+    SenderTaken { channel: usize },
+    #[error("broadcast channel {channel} has no free subscriber ring")]
+    NoSubscriberRing { channel: usize },
+    #[error("channel {channel}'s ring words are inconsistent (corrupted by a peer?)")]
+    Corrupted { channel: usize },
+}
+
+/// Why a buffer was not sent. Every variant gives the buffer back.
+#[derive(Debug, Error)]
+pub enum SendError {
+    #[error("the ring is full")]
+    Full(Buf),
+    #[error("the ring stayed full until the timeout")]
+    Timeout(Buf),
+    #[error("the receiver is gone (closed or died)")]
+    Disconnected(Buf),
+    #[error("the buffer cannot be lent: {0}")]
+    Share(ShareError, Buf),
+    #[error("the ring's words are inconsistent (corrupted by a peer?)")]
+    Corrupted(Buf),
+}
+
+impl SendError {
+    /// The buffer that was not sent.
+    pub fn into_buf(self) -> Buf {
+        match self {
+            SendError::Full(b)
+            | SendError::Timeout(b)
+            | SendError::Disconnected(b)
+            | SendError::Share(_, b)
+            | SendError::Corrupted(b) => b,
+        }
+    }
+}
+
+/// Why nothing was received.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RecvError {
+    #[error("the ring is empty")]
+    Empty,
+    #[error("nothing arrived before the timeout")]
+    Timeout,
+    #[error("every sender is gone (closed or died) and the ring is empty")]
+    Disconnected,
+    #[error("a received descriptor was refused: {0}")]
+    Desc(#[from] DescError),
+    #[error("the ring's words are inconsistent (corrupted by a peer?)")]
+    Corrupted,
+}
+
+fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        channel_kind::ONE_TO_ONE => "one-to-one",
+        channel_kind::MANY_TO_ONE => "many-to-one",
+        channel_kind::BROADCAST => "broadcast",
+        _ => "unknown",
+    }
+}
+
+/// The layout of channel `channel` if it is of one of `kinds`.
+fn channel(
+    pool: &Pool,
+    channel: usize,
+    kinds: &[u32],
+    expected: &'static str,
+) -> Result<ChannelLayout, OpenError> {
+    let channels = &pool.shared().layout().channels;
+    let c = channels.get(channel).ok_or(OpenError::NoSuchChannel {
+        channel,
+        channels: channels.len(),
+    })?;
+    if !kinds.contains(&c.kind) {
+        return Err(OpenError::WrongKind {
+            channel,
+            expected,
+            found: kind_name(c.kind),
+        });
+    }
+    Ok(c.clone())
+}
+
+/// Clears a departed participant's channel registrations and drops the descriptors that were
+/// waiting for it, so their slots return to the pool. The pool's owner calls this before
+/// releasing the participant's slots. Returns how many descriptors were dropped.
+pub fn forget_participant(pool: &Pool, participant: u32) -> usize {
+    let mut dropped = 0;
+    for c in &pool.shared().layout().channels {
+        for u in &c.units {
+            dropped += Unit::new(pool, *u).forget(participant);
+        }
+    }
+    dropped
+}
+
+/// Deadline for an optional timeout.
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}
+
+static FUTEX: SysFutex = SysFutex;

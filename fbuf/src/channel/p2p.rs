@@ -1,0 +1,312 @@
+//! One-to-one and many-to-one endpoints.
+
+use std::time::Duration;
+
+use super::unit::{Unit, UnitRing, pop, push};
+use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
+use crate::layout::{UnitLayout, channel_kind};
+use crate::pool::{Buf, Desc, Pool, ShareError};
+use crate::ring::{ConsumerState, ProducerState, Push};
+
+/// The sending end of a one-to-one or many-to-one channel.
+pub struct Sender {
+    pool: Pool,
+    unit: UnitLayout,
+    /// The SPSC producer's private indices (one-to-one only).
+    spsc: Option<ProducerState>,
+    strategy: WaitStrategy,
+}
+
+/// The receiving end of a one-to-one or many-to-one channel.
+pub struct Receiver {
+    pool: Pool,
+    unit: UnitLayout,
+    spsc: Option<ConsumerState>,
+    strategy: WaitStrategy,
+    batch: Vec<Desc>,
+}
+
+impl Pool {
+    /// Opens channel `channel` (one-to-one or many-to-one) for sending.
+    pub fn sender(&self, channel_index: usize) -> Result<Sender, OpenError> {
+        let c = channel(
+            self,
+            channel_index,
+            &[channel_kind::ONE_TO_ONE, channel_kind::MANY_TO_ONE],
+            "point-to-point",
+        )?;
+        let layout = c.units[0];
+        let unit = Unit::new(self, layout);
+        let spsc = match unit.ring() {
+            UnitRing::Spsc(r) => {
+                if unit.has_other_live_sender() {
+                    return Err(OpenError::SenderTaken {
+                        channel: channel_index,
+                    });
+                }
+                Some(r.producer().map_err(|_| OpenError::Corrupted {
+                    channel: channel_index,
+                })?)
+            }
+            UnitRing::Mpmc(_) => None,
+        };
+        unit.add_sender();
+        Ok(Sender {
+            pool: self.clone(),
+            unit: layout,
+            spsc,
+            strategy: WaitStrategy::default(),
+        })
+    }
+
+    /// Opens channel `channel` (one-to-one or many-to-one) for receiving; one receiver at a time.
+    pub fn receiver(&self, channel_index: usize) -> Result<Receiver, OpenError> {
+        let c = channel(
+            self,
+            channel_index,
+            &[channel_kind::ONE_TO_ONE, channel_kind::MANY_TO_ONE],
+            "point-to-point",
+        )?;
+        let layout = c.units[0];
+        let unit = Unit::new(self, layout);
+        if !unit.claim_receiver() {
+            return Err(OpenError::ReceiverTaken {
+                channel: channel_index,
+            });
+        }
+        let spsc = match unit.ring() {
+            UnitRing::Spsc(r) => match r.consumer() {
+                Ok(st) => Some(st),
+                Err(_) => {
+                    unit.release_receiver();
+                    return Err(OpenError::Corrupted {
+                        channel: channel_index,
+                    });
+                }
+            },
+            UnitRing::Mpmc(_) => None,
+        };
+        Ok(Receiver {
+            pool: self.clone(),
+            unit: layout,
+            spsc,
+            strategy: WaitStrategy::default(),
+            batch: Vec::new(),
+        })
+    }
+}
+
+impl Sender {
+    /// How `send_timeout` waits for room.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Sends `buf` if the ring has room; otherwise gives it back. No system call unless the
+    /// receiver sleeps.
+    pub fn try_send(&mut self, buf: Buf) -> Result<(), SendError> {
+        let unit = Unit::new(&self.pool, self.unit);
+        if unit.receiver_gone() {
+            return Err(SendError::Disconnected(buf));
+        }
+        let desc = match buf.share() {
+            Ok(d) => d,
+            Err(e) => return Err(SendError::Share(e, buf)),
+        };
+        match push(&unit.ring(), self.spsc.as_mut(), desc, false) {
+            Ok(Push::Done) => {
+                drop(buf);
+                unit.data_bell().ring(&FUTEX);
+                Ok(())
+            }
+            Ok(_) => {
+                let _ = self.pool.discard(desc);
+                Err(SendError::Full(buf))
+            }
+            Err(_) => {
+                let _ = self.pool.discard(desc);
+                Err(SendError::Corrupted(buf))
+            }
+        }
+    }
+
+    /// Sends `buf`, waiting up to `timeout` for room (`None`: forever, unless the receiver goes).
+    pub fn send_timeout(&mut self, buf: Buf, timeout: Option<Duration>) -> Result<(), SendError> {
+        let deadline = deadline(timeout);
+        let mut buf = buf;
+        loop {
+            match self.try_send(buf) {
+                Err(SendError::Full(b)) => buf = b,
+                other => return other,
+            }
+            let unit = Unit::new(&self.pool, self.unit);
+            let ring = unit.ring();
+            let spsc = self.spsc;
+            let ready = unit
+                .space_bell()
+                .wait_until(&FUTEX, self.strategy, deadline, || {
+                    unit.receiver_gone()
+                        || match (&ring, &spsc) {
+                            (UnitRing::Spsc(r), Some(st)) => r.has_room(st),
+                            (UnitRing::Mpmc(r), _) => r.len() < r.capacity(),
+                            _ => true,
+                        }
+                });
+            if !ready {
+                return Err(SendError::Timeout(buf));
+            }
+        }
+    }
+
+    /// Sends as many of `bufs` (from the front) as the ring has room for, with one index
+    /// publication and at most one wake-up; returns how many were sent (and removed from `bufs`).
+    pub fn send_batch(&mut self, bufs: &mut Vec<Buf>) -> Result<usize, SendError> {
+        let unit = Unit::new(&self.pool, self.unit);
+        if bufs.is_empty() {
+            return Ok(0);
+        }
+        if unit.receiver_gone() {
+            return Err(SendError::Disconnected(bufs.remove(0)));
+        }
+        let mut descs = Vec::with_capacity(bufs.len());
+        for b in bufs.iter() {
+            match b.share() {
+                Ok(d) => descs.push(d),
+                Err(ShareError::TooManyInFlight) if !descs.is_empty() => break,
+                Err(e) => {
+                    for d in descs {
+                        let _ = self.pool.discard(d);
+                    }
+                    let b = bufs.remove(0);
+                    return Err(SendError::Share(e, b));
+                }
+            }
+        }
+        let sent = match (&unit.ring(), self.spsc.as_mut()) {
+            (UnitRing::Spsc(r), Some(st)) => r.push(st, &descs).unwrap_or(0),
+            (ring, _) => {
+                let mut n = 0;
+                for d in &descs {
+                    match push(ring, None, *d, false) {
+                        Ok(Push::Done) => n += 1,
+                        _ => break,
+                    }
+                }
+                n
+            }
+        };
+        for d in &descs[sent..] {
+            let _ = self.pool.discard(*d);
+        }
+        bufs.drain(..sent);
+        if sent > 0 {
+            unit.data_bell().ring(&FUTEX);
+        }
+        Ok(sent)
+    }
+
+    /// Whether the receiver is gone.
+    pub fn is_disconnected(&self) -> bool {
+        Unit::new(&self.pool, self.unit).receiver_gone()
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        Unit::new(&self.pool, self.unit).remove_sender();
+    }
+}
+
+impl Receiver {
+    /// How `recv_timeout` waits.
+    pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
+        self.strategy = strategy;
+    }
+
+    /// Receives one buffer if one is queued.
+    pub fn try_recv(&mut self) -> Result<Buf, RecvError> {
+        let unit = Unit::new(&self.pool, self.unit);
+        let mut one = [Desc::default()];
+        let n =
+            pop(&unit.ring(), self.spsc.as_mut(), &mut one).map_err(|_| RecvError::Corrupted)?;
+        if n == 0 {
+            return Err(
+                if unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref()) {
+                    RecvError::Disconnected
+                } else {
+                    RecvError::Empty
+                },
+            );
+        }
+        unit.space_bell().ring(&FUTEX);
+        Ok(self.pool.import(one[0])?)
+    }
+
+    /// Receives one buffer, waiting up to `timeout` (`None`: until one arrives or every sender
+    /// is gone).
+    pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
+        let deadline = deadline(timeout);
+        loop {
+            match self.try_recv() {
+                Err(RecvError::Empty) => {}
+                other => return other,
+            }
+            let unit = Unit::new(&self.pool, self.unit);
+            let spsc = self.spsc;
+            let ready = unit
+                .data_bell()
+                .wait_until(&FUTEX, self.strategy, deadline, || {
+                    !unit.ring_is_empty(spsc.as_ref()) || unit.senders_gone()
+                });
+            if !ready {
+                return Err(RecvError::Timeout);
+            }
+        }
+    }
+
+    /// Receives up to `max` queued buffers into `out` with one index publication; returns how
+    /// many. Descriptors that fail their checks are skipped and reported after the good ones.
+    pub fn recv_batch(&mut self, out: &mut Vec<Buf>, max: usize) -> Result<usize, RecvError> {
+        let unit = Unit::new(&self.pool, self.unit);
+        self.batch.resize(max, Desc::default());
+        let n = pop(&unit.ring(), self.spsc.as_mut(), &mut self.batch)
+            .map_err(|_| RecvError::Corrupted)?;
+        if n == 0 {
+            return Err(
+                if unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref()) {
+                    RecvError::Disconnected
+                } else {
+                    RecvError::Empty
+                },
+            );
+        }
+        unit.space_bell().ring(&FUTEX);
+        let mut first_err = None;
+        for d in &self.batch[..n] {
+            match self.pool.import(*d) {
+                Ok(b) => out.push(b),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        match first_err {
+            Some(e) if out.is_empty() => Err(e.into()),
+            _ => Ok(n),
+        }
+    }
+
+    /// Waits until something is queued or the senders are gone, without taking it.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> bool {
+        let unit = Unit::new(&self.pool, self.unit);
+        let spsc = self.spsc;
+        unit.data_bell()
+            .wait_until(&FUTEX, self.strategy, deadline(timeout), || {
+                !unit.ring_is_empty(spsc.as_ref()) || unit.senders_gone()
+            })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        Unit::new(&self.pool, self.unit).release_receiver();
+    }
+}

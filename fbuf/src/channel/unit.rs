@@ -1,0 +1,290 @@
+//! A ring unit in the control region: one ring of descriptors with its endpoint words and two
+//! doorbells. A one-to-one or many-to-one channel is one unit; a broadcast channel is one unit per
+//! subscriber.
+
+use crate::alloc::MAX_PARTICIPANTS;
+use crate::layout::{DESC_WORDS, UnitLayout};
+use crate::pool::{Desc, Pool};
+use crate::ring::{ConsumerState, MpmcRing, ProducerState, Push, SpscRing, Stuck};
+use crate::sync::doorbell::Doorbell;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Flag bits in the unit's flags word.
+const RECEIVER_SEEN: u64 = 1;
+const SENDER_SEEN: u64 = 2;
+
+/// Encodes a participant as an endpoint word: epoch above, id + 1 below; 0 is nobody.
+pub fn endpoint(id: u32, epoch: u32) -> u64 {
+    (u64::from(epoch) << 32) | u64::from(id + 1)
+}
+
+/// The shared words of one unit, borrowed from the pool's control region.
+pub struct Unit<'a> {
+    pool: &'a Pool,
+    words: &'a [AtomicU64],
+    senders: &'a [AtomicU32],
+    data_bell: &'a [AtomicU32],
+    space_bell: &'a [AtomicU32],
+    layout: UnitLayout,
+}
+
+/// The ring of a unit, in its flavour.
+pub enum UnitRing<'a> {
+    Spsc(SpscRing<'a, Desc>),
+    Mpmc(MpmcRing<'a, Desc>),
+}
+
+impl<'a> Unit<'a> {
+    pub fn new(pool: &'a Pool, layout: UnitLayout) -> Self {
+        let c = pool.shared().control();
+        Unit {
+            pool,
+            words: c.atomics_u64(layout.endpoint_offset, 4),
+            senders: c.atomics_u32(layout.senders_offset, MAX_PARTICIPANTS as usize),
+            data_bell: c.atomics_u32(layout.data_bell_offset, 2),
+            space_bell: c.atomics_u32(layout.space_bell_offset, 2),
+            layout,
+        }
+    }
+
+    pub fn ring(&self) -> UnitRing<'a> {
+        let c = self.pool.shared().control();
+        let head = &c.atomics_u64(self.layout.head_offset, 1)[0];
+        let tail = &c.atomics_u64(self.layout.tail_offset, 1)[0];
+        let values = c.atomics_u64(self.layout.values_offset, self.layout.capacity * DESC_WORDS);
+        if self.layout.mpmc {
+            let stamps = c.atomics_u64(self.layout.stamps_offset, self.layout.capacity);
+            UnitRing::Mpmc(MpmcRing::new(head, tail, stamps, values))
+        } else {
+            UnitRing::Spsc(SpscRing::new(head, tail, values))
+        }
+    }
+
+    /// The doorbell receivers sleep on.
+    pub fn data_bell(&self) -> Doorbell<'a> {
+        Doorbell::new(&self.data_bell[0], &self.data_bell[1])
+    }
+
+    /// The doorbell senders sleep on.
+    pub fn space_bell(&self) -> Doorbell<'a> {
+        Doorbell::new(&self.space_bell[0], &self.space_bell[1])
+    }
+
+    fn alive(&self, id: u32, epoch: u32) -> bool {
+        id < MAX_PARTICIPANTS && epoch != 0 && self.pool.shared().participant(id).is_alive(epoch)
+    }
+
+    fn me(&self) -> (u32, u32) {
+        let id = self.pool.shared().me();
+        (id, self.pool.shared().participant(id).epoch())
+    }
+
+    /// Registers this process as the receiver; false if a live participant already is.
+    pub fn claim_receiver(&self) -> bool {
+        let (id, epoch) = self.me();
+        let mine = endpoint(id, epoch);
+        let cur = self.words[0].load(Ordering::Acquire);
+        if cur == mine {
+            return true;
+        }
+        if cur != 0 {
+            return false; // taken; a dead holder is cleared by the owner when it retires it
+        }
+        if self.words[0]
+            .compare_exchange(0, mine, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.words[1].fetch_or(RECEIVER_SEEN, Ordering::AcqRel);
+        true
+    }
+
+    /// Unregisters this process as the receiver.
+    pub fn release_receiver(&self) {
+        let (id, epoch) = self.me();
+        let _ = self.words[0].compare_exchange(
+            endpoint(id, epoch),
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.space_bell().ring(&crate::sync::doorbell::SysFutex);
+    }
+
+    /// Registers this process as a sender.
+    pub fn add_sender(&self) {
+        let (id, epoch) = self.me();
+        self.senders[id as usize].store(epoch, Ordering::Release);
+        self.words[1].fetch_or(SENDER_SEEN, Ordering::AcqRel);
+    }
+
+    /// Unregisters this process as a sender and wakes a receiver that may be waiting.
+    pub fn remove_sender(&self) {
+        let (id, epoch) = self.me();
+        let _ = self.senders[id as usize].compare_exchange(
+            epoch,
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.data_bell().ring(&crate::sync::doorbell::SysFutex);
+    }
+
+    /// Whether a receiver was once registered and none is alive now: sends must fail.
+    pub fn receiver_gone(&self) -> bool {
+        if self.words[1].load(Ordering::Acquire) & RECEIVER_SEEN == 0 {
+            return false;
+        }
+        let cur = self.words[0].load(Ordering::Acquire);
+        let (id, epoch) = ((cur & 0xffff_ffff) as u32, (cur >> 32) as u32);
+        cur == 0 || id == 0 || !self.alive(id - 1, epoch)
+    }
+
+    /// Whether the receiver is registered and alive now.
+    pub fn has_live_receiver(&self) -> bool {
+        let cur = self.words[0].load(Ordering::Acquire);
+        let (id, epoch) = ((cur & 0xffff_ffff) as u32, (cur >> 32) as u32);
+        cur != 0 && id != 0 && self.alive(id - 1, epoch)
+    }
+
+    /// Whether a sender was once registered and none is alive now: receives of an empty ring fail.
+    pub fn senders_gone(&self) -> bool {
+        if self.words[1].load(Ordering::Acquire) & SENDER_SEEN == 0 {
+            return false;
+        }
+        !(0..MAX_PARTICIPANTS)
+            .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
+    }
+
+    /// Whether a live sender other than this process is registered.
+    pub fn has_other_live_sender(&self) -> bool {
+        let me = self.pool.shared().me();
+        (0..MAX_PARTICIPANTS)
+            .filter(|&id| id != me)
+            .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
+    }
+
+    /// Whether the ring holds nothing for this consumer.
+    pub fn ring_is_empty(&self, spsc: Option<&ConsumerState>) -> bool {
+        match (self.ring(), spsc) {
+            (UnitRing::Spsc(r), Some(st)) => !r.has_values(st),
+            (UnitRing::Spsc(r), None) => r.is_empty(),
+            (UnitRing::Mpmc(r), _) => r.is_empty(),
+        }
+    }
+
+    /// Whether the ring has room for one more descriptor (for a single producer).
+    pub fn ring_has_room(&self) -> bool {
+        match self.ring() {
+            UnitRing::Spsc(r) => r.len() < r.capacity(),
+            UnitRing::Mpmc(r) => r.len() < r.capacity(),
+        }
+    }
+
+    /// Sets or clears the lossy flag (broadcast subscribers).
+    pub fn set_lossy(&self, lossy: bool) {
+        self.words[3].store(u64::from(lossy), Ordering::Release);
+    }
+
+    pub fn is_lossy(&self) -> bool {
+        self.words[3].load(Ordering::Acquire) != 0
+    }
+
+    /// Adds to the count of descriptors this unit's receiver lost.
+    pub fn add_lost(&self, n: u64) {
+        self.words[2].fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Takes the count of lost descriptors, resetting it.
+    pub fn take_lost(&self) -> u64 {
+        self.words[2].swap(0, Ordering::AcqRel)
+    }
+
+    /// Pops every descriptor and discards it (the receiver is gone). Owner only, after the
+    /// receiver died, so it is the only consumer. Returns how many were dropped.
+    pub fn drain(&self) -> usize {
+        let mut n = 0;
+        let mut one = [Desc::default()];
+        loop {
+            let got = match self.ring() {
+                UnitRing::Spsc(r) => match r.consumer() {
+                    Ok(mut st) => r.pop(&mut st, &mut one).unwrap_or(0),
+                    Err(Stuck) => 0,
+                },
+                UnitRing::Mpmc(r) => match r.pop() {
+                    Ok(Some(d)) => {
+                        one[0] = d;
+                        1
+                    }
+                    _ => 0,
+                },
+            };
+            if got == 0 {
+                return n;
+            }
+            let _ = self.pool.discard(one[0]);
+            n += 1;
+        }
+    }
+
+    /// Clears participant `id`'s registrations (it died) and drops what waits for it.
+    pub fn forget(&self, id: u32) -> usize {
+        let mut dropped = 0;
+        let cur = self.words[0].load(Ordering::Acquire);
+        if cur & 0xffff_ffff == u64::from(id + 1) {
+            dropped = self.drain();
+            let _ = self.words[0].compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        if (id as usize) < self.senders.len() {
+            self.senders[id as usize].store(0, Ordering::Release);
+        }
+        let futex = crate::sync::doorbell::SysFutex;
+        self.data_bell().ring(&futex);
+        self.space_bell().ring(&futex);
+        dropped
+    }
+}
+
+/// Pushes through either flavour. SPSC needs the producer's private state.
+pub fn push(
+    ring: &UnitRing<'_>,
+    spsc: Option<&mut ProducerState>,
+    d: Desc,
+    force: bool,
+) -> Result<Push<Desc>, Stuck> {
+    match (ring, spsc) {
+        (UnitRing::Spsc(r), Some(st)) => Ok(if r.push(st, &[d])? == 1 {
+            Push::Done
+        } else {
+            Push::Full(d)
+        }),
+        (UnitRing::Mpmc(r), _) => r.push(d, force),
+        (UnitRing::Spsc(_), None) => Err(Stuck),
+    }
+}
+
+/// Pops through either flavour into `out`; returns how many.
+pub fn pop(
+    ring: &UnitRing<'_>,
+    spsc: Option<&mut ConsumerState>,
+    out: &mut [Desc],
+) -> Result<usize, Stuck> {
+    match (ring, spsc) {
+        (UnitRing::Spsc(r), Some(st)) => r.pop(st, out),
+        (UnitRing::Mpmc(r), _) => {
+            let mut n = 0;
+            while n < out.len() {
+                match r.pop()? {
+                    Some(d) => {
+                        out[n] = d;
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            Ok(n)
+        }
+        (UnitRing::Spsc(_), None) => Err(Stuck),
+    }
+}
