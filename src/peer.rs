@@ -50,6 +50,12 @@ pub fn main(args: &[String]) -> ExitCode {
         "publish" => publish(arg(1), num(2) as usize, num(3), num(4)),
         "subscribe" => subscribe(arg(1), num(2) as usize, num(3)),
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
+        "stream-tx" => {
+            crate::stream::fbuf_tx(arg(1), num(2) as usize, num(3) as usize, num(4), arg(5))
+        }
+        "stream-rx" => crate::stream::fbuf_rx(arg(1), num(2) as usize, arg(3)),
+        "sock-tx" => crate::stream::sock_tx(arg(1), num(2) as usize, num(3), arg(4)),
+        "sock-rx" => crate::stream::sock_rx(arg(1), num(2) as usize, arg(3)),
         _ => usage(),
     };
     match result {
