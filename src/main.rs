@@ -236,7 +236,7 @@ fn main_job(millis: u64) -> Result<bool> {
             );
         };
         line("fbuf", f, fl, "0 B".into());
-        line("unix sock", u, ul, format!("{}", human(2 * size)));
+        line("unix sock", u, ul, human(2 * size));
         println!(
             "{:<7} {:<11} {:>11.1}x {:>8.1}x {:>14} {:>9.2}x {:>9.2}x",
             "",

@@ -35,7 +35,7 @@ fn pattern(seq: u64, i: usize) -> u8 {
 /// Writes the stamps (and the full pattern for every `FULL_EVERY`th message).
 fn stamp(buf: &mut [u8], seq: u64, sent_ns: u64) {
     let n = buf.len();
-    if seq % FULL_EVERY == 0 {
+    if seq.is_multiple_of(FULL_EVERY) {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = pattern(seq, i);
         }
@@ -53,7 +53,7 @@ fn check(buf: &[u8]) -> Option<(u64, u64)> {
     if u64::from_le_bytes(buf[n - 8..].try_into().ok()?) != seq {
         return None;
     }
-    if seq % FULL_EVERY == 0
+    if seq.is_multiple_of(FULL_EVERY)
         && !buf[16..n - 8]
             .iter()
             .enumerate()
