@@ -56,6 +56,15 @@ pub fn main(args: &[String]) -> ExitCode {
         "stream-rx" => crate::stream::fbuf_rx(arg(1), num(2) as usize, arg(3)),
         "sock-tx" => crate::stream::sock_tx(arg(1), num(2) as usize, num(3), arg(4)),
         "sock-rx" => crate::stream::sock_rx(arg(1), num(2) as usize, arg(3)),
+        "pipe-tx" => crate::stream::pipe_tx(num(1) as usize, num(2), arg(3)),
+        "pipe-rx" => crate::stream::pipe_rx(num(1) as usize, arg(2)),
+        "pp-fbuf-ping" => crate::stream::pp_fbuf_ping(arg(1), num(2) as usize, num(3)),
+        "pp-fbuf-pong" => crate::stream::pp_fbuf_pong(arg(1)),
+        "pp-io-ping" => {
+            crate::stream::pp_io_ping(num(1) as usize, num(2), args.get(3).map(String::as_str))
+        }
+        "pp-io-pong" => crate::stream::pp_io_pong(num(1) as usize, args.get(2).map(String::as_str)),
+        "pp-spin" => crate::stream::pp_spin(arg(1), arg(2), num(3)),
         _ => usage(),
     };
     match result {

@@ -204,7 +204,21 @@ pub fn fbuf_rx(socket: &str, ch: usize, mode: &str) -> Res {
 pub fn sock_tx(path: &str, size: usize, millis: u64, mode: &str) -> Res {
     let listener = UnixListener::bind(path)?;
     eprintln!("READY");
-    let (mut s, _) = listener.accept()?;
+    let (s, _) = listener.accept()?;
+    write_stream(s, size, millis, mode)
+}
+
+/// `fbuf peer pipe-tx SIZE MILLIS MODE`: the workload written to stdout (a pipe).
+pub fn pipe_tx(size: usize, millis: u64, mode: &str) -> Res {
+    write_stream(std::io::stdout().lock(), size, millis, mode)
+}
+
+/// `fbuf peer pipe-rx SIZE MODE`: whole messages from stdin (a pipe).
+pub fn pipe_rx(size: usize, mode: &str) -> Res {
+    read_stream(std::io::stdin().lock(), size, mode)
+}
+
+fn write_stream(mut s: impl Write, size: usize, millis: u64, mode: &str) -> Res {
     let latency = mode == "lat";
     let mut buf = vec![0u8; size];
     let end = Instant::now() + Duration::from_millis(millis);
@@ -224,7 +238,10 @@ pub fn sock_tx(path: &str, size: usize, millis: u64, mode: &str) -> Res {
 
 /// `fbuf peer sock-rx PATH SIZE MODE`: reads whole messages until the sender closes.
 pub fn sock_rx(path: &str, size: usize, mode: &str) -> Res {
-    let mut s = UnixStream::connect(path)?;
+    read_stream(UnixStream::connect(path)?, size, mode)
+}
+
+fn read_stream(mut s: impl Read, size: usize, mode: &str) -> Res {
     let latency = mode == "lat";
     let mut buf = vec![0u8; size];
     let mut tally = Tally::default();
@@ -236,4 +253,161 @@ pub fn sock_rx(path: &str, size: usize, mode: &str) -> Res {
         }
     }
     Ok(tally.report())
+}
+
+// ---- ping-pong: one-way latency as half the round trip ---------------------------------------
+
+fn pp_report(rtts: &mut [u64]) -> String {
+    rtts.sort_unstable();
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize] as f64 / 2.0;
+    format!(
+        "count={} p50_ns={:.0} p99_ns={:.0}",
+        rtts.len(),
+        pct(0.5),
+        pct(0.99)
+    )
+}
+
+/// `fbuf peer pp-fbuf-ping SOCKET SIZE ITERS`: allocate, write the first and last byte, send on
+/// channel 0; wait for the echo on channel 1, read its first and last byte, release.
+pub fn pp_fbuf_ping(socket: &str, size: usize, iters: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut tx = pool.sender(0)?;
+    let mut rx = pool.receiver(1)?;
+    rx.set_wait_strategy(WaitStrategy::BusySpin);
+    eprintln!("READY");
+    let mut rtts = Vec::with_capacity(iters as usize);
+    let mut sink = 0u8;
+    for i in 0..iters + iters / 10 {
+        let t = now_ns();
+        let mut b = pool.alloc(size)?;
+        b[0] = i as u8;
+        b[size - 1] = i as u8;
+        tx.try_send(b.freeze()).map_err(|e| e.to_string())?;
+        let back = rx.recv_timeout(Some(Duration::from_secs(10)))?;
+        sink ^= back[0] ^ back[size - 1];
+        drop(back);
+        if i >= iters / 10 {
+            rtts.push(now_ns() - t); // the first tenth warms up
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(pp_report(&mut rtts))
+}
+
+/// `fbuf peer pp-fbuf-pong SOCKET`: echo every buffer from channel 0 back on channel 1, zero-copy
+/// (the received handle is shared back), after reading its first and last byte.
+pub fn pp_fbuf_pong(socket: &str) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let mut rx = pool.receiver(0)?;
+    rx.set_wait_strategy(WaitStrategy::BusySpin);
+    eprintln!("READY");
+    let mut tx = loop {
+        match pool.sender(1) {
+            Ok(tx) => break tx,
+            Err(_) => std::thread::yield_now(),
+        }
+    };
+    let mut n = 0u64;
+    loop {
+        match rx.recv_timeout(None) {
+            Ok(b) => {
+                std::hint::black_box(b[0] ^ b[b.len() - 1]);
+                tx.try_send(b).map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            Err(RecvError::Disconnected) => return Ok(format!("echoed={n}")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `fbuf peer pp-io-ping SIZE ITERS [PATH]`: write SIZE bytes, read SIZE back; over the Unix socket
+/// listening at PATH, or over stdout/stdin (pipes) without one.
+pub fn pp_io_ping(size: usize, iters: u64, path: Option<&str>) -> Res {
+    let (mut r, mut w): (Box<dyn Read>, Box<dyn Write>) = match path {
+        Some(p) => {
+            let l = UnixListener::bind(p)?;
+            eprintln!("READY");
+            let (s, _) = l.accept()?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+        None => (
+            Box::new(std::io::stdin().lock()),
+            Box::new(std::io::stdout().lock()),
+        ),
+    };
+    let mut buf = vec![0u8; size];
+    let mut rtts = Vec::with_capacity(iters as usize);
+    for i in 0..iters + iters / 10 {
+        let t = now_ns();
+        buf[0] = i as u8;
+        buf[size - 1] = i as u8;
+        w.write_all(&buf)?;
+        w.flush()?;
+        r.read_exact(&mut buf)?;
+        if i >= iters / 10 {
+            rtts.push(now_ns() - t);
+        }
+    }
+    Ok(pp_report(&mut rtts))
+}
+
+/// `fbuf peer pp-io-pong SIZE [PATH]`: echo SIZE-byte messages until end of file.
+pub fn pp_io_pong(size: usize, path: Option<&str>) -> Res {
+    let (mut r, mut w): (Box<dyn Read>, Box<dyn Write>) = match path {
+        Some(p) => {
+            let s = UnixStream::connect(p)?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        }
+        None => (
+            Box::new(std::io::stdin().lock()),
+            Box::new(std::io::stdout().lock()),
+        ),
+    };
+    let mut buf = vec![0u8; size];
+    let mut n = 0u64;
+    while r.read_exact(&mut buf).is_ok() {
+        w.write_all(&buf)?;
+        w.flush()?;
+        n += 1;
+    }
+    Ok(format!("echoed={n}"))
+}
+
+/// `fbuf peer pp-spin ROLE FILE ITERS`: the floor: two processes hand one shared cache line back
+/// and forth, spinning. ROLE `ping` measures; `pong` answers.
+pub fn pp_spin(role: &str, file: &str, iters: u64) -> Res {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let map = memmap2::MmapOptions::new().len(4096).map_raw(&f)?;
+    // SAFETY: the mapping is 4096 bytes, page-aligned and lives until the end of this function;
+    // the word is only touched atomically, here and in the other process.
+    let word = unsafe { &*(map.as_mut_ptr() as *const std::sync::atomic::AtomicU64) };
+    use std::sync::atomic::Ordering::{Acquire, Release};
+    let total = iters + iters / 10;
+    if role == "pong" {
+        eprintln!("READY");
+        for i in 0..total {
+            while word.load(Acquire) != 2 * i + 1 {
+                std::hint::spin_loop();
+            }
+            word.store(2 * i + 2, Release);
+        }
+        return Ok(format!("echoed={total}"));
+    }
+    let mut rtts = Vec::with_capacity(iters as usize);
+    for i in 0..total {
+        let t = now_ns();
+        word.store(2 * i + 1, Release);
+        while word.load(Acquire) != 2 * i + 2 {
+            std::hint::spin_loop();
+        }
+        if i >= iters / 10 {
+            rtts.push(now_ns() - t);
+        }
+    }
+    Ok(pp_report(&mut rtts))
 }
