@@ -242,3 +242,29 @@ fn endpoints_are_checked() {
         Err(fbuf::channel::OpenError::NoSubscriberRing { .. })
     ));
 }
+
+#[test]
+fn typed_messages_are_viewed_in_place() {
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Tick {
+        price: f64,
+        qty: u64,
+        symbol: [u8; 8],
+    }
+    let owner = Owner::new(config(vec![spec(channel_kind::ONE_TO_ONE, 4, 1)]));
+    let consumer = session::join(owner.socket(), Role::Consumer).unwrap();
+    let mut tx = owner.pool.sender(0).unwrap();
+    let mut rx = consumer.receiver(0).unwrap();
+    let tick = Tick {
+        price: 101.25,
+        qty: 7,
+        symbol: *b"FBUF\0\0\0\0",
+    };
+    let mut b = owner.pool.alloc(std::mem::size_of::<Tick>()).unwrap();
+    b.write_pod(&tick);
+    tx.try_send(b.freeze()).unwrap();
+    let got = rx.try_recv().unwrap();
+    assert_eq!(got.as_pod::<Tick>(), Some(&tick));
+    assert_eq!(got.as_pod::<u64>(), None, "a length mismatch is refused");
+}

@@ -15,6 +15,7 @@
 //! when it falls behind, and it is told how many ([`Subscriber::take_lost`]).
 
 mod broadcast;
+mod notify;
 mod p2p;
 mod unit;
 
@@ -24,6 +25,9 @@ use thiserror::Error;
 
 pub use crate::sync::doorbell::WaitStrategy;
 pub use broadcast::{Publisher, Subscriber};
+pub use notify::Notifier;
+#[cfg(feature = "tokio")]
+pub use notify::tokio_recv::AsyncReceiver;
 pub use p2p::{Receiver, Sender};
 
 use crate::layout::{ChannelLayout, channel_kind};

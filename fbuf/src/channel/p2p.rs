@@ -19,8 +19,8 @@ pub struct Sender {
 
 /// The receiving end of a one-to-one or many-to-one channel.
 pub struct Receiver {
-    pool: Pool,
-    unit: UnitLayout,
+    pub(super) pool: Pool,
+    pub(super) unit: UnitLayout,
     spsc: Option<ConsumerState>,
     strategy: WaitStrategy,
     batch: Vec<Desc>,

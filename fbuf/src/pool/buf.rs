@@ -49,6 +49,15 @@ impl BufMut {
         self.lease.desc.len = len as u32;
     }
 
+    /// Writes `value` at the start of the buffer and sets the length to its size: a typed message.
+    ///
+    /// # Panics
+    /// If `T` is larger than the buffer's capacity.
+    pub fn write_pod<T: bytemuck::Pod>(&mut self, value: &T) {
+        self.set_len(std::mem::size_of::<T>());
+        self.copy_from_slice(bytemuck::bytes_of(value));
+    }
+
     /// Makes the buffer read-only and shareable.
     pub fn freeze(self) -> Buf {
         let this = ManuallyDrop::new(self);
@@ -115,6 +124,13 @@ impl Buf {
                 other => ShareError::Corrupted(DescError::from_slot(other)),
             })?;
         Ok(d)
+    }
+
+    /// Views the buffer as a `T` in place, without copying: `None` if the length is not exactly
+    /// `size_of::<T>()` or the bytes are not aligned for `T` (slots are 64-byte aligned, so only
+    /// types aligned to more than 64 bytes can fail that).
+    pub fn as_pod<T: bytemuck::Pod>(&self) -> Option<&T> {
+        bytemuck::try_from_bytes(self).ok()
     }
 
     /// The descriptor of this buffer (for logging; to send it, use [`Buf::share`]).

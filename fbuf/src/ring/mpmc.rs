@@ -215,6 +215,11 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
         }
     }
 
+    /// The shared head position.
+    pub fn head_pos(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
     /// Whether the ring holds no values (snapshot).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -162,6 +162,11 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         st.tail.wrapping_sub(head) < self.capacity() as u64
     }
 
+    /// The shared head position (values popped so far).
+    pub fn head_pos(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
     /// Values in the ring (snapshot).
     pub fn len(&self) -> usize {
         let tail = self.tail.load(Ordering::Acquire);

@@ -79,6 +79,12 @@ impl<'a> Doorbell<'a> {
         true
     }
 
+    /// Wakes every sleeper whether or not one announced itself (shutting a helper down).
+    pub fn force_wake(&self, futex: &impl Futex) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        futex.wake_all(self.seq);
+    }
+
     /// Waits until `ready()` is true (returns true) or `deadline` passes (returns false).
     pub fn wait_until(
         &self,

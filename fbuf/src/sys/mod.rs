@@ -1,6 +1,7 @@
 //! Thin wrappers over the system calls fbuf uses. The only module that calls `nix`/`libc`
 //! directly; everything above it works with the types these functions return.
 
+pub mod eventfd;
 pub mod fdpass;
 pub mod futex;
 pub mod memfd;
