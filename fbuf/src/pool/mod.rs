@@ -344,8 +344,9 @@ impl Pool {
         Ok(BufMut::new(self.clone(), desc))
     }
 
-    /// Like [`Pool::alloc`], but waits up to `timeout` for a slot to come free (spinning, then
-    /// yielding, then sleeping in growing steps of at most a millisecond).
+    /// Like [`Pool::alloc`], but waits up to `timeout` for a slot to come free: spinning first
+    /// (a consumer on another core usually frees one within microseconds), then yielding, then
+    /// sleeping in growing steps of at most a millisecond.
     pub fn alloc_timeout(&self, len: usize, timeout: Duration) -> Result<BufMut, AllocError> {
         let deadline = Instant::now() + timeout;
         let mut round = 0u32;
@@ -355,12 +356,12 @@ impl Pool {
                 other => return other,
             }
             round += 1;
-            if round < 64 {
+            if round < 2_000 {
                 std::hint::spin_loop();
-            } else if round < 128 {
+            } else if round < 20_000 {
                 std::thread::yield_now();
             } else {
-                let step = Duration::from_micros(u64::from(round - 127).min(1000));
+                let step = Duration::from_micros(u64::from(round - 19_999).min(1000));
                 std::thread::sleep(step.min(deadline.saturating_duration_since(Instant::now())));
             }
         }
