@@ -156,10 +156,16 @@ impl<'a> ClassSlots<'a> {
         .map(|_| generation)
     }
 
-    /// Records `n` more descriptors of `slot` in flight. The caller, `holder`, holds the slot in
-    /// generation `generation`.
-    pub fn lend(&self, slot: usize, generation: u32, holder: u32, n: u32) -> Result<(), SlotError> {
-        let word = self.states.get(slot).ok_or(SlotError::NotHeld)?;
+    /// Applies `step` to `slot`'s state word by CAS until it succeeds or `step` refuses; the
+    /// generation is checked first. Returns the new state.
+    fn update(
+        &self,
+        slot: usize,
+        generation: u32,
+        success: Ordering,
+        step: impl Fn(SlotState) -> Result<SlotState, SlotError>,
+    ) -> Result<SlotState, SlotError> {
+        let word = self.states.get(slot).ok_or(SlotError::NotInFlight)?;
         let mut cur = SlotState(word.load(Ordering::Relaxed));
         loop {
             if cur.generation() != generation {
@@ -168,24 +174,29 @@ impl<'a> ClassSlots<'a> {
                     found: cur.generation(),
                 });
             }
-            if !cur.is_held_by(holder) {
-                return Err(SlotError::NotHeld);
-            }
-            if cur.in_flight() + n > MAX_IN_FLIGHT {
-                return Err(SlotError::TooManyInFlight);
-            }
-            // SYNC POINT (lend): Release pairs with the Acquire in `take_lent`, so the bytes the
-            // lender wrote are visible to the process that takes the descriptor.
-            match word.compare_exchange_weak(
-                cur.0,
-                cur.plus_in_flight(n).0,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(()),
+            let next = step(cur)?;
+            match word.compare_exchange_weak(cur.0, next.0, success, Ordering::Relaxed) {
+                Ok(_) => return Ok(next),
                 Err(seen) => cur = SlotState(seen),
             }
         }
+    }
+
+    /// Records `n` more descriptors of `slot` in flight. The caller, `holder`, holds the slot in
+    /// generation `generation`.
+    pub fn lend(&self, slot: usize, generation: u32, holder: u32, n: u32) -> Result<(), SlotError> {
+        // SYNC POINT (lend): Release pairs with the Acquire in `take_lent`, so the bytes the
+        // lender wrote are visible to the process that takes the descriptor.
+        self.update(slot, generation, Ordering::Release, |cur| {
+            if !cur.is_held_by(holder) {
+                Err(SlotError::NotHeld)
+            } else if cur.in_flight() + n > MAX_IN_FLIGHT {
+                Err(SlotError::TooManyInFlight)
+            } else {
+                Ok(cur.plus_in_flight(n))
+            }
+        })
+        .map(|_| ())
     }
 
     /// Turns one in-flight descriptor of `slot` into a holding of `holder`. `add_holder` is false
@@ -197,60 +208,36 @@ impl<'a> ClassSlots<'a> {
         holder: u32,
         add_holder: bool,
     ) -> Result<(), SlotError> {
-        let word = self.states.get(slot).ok_or(SlotError::NotInFlight)?;
-        let mut cur = SlotState(word.load(Ordering::Relaxed));
-        loop {
-            if cur.generation() != generation {
-                return Err(SlotError::Stale {
-                    expected: generation,
-                    found: cur.generation(),
-                });
-            }
+        // SYNC POINT (take): Acquire pairs with the Release in `lend`.
+        self.update(slot, generation, Ordering::Acquire, |cur| {
             if cur.in_flight() == 0 {
-                return Err(SlotError::NotInFlight);
+                Err(SlotError::NotInFlight)
+            } else if add_holder {
+                Ok(cur.minus_one_in_flight().with_holder(holder))
+            } else if cur.is_held_by(holder) {
+                Ok(cur.minus_one_in_flight())
+            } else {
+                Err(SlotError::NotHeld)
             }
-            if !add_holder && !cur.is_held_by(holder) {
-                return Err(SlotError::NotHeld);
-            }
-            let mut next = cur.minus_one_in_flight();
-            if add_holder {
-                next = next.with_holder(holder);
-            }
-            // SYNC POINT (take): Acquire pairs with the Release in `lend`.
-            match word.compare_exchange_weak(cur.0, next.0, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(()),
-                Err(seen) => cur = SlotState(seen),
-            }
-        }
+        })
+        .map(|_| ())
     }
 
     /// Drops one in-flight descriptor without taking it (a ring drained after a death, a receiver
     /// that refuses a message). Returns whether this freed the slot.
     pub fn discard(&self, slot: usize, generation: u32) -> Result<bool, SlotError> {
-        let word = self.states.get(slot).ok_or(SlotError::NotInFlight)?;
-        let mut cur = SlotState(word.load(Ordering::Relaxed));
-        loop {
-            if cur.generation() != generation {
-                return Err(SlotError::Stale {
-                    expected: generation,
-                    found: cur.generation(),
-                });
-            }
+        // SYNC POINT (discard): Release, like `release`, so the next claim sees a finished slot.
+        let next = self.update(slot, generation, Ordering::Release, |cur| {
             if cur.in_flight() == 0 {
-                return Err(SlotError::NotInFlight);
+                Err(SlotError::NotInFlight)
+            } else {
+                Ok(cur.minus_one_in_flight())
             }
-            let next = cur.minus_one_in_flight();
-            // SYNC POINT (discard): Release, like `release`, so the next claim sees a finished slot.
-            match word.compare_exchange_weak(cur.0, next.0, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => {
-                    if next.is_free() {
-                        self.publish_free(slot);
-                    }
-                    return Ok(next.is_free());
-                }
-                Err(seen) => cur = SlotState(seen),
-            }
+        })?;
+        if next.is_free() {
+            self.publish_free(slot);
         }
+        Ok(next.is_free())
     }
 
     /// Clears `holder`'s bit on `slot`. Returns whether this freed the slot.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::unit::{Unit, pop, push};
+use super::unit::{Unit, push, take, wait_for_data};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
 use crate::layout::{UnitLayout, channel_kind};
 use crate::pool::{Buf, Desc, Pool};
@@ -172,15 +172,7 @@ impl Subscriber {
     pub fn try_recv(&mut self) -> Result<Buf, RecvError> {
         let unit = Unit::new(&self.pool, self.unit);
         let mut one = [Desc::default()];
-        let n = pop(&unit.ring(), None, &mut one).map_err(|_| RecvError::Corrupted)?;
-        if n == 0 {
-            return Err(if unit.senders_gone() && unit.ring_is_empty(None) {
-                RecvError::Disconnected
-            } else {
-                RecvError::Empty
-            });
-        }
-        unit.space_bell().ring(&FUTEX);
+        take(&unit, None, &mut one)?;
         Ok(self.pool.import(one[0])?)
     }
 
@@ -193,12 +185,7 @@ impl Subscriber {
                 other => return other,
             }
             let unit = Unit::new(&self.pool, self.unit);
-            let ready = unit
-                .data_bell()
-                .wait_until(&FUTEX, self.strategy, deadline, || {
-                    !unit.ring_is_empty(None) || unit.senders_gone()
-                });
-            if !ready {
+            if !wait_for_data(&unit, None, self.strategy, deadline) {
                 return Err(RecvError::Timeout);
             }
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::unit::{Unit, UnitRing, pop, push};
+use super::unit::{Unit, UnitRing, push, take, wait_for_data};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
 use crate::layout::{UnitLayout, channel_kind};
 use crate::pool::{Buf, Desc, Pool, ShareError};
@@ -227,18 +227,7 @@ impl Receiver {
     pub fn try_recv(&mut self) -> Result<Buf, RecvError> {
         let unit = Unit::new(&self.pool, self.unit);
         let mut one = [Desc::default()];
-        let n =
-            pop(&unit.ring(), self.spsc.as_mut(), &mut one).map_err(|_| RecvError::Corrupted)?;
-        if n == 0 {
-            return Err(
-                if unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref()) {
-                    RecvError::Disconnected
-                } else {
-                    RecvError::Empty
-                },
-            );
-        }
-        unit.space_bell().ring(&FUTEX);
+        take(&unit, self.spsc.as_mut(), &mut one)?;
         Ok(self.pool.import(one[0])?)
     }
 
@@ -252,35 +241,20 @@ impl Receiver {
                 other => return other,
             }
             let unit = Unit::new(&self.pool, self.unit);
-            let spsc = self.spsc;
-            let ready = unit
-                .data_bell()
-                .wait_until(&FUTEX, self.strategy, deadline, || {
-                    !unit.ring_is_empty(spsc.as_ref()) || unit.senders_gone()
-                });
-            if !ready {
+            if !wait_for_data(&unit, self.spsc.as_ref(), self.strategy, deadline) {
                 return Err(RecvError::Timeout);
             }
         }
     }
 
     /// Receives up to `max` queued buffers into `out` with one index publication; returns how
-    /// many. Descriptors that fail their checks are skipped and reported after the good ones.
+    /// many descriptors were taken. Descriptors that fail their checks are skipped; if none
+    /// passed, the first failure is returned.
     pub fn recv_batch(&mut self, out: &mut Vec<Buf>, max: usize) -> Result<usize, RecvError> {
         let unit = Unit::new(&self.pool, self.unit);
         self.batch.resize(max, Desc::default());
-        let n = pop(&unit.ring(), self.spsc.as_mut(), &mut self.batch)
-            .map_err(|_| RecvError::Corrupted)?;
-        if n == 0 {
-            return Err(
-                if unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref()) {
-                    RecvError::Disconnected
-                } else {
-                    RecvError::Empty
-                },
-            );
-        }
-        unit.space_bell().ring(&FUTEX);
+        let n = take(&unit, self.spsc.as_mut(), &mut self.batch)?;
+        let before = out.len();
         let mut first_err = None;
         for d in &self.batch[..n] {
             match self.pool.import(*d) {
@@ -289,7 +263,7 @@ impl Receiver {
             }
         }
         match first_err {
-            Some(e) if out.is_empty() => Err(e.into()),
+            Some(e) if out.len() == before => Err(e.into()),
             _ => Ok(n),
         }
     }
@@ -297,11 +271,7 @@ impl Receiver {
     /// Waits until something is queued or the senders are gone, without taking it.
     pub fn wait(&mut self, timeout: Option<Duration>) -> bool {
         let unit = Unit::new(&self.pool, self.unit);
-        let spsc = self.spsc;
-        unit.data_bell()
-            .wait_until(&FUTEX, self.strategy, deadline(timeout), || {
-                !unit.ring_is_empty(spsc.as_ref()) || unit.senders_gone()
-            })
+        wait_for_data(&unit, self.spsc.as_ref(), self.strategy, deadline(timeout))
     }
 }
 

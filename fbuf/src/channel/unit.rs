@@ -288,3 +288,38 @@ pub fn pop(
         (UnitRing::Spsc(_), None) => Err(Stuck),
     }
 }
+
+/// Pops up to `out.len()` descriptors for a receiver. An empty ring is `Empty`, or `Disconnected`
+/// once every sender is gone; after a pop the space doorbell is rung for a waiting sender.
+pub fn take(
+    unit: &Unit<'_>,
+    mut spsc: Option<&mut ConsumerState>,
+    out: &mut [Desc],
+) -> Result<usize, super::RecvError> {
+    let n = pop(&unit.ring(), spsc.as_deref_mut(), out).map_err(|_| super::RecvError::Corrupted)?;
+    if n == 0 {
+        return Err(
+            if unit.senders_gone() && unit.ring_is_empty(spsc.as_deref()) {
+                super::RecvError::Disconnected
+            } else {
+                super::RecvError::Empty
+            },
+        );
+    }
+    unit.space_bell().ring(&super::FUTEX);
+    Ok(n)
+}
+
+/// Waits on the data doorbell until the ring has something for this receiver or every sender is
+/// gone; false if `deadline` passed first.
+pub fn wait_for_data(
+    unit: &Unit<'_>,
+    spsc: Option<&ConsumerState>,
+    strategy: super::WaitStrategy,
+    deadline: Option<std::time::Instant>,
+) -> bool {
+    unit.data_bell()
+        .wait_until(&super::FUTEX, strategy, deadline, || {
+            !unit.ring_is_empty(spsc) || unit.senders_gone()
+        })
+}

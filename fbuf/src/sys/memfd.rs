@@ -19,12 +19,7 @@ pub const REQUIRED_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`, `ftruncate` to `len`, then seal it with
 /// [`REQUIRED_SEALS`]. The memfd is sealed before it exists anywhere but in this process.
 pub fn create_sealed(name: &str, len: u64) -> io::Result<OwnedFd> {
-    let memfd = MemfdOptions::default()
-        .allow_sealing(true)
-        .close_on_exec(true)
-        .create(name)
-        .map_err(memfd_err)?;
-    memfd.as_file().set_len(len)?;
+    let memfd = create(name, len)?;
     memfd
         .add_seals(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
         .map_err(memfd_err)?;
@@ -33,13 +28,17 @@ pub fn create_sealed(name: &str, len: u64) -> io::Result<OwnedFd> {
 
 /// `memfd_create` with sealing allowed but no seals added: for tests that play a careless peer.
 pub fn create_unsealed(name: &str, len: u64) -> io::Result<OwnedFd> {
+    Ok(create(name, len)?.into_file().into())
+}
+
+fn create(name: &str, len: u64) -> io::Result<memfd::Memfd> {
     let memfd = MemfdOptions::default()
         .allow_sealing(true)
         .close_on_exec(true)
         .create(name)
         .map_err(memfd_err)?;
     memfd.as_file().set_len(len)?;
-    Ok(memfd.into_file().into())
+    Ok(memfd)
 }
 
 fn memfd_err(e: memfd::Error) -> io::Error {
