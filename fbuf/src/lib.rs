@@ -6,7 +6,8 @@
 //! 2. `sync`: the atomics facade (std or loom).
 //! 3. [`alloc`]: slot allocation and ownership, pure algorithms over generic storage.
 //! 4. [`layout`], [`region`]: the versioned header and the sealed, validated mappings.
-//! 5. [`pool`], [`session`]: the pool across processes and the admission handshake.
+//! 5. [`pool`], [`channel`], [`session`]: the pool across processes, channels, the handshake.
+//! 6. [`snapshot`]: fork-based copy-on-write snapshots.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod alloc;
@@ -23,6 +24,8 @@ pub mod pool;
 pub mod region;
 #[cfg(not(loom))]
 pub mod session;
+#[cfg(not(loom))]
+pub mod snapshot;
 #[cfg(not(loom))]
 pub mod sys;
 

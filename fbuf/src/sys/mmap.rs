@@ -40,3 +40,15 @@ pub unsafe fn try_make_writable(ptr: *mut u8, len: usize) -> io::Result<()> {
     }
     .map_err(io::Error::from)
 }
+
+/// Maps `len` bytes of private anonymous memory (copy-on-write across `fork`), advising the
+/// kernel to back it with transparent huge pages or not to.
+pub fn map_private_anon(len: usize, huge_pages: bool) -> io::Result<memmap2::MmapMut> {
+    let map = MmapOptions::new().len(len).map_anon()?;
+    map.advise(if huge_pages {
+        memmap2::Advice::HugePage
+    } else {
+        memmap2::Advice::NoHugePage
+    })?;
+    Ok(map)
+}

@@ -6,3 +6,4 @@ pub mod fdpass;
 pub mod futex;
 pub mod memfd;
 pub mod mmap;
+pub mod process;

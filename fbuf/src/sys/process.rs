@@ -1,0 +1,137 @@
+//! Processes: `fork(2)`, `pidfd_open(2)`, waiting with a timeout, `kill(2)`, `_exit(2)`,
+//! `PR_SET_PDEATHSIG`, and the private-dirty figure of `/proc/self/smaps_rollup`.
+//!
+//! # References
+//! - fork(2), pidfd_open(2), poll(2), waitpid(2), kill(2), _exit(2), prctl(2), proc(5)
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+/// What `fork` returned in this process.
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork()`.
+///
+/// # Safety
+/// In the child only the calling thread exists; locks other threads held stay held. The child must
+/// not take any lock another thread of the parent might have held at the fork (except the
+/// allocator's, which glibc resets in its fork handlers), and must leave with [`exit_now`], never
+/// by returning into code that expects the other threads.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller accepts the post-fork restrictions above.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// `_exit(code)`: leaves at once, without destructors or `atexit` handlers (which could touch
+/// state the parent's other threads own).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the calling process is killed when its parent dies.
+pub fn die_with_parent() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `pidfd_open(pid, 0)`: an fd that becomes readable when the process exits.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just created this fd for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `poll` for readability with a timeout (`None`: forever). Returns whether it is readable.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd on our stack for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// `waitpid(pid, WNOHANG)`: the exit if the child has ended (and reaps it).
+pub fn try_reap(pid: i32) -> io::Result<Option<Exit>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes one int into `status`.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match r {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        _ if libc::WIFEXITED(status) => Ok(Some(Exit::Code(libc::WEXITSTATUS(status)))),
+        _ if libc::WIFSIGNALED(status) => Ok(Some(Exit::Signal(libc::WTERMSIG(status)))),
+        _ => Ok(None),
+    }
+}
+
+/// `kill(pid, SIGKILL)`.
+pub fn kill(pid: i32) -> io::Result<()> {
+    // SAFETY: kill takes integers.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `Private_Dirty` of `/proc/self/smaps_rollup`, in bytes: in a forked child, the pages that are
+/// no longer shared with the parent because one side wrote them after the fork (what Redis reports
+/// as `rdb_last_cow_size`).
+pub fn private_dirty_bytes() -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Private_Dirty:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::other("no Private_Dirty in smaps_rollup"))
+}
+
+/// `fsync` of a directory, so a rename in it is durable.
+pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

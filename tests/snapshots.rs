@@ -1,0 +1,317 @@
+//! Fork-based snapshots with real forks: one moment under concurrent writes, files saved the
+//! BGSAVE way, killed children leaving the old file, 1 GiB of state, errors reaching the parent,
+//! multi-threaded parents, consistent readers over channels, and what fork does not freeze.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fbuf::layout::{ChannelSpec, channel_kind};
+use fbuf::snapshot::{self, Arena, Pages, QueryClient, SnapshotError};
+use fbuf::{Pool, PoolConfig};
+
+fn checksum(v: &[u64]) -> u64 {
+    v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ x).wrapping_mul(0x1000_0000_01b3)
+    })
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("fbuf-snap-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn every_snapshot_equals_the_state_at_its_fork() {
+    // The Redis model: the writer forks, then goes straight on writing while the child reads.
+    let mut state: Vec<u64> = (0..200_000).collect();
+    for round in 0..20u64 {
+        let expected = checksum(&state);
+        let child = snapshot::spawn(|| {
+            // Read slowly, in two passes, while the parent overwrites everything.
+            let first = checksum(&state);
+            std::thread::sleep(Duration::from_millis(20));
+            let second = checksum(&state);
+            if first != expected || second != expected {
+                return Err(
+                    format!("saw {first:x}/{second:x}, state at fork was {expected:x}").into(),
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+        for (i, v) in state.iter_mut().enumerate() {
+            *v = v.wrapping_mul(31).wrapping_add(round ^ i as u64);
+        }
+        let stats = child
+            .wait()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(
+            stats.cow_bytes > 0,
+            "the parent's writes after the fork made copies"
+        );
+    }
+}
+
+#[test]
+fn saves_replace_the_file_atomically_and_a_killed_child_leaves_the_old_one() {
+    let dir = temp_dir("save");
+    let target = dir.join("dump.bin");
+    let state = vec![7u8; 1 << 20];
+    snapshot::save_to_file(&target, |w| w.write_all(&state))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), state);
+
+    // A slow save, killed half-way: the old file stays, no temporary file remains.
+    let slow = snapshot::save_to_file(&target, |w| {
+        w.write_all(&[9u8; 4096])?;
+        w.flush()?;
+        std::thread::sleep(Duration::from_secs(30));
+        w.write_all(&[9u8; 4096])
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    slow.cancel().unwrap();
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        state,
+        "old snapshot intact"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        [std::ffi::OsString::from("dump.bin")],
+        "no temporary file left"
+    );
+
+    // A failing save: the error reaches the parent, the old file stays, no temporary file.
+    let err = snapshot::save_to_file(&target, |_| Err(std::io::Error::other("disk on fire")))
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(&err, SnapshotError::Child { message } if message.contains("disk on fire")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), state);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+use std::io::Write;
+
+#[test]
+fn errors_and_panics_and_exits_reach_the_parent_typed() {
+    let e = snapshot::spawn(|| Err("bad state".into()))
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(&e, SnapshotError::Child { message } if message == "bad state"),
+        "{e}"
+    );
+    let e = snapshot::spawn(|| panic!("oops {}", 42))
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(&e, SnapshotError::Panicked { message } if message == "oops 42"),
+        "{e}"
+    );
+    let e = snapshot::spawn(|| fbuf::sys::process::exit_now(3))
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert!(matches!(e, SnapshotError::Exited { code: 3 }), "{e}");
+}
+
+#[test]
+fn wait_with_timeout_poll_and_pidfd() {
+    let mut s = snapshot::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    })
+    .unwrap();
+    assert!(s.pid() > 0);
+    assert!(s.try_wait().unwrap().is_none(), "still running");
+    assert!(
+        s.wait_timeout(Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_none()
+    );
+    assert!(!fbuf::sys::process::wait_readable(s.pidfd(), Some(Duration::ZERO)).unwrap());
+    let stats = s
+        .wait_timeout(Some(Duration::from_secs(20)))
+        .unwrap()
+        .expect("finished");
+    assert!(stats.child_run >= Duration::from_millis(300));
+}
+
+#[test]
+fn a_gib_of_state_snapshots_consistently() {
+    for pages in [Pages::Normal, Pages::Huge] {
+        let mut arena = Arena::new(1 << 30, pages).unwrap();
+        let words: &mut [u64] = bytemuck::cast_slice_mut(&mut arena[..]);
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = i as u64;
+        }
+        let expected = checksum(words);
+        let t = Instant::now();
+        let child = snapshot::spawn(|| {
+            let got = checksum(words);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(format!("{got:x} != {expected:x}").into())
+            }
+        })
+        .unwrap();
+        let pause = child.fork_pause();
+        // Overwrite a quarter while the child reads.
+        for w in words.iter_mut().step_by(4) {
+            *w = !*w;
+        }
+        let stats = child.wait().unwrap_or_else(|e| panic!("{pages:?}: {e}"));
+        assert!(pause < t.elapsed());
+        assert!(
+            stats.cow_bytes >= 4096,
+            "{pages:?}: writes after the fork cost copies"
+        );
+    }
+}
+
+#[test]
+fn a_multithreaded_parent_forks_while_other_threads_hold_locks() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(Mutex::new(0u64));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, busy) = (stop.clone(), busy.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut g = busy.lock().unwrap();
+                    *g += 1;
+                    std::thread::sleep(Duration::from_micros(200)); // hold it across forks
+                }
+            })
+        })
+        .collect();
+    // The state the snapshot freezes is guarded by its own lock, taken around the fork.
+    let state = Mutex::new(vec![1u64; 100_000]);
+    for _ in 0..20 {
+        let guard = state.lock().unwrap();
+        let data: &Vec<u64> = &guard;
+        let expected = checksum(data);
+        // The child reads through the guard this (forking) thread holds; it never touches `busy`,
+        // which another thread may hold forever in the child.
+        let child = snapshot::spawn(|| {
+            let v: Vec<u64> = data.iter().map(|x| x + 1).collect(); // allocating is fine
+            if checksum(&v) != 0 && checksum(data) == expected {
+                Ok(())
+            } else {
+                Err("torn".into())
+            }
+        })
+        .unwrap();
+        drop(guard);
+        state.lock().unwrap().iter_mut().for_each(|x| *x += 1);
+        child.wait().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn fork_does_not_freeze_the_shared_pool_but_copies_are_frozen() {
+    let pool = Pool::create(&PoolConfig::default()).unwrap();
+    let mut buf = pool.alloc(64).unwrap();
+    buf.fill(1);
+    let frozen = snapshot::copy_out(&[&buf[..]]);
+    let shared = buf.as_ptr();
+    let child = snapshot::spawn(|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: `shared` points into the pool's data mapping, which the child inherited and
+        // which stays mapped; volatile because the parent writes it from another process.
+        while unsafe { shared.read_volatile() } != 2 {
+            if Instant::now() > deadline {
+                return Err("the pool write never showed: was the mapping private?".into());
+            }
+            std::thread::yield_now();
+        }
+        if frozen[0][0] != 1 {
+            return Err("the private copy changed".into());
+        }
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    buf.fill(2);
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_snapshot_child_answers_queries_from_the_frozen_state() {
+    let one = ChannelSpec {
+        kind: channel_kind::ONE_TO_ONE,
+        capacity: 16,
+        receivers: 1,
+        reserved: 0,
+    };
+    let owner = common::Owner::new(PoolConfig {
+        channels: vec![one, one],
+        ..PoolConfig::default()
+    });
+    let socket = owner.socket();
+    let mut state: Vec<u64> = (0..1000).map(|k| k * 10).collect();
+    let at_fork = state.clone();
+    let child = snapshot::spawn(|| {
+        snapshot::serve_queries(&socket, 0, 1, |req, reply| {
+            let key = u64::from_le_bytes(req.try_into().unwrap()) as usize;
+            reply.extend_from_slice(&state[key].to_le_bytes());
+        })?;
+        Ok(())
+    })
+    .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (pool, done) = (owner.pool.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut q = QueryClient::new(&pool, 0, 1).unwrap();
+            let mut answers = Vec::new();
+            for key in 0..1000u64 {
+                let a = q
+                    .query(&key.to_le_bytes(), Duration::from_secs(20))
+                    .unwrap();
+                answers.push(u64::from_le_bytes(a[..].try_into().unwrap()));
+            }
+            q.stop().unwrap();
+            done.store(true, Ordering::Release);
+            answers
+        })
+    };
+    let mut rounds = 0u64;
+    while !done.load(Ordering::Acquire) {
+        for v in state.iter_mut() {
+            *v += 1; // the parent keeps mutating while the child answers
+        }
+        rounds += 1;
+    }
+    let answers = client.join().unwrap();
+    assert!(rounds > 0);
+    assert_eq!(
+        answers, at_fork,
+        "every answer reflects the state at the fork"
+    );
+    child.wait().unwrap();
+}
