@@ -187,10 +187,8 @@ impl Snapshot {
         };
         self.reaped = true;
         let result = self.outcome(exit);
-        if result.is_err() {
-            if let Some(tmp) = self.cleanup.take() {
-                let _ = std::fs::remove_file(tmp);
-            }
+        if let (Err(_), Some(tmp)) = (&result, self.cleanup.take()) {
+            let _ = std::fs::remove_file(tmp);
         }
         result.map(Some)
     }
