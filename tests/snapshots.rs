@@ -107,7 +107,6 @@ fn saves_replace_the_file_atomically_and_a_killed_child_leaves_the_old_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-use std::io::Write;
 
 #[test]
 fn errors_and_panics_and_exits_reach_the_parent_typed() {
