@@ -15,6 +15,7 @@
 //! fbuf peer publish SOCKET CH COUNT SUBS  wait for SUBS subscribers, publish COUNT buffers
 //! fbuf peer subscribe SOCKET CH COUNT   subscribe to CH, receive and verify COUNT buffers
 //! fbuf peer recv-hold SOCKET CH         open CH's receiver, say READY, wait to be killed
+//! fbuf peer snap-orphan                 fork a snapshot child that never ends, print its pid, exit
 //! ```
 
 use std::io::{Read, Write};
@@ -50,6 +51,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "publish" => publish(arg(1), num(2) as usize, num(3), num(4)),
         "subscribe" => subscribe(arg(1), num(2) as usize, num(3)),
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
+        "snap-orphan" => snap_orphan(),
         "stream-tx" => {
             crate::stream::fbuf_tx(arg(1), num(2) as usize, num(3) as usize, num(4), arg(5))
         }
@@ -376,4 +378,16 @@ fn recv_hold(socket: &str, ch: usize) -> Res {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Leaves a snapshot child behind: it must die with this process (`PR_SET_PDEATHSIG`).
+fn snap_orphan() -> Res {
+    let child = fbuf::snapshot::spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })?;
+    eprintln!("CHILD {}", child.pid());
+    std::mem::forget(child); // no kill-on-drop: the process exit alone must end the child
+    std::process::exit(0)
 }

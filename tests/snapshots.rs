@@ -107,7 +107,6 @@ fn saves_replace_the_file_atomically_and_a_killed_child_leaves_the_old_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-
 #[test]
 fn errors_and_panics_and_exits_reach_the_parent_typed() {
     let e = snapshot::spawn(|| Err("bad state".into()))
@@ -313,4 +312,32 @@ fn a_snapshot_child_answers_queries_from_the_frozen_state() {
         "every answer reflects the state at the fork"
     );
     child.wait().unwrap();
+}
+
+#[test]
+fn a_snapshot_child_dies_with_its_parent() {
+    use std::io::BufRead;
+    // Not `output()`: the orphan inherits the stderr pipe, so waiting for its end would hang
+    // exactly when the property under test fails.
+    let mut peer = common::peer(&["snap-orphan"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(peer.stderr.take().unwrap()).lines();
+    let pid: i32 = lines
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("CHILD ").and_then(|p| p.trim().parse().ok()))
+        .expect("the peer printed its snapshot child's pid");
+    peer.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The orphan is reparented (to init or a subreaper) and reaped there once killed.
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "snapshot child {pid} outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -86,13 +86,14 @@ where
     F: FnOnce() -> Result<(), Box<dyn std::error::Error>>,
 {
     let (mut reader, writer) = io::pipe().map_err(SnapshotError::Io)?;
+    let parent = std::process::id();
     let started = Instant::now();
     // SAFETY: the child branch below only runs `work` (whose contract, in the module docs, is to
     // take no lock other threads may hold), writes its report to a pipe it owns, and `_exit`s.
     match unsafe { process::fork() }.map_err(SnapshotError::Fork)? {
         Forked::Child => {
             drop(reader);
-            let _ = process::die_with_parent();
+            let _ = process::die_with_parent(parent);
             let t = Instant::now();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             let run = t.elapsed();

@@ -39,20 +39,18 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the calling process is killed when its parent dies.
-pub fn die_with_parent() -> io::Result<()> {
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the calling process is killed when its parent (strictly:
+/// the parent *thread* that forked it) dies. If the parent, whose pid was `parent`, died before
+/// this call, the signal would never come, so the caller leaves at once instead.
+pub fn die_with_parent(parent: u32) -> io::Result<()> {
+    let sig = libc::SIGKILL as libc::c_ulong;
     // SAFETY: prctl with integer arguments only.
-    if unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    } != 0
-    {
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid takes nothing and cannot fail.
+    if unsafe { libc::getppid() } as u32 != parent {
+        exit_now(137);
     }
     Ok(())
 }

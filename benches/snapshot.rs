@@ -1,0 +1,135 @@
+//! Snapshot costs, measured side by side in one run: the fork pause per GiB of resident private
+//! state with 4 KiB pages and with transparent huge pages, for `snapshot::spawn` and for a plain
+//! `fork()` of the same process; and the copy-on-write bytes the parent's writes cost while a
+//! snapshot child lives.
+//!
+//! Run: `cargo bench --bench snapshot` (about half a minute; needs ~6 GiB of memory).
+
+use std::time::{Duration, Instant};
+
+use fbuf::snapshot::{self, Arena, Pages};
+use fbuf::sys::process::{self, Forked};
+
+const GIB: usize = 1 << 30;
+
+fn plain_fork_pause() -> Duration {
+    let t = Instant::now();
+    // SAFETY: the child only calls `_exit`.
+    match unsafe { process::fork() }.expect("fork") {
+        Forked::Child => process::exit_now(0),
+        Forked::Parent(pid) => {
+            let pause = t.elapsed();
+            while process::try_reap(pid).expect("waitpid").is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            pause
+        }
+    }
+}
+
+/// The machine's anonymous memory (`AnonPages` of /proc/meminfo, which counts huge pages too),
+/// bytes: it grows by exactly what copy-on-write copies (the machine is otherwise idle).
+fn rss_anon() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonPages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!("## Fork pause, ms per GiB of resident private state (median of 5)");
+    println!();
+    println!("| state | pages | plain fork() | snapshot::spawn | per GiB (spawn) |");
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for gib in [1usize, 2] {
+        for pages in [Pages::Normal, Pages::Huge] {
+            let mut arena = Arena::new(gib * GIB, pages).expect("arena");
+            arena.fill(1); // make it resident
+            let plain = median(
+                (0..5)
+                    .map(|_| plain_fork_pause().as_secs_f64() * 1e3)
+                    .collect(),
+            );
+            let spawn = median(
+                (0..5)
+                    .map(|_| {
+                        let s = snapshot::spawn(|| Ok(())).expect("spawn");
+                        let p = s.fork_pause().as_secs_f64() * 1e3;
+                        s.wait().expect("snapshot");
+                        p
+                    })
+                    .collect(),
+            );
+            println!(
+                "| {gib} GiB | {:?} | {plain:.1} ms | {spawn:.1} ms | {:.1} ms |",
+                pages,
+                spawn / gib as f64
+            );
+            rows.push((gib, pages, spawn / gib as f64));
+        }
+    }
+    for gib in [1usize, 2] {
+        let n = rows
+            .iter()
+            .find(|r| r.0 == gib && r.1 == Pages::Normal)
+            .unwrap()
+            .2;
+        let h = rows
+            .iter()
+            .find(|r| r.0 == gib && r.1 == Pages::Huge)
+            .unwrap()
+            .2;
+        println!();
+        println!(
+            "{gib} GiB: huge pages cut the pause {:.1}x ({n:.1} -> {h:.1} ms/GiB)",
+            n / h
+        );
+    }
+
+    println!();
+    println!("## Copy-on-write cost of the parent's writes during a snapshot (1 GiB state)");
+    println!();
+    println!(
+        "| pages | writes after the fork | child's private dirty | per write | machine's anon memory growth | per write |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for pages in [Pages::Normal, Pages::Huge] {
+        let mut arena = Arena::new(GIB, pages).expect("arena");
+        arena.fill(1);
+        for writes in [100usize, 1000] {
+            let child = snapshot::spawn(|| {
+                std::thread::sleep(Duration::from_millis(300)); // live while the parent writes
+                Ok(())
+            })
+            .expect("spawn");
+            // Writes spread over the arena, one per 4 KiB page at a stride that lands in
+            // different 2 MiB regions.
+            let stride = GIB / writes;
+            let before = rss_anon();
+            for i in 0..writes {
+                arena[i * stride] ^= 0xff;
+            }
+            let grown = rss_anon().saturating_sub(before);
+            let stats = child.wait().expect("snapshot");
+            println!(
+                "| {pages:?} | {writes} | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} KiB |",
+                stats.cow_bytes as f64 / (1 << 20) as f64,
+                stats.cow_bytes as f64 / writes as f64 / 1024.0,
+                grown as f64 / (1 << 20) as f64,
+                grown as f64 / writes as f64 / 1024.0
+            );
+        }
+    }
+}
