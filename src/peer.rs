@@ -16,6 +16,8 @@
 //! fbuf peer subscribe SOCKET CH COUNT   subscribe to CH, receive and verify COUNT buffers
 //! fbuf peer recv-hold SOCKET CH         open CH's receiver, say READY, wait to be killed
 //! fbuf peer snap-orphan                 fork a snapshot child that never ends, print its pid, exit
+//! fbuf peer sink    ADDR LEN DELAY_MS   connect (unix:PATH, tcp:PORT, or - for stdin), wait, read
+//!                                       LEN bytes, report their checksum and first/last byte
 //! ```
 
 use std::io::{Read, Write};
@@ -52,6 +54,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "subscribe" => subscribe(arg(1), num(2) as usize, num(3)),
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
         "snap-orphan" => snap_orphan(),
+        "sink" => sink(arg(1), num(2) as usize, num(3)),
         "stream-tx" => {
             crate::stream::fbuf_tx(arg(1), num(2) as usize, num(3) as usize, num(4), arg(5))
         }
@@ -390,4 +393,29 @@ fn snap_orphan() -> Res {
     eprintln!("CHILD {}", child.pid());
     std::mem::forget(child); // no kill-on-drop: the process exit alone must end the child
     std::process::exit(0)
+}
+
+/// A slow receiver: connects, lets the sender's bytes sit in the kernel for `delay_ms`, then reads.
+fn sink(addr: &str, len: usize, delay_ms: u64) -> Res {
+    let mut input: Box<dyn Read> = if let Some(path) = addr.strip_prefix("unix:") {
+        Box::new(std::os::unix::net::UnixStream::connect(path)?)
+    } else if let Some(port) = addr.strip_prefix("tcp:") {
+        Box::new(std::net::TcpStream::connect((
+            "127.0.0.1",
+            port.parse::<u16>()?,
+        ))?)
+    } else {
+        Box::new(std::io::stdin().lock())
+    };
+    eprintln!("READY");
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    let mut data = vec![0u8; len];
+    input.read_exact(&mut data)?;
+    Ok(format!(
+        "bytes={} checksum={:016x} first={} last={}",
+        data.len(),
+        checksum(0, &data),
+        data[0],
+        data[len - 1]
+    ))
 }

@@ -7,7 +7,7 @@
 //! 3. [`alloc`]: slot allocation and ownership, pure algorithms over generic storage.
 //! 4. [`layout`], [`region`]: the versioned header and the sealed, validated mappings.
 //! 5. [`pool`], [`channel`], [`session`]: the pool across processes, channels, the handshake.
-//! 6. [`snapshot`]: fork-based copy-on-write snapshots.
+//! 6. [`snapshot`], [`egress`]: copy-on-write snapshots; zero-copy egress and ingress.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod alloc;
@@ -16,6 +16,8 @@ pub mod sync;
 
 #[cfg(not(loom))]
 pub mod channel;
+#[cfg(not(loom))]
+pub mod egress;
 #[cfg(not(loom))]
 pub mod layout;
 #[cfg(not(loom))]

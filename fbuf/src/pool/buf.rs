@@ -133,6 +133,15 @@ impl Buf {
         bytemuck::try_from_bytes(self).ok()
     }
 
+    /// Where the bytes are, for egress: the data memfd, the byte offset in it, and the mapping.
+    pub(crate) fn location(&self) -> (std::os::fd::BorrowedFd<'_>, u64, *const u8) {
+        let d = &self.lease.desc;
+        let shared = &self.lease.pool.shared;
+        let c = &shared.layout.classes[d.class as usize];
+        let offset = (c.data_offset + d.slot as usize * c.slot_size) as u64;
+        (shared.data.fd(), offset, shared.slot_ptr(d))
+    }
+
     /// The descriptor of this buffer (for logging; to send it, use [`Buf::share`]).
     pub fn desc(&self) -> Desc {
         self.lease.desc

@@ -7,3 +7,4 @@ pub mod futex;
 pub mod memfd;
 pub mod mmap;
 pub mod process;
+pub mod zerocopy;

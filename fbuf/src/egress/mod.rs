@@ -1,0 +1,415 @@
+//! Zero-copy egress: pool buffers to a socket, file or pipe without a user-space copy, and ingress
+//! into pool buffers.
+//!
+//! A pool buffer lives in a memfd, which is a file, so the kernel can take its pages by reference:
+//! `sendfile` from the memfd at the slot's offset, `splice` through a pipe, `vmsplice` of the
+//! mapping, or `send` with `MSG_ZEROCOPY`. Taking pages by reference means the kernel may read
+//! them *after the call returns*, so each send returns a [`Lease`] that keeps the buffers (and so
+//! their slots) until the kernel is done:
+//!
+//! | destination | methods | the kernel is done when |
+//! | --- | --- | --- |
+//! | regular file | sendfile, splice, vmsplice, write | at return (copied into the page cache) |
+//! | pipe | splice, vmsplice | the pipe has been read empty (`FIONREAD` = 0) |
+//! | Unix stream socket | sendfile, splice, vmsplice | the peer has read everything (`SIOCOUTQ` = 0) |
+//! | TCP to another host | sendfile, splice, vmsplice | the peer acknowledged everything (`SIOCOUTQ` = 0) |
+//! | TCP over loopback | `MSG_ZEROCOPY` | its completion arrives on the error queue |
+//! | any | write | at return (copied) |
+//!
+//! Over loopback, `sendfile` to TCP cannot be leased: the receiving socket's queue holds the very
+//! pages, and the sender's queue empties (acknowledged) before the receiver reads them. We measured
+//! it: overwrite the slot once `SIOCOUTQ` is 0 and the receiver reads the new bytes. So `sendfile`,
+//! `splice` and `vmsplice` to a loopback TCP peer are refused ([`EgressError::UntrackableLease`]);
+//! automatic choice uses `MSG_ZEROCOPY` there (the kernel copies at loopback delivery and then
+//! completes).
+
+mod lease;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use lease::Lease;
+use lease::{Until, ZeroCopyState};
+
+use crate::pool::{Buf, BufMut};
+use crate::sys::process::wait_readable;
+use crate::sys::zerocopy::{self as zc, FdKind};
+
+/// How bytes leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `write(2)` from the mapping: one copy into the kernel; no lease.
+    Write,
+    /// `sendfile(2)` from the data memfd at the slot's offset.
+    Sendfile,
+    /// `splice(2)` from the memfd into a pipe (ours, unless the destination is one), then out.
+    Splice,
+    /// `vmsplice(2)` of the mapping into a pipe, then out.
+    Vmsplice,
+    /// `send(2)` with `MSG_ZEROCOPY` (TCP); completion tracked on the error queue.
+    ZeroCopy,
+}
+
+/// Why an egress failed.
+#[derive(Debug, Error)]
+pub enum EgressError {
+    #[error("{method:?} to {kind:?} is not supported")]
+    Unsupported { method: Method, kind: FdKind },
+    #[error(
+        "{method:?} to a loopback TCP peer cannot be leased: the receiver's queue holds the pages \
+         after the sender's queue is acknowledged; use MSG_ZEROCOPY or write"
+    )]
+    UntrackableLease { method: Method },
+    #[error("the destination closed after {sent} of {len} bytes")]
+    Closed { sent: usize, len: usize },
+    #[error("the kernel did not release the buffers within the timeout")]
+    Timeout,
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> EgressError {
+    move |source| EgressError::Io { what, source }
+}
+
+/// An egress destination: an fd, what it is, and the state zero-copy sends need.
+pub struct Egress {
+    dest: OwnedFd,
+    kind: FdKind,
+    /// Our own pipe for splice/vmsplice to a destination that is not a pipe.
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    zerocopy: Option<Arc<Mutex<ZeroCopyState>>>,
+}
+
+const PIPE_SIZE: usize = 1 << 20;
+
+impl Egress {
+    /// Prepares to send to `dest` (duplicated; the caller keeps its own fd).
+    pub fn new(dest: BorrowedFd<'_>) -> Result<Egress, EgressError> {
+        let kind = zc::fd_kind(dest).map_err(io_err("classifying the destination"))?;
+        let dest = dest.try_clone_to_owned().map_err(io_err("dup"))?;
+        Ok(Egress {
+            dest,
+            kind,
+            pipe: None,
+            zerocopy: None,
+        })
+    }
+
+    /// What the destination is.
+    pub fn kind(&self) -> FdKind {
+        self.kind
+    }
+
+    /// The method fbuf picks for this destination and size.
+    pub fn choose(&self, len: usize) -> Method {
+        match self.kind {
+            FdKind::File | FdKind::UnixStream | FdKind::TcpSocket { loopback: false } => {
+                Method::Sendfile
+            }
+            FdKind::Pipe => Method::Splice,
+            // Below ~10 KiB MSG_ZEROCOPY's page pinning and notification cost more than a copy.
+            FdKind::TcpSocket { loopback: true } if len >= 16 << 10 => Method::ZeroCopy,
+            _ => Method::Write,
+        }
+    }
+
+    /// Sends `bufs` in order (a gather), all of each, by `method` (or the automatic choice).
+    /// Returns the lease that holds the buffers until the kernel is done with their pages.
+    pub fn send(&mut self, bufs: &[Buf], method: Option<Method>) -> Result<Lease, EgressError> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let method = method.unwrap_or_else(|| self.choose(total));
+        let until = self.lease_rule(method)?;
+        let mut zc_calls = None;
+        for b in bufs {
+            let (memfd, offset, ptr) = b.location();
+            match method {
+                Method::Write => self.write_all(ptr, b.len())?,
+                Method::Sendfile => self.sendfile_all(memfd, offset, b.len())?,
+                Method::Splice => self.splice_all(memfd, offset, b.len())?,
+                Method::Vmsplice => self.vmsplice_all(ptr, b.len())?,
+                Method::ZeroCopy => {
+                    let (first, last) = self.zerocopy_all(ptr, b.len())?;
+                    zc_calls = Some(zc_calls.map_or((first, last), |(f, _)| (f, last)));
+                }
+            }
+        }
+        Ok(Lease::new(
+            bufs.to_vec(),
+            until,
+            zc_calls,
+            self.zerocopy.clone(),
+        ))
+    }
+
+    /// The rule that ends a lease for `method` to this destination.
+    fn lease_rule(&mut self, method: Method) -> Result<Until, EgressError> {
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err("dup"));
+        Ok(match (method, self.kind) {
+            (Method::Write, _) => Until::Now,
+            (Method::ZeroCopy, FdKind::TcpSocket { .. }) => {
+                if self.zerocopy.is_none() {
+                    zc::enable_zerocopy(self.dest.as_fd()).map_err(io_err("SO_ZEROCOPY"))?;
+                    self.zerocopy =
+                        Some(Arc::new(Mutex::new(ZeroCopyState::new(dup(&self.dest)?))));
+                }
+                Until::ZeroCopy
+            }
+            (Method::ZeroCopy, kind) => return Err(EgressError::Unsupported { method, kind }),
+            (_, FdKind::TcpSocket { loopback: true }) => {
+                return Err(EgressError::UntrackableLease { method });
+            }
+            (_, FdKind::File) => Until::Now,
+            (_, FdKind::Pipe) => Until::PipeDrained(dup(&self.dest)?),
+            (_, FdKind::UnixStream | FdKind::TcpSocket { .. }) => {
+                Until::SocketDrained(dup(&self.dest)?)
+            }
+            (_, kind) => return Err(EgressError::Unsupported { method, kind }),
+        })
+    }
+
+    /// Waits until the destination can take more (non-blocking destinations).
+    fn wait_writable(&self) -> Result<(), EgressError> {
+        let mut pfd = [nix::poll::PollFd::new(
+            self.dest.as_fd(),
+            nix::poll::PollFlags::POLLOUT,
+        )];
+        nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE).map_err(|e| EgressError::Io {
+            what: "poll",
+            source: e.into(),
+        })?;
+        Ok(())
+    }
+
+    /// Runs `step` until `len` bytes went out; `step(done)` returns bytes sent this time.
+    fn drive(
+        &self,
+        what: &'static str,
+        len: usize,
+        mut step: impl FnMut(usize) -> io::Result<usize>,
+    ) -> Result<(), EgressError> {
+        let mut done = 0;
+        while done < len {
+            match step(done) {
+                Ok(0) => return Err(EgressError::Closed { sent: done, len }),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(EgressError::Io { what, source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all(&self, ptr: *const u8, len: usize) -> Result<(), EgressError> {
+        // SAFETY: `ptr..ptr+len` is a held pool buffer inside our mapping.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+        self.drive("write", len, |done| {
+            nix::unistd::write(&self.dest, &bytes[done..]).map_err(io::Error::from)
+        })
+    }
+
+    fn sendfile_all(
+        &self,
+        memfd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), EgressError> {
+        self.drive("sendfile", len, |done| {
+            zc::sendfile(self.dest.as_fd(), memfd, offset + done as u64, len - done)
+        })
+    }
+
+    fn our_pipe(&mut self) -> Result<(BorrowedFd<'_>, BorrowedFd<'_>), EgressError> {
+        if self.pipe.is_none() {
+            self.pipe = Some(zc::pipe(PIPE_SIZE).map_err(io_err("pipe"))?);
+        }
+        let (r, w) = self.pipe.as_ref().expect("just made");
+        Ok((r.as_fd(), w.as_fd()))
+    }
+
+    fn splice_all(
+        &mut self,
+        memfd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), EgressError> {
+        if self.kind == FdKind::Pipe {
+            return self.drive("splice", len, |done| {
+                zc::splice(
+                    memfd,
+                    Some(offset + done as u64),
+                    self.dest.as_fd(),
+                    len - done,
+                )
+            });
+        }
+        let dest = self.dest.try_clone().map_err(io_err("dup"))?;
+        let (r, w) = self.our_pipe()?;
+        let mut done = 0;
+        while done < len {
+            let chunk = zc::splice(
+                memfd,
+                Some(offset + done as u64),
+                w,
+                (len - done).min(PIPE_SIZE),
+            )
+            .map_err(io_err("splice in"))?;
+            let mut out = 0;
+            while out < chunk {
+                match zc::splice(r, None, dest.as_fd(), chunk - out) {
+                    Ok(0) => {
+                        return Err(EgressError::Closed {
+                            sent: done + out,
+                            len,
+                        });
+                    }
+                    Ok(n) => out += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_writable_fd(dest.as_fd())?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(EgressError::Io {
+                            what: "splice out",
+                            source: e,
+                        });
+                    }
+                }
+            }
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    fn vmsplice_all(&mut self, ptr: *const u8, len: usize) -> Result<(), EgressError> {
+        if self.kind == FdKind::Pipe {
+            // SAFETY: the pages belong to a held pool buffer, and the returned lease keeps it held
+            // until the pipe has been read empty.
+            return self.drive("vmsplice", len, |done| unsafe {
+                zc::vmsplice(self.dest.as_fd(), ptr.add(done), len - done)
+            });
+        }
+        let dest = self.dest.try_clone().map_err(io_err("dup"))?;
+        let (r, w) = self.our_pipe()?;
+        let mut done = 0;
+        while done < len {
+            // SAFETY: as above; the pipe is drained into the destination before we return, and the
+            // destination's lease rule then covers the pages.
+            let chunk = unsafe { zc::vmsplice(w, ptr.add(done), (len - done).min(PIPE_SIZE)) }
+                .map_err(io_err("vmsplice"))?;
+            let mut out = 0;
+            while out < chunk {
+                match zc::splice(r, None, dest.as_fd(), chunk - out) {
+                    Ok(0) => {
+                        return Err(EgressError::Closed {
+                            sent: done + out,
+                            len,
+                        });
+                    }
+                    Ok(n) => out += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_writable_fd(dest.as_fd())?
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(EgressError::Io {
+                            what: "splice out",
+                            source: e,
+                        });
+                    }
+                }
+            }
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// `MSG_ZEROCOPY` sends of all `len` bytes; returns the first and last call numbers.
+    fn zerocopy_all(&self, ptr: *const u8, len: usize) -> Result<(u32, u32), EgressError> {
+        let state = self.zerocopy.as_ref().expect("set up by lease_rule");
+        let mut first = None;
+        let mut last = 0;
+        self.drive("send(MSG_ZEROCOPY)", len, |done| {
+            // SAFETY: the pages belong to a held pool buffer; the lease keeps it held until the
+            // completion for this call arrives.
+            let n = unsafe { zc::send_zerocopy(self.dest.as_fd(), ptr.add(done), len - done) }?;
+            let id = state.lock().expect("zerocopy state").next_call();
+            first.get_or_insert(id);
+            last = id;
+            Ok(n)
+        })?;
+        Ok((first.unwrap_or(last), last))
+    }
+}
+
+fn wait_writable_fd(fd: BorrowedFd<'_>) -> Result<(), EgressError> {
+    let mut pfd = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+    nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE).map_err(|e| EgressError::Io {
+        what: "poll",
+        source: e.into(),
+    })?;
+    Ok(())
+}
+
+/// Ingress: reads from `src` straight into `buf` (one copy, into its final place), up to the
+/// buffer's capacity; sets and returns the length. 0 means end of file.
+pub fn recv_into(src: BorrowedFd<'_>, buf: &mut BufMut) -> Result<usize, EgressError> {
+    let cap = buf.capacity();
+    buf.set_len(cap);
+    loop {
+        match nix::unistd::read(src, &mut buf[..]) {
+            Ok(n) => {
+                buf.set_len(n);
+                return Ok(n);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let _ = wait_readable(src, None);
+            }
+            Err(e) => {
+                return Err(EgressError::Io {
+                    what: "read",
+                    source: e.into(),
+                });
+            }
+        }
+    }
+}
+
+/// Ingress of exactly `len` bytes (fails on an early end of file).
+pub fn recv_exact_into(
+    src: BorrowedFd<'_>,
+    buf: &mut BufMut,
+    len: usize,
+) -> Result<(), EgressError> {
+    buf.set_len(len);
+    let mut done = 0;
+    while done < len {
+        match nix::unistd::read(src, &mut buf[done..]) {
+            Ok(0) => return Err(EgressError::Closed { sent: done, len }),
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let _ = wait_readable(src, None);
+            }
+            Err(e) => {
+                return Err(EgressError::Io {
+                    what: "read",
+                    source: e.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long [`Lease`]'s drop waits before it gives up and leaks the buffers instead.
+pub const DROP_WAIT: Duration = Duration::from_secs(30);
