@@ -5,8 +5,10 @@
 //! socket; every message is verified, and the table compares the two.
 //! `fbuf peer ...` runs one participant role (used by the main job, the benchmarks and the tests).
 
+mod copy_methods;
 mod peer;
 mod stream;
+mod uring;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
@@ -21,6 +23,17 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("peer") => peer::main(&args[1..]),
+        Some("copy-methods") => {
+            let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
+            match copy_methods::main(size) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("fbuf copy-methods: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None | Some("run") => {
             match main_job(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2000)) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -35,7 +48,9 @@ fn main() -> ExitCode {
             }
         }
         Some(_) => {
-            eprintln!("usage: fbuf [run [MILLIS_PER_PHASE]] | fbuf peer ROLE ...");
+            eprintln!(
+                "usage: fbuf [run [MILLIS_PER_PHASE]] | fbuf copy-methods [BYTES] | fbuf peer ROLE ..."
+            );
             ExitCode::from(2)
         }
     }

@@ -86,6 +86,8 @@ pub struct Egress {
     /// Our own pipe for splice/vmsplice to a destination that is not a pipe.
     pipe: Option<(OwnedFd, OwnedFd)>,
     zerocopy: Option<Arc<Mutex<ZeroCopyState>>>,
+    /// System calls made by sends so far (not counting lease polls).
+    calls: std::cell::Cell<u64>,
 }
 
 const PIPE_SIZE: usize = 1 << 20;
@@ -100,7 +102,17 @@ impl Egress {
             kind,
             pipe: None,
             zerocopy: None,
+            calls: std::cell::Cell::new(0),
         })
+    }
+
+    /// System calls the sends through this egress have made (lease polls not counted).
+    pub fn syscalls(&self) -> u64 {
+        self.calls.get()
+    }
+
+    fn count(&self) {
+        self.calls.set(self.calls.get() + 1);
     }
 
     /// What the destination is.
@@ -197,6 +209,7 @@ impl Egress {
     ) -> Result<(), EgressError> {
         let mut done = 0;
         while done < len {
+            self.count();
             match step(done) {
                 Ok(0) => return Err(EgressError::Closed { sent: done, len }),
                 Ok(n) => done += n,
@@ -227,12 +240,16 @@ impl Egress {
         })
     }
 
-    fn our_pipe(&mut self) -> Result<(BorrowedFd<'_>, BorrowedFd<'_>), EgressError> {
+    /// Our own pipe, made on first use.
+    fn our_pipe(&mut self) -> Result<(OwnedFd, OwnedFd), EgressError> {
         if self.pipe.is_none() {
             self.pipe = Some(zc::pipe(PIPE_SIZE).map_err(io_err("pipe"))?);
         }
         let (r, w) = self.pipe.as_ref().expect("just made");
-        Ok((r.as_fd(), w.as_fd()))
+        Ok((
+            r.try_clone().map_err(io_err("dup"))?,
+            w.try_clone().map_err(io_err("dup"))?,
+        ))
     }
 
     fn splice_all(
@@ -253,8 +270,10 @@ impl Egress {
         }
         let dest = self.dest.try_clone().map_err(io_err("dup"))?;
         let (r, w) = self.our_pipe()?;
+        let (r, w) = (r.as_fd(), w.as_fd());
         let mut done = 0;
         while done < len {
+            self.count();
             let chunk = zc::splice(
                 memfd,
                 Some(offset + done as u64),
@@ -264,6 +283,7 @@ impl Egress {
             .map_err(io_err("splice in"))?;
             let mut out = 0;
             while out < chunk {
+                self.count();
                 match zc::splice(r, None, dest.as_fd(), chunk - out) {
                     Ok(0) => {
                         return Err(EgressError::Closed {
@@ -299,14 +319,17 @@ impl Egress {
         }
         let dest = self.dest.try_clone().map_err(io_err("dup"))?;
         let (r, w) = self.our_pipe()?;
+        let (r, w) = (r.as_fd(), w.as_fd());
         let mut done = 0;
         while done < len {
+            self.count();
             // SAFETY: as above; the pipe is drained into the destination before we return, and the
             // destination's lease rule then covers the pages.
             let chunk = unsafe { zc::vmsplice(w, ptr.add(done), (len - done).min(PIPE_SIZE)) }
                 .map_err(io_err("vmsplice"))?;
             let mut out = 0;
             while out < chunk {
+                self.count();
                 match zc::splice(r, None, dest.as_fd(), chunk - out) {
                     Ok(0) => {
                         return Err(EgressError::Closed {
