@@ -33,16 +33,23 @@ fn period() -> Vec<u8> {
     v
 }
 
-/// `fbuf peer cm-sink ADDR SIZE`: reads SIZE bytes and checks every one against the pattern.
-pub fn sink(addr: &str, size: u64) -> Result<String, Box<dyn std::error::Error>> {
+/// The receiver acknowledges every this many bytes in `ack` mode.
+const ACK_EVERY: u64 = 8 << 20;
+
+/// `fbuf peer cm-sink ADDR SIZE [ack]`: reads SIZE bytes and checks every one against the pattern.
+/// With `ack` it writes back the running total (u64) every 8 MiB and at the end: an
+/// application-level acknowledgement, which is what ends a lease on loopback TCP.
+pub fn sink(addr: &str, size: u64, ack: bool) -> Result<String, Box<dyn std::error::Error>> {
     let pattern = period();
-    let mut input: Box<dyn Read> = if let Some(path) = addr.strip_prefix("unix:") {
-        Box::new(std::os::unix::net::UnixStream::connect(path)?)
-    } else {
-        Box::new(std::net::TcpStream::connect(
-            addr.strip_prefix("tcp:").unwrap_or(addr),
-        )?)
-    };
+    let (mut input, mut acks): (Box<dyn Read>, Box<dyn Write>) =
+        if let Some(path) = addr.strip_prefix("unix:") {
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        } else {
+            let s = std::net::TcpStream::connect(addr.strip_prefix("tcp:").unwrap_or(addr))?;
+            (Box::new(s.try_clone()?), Box::new(s))
+        };
+    let mut next_ack = ACK_EVERY;
     let mut buf = vec![0u8; CHUNK];
     let (mut got, mut bad) = (0u64, 0u64);
     while got < size {
@@ -62,6 +69,10 @@ pub fn sink(addr: &str, size: u64) -> Result<String, Box<dyn std::error::Error>>
             off = (off + take) % PERIOD;
         }
         got += n as u64;
+        if ack && (got >= next_ack || got == size) {
+            acks.write_all(&got.to_le_bytes())?;
+            next_ack += ACK_EVERY;
+        }
     }
     Ok(format!("bytes={got} bad={bad}"))
 }
@@ -250,7 +261,18 @@ fn send_file(run: Run, file: &File, size: u64, sock: BorrowedFd<'_>) -> Res<u64>
 }
 
 /// Sends `size` bytes as a stream of pool buffers through the egress API; returns the calls made.
-fn send_pool(method: Method, bufs: &[Buf], size: u64, sock: BorrowedFd<'_>) -> Res<u64> {
+/// With `acked`, leases end on the receiver's acknowledgements (loopback TCP, where the kernel
+/// cannot tell when the receiver has read the pages).
+fn send_pool(
+    method: Method,
+    bufs: &[Buf],
+    size: u64,
+    sock: BorrowedFd<'_>,
+    acked: bool,
+) -> Res<u64> {
+    if acked {
+        return send_pool_acked(method, bufs, size, sock);
+    }
     let mut egress = Egress::new(sock)?;
     let mut sent = 0u64;
     let mut leases = std::collections::VecDeque::new();
@@ -278,6 +300,45 @@ fn send_pool(method: Method, bufs: &[Buf], size: u64, sock: BorrowedFd<'_>) -> R
         l.wait(None).map_err(|(e, _)| e)?;
     }
     Ok(egress.syscalls())
+}
+
+fn send_pool_acked(method: Method, bufs: &[Buf], size: u64, sock: BorrowedFd<'_>) -> Res<u64> {
+    let mut egress = Egress::new(sock)?;
+    let mut acks = File::from(sock.try_clone_to_owned()?);
+    let mut leases = std::collections::VecDeque::new();
+    let (mut sent, mut acked, mut reads) = (0u64, 0u64, 0u64);
+    let mut i = 0;
+    let mut read_ack = |acked: &mut u64, reads: &mut u64| -> Res<()> {
+        let mut word = [0u8; 8];
+        acks.read_exact(&mut word)?;
+        *reads += 1;
+        *acked = u64::from_le_bytes(word);
+        Ok(())
+    };
+    while sent < size {
+        // Reuse a buffer only after the receiver acknowledged the bytes it carried.
+        while leases.len() >= bufs.len() / 2 {
+            read_ack(&mut acked, &mut reads)?;
+            while leases.front().is_some_and(|(end, _)| *end <= acked) {
+                let (_, lease): (u64, fbuf::egress::Lease) = leases.pop_front().expect("non-empty");
+                lease.confirm();
+            }
+        }
+        let b = &bufs[i % bufs.len()];
+        sent += b.len() as u64;
+        leases.push_back((
+            sent,
+            egress.send_until_ack(std::slice::from_ref(b), method)?,
+        ));
+        i += 1;
+    }
+    while acked < size {
+        read_ack(&mut acked, &mut reads)?;
+    }
+    for (_, l) in leases {
+        l.confirm();
+    }
+    Ok(egress.syscalls() + reads)
 }
 
 struct Row {
@@ -351,15 +412,20 @@ pub fn main(size: u64) -> Res<bool> {
             }
             eprintln!("{:<26} -> {dest} ...", run.name());
             // The receiver connects; we accept, send, and wait for its verdict.
+            let acked = dest == "tcp"
+                && matches!(
+                    run,
+                    Run::Pool(Method::Sendfile | Method::Splice | Method::Vmsplice)
+                );
             let (sock, child): (std::os::fd::OwnedFd, std::process::Child) = if dest == "tcp" {
                 let l = TcpListener::bind("127.0.0.1:0")?;
-                let child = spawn_sink(&me, &format!("tcp:{}", l.local_addr()?), size)?;
+                let child = spawn_sink(&me, &format!("tcp:{}", l.local_addr()?), size, acked)?;
                 (l.accept()?.0.into(), child)
             } else {
                 let p = dir.join("sink.sock");
                 let _ = std::fs::remove_file(&p);
                 let l = UnixListener::bind(&p)?;
-                let child = spawn_sink(&me, &format!("unix:{}", p.display()), size)?;
+                let child = spawn_sink(&me, &format!("unix:{}", p.display()), size, false)?;
                 (l.accept()?.0.into(), child)
             };
             if !matches!(run, Run::Pool(_)) {
@@ -371,7 +437,7 @@ pub fn main(size: u64) -> Res<bool> {
             let u0 = usage();
             let t = Instant::now();
             let sent = match run {
-                Run::Pool(m) => send_pool(m, &bufs, size, sock.as_fd()),
+                Run::Pool(m) => send_pool(m, &bufs, size, sock.as_fd(), acked),
                 _ => send_file(run, &file, size, sock.as_fd()),
             };
             drop(sock);
@@ -397,11 +463,12 @@ pub fn main(size: u64) -> Res<bool> {
                 }
                 (Ok(_), Err(e)) => Err(format!("receiver: {e}")),
             };
-            rows.push(Row {
-                run: run.name(),
-                dest,
-                outcome,
-            });
+            let run = if acked {
+                format!("{} (acked)", run.name())
+            } else {
+                run.name()
+            };
+            rows.push(Row { run, dest, outcome });
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -453,9 +520,15 @@ pub fn main(size: u64) -> Res<bool> {
     Ok(all_ok)
 }
 
-fn spawn_sink(me: &std::path::Path, addr: &str, size: u64) -> Res<std::process::Child> {
+fn spawn_sink(me: &std::path::Path, addr: &str, size: u64, ack: bool) -> Res<std::process::Child> {
     Ok(Command::new(me)
-        .args(["peer", "cm-sink", addr, &size.to_string()])
+        .args([
+            "peer",
+            "cm-sink",
+            addr,
+            &size.to_string(),
+            if ack { "ack" } else { "" },
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?)

@@ -55,7 +55,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
         "snap-orphan" => snap_orphan(),
         "sink" => sink(arg(1), num(2) as usize, num(3)),
-        "cm-sink" => crate::copy_methods::sink(arg(1), num(2)),
+        "cm-sink" => crate::copy_methods::sink(arg(1), num(2), arg(3) == "ack"),
         "stream-tx" => {
             crate::stream::fbuf_tx(arg(1), num(2) as usize, num(3) as usize, num(4), arg(5))
         }

@@ -18,6 +18,8 @@ pub(super) enum Until {
     PipeDrained(OwnedFd),
     /// When every `MSG_ZEROCOPY` call of the lease has completed.
     ZeroCopy,
+    /// When the application's own protocol says the peer has read the bytes ([`Lease::confirm`]).
+    PeerAck,
 }
 
 /// Per socket: `MSG_ZEROCOPY` call numbers handed out and the ranges the kernel completed.
@@ -104,6 +106,7 @@ impl Lease {
             Until::Now => true,
             Until::SocketDrained(fd) => zc::unsent_bytes(fd.as_fd()).map_or(true, |n| n == 0),
             Until::PipeDrained(fd) => zc::pipe_bytes(fd.as_fd()).map_err(io_err("FIONREAD"))? == 0,
+            Until::PeerAck => false,
             Until::ZeroCopy => {
                 let (Some((first, last)), Some(state)) = (self.calls, &self.zerocopy) else {
                     return Ok(true);
@@ -136,6 +139,12 @@ impl Lease {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(1));
         }
+    }
+
+    /// Ends a lease made by [`super::Egress::send_until_ack`]: the peer acknowledged, in the
+    /// application's protocol, that it has read every byte, so the kernel holds no page any more.
+    pub fn confirm(mut self) {
+        self.bufs.clear();
     }
 
     /// Number of buffers held.

@@ -139,6 +139,25 @@ impl Egress {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let method = method.unwrap_or_else(|| self.choose(total));
         let until = self.lease_rule(method)?;
+        self.send_with(bufs, method, until)
+    }
+
+    /// Like [`Egress::send`] for a peer that acknowledges what it read in its own protocol (the
+    /// next request, an ACK message): any method to any destination, including `sendfile` to a
+    /// loopback TCP peer, and the lease ends only with [`Lease::confirm`] once that ack arrives.
+    pub fn send_until_ack(&mut self, bufs: &[Buf], method: Method) -> Result<Lease, EgressError> {
+        if method == Method::ZeroCopy {
+            self.lease_rule(method)?; // sets up SO_ZEROCOPY and its tracking
+        }
+        self.send_with(bufs, method, Until::PeerAck)
+    }
+
+    fn send_with(
+        &mut self,
+        bufs: &[Buf],
+        method: Method,
+        until: Until,
+    ) -> Result<Lease, EgressError> {
         let mut zc_calls = None;
         for b in bufs {
             let (memfd, offset, ptr) = b.location();
