@@ -482,7 +482,10 @@ pub fn main(size: u64) -> Res<bool> {
         "CPU and context switches are the sending thread's (getrusage RUSAGE_THREAD); syscalls are counted by the sender;"
     );
     println!(
-        "file runs start with the file evicted from the page cache (POSIX_FADV_DONTNEED), so they read from disk."
+        "file runs start with the file evicted from the page cache (POSIX_FADV_DONTNEED), so they read from disk;"
+    );
+    println!(
+        "(acked): the receiver acknowledges every 8 MiB and leases end on those acks (loopback TCP cannot be tracked otherwise)."
     );
     println!();
     println!(
