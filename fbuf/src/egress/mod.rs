@@ -208,15 +208,7 @@ impl Egress {
 
     /// Waits until the destination can take more (non-blocking destinations).
     fn wait_writable(&self) -> Result<(), EgressError> {
-        let mut pfd = [nix::poll::PollFd::new(
-            self.dest.as_fd(),
-            nix::poll::PollFlags::POLLOUT,
-        )];
-        nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE).map_err(|e| EgressError::Io {
-            what: "poll",
-            source: e.into(),
-        })?;
-        Ok(())
+        zc::wait_writable(self.dest.as_fd()).map_err(io_err("poll"))
     }
 
     /// Runs `step` until `len` bytes went out; `step(done)` returns bytes sent this time.
@@ -244,7 +236,7 @@ impl Egress {
         // SAFETY: `ptr..ptr+len` is a held pool buffer inside our mapping.
         let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
         self.drive("write", len, |done| {
-            nix::unistd::write(&self.dest, &bytes[done..]).map_err(io::Error::from)
+            zc::write(self.dest.as_fd(), &bytes[done..])
         })
     }
 
@@ -393,12 +385,7 @@ impl Egress {
 }
 
 fn wait_writable_fd(fd: BorrowedFd<'_>) -> Result<(), EgressError> {
-    let mut pfd = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
-    nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE).map_err(|e| EgressError::Io {
-        what: "poll",
-        source: e.into(),
-    })?;
-    Ok(())
+    zc::wait_writable(fd).map_err(io_err("poll"))
 }
 
 /// Ingress: reads from `src` straight into `buf` (one copy, into its final place), up to the
@@ -406,24 +393,9 @@ fn wait_writable_fd(fd: BorrowedFd<'_>) -> Result<(), EgressError> {
 pub fn recv_into(src: BorrowedFd<'_>, buf: &mut BufMut) -> Result<usize, EgressError> {
     let cap = buf.capacity();
     buf.set_len(cap);
-    loop {
-        match nix::unistd::read(src, &mut buf[..]) {
-            Ok(n) => {
-                buf.set_len(n);
-                return Ok(n);
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(nix::errno::Errno::EAGAIN) => {
-                let _ = wait_readable(src, None);
-            }
-            Err(e) => {
-                return Err(EgressError::Io {
-                    what: "read",
-                    source: e.into(),
-                });
-            }
-        }
-    }
+    let n = read_some(src, &mut buf[..])?;
+    buf.set_len(n);
+    Ok(n)
 }
 
 /// Ingress of exactly `len` bytes (fails on an early end of file).
@@ -435,22 +407,31 @@ pub fn recv_exact_into(
     buf.set_len(len);
     let mut done = 0;
     while done < len {
-        match nix::unistd::read(src, &mut buf[done..]) {
-            Ok(0) => return Err(EgressError::Closed { sent: done, len }),
-            Ok(n) => done += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(nix::errno::Errno::EAGAIN) => {
+        match read_some(src, &mut buf[done..])? {
+            0 => return Err(EgressError::Closed { sent: done, len }),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// One `read`, retried on `EINTR` and waited out on `EAGAIN`.
+fn read_some(src: BorrowedFd<'_>, into: &mut [u8]) -> Result<usize, EgressError> {
+    loop {
+        match zc::read(src, into) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let _ = wait_readable(src, None);
             }
             Err(e) => {
                 return Err(EgressError::Io {
                     what: "read",
-                    source: e.into(),
+                    source: e,
                 });
             }
         }
     }
-    Ok(())
 }
 
 /// How long [`Lease`]'s drop waits before it gives up and leaks the buffers instead.

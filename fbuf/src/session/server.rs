@@ -33,7 +33,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            allowed_uids: vec![nix::unistd::geteuid().as_raw()],
+            allowed_uids: vec![crate::sys::fdpass::effective_uid()],
             socket_mode: 0o600,
             handshake_timeout: Duration::from_secs(5),
         }
@@ -180,7 +180,7 @@ fn accept_loop(
         let stream = match conn {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => {
+            Err(e) if crate::sys::fdpass::is_out_of_fds(&e) => {
                 // Out of fds: back off instead of spinning.
                 std::thread::sleep(Duration::from_millis(10));
                 continue;

@@ -23,6 +23,16 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
+/// `geteuid()`: the uid a peer must have by default.
+pub fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Whether `e` is `EMFILE`/`ENFILE`: the process (or system) is out of file descriptors.
+pub fn is_out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
 /// `getsockopt(SOL_SOCKET, SO_PEERCRED)`.
 pub fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
     let c = getsockopt(&sock.as_fd(), PeerCredentials)?;

@@ -264,3 +264,25 @@ pub fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
         _ => FdKind::Other,
     })
 }
+
+/// `write(2)` of `bytes`; may be short.
+pub fn write(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    Ok(nix::unistd::write(fd, bytes)?)
+}
+
+/// `read(2)` into `buf`; 0 at end of file.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(nix::unistd::read(fd, buf)?)
+}
+
+/// `poll(POLLOUT)` without a timeout: waits until `fd` can take more bytes.
+pub fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut pfd = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+    loop {
+        match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
