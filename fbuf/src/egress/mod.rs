@@ -279,45 +279,14 @@ impl Egress {
                 )
             });
         }
-        let dest = self.dest.try_clone().map_err(io_err("dup"))?;
-        let (r, w) = self.our_pipe()?;
-        let (r, w) = (r.as_fd(), w.as_fd());
-        let mut done = 0;
-        while done < len {
-            self.count();
-            let chunk = zc::splice(
+        self.through_pipe(len, |w, done| {
+            zc::splice(
                 memfd,
                 Some(offset + done as u64),
                 w,
                 (len - done).min(PIPE_SIZE),
             )
-            .map_err(io_err("splice in"))?;
-            let mut out = 0;
-            while out < chunk {
-                self.count();
-                match zc::splice(r, None, dest.as_fd(), chunk - out) {
-                    Ok(0) => {
-                        return Err(EgressError::Closed {
-                            sent: done + out,
-                            len,
-                        });
-                    }
-                    Ok(n) => out += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        wait_writable_fd(dest.as_fd())?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Err(EgressError::Io {
-                            what: "splice out",
-                            source: e,
-                        });
-                    }
-                }
-            }
-            done += chunk;
-        }
-        Ok(())
+        })
     }
 
     fn vmsplice_all(&mut self, ptr: *const u8, len: usize) -> Result<(), EgressError> {
@@ -328,20 +297,30 @@ impl Egress {
                 zc::vmsplice(self.dest.as_fd(), ptr.add(done), len - done)
             });
         }
+        // SAFETY: as above; the pipe is drained into the destination before we return, and the
+        // destination's lease rule then covers the pages.
+        self.through_pipe(len, |w, done| unsafe {
+            zc::vmsplice(w, ptr.add(done), (len - done).min(PIPE_SIZE))
+        })
+    }
+
+    /// Moves `len` bytes to the destination through our pipe: `fill(pipe, done)` puts the next
+    /// chunk into the pipe (splice or vmsplice), then the pipe is spliced out in full.
+    fn through_pipe(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(BorrowedFd<'_>, usize) -> io::Result<usize>,
+    ) -> Result<(), EgressError> {
         let dest = self.dest.try_clone().map_err(io_err("dup"))?;
         let (r, w) = self.our_pipe()?;
-        let (r, w) = (r.as_fd(), w.as_fd());
         let mut done = 0;
         while done < len {
             self.count();
-            // SAFETY: as above; the pipe is drained into the destination before we return, and the
-            // destination's lease rule then covers the pages.
-            let chunk = unsafe { zc::vmsplice(w, ptr.add(done), (len - done).min(PIPE_SIZE)) }
-                .map_err(io_err("vmsplice"))?;
+            let chunk = fill(w.as_fd(), done).map_err(io_err("into the pipe"))?;
             let mut out = 0;
             while out < chunk {
                 self.count();
-                match zc::splice(r, None, dest.as_fd(), chunk - out) {
+                match zc::splice(r.as_fd(), None, dest.as_fd(), chunk - out) {
                     Ok(0) => {
                         return Err(EgressError::Closed {
                             sent: done + out,
