@@ -8,7 +8,7 @@
 //! +--------------------------------------------------------------+ 4096
 //! | participant table: MAX_PARTICIPANTS entries of 64 B          |
 //! +--------------------------------------------------------------+ per class, 64-B aligned:
-//! | cursor (u32) | slot states (u64 each) | free hints (1 bit/slot) |
+//! | cursor (u32) | slot states (u64 each)                       |
 //! +--------------------------------------------------------------+
 //!
 //! data memfd (read-write for producers, read-only for consumers)
@@ -140,15 +140,8 @@ pub struct ClassLayout {
     /// Offsets in the control region.
     pub cursor_offset: usize,
     pub states_offset: usize,
-    pub hints_offset: usize,
     /// Offset of slot 0 in the data region.
     pub data_offset: usize,
-}
-
-impl ClassLayout {
-    pub fn hint_words(&self) -> usize {
-        self.slot_count.div_ceil(64)
-    }
 }
 
 /// The whole layout of a pool.
@@ -235,9 +228,7 @@ impl Layout {
             // Counts and sizes are bounded above, so the control part cannot overflow.
             let cursor_offset = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
             let states_offset = cursor_offset + LINE;
-            let hints_offset =
-                align_up(states_offset + count * 8, LINE).ok_or(LayoutError::TooLarge)?;
-            control = hints_offset + count.div_ceil(64) * 8;
+            control = states_offset + count * 8;
             // Slots of 4 KiB and more start on a page, so egress can hand whole pages to the
             // kernel; smaller ones are cache-line aligned because the size is a power of two ≥ 64.
             let data_offset = align_up(data, PAGE).ok_or(LayoutError::TooLarge)?;
@@ -252,7 +243,6 @@ impl Layout {
                 first_slot,
                 cursor_offset,
                 states_offset,
-                hints_offset,
                 data_offset,
             });
             first_slot += count;
@@ -400,11 +390,10 @@ mod tests {
         for c in &l.classes {
             assert_eq!(c.data_offset % 4096, 0);
             assert_eq!(c.states_offset % 64, 0);
-            assert!(c.hints_offset >= c.states_offset + c.slot_count * 8);
         }
         let last = l.classes.last().unwrap();
         assert!(last.data_offset + last.slot_size * last.slot_count <= l.data_size);
-        assert!(last.hints_offset + last.hint_words() * 8 <= l.control_size);
+        assert!(last.states_offset + last.slot_count * 8 <= l.control_size);
         assert_eq!(l.class_for(1), Some(0));
         assert_eq!(l.class_for(257), Some(1));
         assert_eq!(l.class_for((1 << 20) + 1), None);

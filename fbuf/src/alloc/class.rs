@@ -3,11 +3,16 @@
 //!
 //! The algorithm: each slot's state word ([`SlotState`]) is the only truth about it, and every
 //! transition is one compare-and-swap on that word, so a participant that dies between two steps
-//! can never leave a slot half-owned. A bitmap of *hints* (bit set: "this slot may be free") makes
-//! allocation O(1) in the common case: take the lowest set bit of the word under the cursor, claim
-//! the slot by CAS, clear the hint. A hint is only advisory: a set bit for a taken slot is skipped,
-//! and if the hints find nothing the allocator scans the state words themselves before it reports
-//! exhaustion, repairing hints on the way. So a hint lost to a crash costs speed, never a slot.
+//! can never leave a slot half-owned.
+//!
+//! Allocation is next-fit: a shared cursor names the slot after the last one allocated, and the
+//! allocator claims the first free slot from there by CAS. In streaming use slots come back in
+//! about the order they went out, so the slot under the cursor is almost always free: one load and
+//! one CAS, O(1). The scan is O(n) only when the class is nearly exhausted. An earlier version kept
+//! a bitmap of free hints; allocators clearing and releasers setting bits in the same words made
+//! those words bounce between cores on every message, and dropping the bitmap nearly doubled the
+//! 64-byte message rate between two processes (docs/benchmarks.md). Freeing is then just the state
+//! word's transition: nothing else to publish, nothing a crash can leave half-done.
 //!
 //! Nothing here makes a system call, and no value read from shared memory is used as an index
 //! without a bounds check: a hostile peer can scribble on these words and cause wrong answers
@@ -21,10 +26,8 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 pub struct ClassSlots<'a> {
     /// One [`SlotState`] per slot. Advanced by whoever allocates, lends, takes or releases.
     states: &'a [AtomicU64],
-    /// Bit `i % 64` of word `i / 64` set: slot `i` may be free. Set by whoever frees a slot,
-    /// cleared by whoever claims it.
-    hints: &'a [AtomicU64],
-    /// The hint word where the last successful allocation found a slot; only a starting point.
+    /// The slot after the last one allocated: where the next search starts. Only a starting
+    /// point (taken modulo the slot count), so a garbage value costs a longer search, no more.
     cursor: &'a AtomicU32,
 }
 
@@ -42,21 +45,9 @@ pub enum SlotError {
 }
 
 impl<'a> ClassSlots<'a> {
-    /// A view over `states` (one word per slot), `hints` (one bit per slot) and `cursor`.
-    ///
-    /// # Panics
-    /// If `hints` does not have exactly one bit per slot: that is a layout bug, not peer input.
-    pub fn new(states: &'a [AtomicU64], hints: &'a [AtomicU64], cursor: &'a AtomicU32) -> Self {
-        assert_eq!(
-            hints.len(),
-            states.len().div_ceil(64),
-            "one hint bit per slot"
-        );
-        ClassSlots {
-            states,
-            hints,
-            cursor,
-        }
+    /// A view over `states` (one word per slot) and `cursor`.
+    pub fn new(states: &'a [AtomicU64], cursor: &'a AtomicU32) -> Self {
+        ClassSlots { states, cursor }
     }
 
     /// Number of slots.
@@ -69,19 +60,6 @@ impl<'a> ClassSlots<'a> {
         self.states.is_empty()
     }
 
-    /// Marks every slot as possibly free. Called once by the creator, on zeroed state words.
-    pub fn init_hints(&self) {
-        for (w, hint) in self.hints.iter().enumerate() {
-            let slots_here = (self.states.len() - w * 64).min(64);
-            let bits = if slots_here == 64 {
-                u64::MAX
-            } else {
-                (1u64 << slots_here) - 1
-            };
-            hint.store(bits, Ordering::Relaxed);
-        }
-    }
-
     /// A copy of slot `slot`'s state word, if the slot exists.
     pub fn state(&self, slot: usize) -> Option<SlotState> {
         self.states
@@ -92,39 +70,16 @@ impl<'a> ClassSlots<'a> {
     /// Claims a free slot for `holder`; returns `(slot, generation)`, or `None` if every slot is
     /// taken.
     pub fn alloc(&self, holder: u32) -> Option<(usize, u32)> {
-        let words = self.hints.len();
-        if words == 0 {
+        let n = self.states.len();
+        if n == 0 {
             return None;
         }
-        let start = self.cursor.load(Ordering::Relaxed) as usize % words;
-        for i in 0..words {
-            let w = (start + i) % words;
-            let mut bits = self.hints[w].load(Ordering::Relaxed);
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let slot = w * 64 + b;
-                if slot >= self.states.len() {
-                    break; // garbage beyond the last slot: ignore it
-                }
-                if let Some(generation) = self.try_claim(slot, holder) {
-                    // The hint is advisory, so Relaxed: we own the slot and clear its bit before
-                    // anyone can free it again (our lend is Release, the taker's Acquire).
-                    self.hints[w].fetch_and(!(1u64 << b), Ordering::Relaxed);
-                    if i != 0 {
-                        self.cursor.store(w as u32, Ordering::Relaxed);
-                    }
-                    return Some((slot, generation));
-                }
-            }
-        }
-        self.alloc_by_scan(holder)
-    }
-
-    /// The slow path: look at every state word, repair the hints of free slots, claim one.
-    fn alloc_by_scan(&self, holder: u32) -> Option<(usize, u32)> {
-        for slot in 0..self.states.len() {
+        let start = self.cursor.load(Ordering::Relaxed) as usize % n;
+        for k in 0..n {
+            let slot = (start + k) % n;
             if let Some(generation) = self.try_claim(slot, holder) {
+                self.cursor
+                    .store(((slot + 1) % n) as u32, Ordering::Relaxed);
                 return Some((slot, generation));
             }
         }
@@ -234,9 +189,6 @@ impl<'a> ClassSlots<'a> {
                 Ok(cur.minus_one_in_flight())
             }
         })?;
-        if next.is_free() {
-            self.publish_free(slot);
-        }
         Ok(next.is_free())
     }
 
@@ -249,11 +201,7 @@ impl<'a> ClassSlots<'a> {
         // this holder did with the slot's bytes happens-before the next owner's writes.
         let prev = SlotState(word.fetch_and(!(1u64 << holder), Ordering::Release));
         let now = prev.without_holder(holder);
-        let freed = prev.is_held_by(holder) && now.is_free();
-        if freed {
-            self.publish_free(slot);
-        }
-        freed
+        prev.is_held_by(holder) && now.is_free()
     }
 
     /// Releases every slot `holder` holds (it died). Returns `(released, freed)` counts.
@@ -275,53 +223,31 @@ impl<'a> ClassSlots<'a> {
             .filter(|s| SlotState(s.load(Ordering::Relaxed)).is_free())
             .count()
     }
-
-    /// Sets the hint bit of every free slot (after a participant died mid-free).
-    pub fn repair_hints(&self) {
-        for slot in 0..self.states.len() {
-            if SlotState(self.states[slot].load(Ordering::Relaxed)).is_free() {
-                self.publish_free(slot);
-            }
-        }
-    }
-
-    fn publish_free(&self, slot: usize) {
-        self.hints[slot / 64].fetch_or(1u64 << (slot % 64), Ordering::Relaxed);
-    }
 }
 
 /// Heap-backed storage for one class: unit tests, loom models, miri.
 pub struct HeapClass {
     states: Box<[AtomicU64]>,
-    hints: Box<[AtomicU64]>,
     cursor: AtomicU32,
 }
 
 impl HeapClass {
     /// A class of `slots` free slots.
     pub fn new(slots: usize) -> Self {
-        let heap = HeapClass {
+        HeapClass {
             states: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-            hints: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             cursor: AtomicU32::new(0),
-        };
-        heap.slots().init_hints();
-        heap
+        }
     }
 
     /// The algorithm's view of this storage.
     pub fn slots(&self) -> ClassSlots<'_> {
-        ClassSlots::new(&self.states, &self.hints, &self.cursor)
+        ClassSlots::new(&self.states, &self.cursor)
     }
 
     /// The raw state words, so tests can play a hostile peer.
     pub fn raw_states(&self) -> &[AtomicU64] {
         &self.states
-    }
-
-    /// The raw hint words, so tests can play a hostile peer.
-    pub fn raw_hints(&self) -> &[AtomicU64] {
-        &self.hints
     }
 }
 
@@ -370,30 +296,24 @@ mod tests {
     }
 
     #[test]
-    fn lost_hints_are_repaired_by_the_scan() {
-        let heap = HeapClass::new(70);
-        for h in heap.raw_hints() {
-            h.store(0, Ordering::Relaxed);
-        }
-        let c = heap.slots();
-        assert!(
-            c.alloc(3).is_some(),
-            "the scan finds free slots without hints"
-        );
-    }
-
-    #[test]
-    fn garbage_hints_and_cursor_cause_no_panic() {
+    fn a_garbage_cursor_causes_no_panic() {
         let heap = HeapClass::new(10);
-        for h in heap.raw_hints() {
-            h.store(u64::MAX, Ordering::Relaxed);
-        }
         heap.cursor.store(u32::MAX, Ordering::Relaxed);
         let c = heap.slots();
         for _ in 0..10 {
             assert!(c.alloc(0).is_some());
         }
         assert_eq!(c.alloc(0), None);
+    }
+
+    #[test]
+    fn allocation_is_next_fit() {
+        let heap = HeapClass::new(4);
+        let c = heap.slots();
+        let (a, _) = c.alloc(0).unwrap();
+        assert!(c.release(a, 0));
+        let (b, _) = c.alloc(0).unwrap();
+        assert_ne!(a, b, "a just-freed slot is not reused at once");
     }
 
     #[test]

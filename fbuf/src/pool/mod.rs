@@ -187,9 +187,6 @@ impl Pool {
                 .write_unaligned(header);
         }
         let pool = Pool::from_parts(control, data, layout, 0, true, None);
-        for c in 0..pool.shared.layout.classes.len() {
-            pool.shared.class(c).init_hints();
-        }
         for ch in &pool.shared.layout.channels {
             for u in ch.units.iter().filter(|u| u.mpmc) {
                 let stamps = pool.shared.control.atomics_u64(u.stamps_offset, u.capacity);
@@ -202,7 +199,7 @@ impl Pool {
             .participant(0)
             .claim(std::process::id(), Role::Producer);
         // SYNC POINT (ready): Release pairs with the Acquire in `attach`: whoever reads the magic
-        // sees the header, the hints and the owner's table entry.
+        // sees the header, the ring stamps and the owner's table entry.
         pool.shared.magic().store(MAGIC, Ordering::Release);
         Ok(pool)
     }
@@ -479,9 +476,6 @@ impl Pool {
     /// Releases a departed participant's holdings and frees its entry. Owner only.
     pub(crate) fn retire(&self, participant: u32) -> Reclaimed {
         let r = self.reclaim(participant);
-        for c in 0..self.shared.layout.classes.len() {
-            self.shared.class(c).repair_hints();
-        }
         self.shared.participant(participant).retire();
         r
     }
@@ -521,7 +515,6 @@ impl Shared {
         let c = &self.layout.classes[class];
         ClassSlots::new(
             self.control.atomics_u64(c.states_offset, c.slot_count),
-            self.control.atomics_u64(c.hints_offset, c.hint_words()),
             &self.control.atomics_u32(c.cursor_offset, 1)[0],
         )
     }
