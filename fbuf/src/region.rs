@@ -108,11 +108,13 @@ impl Region {
     }
 
     /// The start of the mapping.
+    #[inline]
     pub fn ptr(&self) -> *mut u8 {
         self.map.as_mut_ptr()
     }
 
     /// Length of the mapping in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -132,15 +134,24 @@ impl Region {
         self.fd.as_fd()
     }
 
+    #[inline]
     fn check_words(&self, offset: usize, count: usize, align: usize) {
         let size = count.checked_mul(align).and_then(|b| offset.checked_add(b));
-        assert!(
-            self.writable
-                && offset.is_multiple_of(align)
-                && size.is_some_and(|end| end <= self.len()),
+        if !(self.writable
+            && offset.is_multiple_of(align)
+            && size.is_some_and(|end| end <= self.len()))
+        {
+            self.bad_words(offset, count, align);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn bad_words(&self, offset: usize, count: usize, align: usize) -> ! {
+        panic!(
             "atomics at {offset}+{count}x{align} outside a writable {}-byte region: layout bug",
             self.len()
-        );
+        )
     }
 
     /// `count` atomic words at `offset`. Atomics are the only way fbuf touches words that other
@@ -149,6 +160,7 @@ impl Region {
     /// # Panics
     /// If the words are not inside the mapping, aligned, and writable: offsets come from a
     /// [`crate::layout::Layout`] computed locally, so that is a bug here, never peer input.
+    #[inline]
     pub fn atomics_u64(&self, offset: usize, count: usize) -> &[AtomicU64] {
         self.check_words(offset, count, 8);
         // SAFETY: the range is inside our live mapping (checked above) and 8-aligned;
@@ -158,6 +170,7 @@ impl Region {
     }
 
     /// Like [`Self::atomics_u64`], for 32-bit words.
+    #[inline]
     pub fn atomics_u32(&self, offset: usize, count: usize) -> &[AtomicU32] {
         self.check_words(offset, count, 4);
         // SAFETY: as in `atomics_u64`, with 4-byte size and alignment.

@@ -511,6 +511,7 @@ impl Shared {
         &self.control.atomics_u64(0, 1)[0]
     }
 
+    #[inline]
     pub(crate) fn class(&self, class: usize) -> ClassSlots<'_> {
         let c = &self.layout.classes[class];
         ClassSlots::new(
