@@ -347,11 +347,39 @@ struct Row {
     outcome: Result<(f64, Usage, f64, i64, u64), String>,
 }
 
+/// A directory for the source file on a filesystem that supports `O_DIRECT` (tmpfs does not): the
+/// temporary directory if it does, else beside this executable.
+fn work_dir() -> Res<std::path::PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = format!("fbuf-copy-{}", std::process::id());
+    let mut candidates = vec![std::env::temp_dir()];
+    if let Some(exe_dir) = std::env::current_exe()?.parent() {
+        candidates.push(exe_dir.to_path_buf());
+    }
+    for base in candidates {
+        let dir = base.join(&name);
+        if std::fs::create_dir_all(&dir).is_err() {
+            continue;
+        }
+        let probe = dir.join("probe");
+        std::fs::write(&probe, [0u8; 4096])?;
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe);
+        let _ = std::fs::remove_file(&probe);
+        if direct.is_ok() {
+            return Ok(dir);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Err("no directory here supports O_DIRECT".into())
+}
+
 /// `fbuf copy-methods [SIZE_BYTES]`.
 pub fn main(size: u64) -> Res<bool> {
     let size = size.max(PERIOD as u64) / CHUNK as u64 * CHUNK as u64;
-    let dir = std::env::temp_dir().join(format!("fbuf-copy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = work_dir()?;
     let me = std::env::current_exe()?;
     let pattern = period();
     eprintln!(

@@ -15,6 +15,7 @@
 //! fbuf peer publish SOCKET CH COUNT SUBS  wait for SUBS subscribers, publish COUNT buffers
 //! fbuf peer subscribe SOCKET CH COUNT   subscribe to CH, receive and verify COUNT buffers
 //! fbuf peer recv-hold SOCKET CH         open CH's receiver, say READY, wait to be killed
+//! fbuf peer send-hold SOCKET CH N       send N buffers on CH, say READY, wait to be killed
 //! fbuf peer snap-orphan                 fork a snapshot child that never ends, print its pid, exit
 //! fbuf peer sink    ADDR LEN DELAY_MS   connect (unix:PATH, tcp:PORT, or - for stdin), wait, read
 //!                                       LEN bytes, report their checksum and first/last byte
@@ -53,6 +54,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "publish" => publish(arg(1), num(2) as usize, num(3), num(4)),
         "subscribe" => subscribe(arg(1), num(2) as usize, num(3)),
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
+        "send-hold" => send_hold(arg(1), num(2) as usize, num(3)),
         "snap-orphan" => snap_orphan(),
         "sink" => sink(arg(1), num(2) as usize, num(3)),
         "cm-sink" => crate::copy_methods::sink(arg(1), num(2), arg(3) == "ack"),
@@ -419,4 +421,18 @@ fn sink(addr: &str, len: usize, delay_ms: u64) -> Res {
         data[0],
         data[len - 1]
     ))
+}
+
+fn send_hold(socket: &str, ch: usize, n: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut tx = pool.sender(ch)?;
+    for seq in 0..n {
+        let mut b = pool.alloc(64)?;
+        fill_tagged(&mut b, 9, seq);
+        tx.send_timeout(b.freeze(), Some(Duration::from_secs(10)))?;
+    }
+    eprintln!("READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

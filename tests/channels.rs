@@ -268,3 +268,32 @@ fn typed_messages_are_viewed_in_place() {
     assert_eq!(got.as_pod::<Tick>(), Some(&tick));
     assert_eq!(got.as_pod::<u64>(), None, "a length mismatch is refused");
 }
+
+#[test]
+fn a_killed_sender_makes_the_receiver_see_disconnected_after_the_queue() {
+    let owner = Owner::new(config(vec![spec(channel_kind::ONE_TO_ONE, 16, 1)]));
+    let mut rx = owner.pool.receiver(0).unwrap();
+    let mut child = peer(&["send-hold", &owner.socket(), "0", "5"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "READY");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // What was sent before the death still arrives (its slots stay alive in flight) ...
+    for _ in 0..5 {
+        let b = rx
+            .recv_timeout(Some(Duration::from_secs(20)))
+            .expect("queued before the death");
+        assert_eq!(b.len(), 64);
+    }
+    // ... then the receiver learns the sender is gone instead of waiting out its timeout.
+    assert_eq!(
+        rx.recv_timeout(Some(Duration::from_secs(60))).unwrap_err(),
+        RecvError::Disconnected
+    );
+    drop(rx);
+    owner.wait_retired(1);
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
