@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use super::unit::{Unit, push, take, wait_for_data};
+use super::reader::RingReader;
+use super::unit::{Unit, push};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
 use crate::layout::{UnitLayout, channel_kind};
-use crate::pool::{Buf, Desc, Pool};
+use crate::pool::{Buf, Pool};
 use crate::ring::Push;
 
 /// The publishing end of a broadcast channel.
@@ -18,9 +19,7 @@ pub struct Publisher {
 
 /// One subscriber of a broadcast channel.
 pub struct Subscriber {
-    pool: Pool,
-    unit: UnitLayout,
-    strategy: WaitStrategy,
+    reader: RingReader,
 }
 
 impl Pool {
@@ -46,11 +45,15 @@ impl Pool {
             if unit.claim_receiver() {
                 unit.set_lossy(lossy);
                 unit.take_lost();
-                return Ok(Subscriber {
-                    pool: self.clone(),
-                    unit: *u,
-                    strategy: WaitStrategy::default(),
-                });
+                return match RingReader::new(self, *u) {
+                    Ok(reader) => Ok(Subscriber { reader }),
+                    Err(_) => {
+                        unit.release_receiver();
+                        Err(OpenError::Corrupted {
+                            channel: channel_index,
+                        })
+                    }
+                };
             }
         }
         Err(OpenError::NoSubscriberRing {
@@ -160,41 +163,33 @@ impl Drop for Publisher {
 
 impl Subscriber {
     pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
-        self.strategy = strategy;
+        self.reader.strategy = strategy;
     }
 
     /// Descriptors this (lossy) subscriber lost since the last call.
     pub fn take_lost(&self) -> u64 {
-        Unit::new(&self.pool, self.unit).take_lost()
+        self.reader.unit().take_lost()
     }
 
     /// Receives one buffer if one is queued.
     pub fn try_recv(&mut self) -> Result<Buf, RecvError> {
-        let unit = Unit::new(&self.pool, self.unit);
-        let mut one = [Desc::default()];
-        take(&unit, None, &mut one)?;
-        Ok(self.pool.import(one[0])?)
+        self.reader.try_recv()
     }
 
     /// Receives one buffer, waiting up to `timeout`.
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        let deadline = deadline(timeout);
-        loop {
-            match self.try_recv() {
-                Err(RecvError::Empty) => {}
-                other => return other,
-            }
-            let unit = Unit::new(&self.pool, self.unit);
-            if !wait_for_data(&unit, None, self.strategy, deadline) {
-                return Err(RecvError::Timeout);
-            }
-        }
+        self.reader.recv_timeout(timeout)
+    }
+
+    /// Receives up to `max` queued buffers into `out`; returns how many descriptors were taken.
+    pub fn recv_batch(&mut self, out: &mut Vec<Buf>, max: usize) -> Result<usize, RecvError> {
+        self.reader.recv_batch(out, max)
     }
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        let unit = Unit::new(&self.pool, self.unit);
+        let unit = self.reader.unit();
         unit.release_receiver();
         // Nobody will read what is queued for this ring: give the slots back.
         unit.drain();

@@ -17,6 +17,7 @@
 mod broadcast;
 mod notify;
 mod p2p;
+mod reader;
 mod unit;
 
 use std::time::{Duration, Instant};

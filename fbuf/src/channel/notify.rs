@@ -42,7 +42,7 @@ impl Receiver {
     pub fn notifier(&self) -> io::Result<Notifier> {
         let event = Arc::new(Event::new()?);
         let stop = Arc::new(AtomicBool::new(false));
-        let (pool, unit) = (self.pool.clone(), self.unit);
+        let (pool, unit) = (self.reader.pool.clone(), self.reader.unit);
         let thread = {
             let (event, stop, pool) = (event.clone(), stop.clone(), pool.clone());
             std::thread::Builder::new()

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use super::unit::{Unit, UnitRing, push, take, wait_for_data};
+use super::reader::RingReader;
+use super::unit::{Unit, UnitRing, push};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
 use crate::layout::{UnitLayout, channel_kind};
-use crate::pool::{Buf, Desc, Pool, ShareError};
-use crate::ring::{ConsumerState, ProducerState, Push};
+use crate::pool::{Buf, Pool, ShareError};
+use crate::ring::{ProducerState, Push};
 
 /// The sending end of a one-to-one or many-to-one channel.
 pub struct Sender {
@@ -19,11 +20,7 @@ pub struct Sender {
 
 /// The receiving end of a one-to-one or many-to-one channel.
 pub struct Receiver {
-    pub(super) pool: Pool,
-    pub(super) unit: UnitLayout,
-    spsc: Option<ConsumerState>,
-    strategy: WaitStrategy,
-    batch: Vec<Desc>,
+    pub(super) reader: RingReader,
 }
 
 impl Pool {
@@ -74,25 +71,15 @@ impl Pool {
                 channel: channel_index,
             });
         }
-        let spsc = match unit.ring() {
-            UnitRing::Spsc(r) => match r.consumer() {
-                Ok(st) => Some(st),
-                Err(_) => {
-                    unit.release_receiver();
-                    return Err(OpenError::Corrupted {
-                        channel: channel_index,
-                    });
-                }
-            },
-            UnitRing::Mpmc(_) => None,
-        };
-        Ok(Receiver {
-            pool: self.clone(),
-            unit: layout,
-            spsc,
-            strategy: WaitStrategy::default(),
-            batch: Vec::new(),
-        })
+        match RingReader::new(self, layout) {
+            Ok(reader) => Ok(Receiver { reader }),
+            Err(_) => {
+                unit.release_receiver();
+                Err(OpenError::Corrupted {
+                    channel: channel_index,
+                })
+            }
+        }
     }
 }
 
@@ -220,63 +207,35 @@ impl Drop for Sender {
 impl Receiver {
     /// How `recv_timeout` waits.
     pub fn set_wait_strategy(&mut self, strategy: WaitStrategy) {
-        self.strategy = strategy;
+        self.reader.strategy = strategy;
     }
 
     /// Receives one buffer if one is queued.
     pub fn try_recv(&mut self) -> Result<Buf, RecvError> {
-        let unit = Unit::new(&self.pool, self.unit);
-        let mut one = [Desc::default()];
-        take(&unit, self.spsc.as_mut(), &mut one)?;
-        Ok(self.pool.import(one[0])?)
+        self.reader.try_recv()
     }
 
     /// Receives one buffer, waiting up to `timeout` (`None`: until one arrives or every sender
     /// is gone).
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        let deadline = deadline(timeout);
-        loop {
-            match self.try_recv() {
-                Err(RecvError::Empty) => {}
-                other => return other,
-            }
-            let unit = Unit::new(&self.pool, self.unit);
-            if !wait_for_data(&unit, self.spsc.as_ref(), self.strategy, deadline) {
-                return Err(RecvError::Timeout);
-            }
-        }
+        self.reader.recv_timeout(timeout)
     }
 
     /// Receives up to `max` queued buffers into `out` with one index publication; returns how
     /// many descriptors were taken. Descriptors that fail their checks are skipped; if none
     /// passed, the first failure is returned.
     pub fn recv_batch(&mut self, out: &mut Vec<Buf>, max: usize) -> Result<usize, RecvError> {
-        let unit = Unit::new(&self.pool, self.unit);
-        self.batch.resize(max, Desc::default());
-        let n = take(&unit, self.spsc.as_mut(), &mut self.batch)?;
-        let before = out.len();
-        let mut first_err = None;
-        for d in &self.batch[..n] {
-            match self.pool.import(*d) {
-                Ok(b) => out.push(b),
-                Err(e) => first_err = first_err.or(Some(e)),
-            }
-        }
-        match first_err {
-            Some(e) if out.len() == before => Err(e.into()),
-            _ => Ok(n),
-        }
+        self.reader.recv_batch(out, max)
     }
 
     /// Waits until something is queued or the senders are gone, without taking it.
     pub fn wait(&mut self, timeout: Option<Duration>) -> bool {
-        let unit = Unit::new(&self.pool, self.unit);
-        wait_for_data(&unit, self.spsc.as_ref(), self.strategy, deadline(timeout))
+        self.reader.wait(timeout)
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        Unit::new(&self.pool, self.unit).release_receiver();
+        self.reader.unit().release_receiver();
     }
 }
