@@ -12,16 +12,20 @@
 //! | regular file | sendfile, splice, vmsplice, write | at return (copied into the page cache) |
 //! | pipe | splice, vmsplice | the pipe has been read empty (`FIONREAD` = 0) |
 //! | Unix stream socket | sendfile, splice, vmsplice | the peer has read everything (`SIOCOUTQ` = 0) |
-//! | TCP to another host | sendfile, splice, vmsplice | the peer acknowledged everything (`SIOCOUTQ` = 0) |
-//! | TCP over loopback | `MSG_ZEROCOPY` | its completion arrives on the error queue |
+//! | TCP | `MSG_ZEROCOPY` | its completion arrives on the error queue |
+//! | TCP, peer declared remote | sendfile, splice, vmsplice | the peer acknowledged everything (`SIOCOUTQ` = 0) |
 //! | any | write | at return (copied) |
 //!
-//! Over loopback, `sendfile` to TCP cannot be leased: the receiving socket's queue holds the very
-//! pages, and the sender's queue empties (acknowledged) before the receiver reads them. We measured
-//! it: overwrite the slot once `SIOCOUTQ` is 0 and the receiver reads the new bytes. So `sendfile`,
-//! `splice` and `vmsplice` to a loopback TCP peer are refused ([`EgressError::UntrackableLease`]);
-//! automatic choice uses `MSG_ZEROCOPY` there (the kernel copies at loopback delivery and then
-//! completes).
+//! To a TCP peer on the same kernel, `sendfile` cannot be leased: the receiving socket's queue
+//! holds the very pages, and the sender's queue empties (acknowledged) before the receiver reads
+//! them. We measured it over loopback: overwrite the slot once `SIOCOUTQ` is 0 and the receiver
+//! reads the new bytes. A peer in a container behind a veth pair or a bridge is on the same kernel
+//! too, and its address does not say so. So `sendfile`, `splice` and `vmsplice` to TCP are refused
+//! ([`EgressError::UntrackableLease`]) unless the caller declares the peer remote
+//! ([`Egress::set_peer_remote`]: across a real NIC the pages have left by the time the peer
+//! acknowledges) or acknowledges reads in its own protocol ([`Egress::send_until_ack`]). Automatic
+//! choice uses `MSG_ZEROCOPY` for TCP: the kernel copies a packet it delivers to a local socket and
+//! only then completes, so its lease is exact either way.
 
 mod lease;
 
@@ -60,8 +64,9 @@ pub enum EgressError {
     #[error("{method:?} to {kind:?} is not supported")]
     Unsupported { method: Method, kind: FdKind },
     #[error(
-        "{method:?} to a loopback TCP peer cannot be leased: the receiver's queue holds the pages \
-         after the sender's queue is acknowledged; use MSG_ZEROCOPY or write"
+        "{method:?} to a TCP peer that may share this kernel cannot be leased: its receive queue \
+         holds the pages after the sender's queue is acknowledged; use MSG_ZEROCOPY or write, \
+         declare the peer remote, or acknowledge reads (send_until_ack)"
     )]
     UntrackableLease { method: Method },
     #[error("the destination closed after {sent} of {len} bytes")]
@@ -88,6 +93,8 @@ pub struct Egress {
     zerocopy: Option<Arc<Mutex<ZeroCopyState>>>,
     /// System calls made by sends so far (not counting lease polls).
     calls: std::cell::Cell<u64>,
+    /// The caller declared the TCP peer to be on another machine.
+    remote: bool,
 }
 
 const PIPE_SIZE: usize = 1 << 20;
@@ -103,7 +110,16 @@ impl Egress {
             pipe: None,
             zerocopy: None,
             calls: std::cell::Cell::new(0),
+            remote: false,
         })
+    }
+
+    /// Declares that the TCP peer is on another machine, across a real network interface: then
+    /// `sendfile`, `splice` and `vmsplice` leases end when the peer has acknowledged everything.
+    /// Wrong for a peer on this kernel (loopback, veth, bridge): it would end leases while the
+    /// peer's queue still reads the pages.
+    pub fn set_peer_remote(&mut self, remote: bool) {
+        self.remote = remote;
     }
 
     /// System calls the sends through this egress have made (lease polls not counted).
@@ -123,12 +139,11 @@ impl Egress {
     /// The method fbuf picks for this destination and size.
     pub fn choose(&self, len: usize) -> Method {
         match self.kind {
-            FdKind::File | FdKind::UnixStream | FdKind::TcpSocket { loopback: false } => {
-                Method::Sendfile
-            }
+            FdKind::File | FdKind::UnixStream => Method::Sendfile,
+            FdKind::TcpSocket { .. } if self.remote => Method::Sendfile,
             FdKind::Pipe => Method::Splice,
             // Below ~10 KiB MSG_ZEROCOPY's page pinning and notification cost more than a copy.
-            FdKind::TcpSocket { loopback: true } if len >= 16 << 10 => Method::ZeroCopy,
+            FdKind::TcpSocket { .. } if len >= 16 << 10 => Method::ZeroCopy,
             _ => Method::Write,
         }
     }
@@ -144,7 +159,7 @@ impl Egress {
 
     /// Like [`Egress::send`] for a peer that acknowledges what it read in its own protocol (the
     /// next request, an ACK message): any method to any destination, including `sendfile` to a
-    /// loopback TCP peer, and the lease ends only with [`Lease::confirm`] once that ack arrives.
+    /// TCP peer on this kernel, and the lease ends only with [`Lease::confirm`] once that ack arrives.
     pub fn send_until_ack(&mut self, bufs: &[Buf], method: Method) -> Result<Lease, EgressError> {
         if method == Method::ZeroCopy {
             self.lease_rule(method)?; // sets up SO_ZEROCOPY and its tracking
@@ -194,7 +209,7 @@ impl Egress {
                 Until::ZeroCopy
             }
             (Method::ZeroCopy, kind) => return Err(EgressError::Unsupported { method, kind }),
-            (_, FdKind::TcpSocket { loopback: true }) => {
+            (_, FdKind::TcpSocket { .. }) if !self.remote => {
                 return Err(EgressError::UntrackableLease { method });
             }
             (_, FdKind::File) => Until::Now,
