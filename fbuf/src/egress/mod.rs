@@ -20,7 +20,8 @@
 //! holds the very pages, and the sender's queue empties (acknowledged) before the receiver reads
 //! them. We measured it over loopback: overwrite the slot once `SIOCOUTQ` is 0 and the receiver
 //! reads the new bytes. A peer in a container behind a veth pair or a bridge is on the same kernel
-//! too, and its address does not say so. So `sendfile`, `splice` and `vmsplice` to TCP are refused
+//! too (measured the same way over veth into another network namespace), and its address does
+//! not say so. So `sendfile`, `splice` and `vmsplice` to TCP are refused
 //! ([`EgressError::UntrackableLease`]) unless the caller declares the peer remote
 //! ([`Egress::set_peer_remote`]: across a real NIC the pages have left by the time the peer
 //! acknowledges) or acknowledges reads in its own protocol ([`Egress::send_until_ack`]). Automatic
