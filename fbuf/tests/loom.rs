@@ -501,3 +501,56 @@ fn doorbell_without_sleeper_makes_no_call() {
         assert_eq!(b.futex.wakes.load(fbuf::sync::Ordering::SeqCst), 0);
     });
 }
+
+/// Send by move: one thread hands the process's last handle off into flight (one CAS: holder bit
+/// to in-flight count) while another imports an earlier descriptor of the same slot. Nothing is
+/// lost: both descriptors' worth of references are accounted for, and the bit matches the count.
+#[test]
+fn local_hand_off_vs_import() {
+    let _g = serial();
+    loom::model(|| {
+        let class = Arc::new(HeapClass::new(1));
+        let local = Arc::new(LocalRefs::new(1));
+        let (slot, generation) = class.slots().alloc(0).unwrap();
+        local.first_after_alloc(0);
+        class.slots().lend(slot, generation, 0, 1).unwrap(); // an earlier send, now arriving back
+
+        let importer = {
+            let (class, local) = (class.clone(), local.clone());
+            thread::spawn(move || {
+                let c = class.slots();
+                local
+                    .acquire(
+                        0,
+                        || c.take_lent(slot, generation, 0, true),
+                        || c.take_lent(slot, generation, 0, false),
+                        || {
+                            c.release(slot, 0);
+                        },
+                    )
+                    .is_ok()
+            })
+        };
+        let c = class.slots();
+        let handed = match local.release_last_with(0, || c.hand_off(slot, generation, 0)) {
+            Some(r) => r.is_ok(),
+            None => {
+                // The import got in first: lend and drop this handle instead.
+                c.lend(slot, generation, 0, 1).unwrap();
+                local.release(0, || {
+                    c.release(slot, 0);
+                });
+                true
+            }
+        };
+        assert!(handed);
+        assert!(
+            importer.join().unwrap(),
+            "the earlier descriptor is still importable"
+        );
+        let s = c.state(0).unwrap();
+        assert_eq!(local.count(0), 1, "the imported handle");
+        assert!(s.is_held_by(0), "a handle exists, so the bit is set");
+        assert_eq!(s.in_flight(), 1, "the handed-off descriptor is in flight");
+    });
+}

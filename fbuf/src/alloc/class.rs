@@ -154,6 +154,22 @@ impl<'a> ClassSlots<'a> {
         .map(|_| ())
     }
 
+    /// Turns `holder`'s holding of `slot` into one in-flight descriptor, in one CAS: a send by
+    /// move, for a process giving away its last handle (instead of lending, then releasing).
+    pub fn hand_off(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
+        // SYNC POINT (hand-off): Release, like `lend`: pairs with the Acquire in `take_lent`.
+        self.update(slot, generation, Ordering::Release, |cur| {
+            if !cur.is_held_by(holder) {
+                Err(SlotError::NotHeld)
+            } else if cur.in_flight() + 1 > MAX_IN_FLIGHT {
+                Err(SlotError::TooManyInFlight)
+            } else {
+                Ok(cur.plus_in_flight(1).without_holder(holder))
+            }
+        })
+        .map(|_| ())
+    }
+
     /// Turns one in-flight descriptor of `slot` into a holding of `holder`. `add_holder` is false
     /// when the caller's process already holds the slot (its bit is set and stays set).
     pub fn take_lent(

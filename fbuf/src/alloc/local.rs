@@ -123,6 +123,32 @@ impl LocalRefs {
         }
     }
 
+    /// If the caller's handle is the process's only one, runs `last` (which must clear the holder
+    /// bit, e.g. by handing the holding off) under the transition lock and returns its result;
+    /// on error the handle is kept. Returns `None`, changing nothing, if other handles exist.
+    pub fn release_last_with<E>(
+        &self,
+        i: usize,
+        last: impl FnOnce() -> Result<(), E>,
+    ) -> Option<Result<(), E>> {
+        let count = &self.counts[i];
+        loop {
+            let v = count.load(Ordering::Acquire);
+            if v == TRANSITION || v == 0 {
+                spin_hint();
+            } else if v != 1 {
+                return None;
+            } else if count
+                .compare_exchange_weak(1, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                let r = last();
+                count.store(if r.is_ok() { 0 } else { 1 }, Ordering::Release);
+                return Some(r);
+            }
+        }
+    }
+
     /// The current count (for tests and diagnostics).
     pub fn count(&self, i: usize) -> u32 {
         self.counts[i].load(Ordering::Relaxed)

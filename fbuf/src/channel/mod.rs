@@ -57,7 +57,7 @@ pub enum OpenError {
     Corrupted { channel: usize },
 }
 
-/// Why a buffer was not sent. Every variant gives the buffer back.
+/// Why a buffer was not sent. Every variant but `Lost` gives the buffer back.
 #[derive(Debug, Error)]
 pub enum SendError {
     #[error("the ring is full")]
@@ -70,17 +70,22 @@ pub enum SendError {
     Share(ShareError, Buf),
     #[error("the ring's words are inconsistent (corrupted by a peer?)")]
     Corrupted(Buf),
+    #[error(
+        "the buffer could not be taken back after a failed send (its slot was corrupted by a peer?): {0}"
+    )]
+    Lost(DescError),
 }
 
 impl SendError {
-    /// The buffer that was not sent.
-    pub fn into_buf(self) -> Buf {
+    /// The buffer that was not sent (none if it was lost to a corrupted slot).
+    pub fn into_buf(self) -> Option<Buf> {
         match self {
             SendError::Full(b)
             | SendError::Timeout(b)
             | SendError::Disconnected(b)
             | SendError::Share(_, b)
-            | SendError::Corrupted(b) => b,
+            | SendError::Corrupted(b) => Some(b),
+            SendError::Lost(_) => None,
         }
     }
 }

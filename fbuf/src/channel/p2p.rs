@@ -6,7 +6,7 @@ use super::reader::RingReader;
 use super::unit::{Unit, UnitRing, push};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
 use crate::layout::{UnitLayout, channel_kind};
-use crate::pool::{Buf, Pool, ShareError};
+use crate::pool::{Buf, Desc, Pool};
 use crate::ring::{ProducerState, Push};
 
 /// The sending end of a one-to-one or many-to-one channel.
@@ -90,30 +90,32 @@ impl Sender {
     }
 
     /// Sends `buf` if the ring has room; otherwise gives it back. No system call unless the
-    /// receiver sleeps.
+    /// receiver sleeps. The handle moves into the ring: if it was this process's only handle to
+    /// the slot, its holding becomes the in-flight descriptor in one atomic step.
     pub fn try_send(&mut self, buf: Buf) -> Result<(), SendError> {
         let unit = Unit::new(&self.pool, self.unit);
         if unit.receiver_gone() {
             return Err(SendError::Disconnected(buf));
         }
-        let desc = match buf.share() {
+        let desc = match buf.into_flight() {
             Ok(d) => d,
-            Err(e) => return Err(SendError::Share(e, buf)),
+            Err((e, buf)) => return Err(SendError::Share(e, buf)),
         };
         match push(&unit.ring(), self.spsc.as_mut(), desc, false) {
             Ok(Push::Done) => {
-                drop(buf);
                 unit.data_bell().ring(&FUTEX);
                 Ok(())
             }
-            Ok(_) => {
-                let _ = self.pool.discard(desc);
-                Err(SendError::Full(buf))
-            }
-            Err(_) => {
-                let _ = self.pool.discard(desc);
-                Err(SendError::Corrupted(buf))
-            }
+            Ok(_) => Err(self.take_back(desc, SendError::Full)),
+            Err(_) => Err(self.take_back(desc, SendError::Corrupted)),
+        }
+    }
+
+    /// Turns a descriptor that did not enter the ring back into a handle for the caller.
+    fn take_back(&self, desc: Desc, wrap: fn(Buf) -> SendError) -> SendError {
+        match self.pool.import(desc) {
+            Ok(b) => wrap(b),
+            Err(e) => SendError::Lost(e),
         }
     }
 
@@ -155,37 +157,46 @@ impl Sender {
         if unit.receiver_gone() {
             return Err(SendError::Disconnected(bufs.remove(0)));
         }
-        let mut descs = Vec::with_capacity(bufs.len());
-        for b in bufs.iter() {
-            match b.share() {
-                Ok(d) => descs.push(d),
-                Err(ShareError::TooManyInFlight) if !descs.is_empty() => break,
-                Err(e) => {
-                    for d in descs {
-                        let _ = self.pool.discard(d);
-                    }
-                    let b = bufs.remove(0);
-                    return Err(SendError::Share(e, b));
-                }
-            }
-        }
-        let sent = match (&unit.ring(), self.spsc.as_mut()) {
-            (UnitRing::Spsc(r), Some(st)) => r.push(st, &descs).unwrap_or(0),
-            (ring, _) => {
-                let mut n = 0;
-                for d in &descs {
-                    match push(ring, None, *d, false) {
-                        Ok(Push::Done) => n += 1,
-                        _ => break,
-                    }
-                }
-                n
-            }
+        let ring = unit.ring();
+        let room = match (&ring, self.spsc.as_mut()) {
+            (UnitRing::Spsc(r), Some(st)) => r.room(st).unwrap_or(0),
+            (UnitRing::Mpmc(r), _) => r.capacity().saturating_sub(r.len()),
+            _ => 0,
         };
-        for d in &descs[sent..] {
-            let _ = self.pool.discard(*d);
+        let n = room.min(bufs.len());
+        let mut descs = Vec::with_capacity(n);
+        let mut rest = std::mem::take(bufs).into_iter();
+        let mut failed = None;
+        for b in rest.by_ref().take(n) {
+            match b.into_flight() {
+                Ok(d) => descs.push(d),
+                Err(x) => {
+                    failed = Some(x);
+                    break;
+                }
+            }
         }
-        bufs.drain(..sent);
+        let sent = match (&ring, self.spsc.as_mut()) {
+            (UnitRing::Spsc(r), Some(st)) => r.push(st, &descs).unwrap_or(0),
+            (ring, _) => descs
+                .iter()
+                .take_while(|d| matches!(push(ring, None, **d, false), Ok(Push::Done)))
+                .count(),
+        };
+        // What did not go comes back, in order, ahead of what was not tried.
+        for d in &descs[sent..] {
+            if let Ok(b) = self.pool.import(*d) {
+                bufs.push(b);
+            }
+        }
+        if let Some((e, b)) = failed {
+            if sent == 0 && bufs.is_empty() {
+                bufs.extend(rest);
+                return Err(SendError::Share(e, b));
+            }
+            bufs.push(b);
+        }
+        bufs.extend(rest);
         if sent > 0 {
             unit.data_bell().ring(&FUTEX);
         }

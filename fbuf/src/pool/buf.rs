@@ -98,6 +98,13 @@ impl fmt::Debug for BufMut {
     }
 }
 
+fn share_error(e: SlotError) -> ShareError {
+    match e {
+        SlotError::TooManyInFlight => ShareError::TooManyInFlight,
+        other => ShareError::Corrupted(DescError::from_slot(other)),
+    }
+}
+
 /// A frozen buffer: read-only, cheap to clone within the process, shareable with others by
 /// descriptor.
 pub struct Buf {
@@ -119,11 +126,34 @@ impl Buf {
         shared
             .class(d.class as usize)
             .lend(d.slot as usize, d.generation, shared.me, 1)
-            .map_err(|e| match e {
-                SlotError::TooManyInFlight => ShareError::TooManyInFlight,
-                other => ShareError::Corrupted(DescError::from_slot(other)),
-            })?;
+            .map_err(share_error)?;
         Ok(d)
+    }
+
+    /// Gives this handle away as a descriptor in flight (a send by move): if it is the process's
+    /// only handle to the slot, its holding becomes the in-flight count in one CAS; otherwise it
+    /// is lent and this handle dropped. On error the handle comes back.
+    pub(crate) fn into_flight(self) -> Result<Desc, (ShareError, Buf)> {
+        let d = self.lease.desc;
+        let shared = &self.lease.pool.shared;
+        let i = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
+        let class = shared.class(d.class as usize);
+        match shared.local.release_last_with(i, || {
+            class.hand_off(d.slot as usize, d.generation, shared.me)
+        }) {
+            Some(Ok(())) => {
+                let this = ManuallyDrop::new(self);
+                // SAFETY: the local handle was given up above, so the lease must not release it
+                // again: move the pool out (dropping it normally) and never touch `this` again.
+                drop(unsafe { std::ptr::read(&this.lease.pool) });
+                Ok(d)
+            }
+            Some(Err(e)) => Err((share_error(e), self)),
+            None => match self.share() {
+                Ok(d) => Ok(d),
+                Err(e) => Err((e, self)),
+            },
+        }
     }
 
     /// Views the buffer as a `T` in place, without copying: `None` if the length is not exactly

@@ -151,6 +151,20 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         Ok(n as usize)
     }
 
+    /// How many values the producer can push now (refreshing its view of the head if needed).
+    pub fn room(&self, st: &mut ProducerState) -> Result<usize, Stuck> {
+        let cap = self.capacity() as u64;
+        if st.tail - st.cached_head == cap {
+            let head = self.head.load(Ordering::Acquire);
+            if head < st.cached_head {
+                return Err(Stuck);
+            }
+            self.check(head, st.tail)?;
+            st.cached_head = head;
+        }
+        Ok((cap - (st.tail - st.cached_head)) as usize)
+    }
+
     /// Whether the consumer would find a value now (for waiting; no state change).
     pub fn has_values(&self, st: &ConsumerState) -> bool {
         self.tail.load(Ordering::Acquire) != st.head
