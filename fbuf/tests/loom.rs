@@ -554,3 +554,25 @@ fn local_hand_off_vs_import() {
         assert_eq!(s.in_flight(), 1, "the handed-off descriptor is in flight");
     });
 }
+
+/// Reclamation: the owner releases a dead participant's holdings while a live holder of the same
+/// slot releases its own. The slot is freed exactly once, and only after both are gone.
+#[test]
+fn reclaim_vs_live_release() {
+    let _g = serial();
+    loom::model(|| {
+        let class = Arc::new(HeapClass::new(1));
+        let (slot, generation) = class.slots().alloc(1).unwrap(); // participant 1, about to die
+        class.slots().lend(slot, generation, 1, 1).unwrap();
+        class.slots().take_lent(slot, generation, 2, true).unwrap(); // participant 2 lives
+        let owner = {
+            let class = class.clone();
+            thread::spawn(move || class.slots().reclaim(1))
+        };
+        let live = usize::from(class.slots().release(slot, 2));
+        let (released, freed_by_owner) = owner.join().unwrap();
+        assert_eq!(released, 1, "the dead participant held one slot");
+        assert_eq!(live + freed_by_owner, 1, "freed exactly once");
+        assert_eq!(class.slots().free_count(), 1);
+    });
+}
