@@ -93,6 +93,20 @@ impl<'a> Doorbell<'a> {
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> bool,
     ) -> bool {
+        self.wait_for(futex, strategy, deadline, |_| ready())
+    }
+
+    /// Like [`Doorbell::wait_until`] for a condition with a cheap part and a costly part:
+    /// `ready(full)` may skip the costly part when `full` is false. It is called with `full`
+    /// true on every 64th spin, while yielding, and always for the re-check before sleeping, so
+    /// a sleeper never misses a condition only the costly part sees.
+    pub fn wait_for(
+        &self,
+        futex: &impl Futex,
+        strategy: WaitStrategy,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(bool) -> bool,
+    ) -> bool {
         let (spins, yields) = match strategy {
             WaitStrategy::BusySpin => (u32::MAX, 0),
             WaitStrategy::SpinThenSleep { spins, yields } => (spins, yields),
@@ -101,7 +115,8 @@ impl<'a> Doorbell<'a> {
         let expired = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
         let mut round = 0u32;
         loop {
-            if ready() {
+            let full = round >= spins || round.is_multiple_of(64);
+            if ready(full) {
                 return true;
             }
             if round < spins {
@@ -127,7 +142,7 @@ impl<'a> Doorbell<'a> {
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let seen = self.seq.load(Ordering::SeqCst);
-            if !seeded::active(Bug::NoSleeperRecheck) && ready() {
+            if !seeded::active(Bug::NoSleeperRecheck) && ready(true) {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 return true;
             }
