@@ -37,7 +37,14 @@ pub fn send_direct(
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)?;
-    let mut ring = IoUring::new(4)?;
+    let mut ring = IoUring::new(4).map_err(|e| {
+        // Kernels can switch io_uring off (kernel.io_uring_disabled, seccomp in containers).
+        if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOSYS)) {
+            format!("n/a (io_uring unavailable here: {e})")
+        } else {
+            e.to_string()
+        }
+    })?;
     let mut buf = memmap2::MmapMut::map_anon(CHUNK)?; // page-aligned, as O_DIRECT requires
     let mut calls = 3u64; // open, io_uring_setup, mmap
     let mut off = 0u64;
