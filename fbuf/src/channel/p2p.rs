@@ -178,10 +178,8 @@ impl Sender {
         }
         let sent = match (&ring, self.spsc.as_mut()) {
             (UnitRing::Spsc(r), Some(st)) => r.push(st, &descs).unwrap_or(0),
-            (ring, _) => descs
-                .iter()
-                .take_while(|d| matches!(push(ring, None, **d, false), Ok(Push::Done)))
-                .count(),
+            (UnitRing::Mpmc(r), _) => r.push_batch(&descs).unwrap_or(0),
+            _ => 0,
         };
         // What did not go comes back, in order, ahead of what was not tried.
         for d in &descs[sent..] {

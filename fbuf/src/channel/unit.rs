@@ -272,19 +272,7 @@ pub fn pop(
 ) -> Result<usize, Stuck> {
     match (ring, spsc) {
         (UnitRing::Spsc(r), Some(st)) => r.pop(st, out),
-        (UnitRing::Mpmc(r), _) => {
-            let mut n = 0;
-            while n < out.len() {
-                match r.pop()? {
-                    Some(d) => {
-                        out[n] = d;
-                        n += 1;
-                    }
-                    None => break,
-                }
-            }
-            Ok(n)
-        }
+        (UnitRing::Mpmc(r), _) => r.pop_batch(out),
         (UnitRing::Spsc(_), None) => Err(Stuck),
     }
 }

@@ -80,6 +80,26 @@ impl<T: Pod> Ring<T> {
         }
     }
 
+    /// Pushes values from the front of `values` until the ring is full; returns how many went.
+    pub fn push_batch(&self, values: &[T]) -> usize {
+        loop {
+            if let Ok(n) = self.view().push_batch(values) {
+                return n;
+            }
+            spin_hint();
+        }
+    }
+
+    /// Pops up to `out.len()` values; returns how many.
+    pub fn pop_batch(&self, out: &mut [T]) -> usize {
+        loop {
+            if let Ok(n) = self.view().pop_batch(out) {
+                return n;
+            }
+            spin_hint();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.view().len()
     }
@@ -172,6 +192,17 @@ mod tests {
             }
             assert_eq!(ours.capacity(), theirs.capacity());
         }
+    }
+
+    #[test]
+    fn mpmc_batches_stop_at_full_and_empty() {
+        let ring = Ring::<u64>::new(5);
+        assert_eq!(ring.push_batch(&[1, 2, 3]), 3);
+        assert_eq!(ring.push_batch(&[4, 5, 6, 7]), 2, "two fit");
+        let mut out = [0u64; 8];
+        assert_eq!(ring.pop_batch(&mut out), 5);
+        assert_eq!(&out[..5], &[1, 2, 3, 4, 5]);
+        assert_eq!(ring.pop_batch(&mut out), 0);
     }
 
     #[test]

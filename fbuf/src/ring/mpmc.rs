@@ -215,6 +215,28 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
         }
     }
 
+    /// Pushes values from the front of `values` until one does not fit; returns how many went.
+    /// Each value is its own linearizable push (an MPMC ring has no single index to publish).
+    pub fn push_batch(&self, values: &[T]) -> Result<usize, Stuck> {
+        for (n, v) in values.iter().enumerate() {
+            if let Push::Full(_) = self.push(*v, false)? {
+                return Ok(n);
+            }
+        }
+        Ok(values.len())
+    }
+
+    /// Pops up to `out.len()` values into `out`; returns how many.
+    pub fn pop_batch(&self, out: &mut [T]) -> Result<usize, Stuck> {
+        for (n, slot) in out.iter_mut().enumerate() {
+            match self.pop()? {
+                Some(v) => *slot = v,
+                None => return Ok(n),
+            }
+        }
+        Ok(out.len())
+    }
+
     /// The shared head position.
     pub fn head_pos(&self) -> u64 {
         self.head.load(Ordering::Acquire)
