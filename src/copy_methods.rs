@@ -12,7 +12,7 @@ use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fbuf::egress::{Egress, EgressError, Method};
+use fbuf::egress::{Egress, Method};
 use fbuf::layout::ClassSpec;
 use fbuf::sys::zerocopy as zc;
 use fbuf::{Buf, Pool, PoolConfig};
@@ -279,12 +279,7 @@ fn send_pool(
     let mut i = 0;
     while sent < size {
         let b = &bufs[i % bufs.len()];
-        let lease = match egress.send(std::slice::from_ref(b), Some(method)) {
-            Ok(l) => l,
-            Err(e @ EgressError::UntrackableLease { .. }) => return Err(e.into()),
-            Err(e) => return Err(e.into()),
-        };
-        leases.push_back(lease);
+        leases.push_back(egress.send(std::slice::from_ref(b), Some(method))?);
         // Keep a window of in-flight buffers, as a real sender reusing slots would.
         if leases.len() >= bufs.len() / 2 {
             leases

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
@@ -45,11 +45,22 @@ fn checksum_of(byte: u8) -> String {
     result(&out.wait_with_output().unwrap().stderr)["checksum"].clone()
 }
 
-fn wait_ready(child: &mut Child) {
-    let mut line = String::new();
-    let mut err = BufReader::new(child.stderr.as_mut().unwrap());
-    err.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "READY");
+/// A receiver process that connects to `addr` (or reads `stdin`), says READY, and reads LEN
+/// bytes only 300 ms later, so what the sender sent sits in the kernel meanwhile.
+fn late_sink(addr: &str, stdin: Stdio) -> Child {
+    let mut child = peer(&["sink", addr, &LEN.to_string(), "300"])
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Byte by byte, so the RESULT line that comes later stays in the pipe for `finish`.
+    let err = child.stderr.as_mut().unwrap();
+    let (mut line, mut byte) = (Vec::new(), [0u8]);
+    while err.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    assert_eq!(line, b"READY");
+    child
 }
 
 fn finish(child: Child) -> std::collections::HashMap<String, String> {
@@ -94,17 +105,8 @@ fn a_reused_slot_never_changes_bytes_in_flight() {
         let pool = one_slot_pool();
         let path = dir.join(format!("{method:?}.sock"));
         let listener = UnixListener::bind(&path).unwrap();
-        let mut rx = peer(&[
-            "sink",
-            &format!("unix:{}", path.display()),
-            &LEN.to_string(),
-            "300",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        let rx = late_sink(&format!("unix:{}", path.display()), Stdio::null());
         let (sock, _) = listener.accept().unwrap();
-        wait_ready(&mut rx);
         let mut egress = Egress::new(sock.as_fd()).unwrap();
         assert_eq!(egress.kind(), FdKind::UnixStream);
         send_then_reuse(&pool, &mut egress, method);
@@ -119,12 +121,7 @@ fn a_reused_slot_never_changes_bytes_in_flight() {
         // A pipe to the receiver's stdin.
         let pool = one_slot_pool();
         let (r, w) = std::io::pipe().unwrap();
-        let mut rx = peer(&["sink", "-", &LEN.to_string(), "300"])
-            .stdin(r)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_ready(&mut rx);
+        let rx = late_sink("-", r.into());
         // Make room for the whole message so the send returns before the receiver reads.
         // SAFETY: fcntl with integers on our pipe's write end.
         unsafe {
@@ -150,12 +147,8 @@ fn a_reused_slot_never_changes_bytes_in_flight() {
         let pool = one_slot_pool();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port().to_string();
-        let mut rx = peer(&["sink", &format!("tcp:{port}"), &LEN.to_string(), "300"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let rx = late_sink(&format!("tcp:{port}"), Stdio::null());
         let (sock, _) = listener.accept().unwrap();
-        wait_ready(&mut rx);
         let mut egress = Egress::new(sock.as_fd()).unwrap();
         assert_eq!(egress.kind(), FdKind::TcpSocket { loopback: true });
         assert_eq!(egress.choose(LEN), Method::ZeroCopy);

@@ -150,24 +150,12 @@ fn libc_eacces() -> i32 {
 #[test]
 fn concurrent_allocation_in_two_processes_leaves_the_pool_full() {
     let config = PoolConfig {
-        classes: vec![
-            fbuf::layout::ClassSpec {
-                slot_size: 64,
-                slot_count: 96,
-            },
-            fbuf::layout::ClassSpec {
-                slot_size: 256,
-                slot_count: 64,
-            },
-            fbuf::layout::ClassSpec {
-                slot_size: 1024,
-                slot_count: 32,
-            },
-            fbuf::layout::ClassSpec {
-                slot_size: 4096,
-                slot_count: 16,
-            },
-        ],
+        classes: [(64, 96), (256, 64), (1024, 32), (4096, 16)]
+            .map(|(slot_size, slot_count)| fbuf::layout::ClassSpec {
+                slot_size,
+                slot_count,
+            })
+            .to_vec(),
         channels: vec![],
         name: "churn".into(),
     };

@@ -169,32 +169,46 @@ fn multicast_release_exactly_once() {
 
 // ---- process-local handle counts -------------------------------------------------------------
 
+/// One slot held by participant 0 through one local handle, with one descriptor of it in flight.
+fn held_and_lent() -> (Arc<HeapClass>, Arc<LocalRefs>, usize, u32) {
+    let class = Arc::new(HeapClass::new(1));
+    let local = Arc::new(LocalRefs::new(1));
+    let (slot, generation) = class.slots().alloc(0).unwrap();
+    local.first_after_alloc(0);
+    class.slots().lend(slot, generation, 0, 1).unwrap();
+    (class, local, slot, generation)
+}
+
+/// A thread of participant 0 importing the in-flight descriptor; joins to whether it succeeded.
+fn spawn_import(
+    class: &Arc<HeapClass>,
+    local: &Arc<LocalRefs>,
+    slot: usize,
+    generation: u32,
+) -> thread::JoinHandle<bool> {
+    let (class, local) = (class.clone(), local.clone());
+    thread::spawn(move || {
+        let c = class.slots();
+        local
+            .acquire(
+                0,
+                || c.take_lent(slot, generation, 0, true),
+                || c.take_lent(slot, generation, 0, false),
+                || {
+                    c.release(slot, 0);
+                },
+            )
+            .is_ok()
+    })
+}
+
 /// One thread drops the process's last handle while another imports a descriptor of the same
 /// slot. Whatever the interleaving, the process's holder bit is set exactly when it has handles.
 fn local_last_release_vs_import() {
     loom::model(|| {
-        let class = Arc::new(HeapClass::new(1));
-        let local = Arc::new(LocalRefs::new(1));
-        let (slot, generation) = class.slots().alloc(0).unwrap();
-        local.first_after_alloc(0);
-        class.slots().lend(slot, generation, 0, 1).unwrap();
+        let (class, local, slot, generation) = held_and_lent();
 
-        let importer = {
-            let (class, local) = (class.clone(), local.clone());
-            thread::spawn(move || {
-                let c = class.slots();
-                local
-                    .acquire(
-                        0,
-                        || c.take_lent(slot, generation, 0, true),
-                        || c.take_lent(slot, generation, 0, false),
-                        || {
-                            c.release(slot, 0);
-                        },
-                    )
-                    .is_ok()
-            })
-        };
+        let importer = spawn_import(&class, &local, slot, generation);
         let c = class.slots();
         local.release(0, || {
             c.release(slot, 0);
@@ -509,28 +523,9 @@ fn doorbell_without_sleeper_makes_no_call() {
 fn local_hand_off_vs_import() {
     let _g = serial();
     loom::model(|| {
-        let class = Arc::new(HeapClass::new(1));
-        let local = Arc::new(LocalRefs::new(1));
-        let (slot, generation) = class.slots().alloc(0).unwrap();
-        local.first_after_alloc(0);
-        class.slots().lend(slot, generation, 0, 1).unwrap(); // an earlier send, now arriving back
+        let (class, local, slot, generation) = held_and_lent(); // the earlier send arrives back
 
-        let importer = {
-            let (class, local) = (class.clone(), local.clone());
-            thread::spawn(move || {
-                let c = class.slots();
-                local
-                    .acquire(
-                        0,
-                        || c.take_lent(slot, generation, 0, true),
-                        || c.take_lent(slot, generation, 0, false),
-                        || {
-                            c.release(slot, 0);
-                        },
-                    )
-                    .is_ok()
-            })
-        };
+        let importer = spawn_import(&class, &local, slot, generation);
         let c = class.slots();
         let handed = match local.release_last_with(0, || c.hand_off(slot, generation, 0)) {
             Some(r) => r.is_ok(),

@@ -260,11 +260,6 @@ impl HeapClass {
     pub fn slots(&self) -> ClassSlots<'_> {
         ClassSlots::new(&self.states, &self.cursor)
     }
-
-    /// The raw state words, so tests can play a hostile peer.
-    pub fn raw_states(&self) -> &[AtomicU64] {
-        &self.states
-    }
 }
 
 #[cfg(all(test, not(loom)))]

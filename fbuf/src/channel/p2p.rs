@@ -23,16 +23,16 @@ pub struct Receiver {
     pub(super) reader: RingReader,
 }
 
+/// The single unit of point-to-point channel `channel_index`.
+fn point_to_point(pool: &Pool, channel_index: usize) -> Result<UnitLayout, OpenError> {
+    let kinds = [channel_kind::ONE_TO_ONE, channel_kind::MANY_TO_ONE];
+    Ok(channel(pool, channel_index, &kinds, "point-to-point")?.units[0])
+}
+
 impl Pool {
     /// Opens channel `channel` (one-to-one or many-to-one) for sending.
     pub fn sender(&self, channel_index: usize) -> Result<Sender, OpenError> {
-        let c = channel(
-            self,
-            channel_index,
-            &[channel_kind::ONE_TO_ONE, channel_kind::MANY_TO_ONE],
-            "point-to-point",
-        )?;
-        let layout = c.units[0];
+        let layout = point_to_point(self, channel_index)?;
         let unit = Unit::new(self, layout);
         let spsc = match unit.ring() {
             UnitRing::Spsc(r) => {
@@ -58,13 +58,7 @@ impl Pool {
 
     /// Opens channel `channel` (one-to-one or many-to-one) for receiving; one receiver at a time.
     pub fn receiver(&self, channel_index: usize) -> Result<Receiver, OpenError> {
-        let c = channel(
-            self,
-            channel_index,
-            &[channel_kind::ONE_TO_ONE, channel_kind::MANY_TO_ONE],
-            "point-to-point",
-        )?;
-        let layout = c.units[0];
+        let layout = point_to_point(self, channel_index)?;
         let unit = Unit::new(self, layout);
         if !unit.claim_receiver() {
             return Err(OpenError::ReceiverTaken {

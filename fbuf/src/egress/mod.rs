@@ -267,16 +267,12 @@ impl Egress {
         })
     }
 
-    /// Our own pipe, made on first use.
-    fn our_pipe(&mut self) -> Result<(OwnedFd, OwnedFd), EgressError> {
+    /// Makes our own pipe on first use.
+    fn ensure_pipe(&mut self) -> Result<(), EgressError> {
         if self.pipe.is_none() {
             self.pipe = Some(zc::pipe(PIPE_SIZE).map_err(io_err("pipe"))?);
         }
-        let (r, w) = self.pipe.as_ref().expect("just made");
-        Ok((
-            r.try_clone().map_err(io_err("dup"))?,
-            w.try_clone().map_err(io_err("dup"))?,
-        ))
+        Ok(())
     }
 
     fn splice_all(
@@ -327,8 +323,9 @@ impl Egress {
         len: usize,
         mut fill: impl FnMut(BorrowedFd<'_>, usize) -> io::Result<usize>,
     ) -> Result<(), EgressError> {
-        let dest = self.dest.try_clone().map_err(io_err("dup"))?;
-        let (r, w) = self.our_pipe()?;
+        self.ensure_pipe()?;
+        let (r, w) = self.pipe.as_ref().expect("just made");
+        let dest = self.dest.as_fd();
         let mut done = 0;
         while done < len {
             self.count();
@@ -336,7 +333,7 @@ impl Egress {
             let mut out = 0;
             while out < chunk {
                 self.count();
-                match zc::splice(r.as_fd(), None, dest.as_fd(), chunk - out) {
+                match zc::splice(r.as_fd(), None, dest, chunk - out) {
                     Ok(0) => {
                         return Err(EgressError::Closed {
                             sent: done + out,
@@ -344,9 +341,7 @@ impl Egress {
                         });
                     }
                     Ok(n) => out += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        wait_writable_fd(dest.as_fd())?
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_writable_fd(dest)?,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         return Err(EgressError::Io {
