@@ -234,10 +234,11 @@ fn hold(socket: &str, n: u64) -> Res {
     }
 }
 
-/// Proves the fast path makes no system call: after joining (which needs syscalls), the process
-/// enters seccomp strict mode, where any syscall but read, write, _exit and sigreturn kills it
-/// with SIGKILL. Then it allocates, fills, freezes, shares, imports, reads and releases `rounds`
-/// times, writes "fast-path ok" and leaves with a raw `_exit`. Dying instead is the failure.
+/// Proves the fast path makes no system call: after joining and opening channel 0 (which need
+/// syscalls), the process enters seccomp strict mode, where any syscall but read, write, _exit and
+/// sigreturn kills it with SIGKILL. Then it allocates, fills, freezes, shares, imports, sends over
+/// the channel, receives, reads and releases `rounds` times, writes "fast-path ok" and leaves with
+/// a raw `_exit`. Dying instead is the failure.
 fn fast_path(socket: &str, rounds: u64) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     // A second participant in this process (same memfds) plays the receiver.
@@ -247,6 +248,9 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
         fbuf::alloc::MAX_PARTICIPANTS - 1,
         false,
     )?;
+    // And channel 0 carries every buffer once more, sender and receiver in this process.
+    let mut tx = pool.sender(0)?;
+    let mut rx = pool.receiver(0)?;
     let msg = b"fast-path ok\n";
     // SAFETY: prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) takes no pointers. Afterwards this thread
     // only runs the loop below, `write` and `_exit`; nothing in it allocates from the heap.
@@ -262,6 +266,10 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
         let Ok(got) = receiver.import(desc) else {
             break;
         };
+        if tx.try_send(got).is_err() {
+            break;
+        }
+        let Ok(got) = rx.try_recv() else { break };
         sum += u64::from(got[0]);
     }
     let ok = sum == (0..rounds).map(|i| u64::from(i as u8)).sum::<u64>();

@@ -226,7 +226,16 @@ fn a_killed_participants_buffers_are_reclaimed() {
 
 #[test]
 fn the_fast_path_makes_no_system_call() {
-    let owner = Owner::new(PoolConfig::default());
+    let one = fbuf::layout::ChannelSpec {
+        kind: fbuf::layout::channel_kind::ONE_TO_ONE,
+        capacity: 64,
+        receivers: 1,
+        reserved: 0,
+    };
+    let owner = Owner::new(PoolConfig {
+        channels: vec![one],
+        ..PoolConfig::default()
+    });
     let out = peer(&["fast-path", &owner.socket(), "10000"])
         .output()
         .unwrap();
