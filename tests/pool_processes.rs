@@ -188,11 +188,7 @@ fn concurrent_allocation_in_two_processes_leaves_the_pool_full() {
     owner.wait_retired(2);
     assert_eq!(owner.pool.free_count(), total);
     assert_eq!(
-        owner
-            .server
-            .stats()
-            .released_on_retire
-            .load(std::sync::atomic::Ordering::SeqCst),
+        owner.released_on_retire(),
         0,
         "clean exits release everything themselves"
     );
@@ -214,14 +210,7 @@ fn a_killed_participants_buffers_are_reclaimed() {
     child.wait().unwrap();
     owner.wait_retired(1);
     assert_eq!(owner.pool.free_count(), total);
-    assert_eq!(
-        owner
-            .server
-            .stats()
-            .released_on_retire
-            .load(std::sync::atomic::Ordering::SeqCst),
-        50
-    );
+    assert_eq!(owner.released_on_retire(), 50);
 }
 
 #[test]

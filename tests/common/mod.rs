@@ -38,6 +38,14 @@ impl Owner {
         self.server.path().display().to_string()
     }
 
+    /// Holder bits the server cleared when it retired participants (buffers they left held).
+    pub fn released_on_retire(&self) -> usize {
+        self.server
+            .stats()
+            .released_on_retire
+            .load(Ordering::SeqCst)
+    }
+
     /// Waits until `n` participants have been retired by the server (their connections ended).
     pub fn wait_retired(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
