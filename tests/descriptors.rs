@@ -6,6 +6,18 @@ use std::time::{Duration, Instant};
 use fbuf::layout::ClassSpec;
 use fbuf::{AllocError, Desc, DescError, Pool, PoolConfig};
 
+/// `Pool::attach` as another process would, under an id of the test's choosing.
+fn attach(
+    control: std::os::fd::OwnedFd,
+    data: std::os::fd::OwnedFd,
+    id: u32,
+    writable: bool,
+) -> Result<Pool, fbuf::pool::AttachError> {
+    // SAFETY: each test gives every attached handle its own id, never one the pool's creator (0)
+    // or another live handle uses, and no server retires these ids.
+    unsafe { Pool::attach(control, data, id, writable) }
+}
+
 fn small_pool() -> Pool {
     Pool::create(&PoolConfig {
         classes: vec![
@@ -26,7 +38,7 @@ fn small_pool() -> Pool {
 
 /// A second participant on the same memfds, as another process would attach.
 fn peer_of(pool: &Pool) -> Pool {
-    Pool::attach(
+    attach(
         pool.control_fd().try_clone_to_owned().unwrap(),
         pool.data_fd().try_clone_to_owned().unwrap(),
         1,
@@ -108,7 +120,7 @@ fn discard_and_multiple_receivers_return_the_slot_exactly_once() {
     let pool = small_pool();
     let (p1, p2) = (
         peer_of(&pool),
-        Pool::attach(
+        attach(
             pool.control_fd().try_clone_to_owned().unwrap(),
             pool.data_fd().try_clone_to_owned().unwrap(),
             2,

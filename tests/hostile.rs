@@ -173,3 +173,94 @@ fn a_scribbled_slot_state_cannot_make_the_owner_panic() {
     // The other classes are untouched.
     assert!(pool.alloc(1000).is_ok());
 }
+
+/// Runs `f` on a thread and waits at most 20 s for it: a hang is a failure, not a stuck suite.
+fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the call hung (still spinning after 20 s)")
+}
+
+#[test]
+fn a_held_slot_marked_free_gives_corrupted_not_a_spin_or_an_alias() {
+    let pool = Pool::create(&config()).unwrap();
+    let a = Attacker::new(&pool);
+    let c = a.layout.classes[0];
+    let mut held = pool.alloc(10).unwrap();
+    held[0] = 42;
+    let slot = held_slot(&held);
+    // The peer marks our slot free (generation kept) and moves the cursor onto it.
+    let state = a.word(c.states_offset + slot * 8);
+    state.store(state.load(Ordering::SeqCst) & !0xff_ffff, Ordering::SeqCst);
+    a.word(c.cursor_offset).store(slot as u64, Ordering::SeqCst);
+    let p = pool.clone();
+    let got = within_20s(move || p.alloc(10).map(|b| held_slot(&b)));
+    assert_eq!(
+        got,
+        Err(fbuf::AllocError::Corrupted { class: 0, slot }),
+        "no second handle to a slot this process holds"
+    );
+    // The timed variant honours its timeout whatever the peer wrote: it fails at once here.
+    state.store(state.load(Ordering::SeqCst) & !0xff_ffff, Ordering::SeqCst);
+    a.word(c.cursor_offset).store(slot as u64, Ordering::SeqCst);
+    let p = pool.clone();
+    let got = within_20s(move || {
+        p.alloc_timeout(10, Duration::from_millis(500))
+            .map(|b| held_slot(&b))
+    });
+    assert!(
+        matches!(got, Err(fbuf::AllocError::Corrupted { .. })),
+        "{got:?}"
+    );
+    assert_eq!(held[0], 42, "the held buffer was not handed out again");
+    // The next allocation moves past the slot.
+    assert_ne!(held_slot(&pool.alloc(10).unwrap()), slot);
+}
+
+fn held_slot(b: &fbuf::BufMut) -> usize {
+    b.desc().slot as usize
+}
+
+#[test]
+fn ring_positions_near_u64_max_wrap_instead_of_panicking() {
+    // The suite runs in the dev profile, where integer overflow panics: peer-written positions
+    // must be handled with wrapping arithmetic.
+    assert!(cfg!(debug_assertions), "this test needs overflow checks on");
+    let pool = Pool::create(&config()).unwrap();
+    let a = Attacker::new(&pool);
+    let spsc = a.layout.channels[0].units[0];
+    a.word(spsc.head_offset)
+        .store(u64::MAX - 2, Ordering::SeqCst);
+    a.word(spsc.tail_offset)
+        .store(u64::MAX - 2, Ordering::SeqCst);
+    let mpmc = a.layout.channels[1].units[0];
+    // A consistent MPMC ring on its last lap before the positions wrap.
+    let one_lap = (mpmc.capacity as u64 + 1).next_power_of_two();
+    let lap = u64::MAX & !(one_lap - 1);
+    a.word(mpmc.head_offset).store(lap, Ordering::SeqCst);
+    a.word(mpmc.tail_offset).store(lap, Ordering::SeqCst);
+    for i in 0..mpmc.capacity {
+        a.word(mpmc.stamps_offset + i * 8)
+            .store(lap + i as u64, Ordering::SeqCst);
+    }
+    for ch in [0, 1] {
+        let mut tx = pool.sender(ch).unwrap();
+        let mut rx = pool.receiver(ch).unwrap();
+        // Three rounds of 5 through an 8-slot ring cross the wrap of the positions.
+        for round in 0..3u8 {
+            for i in 0..5u8 {
+                let mut b = pool.alloc(10).unwrap();
+                b[0] = round * 10 + i;
+                tx.try_send(b.freeze()).unwrap();
+            }
+            for i in 0..5u8 {
+                assert_eq!(rx.try_recv().unwrap()[0], round * 10 + i, "channel {ch}");
+            }
+        }
+        assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+    }
+    assert_eq!(pool.free_count(), pool.slot_count());
+}

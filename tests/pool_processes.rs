@@ -14,6 +14,18 @@ use fbuf::pool::AttachError;
 use fbuf::region::RegionError;
 use fbuf::{Pool, PoolConfig};
 
+/// `Pool::attach` as another process would, under an id of the test's choosing.
+fn attach(
+    control: std::os::fd::OwnedFd,
+    data: std::os::fd::OwnedFd,
+    id: u32,
+    writable: bool,
+) -> Result<Pool, fbuf::pool::AttachError> {
+    // SAFETY: each test gives every attached handle its own id, never one the pool's creator (0)
+    // or another live handle uses, and no server retires these ids.
+    unsafe { Pool::attach(control, data, id, writable) }
+}
+
 #[test]
 fn producer_and_consumer_processes_exchange_verified_buffers() {
     let owner = Owner::new(PoolConfig::default());
@@ -54,7 +66,7 @@ fn attach_refuses_unsealed_foreign_and_wrong_size_fds() {
     let data = || pool.data_fd().try_clone_to_owned().unwrap();
 
     let unsealed = fbuf::sys::memfd::create_unsealed("t", 4096).unwrap();
-    match Pool::attach(unsealed, data(), 1, true) {
+    match attach(unsealed, data(), 1, true) {
         Err(AttachError::Control(RegionError::MissingSeals { .. })) => {}
         other => panic!(
             "unsealed control accepted or wrong error: {:?}",
@@ -62,22 +74,22 @@ fn attach_refuses_unsealed_foreign_and_wrong_size_fds() {
         ),
     }
     let unsealed = fbuf::sys::memfd::create_unsealed("t", 4096).unwrap();
-    match Pool::attach(control(), unsealed, 1, true) {
+    match attach(control(), unsealed, 1, true) {
         Err(AttachError::Data(RegionError::MissingSeals { .. })) => {}
         other => panic!("unsealed data accepted or wrong error: {:?}", other.err()),
     }
     let file = std::fs::File::open("/proc/self/exe").unwrap();
-    match Pool::attach(control(), file.into(), 1, false) {
+    match attach(control(), file.into(), 1, false) {
         Err(AttachError::Data(RegionError::NotMemfd)) => {}
         other => panic!("non-memfd accepted or wrong error: {:?}", other.err()),
     }
     let wrong = fbuf::sys::memfd::create_sealed("t", 8192).unwrap();
-    match Pool::attach(control(), wrong, 1, true) {
+    match attach(control(), wrong, 1, true) {
         Err(AttachError::Data(RegionError::SizeMismatch { actual: 8192, .. })) => {}
         other => panic!("wrong-size data accepted or wrong error: {:?}", other.err()),
     }
     let zeroed = fbuf::sys::memfd::create_sealed("t", 8192).unwrap();
-    match Pool::attach(zeroed, data(), 1, true) {
+    match attach(zeroed, data(), 1, true) {
         Err(AttachError::NotReady) => {}
         other => panic!(
             "uninitialised control accepted or wrong error: {:?}",
@@ -85,7 +97,7 @@ fn attach_refuses_unsealed_foreign_and_wrong_size_fds() {
         ),
     }
     assert!(
-        Pool::attach(control(), data(), 1, true).is_ok(),
+        attach(control(), data(), 1, true).is_ok(),
         "the real fds attach"
     );
     let _ = pool.data_fd().as_fd();

@@ -30,14 +30,19 @@ impl LocalRefs {
     }
 
     /// Records the handle of a slot this process has just allocated (its bit is already set).
-    pub fn first_after_alloc(&self, i: usize) {
-        // Another thread of ours may still be finishing a 1→0 transition of this slot's previous
-        // life (it cleared the bit, which let us claim the slot, and has yet to store 0).
-        while self.counts[i]
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            spin_hint();
+    /// Returns false, changing nothing, if this process already has handles to the slot: then the
+    /// slot was not really free, a peer cleared our holder bit, and the caller must not hand out
+    /// a second, aliasing handle.
+    pub fn first_after_alloc(&self, i: usize) -> bool {
+        loop {
+            match self.counts[i].compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return true,
+                // Another thread of ours may still be finishing a 1→0 transition of this slot's
+                // previous life (it cleared the bit, which let us claim the slot, and has yet to
+                // store 0): one store away, in our own process, so waiting for it ends.
+                Err(TRANSITION) | Err(0) => spin_hint(),
+                Err(_) => return false,
+            }
         }
     }
 

@@ -206,7 +206,8 @@ impl<'a> Unit<'a> {
     pub fn drain(&self) -> usize {
         let mut n = 0;
         let mut one = [Desc::default()];
-        loop {
+        // A ring holds at most its capacity; a peer that keeps refilling it cannot keep us here.
+        for _ in 0..=self.layout.capacity {
             let got = match self.ring() {
                 UnitRing::Spsc(r) => match r.consumer() {
                     Ok(mut st) => r.pop(&mut st, &mut one).unwrap_or(0),
@@ -221,11 +222,12 @@ impl<'a> Unit<'a> {
                 },
             };
             if got == 0 {
-                return n;
+                break;
             }
             let _ = self.pool.discard(one[0]);
             n += 1;
         }
+        n
     }
 
     /// Clears participant `id`'s registrations (it died) and drops what waits for it.

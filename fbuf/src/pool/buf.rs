@@ -58,6 +58,11 @@ impl BufMut {
         self.copy_from_slice(bytemuck::bytes_of(value));
     }
 
+    /// The descriptor of this buffer (for logging; it is shared only after [`BufMut::freeze`]).
+    pub fn desc(&self) -> Desc {
+        self.lease.desc
+    }
+
     /// Makes the buffer read-only and shareable.
     pub fn freeze(self) -> Buf {
         let this = ManuallyDrop::new(self);

@@ -120,6 +120,10 @@ pub enum AllocError {
     Exhausted { class: usize, slot_size: usize },
     #[error("this participant maps the data read-only and cannot allocate")]
     ReadOnly,
+    #[error(
+        "slot {slot} of class {class} looked free but this process still holds it (its state word was corrupted by a peer?)"
+    )]
+    Corrupted { class: usize, slot: usize },
 }
 
 /// Why [`Buf::share`] could not make a descriptor.
@@ -163,6 +167,26 @@ pub(crate) struct Shared {
 }
 
 /// A handle to an attached pool. Cheap to clone; every clone is the same participant.
+///
+/// No safe call can free or alias a slot that a live handle uses. Releasing a participant's
+/// holdings is the session server's job, not a public call:
+/// ```compile_fail
+/// fn free_someone_elses_slots(pool: &fbuf::Pool) {
+///     pool.reclaim(1); // private: it would free slots a live participant still writes
+/// }
+/// ```
+/// and attaching under an id of one's choosing is `unsafe` (the id must be the caller's alone):
+/// ```compile_fail
+/// fn attach_as(c: std::os::fd::OwnedFd, d: std::os::fd::OwnedFd) {
+///     let _ = fbuf::Pool::attach(c, d, 1, true); // error: call to unsafe function
+/// }
+/// ```
+/// ```no_run
+/// fn attach_as(c: std::os::fd::OwnedFd, d: std::os::fd::OwnedFd) {
+///     // SAFETY: id 1 is ours alone (the contract of `Pool::attach`).
+///     let _ = unsafe { fbuf::Pool::attach(c, d, 1, true) };
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
@@ -207,8 +231,16 @@ impl Pool {
     /// Attaches to a pool's memfds as participant `participant`. Validates both fds (memfd, seals,
     /// sizes), then the header (magic, version, classes), and recomputes the layout rather than
     /// trusting any offset it reads. `writable_data` is false for consumers, whose data fd is
-    /// read-only anyway.
-    pub fn attach(
+    /// read-only anyway. Most programs join through [`crate::session::join`] instead, which gets
+    /// its id from the owner and needs no `unsafe`.
+    ///
+    /// # Safety
+    /// `participant` must belong to the caller alone: while the returned pool (or any clone of
+    /// it) lives, no other live handle, in this process or another, may be attached with the same
+    /// id, and nobody may retire that id. Two handles with one id share one holder bit per slot
+    /// but keep separate handle counts, so either could clear the bit while the other still uses
+    /// the slot, and the slot would be handed out again: two `&mut [u8]` over the same bytes.
+    pub unsafe fn attach(
         control: OwnedFd,
         data: OwnedFd,
         participant: u32,
@@ -329,8 +361,14 @@ impl Pool {
             class,
             slot_size: s.layout.classes[class].slot_size,
         })?;
-        s.local
-            .first_after_alloc(s.layout.classes[class].first_slot + slot);
+        if !s
+            .local
+            .first_after_alloc(s.layout.classes[class].first_slot + slot)
+        {
+            // Our bit was cleared behind our back and the slot looked free: keep the bit (our
+            // live handles need it) and refuse to alias them.
+            return Err(AllocError::Corrupted { class, slot });
+        }
         let desc = Desc {
             class: class as u16,
             flags: 0,
@@ -395,8 +433,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Releases every slot participant `participant` holds: it left or died. Owner's duty.
-    pub fn reclaim(&self, participant: u32) -> Reclaimed {
+    /// Releases every slot participant `participant` holds: it left or died. The session server's
+    /// duty (never public: freeing a live participant's slots would alias them).
+    pub(crate) fn reclaim(&self, participant: u32) -> Reclaimed {
         let mut r = Reclaimed::default();
         if participant >= MAX_PARTICIPANTS {
             return r;

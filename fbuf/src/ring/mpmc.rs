@@ -96,7 +96,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
     fn next(&self, pos: u64) -> u64 {
         let (index, lap) = self.split(pos);
         if index + 1 < self.capacity() {
-            pos + 1
+            pos.wrapping_add(1)
         } else {
             lap.wrapping_add(self.one_lap)
         }
@@ -126,14 +126,14 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                     Ok(_) => {
                         self.cells.write(index, value);
                         // SYNC POINT (cell full): Release pairs with the Acquire in `pop`.
-                        stamp.store(tail + 1, Ordering::Release);
+                        stamp.store(tail.wrapping_add(1), Ordering::Release);
                         return Ok(Push::Done);
                     }
                     Err(t) => tail = t,
                 }
                 continue;
             }
-            if s.wrapping_add(self.one_lap) == tail + 1 {
+            if s.wrapping_add(self.one_lap) == tail.wrapping_add(1) {
                 // The cell still holds last lap's value: the ring may be full.
                 fence(Ordering::SeqCst);
                 let head = self.head.load(Ordering::Relaxed);
@@ -151,7 +151,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                         self.tail.store(new_tail, Ordering::SeqCst);
                         let old = self.cells.read(index);
                         self.cells.write(index, value);
-                        stamp.store(tail + 1, Ordering::Release);
+                        stamp.store(tail.wrapping_add(1), Ordering::Release);
                         return Ok(Push::Evicted(old));
                     }
                 }
@@ -179,7 +179,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
             let s = stamp.load(Ordering::Acquire);
             if s == head.wrapping_add(1) {
                 let new_head = if index + 1 < self.capacity() {
-                    head + 1
+                    head.wrapping_add(1)
                 } else {
                     lap.wrapping_add(self.one_lap)
                 };
@@ -249,14 +249,18 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
 
     /// Values in the ring (a snapshot; exact when nothing runs concurrently).
     pub fn len(&self) -> usize {
+        // A tail that changes under every look (a peer scribbling) must not keep us here: after
+        // a bounded number of tries the last look is the answer, which is only an estimate anyway.
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let tail = self.tail.load(Ordering::SeqCst);
             let head = self.head.load(Ordering::SeqCst);
-            if self.tail.load(Ordering::SeqCst) == tail {
+            if self.tail.load(Ordering::SeqCst) == tail || attempt >= 64 {
                 let (hix, _) = self.split(head);
                 let (tix, _) = self.split(tail);
                 let cap = self.capacity();
-                return if hix < tix {
+                let n = if hix < tix {
                     tix - hix
                 } else if hix > tix {
                     (cap + tix).saturating_sub(hix)
@@ -265,6 +269,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                 } else {
                     cap
                 };
+                return n.min(cap);
             }
         }
     }

@@ -86,35 +86,45 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         })
     }
 
+    /// Positions are free-running counters that another process writes, so every sum and
+    /// difference of them wraps (a peer's `u64::MAX - 2` must not panic a debug build) and is
+    /// validated: the distance from head to tail is at most the capacity.
     fn check(&self, head: u64, tail: u64) -> Result<(), Stuck> {
-        match tail.checked_sub(head) {
-            Some(n) if n <= self.capacity() as u64 => Ok(()),
-            _ => Err(Stuck),
+        if tail.wrapping_sub(head) <= self.capacity() as u64 {
+            Ok(())
+        } else {
+            Err(Stuck)
         }
+    }
+
+    /// Whether `now` is `before` or later, by at most a capacity: a shared index only moves
+    /// forward, and never past what the other side could have done.
+    fn moved_forward(&self, before: u64, now: u64) -> bool {
+        now.wrapping_sub(before) <= self.capacity() as u64
     }
 
     /// Pushes as many of `values` as fit; returns how many.
     pub fn push(&self, st: &mut ProducerState, values: &[T]) -> Result<usize, Stuck> {
         let cap = self.capacity() as u64;
-        let mut free = cap - (st.tail - st.cached_head);
+        let mut free = cap - st.tail.wrapping_sub(st.cached_head);
         if free < values.len() as u64 {
             // SYNC POINT (slots freed): Acquire pairs with the consumer's Release of `head`, so
             // its reads of the cells finish before we overwrite them.
             let head = self.head.load(Ordering::Acquire);
-            if head < st.cached_head {
+            if !self.moved_forward(st.cached_head, head) {
                 return Err(Stuck);
             }
             self.check(head, st.tail)?;
             st.cached_head = head;
-            free = cap - (st.tail - head);
+            free = cap - st.tail.wrapping_sub(head);
         }
         let n = free.min(values.len() as u64);
         for (k, v) in values[..n as usize].iter().enumerate() {
             self.cells
-                .write(((st.tail + k as u64) & self.mask) as usize, *v);
+                .write((st.tail.wrapping_add(k as u64) & self.mask) as usize, *v);
         }
         if n > 0 {
-            st.tail += n;
+            st.tail = st.tail.wrapping_add(n);
             // SYNC POINT (values ready): Release pairs with the consumer's Acquire of `tail`.
             let order = if seeded::active(Bug::RelaxedSpscPublish) {
                 Ordering::Relaxed
@@ -128,23 +138,25 @@ impl<'a, T: Pod> SpscRing<'a, T> {
 
     /// Pops up to `out.len()` values into `out`; returns how many.
     pub fn pop(&self, st: &mut ConsumerState, out: &mut [T]) -> Result<usize, Stuck> {
-        let mut avail = st.cached_tail - st.head;
+        let mut avail = st.cached_tail.wrapping_sub(st.head);
         if avail < out.len() as u64 {
             // SYNC POINT (values ready): Acquire pairs with the producer's Release of `tail`.
             let tail = self.tail.load(Ordering::Acquire);
-            if tail < st.cached_tail {
+            if !self.moved_forward(st.cached_tail, tail) {
                 return Err(Stuck);
             }
             self.check(st.head, tail)?;
             st.cached_tail = tail;
-            avail = tail - st.head;
+            avail = tail.wrapping_sub(st.head);
         }
         let n = avail.min(out.len() as u64);
         for (k, slot) in out[..n as usize].iter_mut().enumerate() {
-            *slot = self.cells.read(((st.head + k as u64) & self.mask) as usize);
+            *slot = self
+                .cells
+                .read((st.head.wrapping_add(k as u64) & self.mask) as usize);
         }
         if n > 0 {
-            st.head += n;
+            st.head = st.head.wrapping_add(n);
             // SYNC POINT (slots freed): Release pairs with the producer's Acquire of `head`.
             self.head.store(st.head, Ordering::Release);
         }
@@ -154,15 +166,15 @@ impl<'a, T: Pod> SpscRing<'a, T> {
     /// How many values the producer can push now (refreshing its view of the head if needed).
     pub fn room(&self, st: &mut ProducerState) -> Result<usize, Stuck> {
         let cap = self.capacity() as u64;
-        if st.tail - st.cached_head == cap {
+        if st.tail.wrapping_sub(st.cached_head) == cap {
             let head = self.head.load(Ordering::Acquire);
-            if head < st.cached_head {
+            if !self.moved_forward(st.cached_head, head) {
                 return Err(Stuck);
             }
             self.check(head, st.tail)?;
             st.cached_head = head;
         }
-        Ok((cap - (st.tail - st.cached_head)) as usize)
+        Ok((cap - st.tail.wrapping_sub(st.cached_head)) as usize)
     }
 
     /// Whether the consumer would find a value now (for waiting; no state change).
@@ -185,7 +197,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
     pub fn len(&self) -> usize {
         let tail = self.tail.load(Ordering::Acquire);
         let head = self.head.load(Ordering::Acquire);
-        tail.saturating_sub(head).min(self.capacity() as u64) as usize
+        tail.wrapping_sub(head).min(self.capacity() as u64) as usize
     }
 
     /// Whether the ring holds no values (snapshot).
