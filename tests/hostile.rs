@@ -264,3 +264,108 @@ fn ring_positions_near_u64_max_wrap_instead_of_panicking() {
     }
     assert_eq!(pool.free_count(), pool.slot_count());
 }
+
+#[test]
+fn one_process_cannot_open_the_same_ring_twice() {
+    let mut c = config();
+    c.channels.push(ChannelSpec {
+        kind: channel_kind::BROADCAST,
+        capacity: 8,
+        receivers: 3,
+        reserved: 0,
+    });
+    let pool = Pool::create(&c).unwrap();
+    let _rx = pool.receiver(0).unwrap();
+    assert!(matches!(
+        pool.receiver(0),
+        Err(fbuf::channel::OpenError::ReceiverTaken { channel: 0 })
+    ));
+    // Two subscribers from one participant are two rings: each gets every message once.
+    let mut s1 = pool.subscriber(2, false).unwrap();
+    let mut s2 = pool.subscriber(2, false).unwrap();
+    let mut publisher = pool.publisher(2).unwrap();
+    let mut b = pool.alloc(10).unwrap();
+    b[0] = 7;
+    assert_eq!(publisher.try_publish(b.freeze()).unwrap(), 2);
+    assert_eq!(s1.try_recv().unwrap()[0], 7);
+    assert_eq!(s2.try_recv().unwrap()[0], 7);
+    assert_eq!(s1.try_recv().unwrap_err(), RecvError::Empty);
+    assert_eq!(s2.try_recv().unwrap_err(), RecvError::Empty);
+}
+
+#[test]
+fn nonzero_reserved_header_fields_are_refused_by_name() {
+    use fbuf::layout::LayoutError;
+    use fbuf::pool::AttachError;
+    let attach = |pool: &Pool| {
+        // SAFETY: id 5 is used by no other handle of this pool.
+        unsafe {
+            Pool::attach(
+                pool.control_fd().try_clone_to_owned().unwrap(),
+                pool.data_fd().try_clone_to_owned().unwrap(),
+                5,
+                true,
+            )
+        }
+    };
+    let pool = Pool::create(&config()).unwrap();
+    let a = Attacker::new(&pool);
+    // HeaderFields start at byte 8: 32 bytes of counts and sizes, 16 classes of 8 bytes, then
+    // 16 channels of 16 bytes whose last 4 are `reserved`.
+    let channel0_receivers = 8 + 32 + 16 * 8 + 8;
+    a.word(channel0_receivers).fetch_or(1 << 32, Ordering::SeqCst);
+    match attach(&pool) {
+        Err(AttachError::BadClasses(LayoutError::ReservedNotZero {
+            channel: 0,
+            value: 1,
+        })) => {}
+        other => panic!("reserved channel field accepted: {:?}", other.err()),
+    }
+    let pool = Pool::create(&config()).unwrap();
+    let a = Attacker::new(&pool);
+    let class5 = 8 + 32 + 5 * 8; // the default config has 5 classes
+    a.word(class5).store(1, Ordering::SeqCst);
+    match attach(&pool) {
+        Err(AttachError::ReservedNotZero { index: 5, .. }) => {}
+        other => panic!("class entry past the count accepted: {:?}", other.err()),
+    }
+}
+
+/// Descriptors are not bound to their ring (docs/safety.md): every participant maps the control
+/// region read-write, so any of them can read a queued descriptor and import it. What must hold
+/// is that the rightful receiver then gets a named error, and nothing leaks.
+#[test]
+fn a_descriptor_taken_from_someone_elses_ring_is_named_not_lost() {
+    let pool = Pool::create(&config()).unwrap();
+    let mut tx = pool.sender(0).unwrap();
+    let mut rx = pool.receiver(0).unwrap();
+    let mut b = pool.alloc(10).unwrap();
+    b[0] = 9;
+    tx.try_send(b.freeze()).unwrap();
+    let a = Attacker::new(&pool);
+    let u = a.layout.channels[0].units[0];
+    let lo = a.word(u.values_offset).load(Ordering::SeqCst);
+    let hi = a.word(u.values_offset + 8).load(Ordering::SeqCst);
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&lo.to_le_bytes());
+    raw[8..].copy_from_slice(&hi.to_le_bytes());
+    let desc: fbuf::Desc = bytemuck::pod_read_unaligned(&raw);
+    // SAFETY: id 6 is used by no other handle of this pool.
+    let thief = unsafe {
+        Pool::attach(
+            pool.control_fd().try_clone_to_owned().unwrap(),
+            pool.data_fd().try_clone_to_owned().unwrap(),
+            6,
+            false,
+        )
+    }
+    .unwrap();
+    let stolen = thief.import(desc).unwrap();
+    assert_eq!(stolen[0], 9);
+    assert_eq!(
+        rx.try_recv().unwrap_err(),
+        RecvError::Desc(DescError::NotInFlight)
+    );
+    drop(stolen);
+    assert_eq!(pool.free_count(), pool.slot_count(), "nothing leaked");
+}

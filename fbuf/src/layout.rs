@@ -184,6 +184,8 @@ pub enum LayoutError {
     BadRingCapacity { channel: usize, capacity: u32 },
     #[error("channel {channel}: {receivers} receivers; a broadcast has 1 to {} and other kinds exactly 1", MAX_PARTICIPANTS - 1)]
     BadReceivers { channel: usize, receivers: u32 },
+    #[error("channel {channel}: reserved field is {value:#x}, must be zero")]
+    ReservedNotZero { channel: usize, value: u32 },
 }
 
 fn align_up(x: usize, to: usize) -> Option<usize> {
@@ -309,6 +311,12 @@ fn lay_out_channels(
     }
     let mut channels = Vec::with_capacity(specs.len());
     for (channel, s) in specs.iter().enumerate() {
+        if s.reserved != 0 {
+            return Err(LayoutError::ReservedNotZero {
+                channel,
+                value: s.reserved,
+            });
+        }
         let mpmc = match s.kind {
             channel_kind::ONE_TO_ONE => false,
             channel_kind::MANY_TO_ONE | channel_kind::BROADCAST => true,

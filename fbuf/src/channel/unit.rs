@@ -79,14 +79,13 @@ impl<'a> Unit<'a> {
         (id, self.pool.shared().participant(id).epoch())
     }
 
-    /// Registers this process as the receiver; false if a live participant already is.
+    /// Registers this process as the receiver; false if a participant already is, this process
+    /// included (two receivers of one ring in one process would each keep their own consumer
+    /// state and pop the same cells; a second subscriber must take another ring).
     pub fn claim_receiver(&self) -> bool {
         let (id, epoch) = self.me();
         let mine = endpoint(id, epoch);
         let cur = self.words[0].load(Ordering::Acquire);
-        if cur == mine {
-            return true;
-        }
         if cur != 0 {
             return false; // taken; a dead holder is cleared by the owner when it retires it
         }

@@ -26,6 +26,7 @@ use crate::layout::{
 };
 use crate::region::{Region, RegionError};
 use crate::sync::{AtomicU64, Ordering};
+use bytemuck::Zeroable;
 use participants::{ENTRY_WORDS, Entry};
 
 /// What a pool is made of.
@@ -109,6 +110,8 @@ pub enum AttachError {
     },
     #[error("participant id {0} is out of range (at most {MAX_PARTICIPANTS} participants)")]
     BadParticipant(u32),
+    #[error("header's {field} {index} is not zero (reserved)")]
+    ReservedNotZero { field: &'static str, index: usize },
 }
 
 /// Why an allocation failed. Never a panic: the caller decides.
@@ -287,6 +290,25 @@ impl Pool {
         let channels = header.channel_count as usize;
         if channels > MAX_CHANNELS {
             return Err(AttachError::BadChannelCount(header.channel_count));
+        }
+        // Entries past the counts are reserved: zero, or the header was not written by us.
+        if let Some(i) = header.classes[count..]
+            .iter()
+            .position(|c| *c != ClassSpec::zeroed())
+        {
+            return Err(AttachError::ReservedNotZero {
+                field: "class entry past class_count",
+                index: count + i,
+            });
+        }
+        if let Some(i) = header.channels[channels..]
+            .iter()
+            .position(|c| *c != ChannelSpec::zeroed())
+        {
+            return Err(AttachError::ReservedNotZero {
+                field: "channel entry past channel_count",
+                index: channels + i,
+            });
         }
         let layout = Layout::compute(&header.classes[..count], &header.channels[..channels])?;
         let check = |field, header: u64, computed: usize| {
