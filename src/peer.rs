@@ -172,14 +172,29 @@ fn probe(socket: &str, role: Role) -> Res {
     let shrink_data = verdict(data.set_len(size / 2));
     let grow_data = verdict(data.set_len(size * 2));
     let write_data = verdict(std::os::unix::fs::FileExt::write_at(&data, b"x", 0).map(|_| ()));
+    // Another way to a writable view: open the same memfd again, read-write, through /proc; and
+    // to make that possible, change its mode.
+    let path = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&pool.data_fd())
+    );
+    let reopen_rw = verdict(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map(|_| ()),
+    );
+    let chmod = verdict(data.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)));
     let (ptr, len) = pool.data_mapping();
     // SAFETY: the data mapping is page-aligned, owned by `pool` for the life of this function,
     // and no reference into it is alive here.
     let mprotect = verdict(unsafe { fbuf::sys::mmap::try_make_writable(ptr, len) });
     Ok(format!(
         "writable={} shrink_control={shrink_control} shrink_data={shrink_data} grow_data={grow_data} \
-         write_data={write_data} mprotect={mprotect}",
-        pool.is_writable()
+         write_data={write_data} mprotect={mprotect} reopen_rw={reopen_rw} chmod={chmod} uid={}",
+        pool.is_writable(),
+        nix_uid()
     ))
 }
 
@@ -447,4 +462,9 @@ fn send_hold(socket: &str, ch: usize, n: u64) -> Res {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+fn nix_uid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
 }

@@ -248,3 +248,45 @@ fn the_fast_path_makes_no_system_call() {
     owner.wait_retired(1);
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
 }
+
+/// A consumer of another uid, admitted by the allow-list, cannot reach a writable view of the
+/// payload by any route: not the mapping, not write(2), not reopening the memfd read-write
+/// through /proc (the memfd's mode is 0400), not changing that mode.
+#[test]
+fn a_consumer_of_another_uid_cannot_reopen_the_data_for_writing() {
+    if fbuf::sys::fdpass::effective_uid() != 0 {
+        eprintln!("SKIPPED: needs root to run a consumer as nobody (uid 65534)");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let owner = Owner::with_policy(
+        PoolConfig::default(),
+        fbuf::session::Policy {
+            allowed_uids: vec![0, NOBODY],
+            socket_mode: 0o666,
+            ..Default::default()
+        },
+    );
+    let mut b = owner.pool.alloc(4096).unwrap();
+    b.fill(0x5a);
+    let held = b.freeze();
+    let out = {
+        use std::os::unix::process::CommandExt;
+        let mut c = peer(&["probe", &owner.socket(), "consumer"]);
+        c.uid(NOBODY).gid(NOBODY).stdout(std::process::Stdio::null());
+        c.output().unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result(&out.stderr);
+    assert_eq!(r["uid"], NOBODY.to_string(), "the probe ran as nobody");
+    assert_eq!(r["writable"], "false");
+    assert_eq!(r["reopen_rw"], format!("err:{}", libc_eacces()), "{r:?}");
+    assert_eq!(r["chmod"], "err:1", "EPERM: not the memfd's owner: {r:?}");
+    assert!(r["mprotect"].starts_with("err"), "{r:?}");
+    assert!(r["write_data"].starts_with("err"), "{r:?}");
+    assert!(held.iter().all(|&x| x == 0x5a), "the held buffer is intact");
+}

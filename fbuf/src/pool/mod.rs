@@ -203,6 +203,12 @@ impl Pool {
         let layout = Layout::compute(&config.classes, &config.channels)?;
         let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
+        // Consumers get a read-only fd; mode 0400 keeps them (when of another uid) from reopening
+        // it read-write through /proc. docs/safety.md says against whom this holds.
+        crate::sys::memfd::restrict_reopen(data.fd()).map_err(|source| RegionError::Io {
+            what: "fchmod",
+            source,
+        })?;
         let header = layout.header();
         // SAFETY: the control region is ours alone so far (nobody else has its fd), writable, and
         // at least HEADER_SIZE bytes; offset 8 is 8-aligned and the fields fit in the header page.

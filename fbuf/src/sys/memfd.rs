@@ -72,6 +72,15 @@ pub fn reopen_read_only(fd: impl AsFd) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
+/// `fchmod(fd, 0400)`: only the owner's uid may open the memfd again through `/proc/*/fd`, and
+/// only for reading. A memfd is born with mode 0777, so without this any process that holds a
+/// read-only fd of it (a consumer, of any uid) could reopen it read-write. Open fds keep the
+/// access they were opened with.
+pub fn restrict_reopen(fd: impl AsFd) -> io::Result<()> {
+    nix::sys::stat::fchmod(fd.as_fd(), nix::sys::stat::Mode::S_IRUSR)?;
+    Ok(())
+}
+
 /// Whether the fd was opened with write access (`fcntl(F_GETFL)`).
 pub fn is_writable(fd: impl AsFd) -> io::Result<bool> {
     let flags = fcntl(fd, FcntlArg::F_GETFL)?;
