@@ -313,7 +313,8 @@ fn nonzero_reserved_header_fields_are_refused_by_name() {
     // HeaderFields start at byte 8: 32 bytes of counts and sizes, 16 classes of 8 bytes, then
     // 16 channels of 16 bytes whose last 4 are `reserved`.
     let channel0_receivers = 8 + 32 + 16 * 8 + 8;
-    a.word(channel0_receivers).fetch_or(1 << 32, Ordering::SeqCst);
+    a.word(channel0_receivers)
+        .fetch_or(1 << 32, Ordering::SeqCst);
     match attach(&pool) {
         Err(AttachError::BadClasses(LayoutError::ReservedNotZero {
             channel: 0,

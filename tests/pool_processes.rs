@@ -273,7 +273,9 @@ fn a_consumer_of_another_uid_cannot_reopen_the_data_for_writing() {
     let out = {
         use std::os::unix::process::CommandExt;
         let mut c = peer(&["probe", &owner.socket(), "consumer"]);
-        c.uid(NOBODY).gid(NOBODY).stdout(std::process::Stdio::null());
+        c.uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(std::process::Stdio::null());
         c.output().unwrap()
     };
     assert!(

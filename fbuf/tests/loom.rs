@@ -46,6 +46,7 @@ fn seed_from_env() {
         Some(2) => Bug::UnlockedLastRelease,
         Some(3) => Bug::NoSleeperRecheck,
         Some(4) => Bug::RelaxedSpscPublish,
+        Some(5) => Bug::ClearWithoutArming,
         _ => Bug::None,
     };
     seeded::set(bug);
@@ -570,4 +571,116 @@ fn reclaim_vs_live_release() {
         assert_eq!(live + freed_by_owner, 1, "freed exactly once");
         assert_eq!(class.slots().free_count(), 1);
     });
+}
+
+// ---- readiness: the epoll notifier's helper ------------------------------------------------
+
+/// The eventfd, modelled: a counter, and a futex to block on while it is zero (what poll does).
+struct ModelEvent {
+    count: fbuf::sync::AtomicU32,
+    futex: LoomFutex,
+}
+
+impl fbuf::sync::readiness::Event for ModelEvent {
+    fn notify(&self) {
+        self.count.store(1, fbuf::sync::Ordering::SeqCst);
+        self.futex.wake_all(&self.count);
+    }
+
+    fn clear(&self) {
+        self.count.store(0, fbuf::sync::Ordering::SeqCst);
+    }
+}
+
+struct Notified {
+    /// Descriptors in the ring.
+    ring: fbuf::sync::AtomicU32,
+    seq: fbuf::sync::AtomicU32,
+    sleepers: fbuf::sync::AtomicU32,
+    arming: fbuf::sync::readiness::Arming,
+    event: ModelEvent,
+    futex: LoomFutex,
+}
+
+/// A sender pushes two descriptors, one at a time, ringing the data doorbell; the helper thread
+/// runs the readiness protocol; the receiver takes what it finds and, on empty, clears (arms),
+/// looks once more, then blocks on the event as epoll would. It must receive both: a lost
+/// wake-up leaves it blocked, which loom reports as a deadlock.
+fn notifier_no_lost_wakeup() {
+    loom::model(|| {
+        let n = Arc::new(Notified {
+            ring: fbuf::sync::AtomicU32::new(0),
+            seq: fbuf::sync::AtomicU32::new(0),
+            sleepers: fbuf::sync::AtomicU32::new(0),
+            arming: fbuf::sync::readiness::Arming::new(),
+            event: ModelEvent {
+                count: fbuf::sync::AtomicU32::new(0),
+                futex: LoomFutex::new(),
+            },
+            futex: LoomFutex::new(),
+        });
+        let helper = {
+            let n = n.clone();
+            thread::spawn(move || {
+                let bell = Doorbell::new(&n.seq, &n.sleepers);
+                n.arming.run_helper(&n.event, &n.futex, &bell, |_| {
+                    n.ring.load(fbuf::sync::Ordering::SeqCst) > 0
+                });
+            })
+        };
+        let sender = {
+            let n = n.clone();
+            thread::spawn(move || {
+                for _ in 0..2 {
+                    n.ring.fetch_add(1, fbuf::sync::Ordering::SeqCst);
+                    Doorbell::new(&n.seq, &n.sleepers).ring(&n.futex);
+                }
+            })
+        };
+        let take = || {
+            n.ring
+                .fetch_update(
+                    fbuf::sync::Ordering::SeqCst,
+                    fbuf::sync::Ordering::SeqCst,
+                    |v| v.checked_sub(1),
+                )
+                .is_ok()
+        };
+        let mut got = 0;
+        while got < 2 {
+            if take() {
+                got += 1;
+                continue;
+            }
+            n.arming.clear_and_arm(&n.event, &n.futex);
+            if take() {
+                got += 1;
+                continue;
+            }
+            // poll(eventfd): sleep while the counter is zero.
+            while n.event.count.load(fbuf::sync::Ordering::SeqCst) == 0 {
+                n.event.futex.wait(&n.event.count, 0, None);
+            }
+        }
+        n.arming.stop(&n.futex);
+        Doorbell::new(&n.seq, &n.sleepers).force_wake(&n.futex);
+        sender.join().unwrap();
+        helper.join().unwrap();
+    });
+}
+
+#[test]
+fn notifier_receiver_is_always_woken() {
+    let _g = serial();
+    seed_from_env();
+    notifier_no_lost_wakeup();
+}
+
+#[test]
+fn seeded_clear_without_arming_is_caught() {
+    let _g = serial();
+    assert!(
+        caught(Bug::ClearWithoutArming, "notifier_receiver_is_always_woken"),
+        "loom missed the lost notification"
+    );
 }

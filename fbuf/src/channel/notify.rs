@@ -1,86 +1,68 @@
 //! Driving a receiver from epoll or tokio: an eventfd that becomes readable when the receiver's
 //! ring has descriptors (or its senders are gone).
 //!
-//! A helper thread sleeps on the ring's data doorbell (the futex the senders ring) and writes the
-//! eventfd when descriptors arrive; then it waits, on the space doorbell that every receive rings,
-//! until the receiver has made progress or emptied the ring, and starts over. The receiver, having
-//! found the ring empty, clears the eventfd before waiting on it: any descriptor pushed after that
-//! either is seen by the helper's next round (which notifies again) or was already there, in which
-//! case the helper, still waiting for progress, is woken by the receive that consumes it.
+//! A helper thread sleeps on the ring's data doorbell (the futex the senders ring) while the
+//! receiver has armed it, and writes the eventfd when descriptors arrive. The receiver re-arms it
+//! with [`Notifier::clear`] each time it found the ring empty. The protocol, and why it loses no
+//! wake-up, is in [`crate::sync::readiness`] (model-checked in `tests/loom.rs`).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use super::unit::{Unit, UnitRing};
-use super::{FUTEX, Receiver, WaitStrategy};
+use super::unit::Unit;
+use super::{FUTEX, Receiver};
 use crate::layout::UnitLayout;
 use crate::pool::Pool;
+use crate::sync::readiness::{Arming, Event as ReadyEvent};
 use crate::sys::eventfd::Event;
 
 /// An eventfd that is readable while the receiver has something to receive.
 pub struct Notifier {
-    event: Arc<Event>,
-    stop: Arc<AtomicBool>,
+    event: Arc<EventFd>,
+    arming: Arc<Arming>,
     pool: Pool,
     unit: UnitLayout,
     thread: Option<JoinHandle<()>>,
 }
 
-fn head_of(ring: &UnitRing<'_>) -> (u64, bool) {
-    match ring {
-        UnitRing::Spsc(r) => (r.head_pos(), r.is_empty()),
-        UnitRing::Mpmc(r) => (r.head_pos(), r.is_empty()),
+/// The eventfd as the readiness protocol's event. Errors cannot happen for a valid, non-blocking
+/// eventfd whose counter stays far below its maximum (it is cleared by every receiver wait).
+struct EventFd(Event);
+
+impl ReadyEvent for EventFd {
+    fn notify(&self) {
+        let _ = self.0.notify();
+    }
+
+    fn clear(&self) {
+        let _ = self.0.clear();
     }
 }
 
 impl Receiver {
     /// An eventfd for epoll: readable when [`Receiver::try_recv`] may have something. After
-    /// `try_recv` reports `Empty`, call [`Notifier::clear`] before waiting on the fd again.
+    /// `try_recv` reports `Empty`, call [`Notifier::clear`], then try once more before waiting
+    /// on the fd (what arrived in between is either received then or notified again).
     pub fn notifier(&self) -> io::Result<Notifier> {
-        let event = Arc::new(Event::new()?);
-        let stop = Arc::new(AtomicBool::new(false));
+        let event = Arc::new(EventFd(Event::new()?));
+        let arming = Arc::new(Arming::new());
         let (pool, unit) = (self.reader.pool.clone(), self.reader.unit);
         let thread = {
-            let (event, stop, pool) = (event.clone(), stop.clone(), pool.clone());
+            let (event, arming, pool) = (event.clone(), arming.clone(), pool.clone());
             std::thread::Builder::new()
                 .name("fbuf-notify".into())
                 .spawn(move || {
                     let u = Unit::new(&pool, unit);
-                    let stopped = || stop.load(Ordering::Acquire);
-                    loop {
-                        u.data_bell()
-                            .wait_until(&FUTEX, WaitStrategy::Blocking, None, || {
-                                stopped() || !head_of(&u.ring()).1 || u.senders_gone()
-                            });
-                        if stopped() {
-                            return;
-                        }
-                        let (head, _) = head_of(&u.ring());
-                        let _ = event.notify();
-                        if u.senders_gone() && head_of(&u.ring()).1 {
-                            // Disconnected and drained: nothing will change; wait only for stop.
-                            u.space_bell().wait_until(
-                                &FUTEX,
-                                WaitStrategy::Blocking,
-                                None,
-                                stopped,
-                            );
-                            return;
-                        }
-                        u.space_bell()
-                            .wait_until(&FUTEX, WaitStrategy::Blocking, None, || {
-                                let (now, empty) = head_of(&u.ring());
-                                stopped() || now != head || empty
-                            });
-                    }
+                    arming.run_helper(&*event, &FUTEX, &u.data_bell(), |full| {
+                        !u.ring_is_empty(None) || (full && u.senders_gone())
+                    });
                 })?
         };
         Ok(Notifier {
             event,
-            stop,
+            arming,
             pool,
             unit,
             thread: Some(thread),
@@ -89,34 +71,36 @@ impl Receiver {
 }
 
 impl Notifier {
-    /// Resets the readiness; call it when `try_recv` said `Empty`, before waiting again.
+    /// Resets the readiness and re-arms the notification; call it when `try_recv` said `Empty`,
+    /// then try once more before waiting on the fd.
     pub fn clear(&self) -> io::Result<()> {
-        self.event.clear().map(|_| ())
+        self.arming.clear_and_arm(&*self.event, &FUTEX);
+        Ok(())
     }
 }
 
 impl AsFd for Notifier {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.event.as_fd()
+        self.event.0.as_fd()
     }
 }
 
 impl AsRawFd for Notifier {
     fn as_raw_fd(&self) -> RawFd {
-        self.event.as_raw_fd()
+        self.event.0.as_raw_fd()
     }
 }
 
 impl Drop for Notifier {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.arming.stop(&FUTEX);
         let u = Unit::new(&self.pool, self.unit);
-        // The helper sleeps on one of the two doorbells; the ring wakes it only if it announced
-        // itself, so ring both until it has gone.
+        // The helper may sleep on the data doorbell, which wakes it only if it announced itself:
+        // ring it until the helper has gone.
         if let Some(t) = self.thread.take() {
             while !t.is_finished() {
+                self.arming.stop(&FUTEX);
                 u.data_bell().force_wake(&FUTEX);
-                u.space_bell().force_wake(&FUTEX);
                 std::thread::yield_now();
             }
             let _ = t.join();

@@ -12,6 +12,7 @@ pub use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 pub use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 pub mod doorbell;
+pub mod readiness;
 
 /// Tells the CPU (or loom's scheduler) that this thread is waiting for another one.
 #[inline]
@@ -39,6 +40,8 @@ pub mod seeded {
         NoSleeperRecheck = 3,
         /// The SPSC producer publishes its tail with `Relaxed` instead of `Release`.
         RelaxedSpscPublish = 4,
+        /// The epoll receiver's clear does not re-arm the notifier helper.
+        ClearWithoutArming = 5,
     }
 
     #[cfg(loom)]
