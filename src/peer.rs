@@ -17,6 +17,10 @@
 //! fbuf peer recv-hold SOCKET CH         open CH's receiver, say READY, wait to be killed
 //! fbuf peer send-hold SOCKET CH N       send N buffers on CH, say READY, wait to be killed
 //! fbuf peer snap-orphan                 fork a snapshot child that never ends, print its pid, exit
+//! fbuf peer serve   SOCKET NOFILE SIGNALS  own a pool (channel 0: one-to-one) and serve it; with
+//!                                       NOFILE > 0 under that fd limit, with SIGNALS = 1 with a
+//!                                       SIGUSR1 handler installed without SA_RESTART; prints a
+//!                                       STATS line on stdout for each line on stdin
 //! fbuf peer sink    ADDR LEN DELAY_MS   connect (unix:PATH, tcp:PORT, or - for stdin), wait, read
 //!                                       LEN bytes, report their checksum and first/last byte
 //! ```
@@ -56,6 +60,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
         "send-hold" => send_hold(arg(1), num(2) as usize, num(3)),
         "snap-orphan" => snap_orphan(),
+        "serve" => serve(arg(1), num(2), num(3) == 1),
         "sink" => sink(arg(1), num(2) as usize, num(3)),
         "cm-sink" => crate::copy_methods::sink(arg(1), num(2), arg(3) == "ack"),
         "stream-tx" => {
@@ -467,4 +472,80 @@ fn send_hold(socket: &str, ch: usize, n: u64) -> Res {
 fn nix_uid() -> u32 {
     // SAFETY: geteuid takes nothing and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// An owner process for the session server's tests: it can run under a small fd limit, and with
+/// a signal handler that makes blocking calls fail with `EINTR` instead of restarting.
+fn serve(socket: &str, nofile: u64, signals: bool) -> Res {
+    use std::io::BufRead;
+    if nofile > 0 {
+        let lim = libc::rlimit {
+            rlim_cur: nofile,
+            rlim_max: nofile,
+        };
+        // SAFETY: setrlimit reads the struct on our stack.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    if signals {
+        // SAFETY: a zeroed sigaction is valid; the handler is an async-signal-safe no-op, and
+        // sa_flags without SA_RESTART is the point: interrupted calls return EINTR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore_signal as *const () as usize;
+            sa.sa_flags = 0;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
+    }
+    let pool = fbuf::Pool::create(&fbuf::PoolConfig {
+        channels: vec![fbuf::layout::ChannelSpec {
+            kind: fbuf::layout::channel_kind::ONE_TO_ONE,
+            capacity: 64,
+            receivers: 1,
+            reserved: 0,
+        }],
+        ..fbuf::PoolConfig::default()
+    })?;
+    let server = session::Server::start(
+        pool.clone(),
+        socket,
+        session::Policy {
+            handshake_timeout: Duration::from_secs(1),
+            ..session::Policy::default()
+        },
+    )?;
+    eprintln!("READY");
+    let stats = || {
+        let s = server.stats();
+        let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        format!(
+            "retired={} admitted={} malformed={} timed_out={} evicted={} out_of_fds={} \
+             released={} free={} slots={} threads={threads}",
+            n(&s.retired),
+            n(&s.admitted),
+            n(&s.malformed),
+            n(&s.timed_out),
+            n(&s.evicted),
+            n(&s.out_of_fds),
+            n(&s.released_on_retire),
+            pool.free_count(),
+            pool.slot_count(),
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+        writeln!(out, "STATS {}", stats())?;
+        out.flush()?;
+    }
+    Ok(stats())
 }

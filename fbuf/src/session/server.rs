@@ -1,7 +1,21 @@
 //! The owner's side of the handshake: listen on a Unix socket, check each joiner's credentials,
 //! admit it as a participant, pass the memfds, and reclaim its holdings when its connection ends
 //! (clean exit or death: the kernel closes the socket either way).
+//!
+//! One thread serves everything with `poll(2)`: the listening socket, the handshakes in progress
+//! and the members' connections. No client can hold it or starve it:
+//! - a handshake has a deadline for the whole exchange, not per read, so dripping bytes buys
+//!   nothing;
+//! - at most `max_pending` handshakes (`max_pending_per_uid` per uid) wait at once; a new
+//!   connection beyond that evicts the oldest, so a flood cannot shut the door on a prompt joiner;
+//! - an idle connection costs an fd and a few bytes, never a thread;
+//! - out of fds (`EMFILE`), the oldest handshake is closed to make room, or, with none in progress,
+//!   a reserved fd is given up for a moment to accept and close one connection, so the backlog
+//!   drains instead of the loop spinning;
+//! - a member leaves only by end of file or a connection error: a signal (`EINTR`) or a wake-up
+//!   with nothing to read is neither.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -10,14 +24,16 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::wire::{Message, ProtocolError, read_message};
+use super::wire::{HEADER_LEN, MAX_PAYLOAD, Message, ProtocolError, parse_header};
 use crate::pool::{Pool, Role};
-use crate::sys::{fdpass, memfd};
+use crate::sys::eventfd::Event;
+use crate::sys::fdpass::{self, PeerCred};
+use crate::sys::memfd;
 
 /// Who may join, and how the socket is made.
 #[derive(Clone, Debug)]
@@ -26,8 +42,12 @@ pub struct Policy {
     pub allowed_uids: Vec<u32>,
     /// Permission bits of the socket file. Default `0o600`.
     pub socket_mode: u32,
-    /// How long a joiner has to send its hello.
+    /// How long a joiner has, from `connect`, to complete its hello. Default 5 s.
     pub handshake_timeout: Duration,
+    /// Most handshakes in progress at once; one more evicts the oldest. Default 64.
+    pub max_pending: usize,
+    /// Most handshakes in progress from one uid; one more evicts that uid's oldest. Default 16.
+    pub max_pending_per_uid: usize,
 }
 
 impl Default for Policy {
@@ -36,6 +56,8 @@ impl Default for Policy {
             allowed_uids: vec![crate::sys::fdpass::effective_uid()],
             socket_mode: 0o600,
             handshake_timeout: Duration::from_secs(5),
+            max_pending: 64,
+            max_pending_per_uid: 16,
         }
     }
 }
@@ -62,6 +84,8 @@ pub enum AdmitError {
     Credentials { uid: u32, pid: i32 },
     #[error("malformed handshake: {0}")]
     Protocol(#[from] ProtocolError),
+    #[error("the handshake did not complete within {0:?}")]
+    Timeout(Duration),
     #[error("the pool has no free participant slot")]
     Full,
     #[error("handshake i/o: {0}")]
@@ -74,6 +98,12 @@ pub struct ServerStats {
     pub admitted: AtomicUsize,
     pub refused: AtomicUsize,
     pub malformed: AtomicUsize,
+    /// Handshakes closed at their deadline.
+    pub timed_out: AtomicUsize,
+    /// Handshakes closed to make room for newer ones (too many pending, or out of fds).
+    pub evicted: AtomicUsize,
+    /// Connections accepted and closed at once because the process was out of fds.
+    pub out_of_fds: AtomicUsize,
     pub retired: AtomicUsize,
     /// Holder bits cleared on retirement: non-zero means participants left holding buffers.
     pub released_on_retire: AtomicUsize,
@@ -82,18 +112,18 @@ pub struct ServerStats {
 }
 
 /// A running session server. Dropping it stops accepting and removes the socket file; admitted
-/// participants stay attached until their connections end.
+/// participants stay attached (and are retired when they leave) until their connections end.
 pub struct Server {
     path: PathBuf,
     stats: Arc<ServerStats>,
     stop: Arc<AtomicBool>,
-    /// A second handle on the listening socket, to shut it down from `drop`.
-    listener: UnixListener,
-    accept: Option<JoinHandle<()>>,
+    wake: Arc<Event>,
+    /// Says the event loop has closed the listening socket.
+    closed: mpsc::Receiver<()>,
 }
 
 impl Server {
-    /// Binds `path` (mode from the policy) and serves joiners on background threads.
+    /// Binds `path` (mode from the policy) and serves joiners on a background thread.
     pub fn start(pool: Pool, path: impl AsRef<Path>, policy: Policy) -> Result<Server, ServeError> {
         let path = path.as_ref().to_path_buf();
         remove_stale_socket(&path)?;
@@ -107,22 +137,34 @@ impl Server {
         // admits nobody the policy refuses.
         fs::set_permissions(&path, fs::Permissions::from_mode(policy.socket_mode))
             .map_err(|e| io_err("chmod", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_err("O_NONBLOCK", e))?;
         let stats = Arc::new(ServerStats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = listener.try_clone().map_err(|e| io_err("dup", e))?;
-        let accept = {
-            let (stats, stop) = (stats.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("fbuf-accept".into())
-                .spawn(move || accept_loop(listener, pool, policy, stats, stop))
-                .map_err(|e| io_err("spawn", e))?
+        let wake = Arc::new(Event::new().map_err(|e| io_err("eventfd", e))?);
+        let (closed_tx, closed) = mpsc::channel();
+        let event_loop = EventLoop {
+            pool,
+            policy,
+            stats: stats.clone(),
+            pending: VecDeque::new(),
+            members: Vec::new(),
+            reserve: fs::File::open("/dev/null").ok(),
         };
+        {
+            let (stop, wake) = (stop.clone(), wake.clone());
+            std::thread::Builder::new()
+                .name("fbuf-session".into())
+                .spawn(move || event_loop.run(listener, &wake, &stop, closed_tx))
+                .map_err(|e| io_err("spawn", e))?;
+        }
         Ok(Server {
             path,
             stats,
             stop,
-            listener: handle,
-            accept: Some(accept),
+            wake,
+            closed,
         })
     }
 
@@ -140,11 +182,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = fdpass::shutdown(&self.listener);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        let _ = self.wake.notify();
+        // Wait (bounded) for the listening socket to close, so a new server can bind the path.
+        let _ = self.closed.recv_timeout(Duration::from_secs(5));
         let _ = fs::remove_file(&self.path);
     }
 }
@@ -166,130 +206,377 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
     })
 }
 
-fn accept_loop(
-    listener: UnixListener,
+/// A handshake in progress.
+struct Pending {
+    stream: UnixStream,
+    cred: PeerCred,
+    deadline: Instant,
+    buf: [u8; HEADER_LEN + MAX_PAYLOAD],
+    got: usize,
+    /// The payload length, once the header is in.
+    len: Option<usize>,
+}
+
+/// An admitted participant: its connection is its membership.
+struct Member {
+    stream: UnixStream,
+    id: u32,
+}
+
+/// What reading a handshake's bytes came to.
+enum Step {
+    /// More bytes are needed.
+    Waiting,
+    /// The joiner closed the connection or it failed.
+    Gone,
+    Done(Result<Message, ProtocolError>),
+}
+
+struct EventLoop {
     pool: Pool,
     policy: Policy,
     stats: Arc<ServerStats>,
-    stop: Arc<AtomicBool>,
-) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            return;
+    pending: VecDeque<Pending>,
+    members: Vec<Member>,
+    /// An fd held in reserve, given up for a moment when the process runs out of them.
+    reserve: Option<fs::File>,
+}
+
+impl EventLoop {
+    fn run(
+        mut self,
+        listener: UnixListener,
+        wake: &Event,
+        stop: &AtomicBool,
+        closed: mpsc::Sender<()>,
+    ) {
+        let mut listener = Some(listener);
+        loop {
+            if listener.is_some() && stop.load(Ordering::SeqCst) {
+                listener = None; // closed: joiners now get ECONNREFUSED
+                self.pending.clear();
+                let _ = closed.send(());
+            }
+            if listener.is_none() && self.members.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            let timeout = self
+                .pending
+                .iter()
+                .map(|p| p.deadline.saturating_duration_since(now))
+                .min();
+            let ready = {
+                let mut fds = vec![wake.as_fd()];
+                fds.extend(listener.as_ref().map(|l| l.as_fd()));
+                fds.extend(self.pending.iter().map(|p| p.stream.as_fd()));
+                fds.extend(self.members.iter().map(|m| m.stream.as_fd()));
+                match crate::sys::poll::readable(&fds, timeout) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // ENOMEM and the like: nothing to do but try again a little later.
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                }
+            };
+            let mut ready = ready.into_iter();
+            if ready.next() == Some(true) {
+                let _ = wake.clear();
+            }
+            let listener_ready = listener.is_some() && ready.next() == Some(true);
+            let pending_ready: Vec<bool> = ready.by_ref().take(self.pending.len()).collect();
+            let member_ready: Vec<bool> = ready.collect();
+            self.serve_members(&member_ready);
+            self.serve_handshakes(&pending_ready);
+            self.expire(Instant::now());
+            if let (true, Some(l)) = (listener_ready, &listener) {
+                self.accept(l);
+            }
         }
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if crate::sys::fdpass::is_out_of_fds(&e) => {
-                // Out of fds: back off instead of spinning.
-                std::thread::sleep(Duration::from_millis(10));
+    }
+
+    /// Retires the members whose connections ended.
+    fn serve_members(&mut self, ready: &[bool]) {
+        let members = std::mem::take(&mut self.members);
+        for (m, &r) in members
+            .into_iter()
+            .zip(ready.iter().chain(std::iter::repeat(&false)))
+        {
+            if r && departed(&m.stream) {
+                self.retire(m.id);
+            } else {
+                self.members.push(m);
+            }
+        }
+    }
+
+    fn retire(&self, id: u32) {
+        // Drop what waited in its rings and its endpoint registrations first, then its holdings.
+        let dropped = crate::channel::forget_participant(&self.pool, id);
+        self.stats
+            .dropped_on_retire
+            .fetch_add(dropped, Ordering::Relaxed);
+        let r = self.pool.retire(id);
+        self.stats
+            .released_on_retire
+            .fetch_add(r.released, Ordering::Relaxed);
+        self.stats.retired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads what arrived for each readable handshake; finishes the complete ones.
+    fn serve_handshakes(&mut self, ready: &[bool]) {
+        let pending = std::mem::take(&mut self.pending);
+        for (mut p, &r) in pending
+            .into_iter()
+            .zip(ready.iter().chain(std::iter::repeat(&false)))
+        {
+            if !r {
+                self.pending.push_back(p);
                 continue;
             }
-            Err(_) => return, // shut down
-        };
-        let (pool, policy, stats) = (pool.clone(), policy.clone(), stats.clone());
-        let _ = std::thread::Builder::new()
-            .name("fbuf-session".into())
-            .spawn(move || serve_one(stream, &pool, &policy, &stats));
-    }
-}
-
-/// Admits one joiner, then waits for its connection to end and retires it.
-fn serve_one(mut stream: UnixStream, pool: &Pool, policy: &Policy, stats: &ServerStats) {
-    let id = match admit(&mut stream, pool, policy) {
-        Ok(id) => {
-            stats.admitted.fetch_add(1, Ordering::Relaxed);
-            id
+            match read_step(&mut p) {
+                Step::Waiting => self.pending.push_back(p),
+                Step::Gone => {}
+                Step::Done(Ok(Message::Hello { role })) => self.finish(p, role),
+                Step::Done(Ok(other)) => self.reject(
+                    p.stream,
+                    ProtocolError::Unexpected {
+                        expected: "hello",
+                        got: other.name(),
+                    }
+                    .into(),
+                ),
+                Step::Done(Err(e)) => self.reject(p.stream, e.into()),
+            }
         }
-        Err(e) => {
-            let counter = match e {
-                AdmitError::Protocol(_) => &stats.malformed,
-                _ => &stats.refused,
+    }
+
+    /// Checks a complete hello against the policy and admits the joiner, or refuses it.
+    fn finish(&mut self, p: Pending, role: Role) {
+        if !self.policy.allowed_uids.contains(&p.cred.uid) {
+            let e = AdmitError::Credentials {
+                uid: p.cred.uid,
+                pid: p.cred.pid,
             };
-            counter.fetch_add(1, Ordering::Relaxed);
-            let _ = stream.write_all(
-                &Message::Reject {
-                    reason: e.to_string(),
+            return self.reject(p.stream, e);
+        }
+        match self.admit(&p.stream, p.cred, role) {
+            Ok(id) => {
+                self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                self.members.push(Member {
+                    stream: p.stream,
+                    id,
+                });
+            }
+            Err(e) => self.reject(p.stream, e),
+        }
+    }
+
+    fn admit(
+        &mut self,
+        stream: &UnixStream,
+        cred: PeerCred,
+        role: Role,
+    ) -> Result<u32, AdmitError> {
+        let pool = self.pool.clone();
+        let data: OwnedFd = match role {
+            Role::Producer => self.with_fds(|| pool.data_fd().try_clone_to_owned())?,
+            Role::Consumer => self.with_fds(|| memfd::reopen_read_only(pool.data_fd()))?,
+        };
+        let id = self
+            .pool
+            .admit(cred.pid as u32, role)
+            .ok_or(AdmitError::Full)?;
+        let welcome = Message::Welcome {
+            participant: id,
+            role,
+            control_size: memfd::size(self.pool.control_fd())?,
+            data_size: memfd::size(&data)?,
+        };
+        if let Err(e) = fdpass::send_with_fds(
+            stream,
+            &welcome.encode(),
+            &[self.pool.control_fd(), data.as_fd()],
+        ) {
+            self.pool.retire(id);
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    /// Runs `open`; if the process is out of fds, closes the oldest handshake and tries once more.
+    fn with_fds<T>(&mut self, open: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        match open() {
+            Err(e) if fdpass::is_out_of_fds(&e) && self.evict_oldest() => open(),
+            other => other,
+        }
+    }
+
+    /// Closes the oldest handshake in progress; false if there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let evicted = self.pending.pop_front().is_some();
+        if evicted {
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        evicted
+    }
+
+    /// Closes the handshakes whose deadline passed.
+    fn expire(&mut self, now: Instant) {
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            if p.deadline <= now {
+                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                self.reject(p.stream, AdmitError::Timeout(self.policy.handshake_timeout));
+            } else {
+                self.pending.push_back(p);
+            }
+        }
+    }
+
+    /// Accepts the connections waiting on the listener (a bounded number per round, so the
+    /// handshakes already in progress are read before a flood can evict them).
+    fn accept(&mut self, listener: &UnixListener) {
+        let budget = (self.policy.max_pending / 2).max(1);
+        let mut accepted = 0;
+        while accepted < budget {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    accepted += 1;
+                    self.start_handshake(stream);
                 }
-                .encode(),
-            );
-            linger_close(stream);
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if fdpass::is_out_of_fds(&e) => {
+                    if self.evict_oldest() {
+                        continue;
+                    }
+                    // Nothing of ours to close: give up the reserve fd for a moment to accept
+                    // and close one connection, so the backlog drains instead of poll spinning.
+                    if self.reserve.take().is_some() {
+                        if let Ok((stream, _)) = listener.accept() {
+                            self.stats.out_of_fds.fetch_add(1, Ordering::Relaxed);
+                            drop(stream);
+                        }
+                        self.reserve = fs::File::open("/dev/null").ok();
+                    } else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        self.reserve = fs::File::open("/dev/null").ok();
+                    }
+                    return;
+                }
+                Err(_) => return, // WouldBlock: all taken
+            }
+        }
+    }
+
+    fn start_handshake(&mut self, stream: UnixStream) {
+        let Ok(cred) = fdpass::peer_cred(&stream) else {
+            return;
+        };
+        if stream.set_nonblocking(true).is_err() {
             return;
         }
-    };
-    // The participant says nothing more; its connection is its membership. End of file (exit,
-    // crash, SIGKILL) or any error ends it.
-    let _ = stream.set_read_timeout(None);
-    let mut sink = [0u8; 64];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
-    // Drop what waited in its rings and its endpoint registrations first, then its holdings.
-    let dropped = crate::channel::forget_participant(pool, id);
-    stats
-        .dropped_on_retire
-        .fetch_add(dropped, Ordering::Relaxed);
-    let r = pool.retire(id);
-    stats
-        .released_on_retire
-        .fetch_add(r.released, Ordering::Relaxed);
-    stats.retired.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Closes a refused connection so the joiner can read the reject: a Unix socket closed with unread
-/// input resets the connection, which would discard the reason. So stop writing, then drain what
-/// the joiner sent (bounded in bytes and time) before closing.
-fn linger_close(stream: UnixStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut sink = [0u8; 512];
-    let mut budget = 64 * 1024;
-    let mut s = &stream;
-    while budget > 0 {
-        match s.read(&mut sink) {
-            Ok(n) if n > 0 => budget -= n.min(budget),
-            _ => break,
+        let same_uid = self
+            .pending
+            .iter()
+            .filter(|p| p.cred.uid == cred.uid)
+            .count();
+        if same_uid >= self.policy.max_pending_per_uid.max(1)
+            && let Some(i) = self.pending.iter().position(|p| p.cred.uid == cred.uid)
+        {
+            self.pending.remove(i);
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-fn admit(stream: &mut UnixStream, pool: &Pool, policy: &Policy) -> Result<u32, AdmitError> {
-    let cred = fdpass::peer_cred(&*stream)?;
-    if !policy.allowed_uids.contains(&cred.uid) {
-        return Err(AdmitError::Credentials {
-            uid: cred.uid,
-            pid: cred.pid,
+        while self.pending.len() >= self.policy.max_pending.max(1) {
+            self.evict_oldest();
+        }
+        self.pending.push_back(Pending {
+            stream,
+            cred,
+            deadline: Instant::now() + self.policy.handshake_timeout,
+            buf: [0; HEADER_LEN + MAX_PAYLOAD],
+            got: 0,
+            len: None,
         });
     }
-    stream.set_read_timeout(Some(policy.handshake_timeout))?;
-    let role = match read_message(stream) {
-        Ok(Message::Hello { role }) => role,
-        Ok(other) => {
-            return Err(ProtocolError::Unexpected {
-                expected: "hello",
-                got: other.name(),
+
+    /// Tells a refused joiner why, then closes its connection.
+    fn reject(&self, stream: UnixStream, e: AdmitError) {
+        let counter = match e {
+            AdmitError::Protocol(_) | AdmitError::Timeout(_) => &self.stats.malformed,
+            _ => &self.stats.refused,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut s = &stream;
+        // Best effort and never blocking: the socket buffer of a fresh connection has room.
+        let _ = s.write(
+            &Message::Reject {
+                reason: e.to_string(),
             }
-            .into());
+            .encode(),
+        );
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        // A Unix socket closed with unread input resets the connection, which would discard the
+        // reason: read what the joiner already sent (bounded, without waiting) before closing.
+        let mut sink = [0u8; 512];
+        for _ in 0..128 {
+            match s.read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
+            }
         }
-        Err(super::wire::ReadError::Protocol(p)) => return Err(p.into()),
-        Err(super::wire::ReadError::Io(e)) => return Err(e.into()),
-    };
-    let data: OwnedFd = match role {
-        Role::Producer => pool.data_fd().try_clone_to_owned()?,
-        Role::Consumer => memfd::reopen_read_only(pool.data_fd())?,
-    };
-    let id = pool.admit(cred.pid as u32, role).ok_or(AdmitError::Full)?;
-    let welcome = Message::Welcome {
-        participant: id,
-        role,
-        control_size: memfd::size(pool.control_fd())?,
-        data_size: memfd::size(&data)?,
-    };
-    if let Err(e) = fdpass::send_with_fds(
-        &*stream,
-        &welcome.encode(),
-        &[pool.control_fd(), data.as_fd()],
-    ) {
-        pool.retire(id);
-        return Err(e.into());
     }
-    Ok(id)
+}
+
+/// Reads what is available of a handshake frame: the header first, then exactly the payload it
+/// announces (checked before anything is read for it).
+fn read_step(p: &mut Pending) -> Step {
+    loop {
+        let want = HEADER_LEN + p.len.unwrap_or(0);
+        if p.len.is_some() && p.got == want {
+            return Step::Done(Message::decode(&p.buf[..want]));
+        }
+        let mut s = &p.stream;
+        match s.read(&mut p.buf[p.got..want]) {
+            Ok(0) => return Step::Gone,
+            Ok(n) => {
+                p.got += n;
+                if p.len.is_none() && p.got == HEADER_LEN {
+                    match parse_header(&p.buf[..HEADER_LEN]) {
+                        Ok((_, len)) => p.len = Some(len),
+                        Err(e) => return Step::Done(Err(e)),
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Waiting,
+            Err(_) => return Step::Gone,
+        }
+    }
+}
+
+/// Whether a member's connection has ended: end of file, or an error that means the peer is gone
+/// (reset). A signal or a wake-up with nothing to read is not a departure.
+fn departed(stream: &UnixStream) -> bool {
+    let mut sink = [0u8; 64];
+    let mut s = stream;
+    // A member says nothing after its hello; bytes it sends anyway are read and ignored, a
+    // bounded amount per round.
+    for _ in 0..64 {
+        match s.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::Interrupted
+                    | io::ErrorKind::OutOfMemory => false,
+                    _ => true,
+                };
+            }
+        }
+    }
+    false
 }

@@ -43,13 +43,6 @@ pub fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
     })
 }
 
-/// `shutdown(fd, SHUT_RDWR)`. On a listening socket this wakes a thread blocked in `accept`
-/// (which then fails), the way to stop an accept loop without connecting to it.
-pub fn shutdown(sock: impl AsFd) -> io::Result<()> {
-    nix::sys::socket::shutdown(sock.as_fd().as_raw_fd(), nix::sys::socket::Shutdown::Both)?;
-    Ok(())
-}
-
 /// `sendmsg` of `bytes` with `fds` attached as `SCM_RIGHTS`. Sends all bytes or fails.
 pub fn send_with_fds(sock: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();

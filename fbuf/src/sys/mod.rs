@@ -6,5 +6,6 @@ pub mod fdpass;
 pub mod futex;
 pub mod memfd;
 pub mod mmap;
+pub mod poll;
 pub mod process;
 pub mod zerocopy;
