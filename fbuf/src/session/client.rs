@@ -44,7 +44,10 @@ pub fn join(path: impl AsRef<Path>, role: Role) -> Result<Pool, JoinError> {
         return Err(ProtocolError::Truncated.into());
     }
     while got < HEADER_LEN {
-        let n = stream.read(&mut frame[got..HEADER_LEN])?;
+        let n = match stream.read(&mut frame[got..HEADER_LEN]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
         if n == 0 {
             return Err(ProtocolError::Truncated.into());
         }

@@ -154,6 +154,9 @@ impl Message {
 
 /// Checks a frame header; returns `(kind, payload length)`.
 pub fn parse_header(h: &[u8]) -> Result<(u16, usize), ProtocolError> {
+    if h.len() < HEADER_LEN {
+        return Err(ProtocolError::Truncated);
+    }
     let magic: [u8; 4] = h[0..4].try_into().unwrap();
     if magic != FRAME_MAGIC {
         return Err(ProtocolError::BadMagic(magic));
