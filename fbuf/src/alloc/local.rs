@@ -4,7 +4,7 @@
 //! A participant owns one holder bit per slot however many handles its threads have. The first
 //! handle sets the bit, the last clears it. The 0→1 and 1→0 transitions must not interleave (a
 //! late "clear" after another thread's "set" would drop a holding that still has a handle), so each
-//! transition runs with the count word set to [`TRANSITION`]; other threads of this process wait
+//! transition runs with the count word set to `TRANSITION` (bit 31); other threads of this process wait
 //! for the one shared-memory RMW the transition does. Counts between 1 and 2³¹ change by plain CAS.
 //!
 //! This memory is private to the process: no peer can touch it, and it dies with the process

@@ -569,12 +569,12 @@ fn departed(stream: &UnixStream) -> bool {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) => {
-                return match e.kind() {
+                return !matches!(
+                    e.kind(),
                     io::ErrorKind::WouldBlock
-                    | io::ErrorKind::Interrupted
-                    | io::ErrorKind::OutOfMemory => false,
-                    _ => true,
-                };
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::OutOfMemory
+                );
             }
         }
     }
