@@ -7,6 +7,8 @@
 //! | magic (u64, written last)  | HeaderFields (Pod)              |
 //! +--------------------------------------------------------------+ 4096
 //! | participant table: MAX_PARTICIPANTS entries of 64 B          |
+//! +--------------------------------------------------------------+
+//! | recovery journals: journal::PER_PARTICIPANT per participant  |
 //! +--------------------------------------------------------------+ per class, 64-B aligned:
 //! | cursor (u32) | slot states (u64 each)                       |
 //! +--------------------------------------------------------------+
@@ -30,7 +32,7 @@ use crate::alloc::MAX_PARTICIPANTS;
 /// "FBUFPOOL" in little-endian: the control region's first word once the pool is ready.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FBUFPOOL");
 /// The layout version this build writes and accepts.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Most size classes a pool can have.
 pub const MAX_CLASSES: usize = 16;
 /// Bytes reserved for the header at the start of the control region.
@@ -48,6 +50,8 @@ pub const MAX_DATA_SIZE: u64 = 1 << 40;
 pub const MAX_CHANNELS: usize = 16;
 /// Largest ring capacity.
 pub const MAX_RING_CAPACITY: u32 = 1 << 20;
+/// Bytes of one recovery journal (`journal::WORDS` words, rounded up to cache lines).
+pub const JOURNAL_SIZE: usize = crate::journal::WORDS.div_ceil(8) * 64;
 /// Values of a ring cell in 64-bit words (a 16-byte descriptor).
 pub const DESC_WORDS: usize = 2;
 
@@ -150,6 +154,9 @@ pub struct Layout {
     pub classes: Vec<ClassLayout>,
     pub channels: Vec<ChannelLayout>,
     pub participants_offset: usize,
+    /// Journal `k` of participant `p` is at `journals_offset + (p * PER_PARTICIPANT + k) *
+    /// JOURNAL_SIZE`.
+    pub journals_offset: usize,
     pub control_size: usize,
     pub data_size: usize,
     pub total_slots: usize,
@@ -221,7 +228,10 @@ impl Layout {
             }
         }
         let participants_offset = HEADER_SIZE;
-        let mut control = participants_offset + MAX_PARTICIPANTS as usize * PARTICIPANT_ENTRY_SIZE;
+        let journals_offset =
+            participants_offset + MAX_PARTICIPANTS as usize * PARTICIPANT_ENTRY_SIZE;
+        let mut control = journals_offset
+            + MAX_PARTICIPANTS as usize * crate::journal::PER_PARTICIPANT * JOURNAL_SIZE;
         let mut data = 0usize;
         let mut first_slot = 0usize;
         let mut classes = Vec::with_capacity(specs.len());
@@ -254,6 +264,7 @@ impl Layout {
             classes,
             channels,
             participants_offset,
+            journals_offset,
             control_size: align_up(control, PAGE).ok_or(LayoutError::TooLarge)?,
             data_size: align_up(data.max(1), PAGE).ok_or(LayoutError::TooLarge)?,
             total_slots: first_slot,

@@ -170,6 +170,87 @@ impl<'a> ClassSlots<'a> {
         .map(|_| ())
     }
 
+    /// Moves `holder`'s holding *and* `n` more descriptors into flight in one CAS (holder bit
+    /// cleared, in flight + n + 1): the first half of a lend by a process that keeps other
+    /// handles, whose second half, [`ClassSlots::take_lent`] with `add_holder`, takes the holding
+    /// back. Flipping the bit both ways is what lets recovery tell which half a dead lender
+    /// reached (see `journal`).
+    pub fn lend_out(
+        &self,
+        slot: usize,
+        generation: u32,
+        holder: u32,
+        n: u32,
+    ) -> Result<(), SlotError> {
+        // SYNC POINT (lend): Release, like `lend`.
+        self.update(slot, generation, Ordering::Release, |cur| {
+            if !cur.is_held_by(holder) {
+                Err(SlotError::NotHeld)
+            } else if cur.in_flight() + n + 1 > MAX_IN_FLIGHT {
+                Err(SlotError::TooManyInFlight)
+            } else {
+                Ok(cur.plus_in_flight(n + 1).without_holder(holder))
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Clears `holder`'s bit on a slot it holds that has a descriptor in flight (so the slot stays
+    /// alive): the first half of an import by a process that already holds the slot, whose second
+    /// half is [`ClassSlots::take_lent`] with `add_holder`.
+    pub fn step_aside(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
+        self.update(slot, generation, Ordering::AcqRel, |cur| {
+            if !cur.is_held_by(holder) {
+                Err(SlotError::NotHeld)
+            } else if cur.in_flight() == 0 {
+                Err(SlotError::NotInFlight)
+            } else {
+                Ok(cur.without_holder(holder))
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Sets `holder`'s bit again on a slot of generation `generation` that is not free: undoes a
+    /// [`ClassSlots::step_aside`] whose second half failed (a peer took the descriptor).
+    pub fn rejoin(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
+        self.update(slot, generation, Ordering::AcqRel, |cur| {
+            if cur.is_free() {
+                Err(SlotError::NotInFlight)
+            } else {
+                Ok(cur.with_holder(holder))
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Moves `holder`'s holding into `n` descriptors in flight in one CAS: a send by move of the
+    /// process's last handle to `n` receivers.
+    pub fn hand_off_n(
+        &self,
+        slot: usize,
+        generation: u32,
+        holder: u32,
+        n: u32,
+    ) -> Result<(), SlotError> {
+        // SYNC POINT (hand-off): Release, like `lend`.
+        self.update(slot, generation, Ordering::Release, |cur| {
+            if !cur.is_held_by(holder) {
+                Err(SlotError::NotHeld)
+            } else if cur.in_flight() + n > MAX_IN_FLIGHT {
+                Err(SlotError::TooManyInFlight)
+            } else {
+                Ok(cur.plus_in_flight(n).without_holder(holder))
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Whether `holder`'s bit is set on `slot` (recovery's question about a dead participant).
+    pub fn is_held_by(&self, slot: usize, holder: u32) -> bool {
+        self.state(slot).is_some_and(|s| s.is_held_by(holder))
+    }
+
     /// Turns one in-flight descriptor of `slot` into a holding of `holder`. `add_holder` is false
     /// when the caller's process already holds the slot (its bit is set and stays set).
     pub fn take_lent(
@@ -179,8 +260,9 @@ impl<'a> ClassSlots<'a> {
         holder: u32,
         add_holder: bool,
     ) -> Result<(), SlotError> {
-        // SYNC POINT (take): Acquire pairs with the Release in `lend`.
-        self.update(slot, generation, Ordering::Acquire, |cur| {
+        // SYNC POINT (take): Acquire pairs with the Release in `lend`; Release orders the
+        // taker's journal before it.
+        self.update(slot, generation, Ordering::AcqRel, |cur| {
             if cur.in_flight() == 0 {
                 Err(SlotError::NotInFlight)
             } else if add_holder {

@@ -48,10 +48,45 @@ impl LocalRefs {
 
     /// Adds a handle to a slot this process already holds (a clone).
     pub fn add_held(&self, i: usize) {
-        let prev = self.counts[i].fetch_add(1, Ordering::Relaxed);
-        if prev >= TRANSITION - 1 {
-            // Like `Arc`: 2³¹ handles means a leak loop, and wrapping would free a held slot.
-            std::process::abort();
+        let count = &self.counts[i];
+        loop {
+            let v = count.load(Ordering::Relaxed);
+            if v == TRANSITION {
+                // Another thread is lending or importing this slot under the lock: wait for it.
+                spin_hint();
+                continue;
+            }
+            if v >= TRANSITION - 1 {
+                // Like `Arc`: 2³¹ handles means a leak loop, and wrapping would free a held slot.
+                std::process::abort();
+            }
+            if count
+                .compare_exchange_weak(v, v + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Runs `f` with the slot's count locked (no other thread of this process changes the count
+    /// or the holder bit meanwhile): `f` gets the count and returns its result and the new count.
+    /// For the multi-step lends and imports that recovery must be able to read off the bit.
+    pub fn locked<R>(&self, i: usize, f: impl FnOnce(u32) -> (R, u32)) -> R {
+        let count = &self.counts[i];
+        loop {
+            let v = count.load(Ordering::Acquire);
+            if v == TRANSITION {
+                spin_hint();
+            } else if count
+                .compare_exchange_weak(v, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                let (r, new) = f(v);
+                // SYNC POINT (transition end): Release, as in `acquire`.
+                count.store(new, Ordering::Release);
+                return r;
+            }
         }
     }
 

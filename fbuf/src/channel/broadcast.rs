@@ -3,17 +3,21 @@
 
 use std::time::Duration;
 
-use super::reader::RingReader;
-use super::unit::{Unit, push};
+use super::journaled::{EntryTrack, Owned, unit_id};
+use super::reader::{RingReader, pop_journaled};
+use super::unit::{Unit, UnitRing};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
+use crate::journal::{Op, State};
 use crate::layout::{UnitLayout, channel_kind};
-use crate::pool::{Buf, Pool};
+use crate::pool::{Buf, Desc, Pool};
 use crate::ring::Push;
 
 /// The publishing end of a broadcast channel.
 pub struct Publisher {
     pool: Pool,
+    channel: usize,
     units: Vec<UnitLayout>,
+    journal: Owned,
     strategy: WaitStrategy,
 }
 
@@ -26,12 +30,17 @@ impl Pool {
     /// Opens broadcast channel `channel` for publishing.
     pub fn publisher(&self, channel_index: usize) -> Result<Publisher, OpenError> {
         let c = channel(self, channel_index, &[channel_kind::BROADCAST], "broadcast")?;
+        let journal = Owned::claim(self).ok_or(OpenError::NoJournal {
+            channel: channel_index,
+        })?;
         for u in &c.units {
             Unit::new(self, *u).add_sender();
         }
         Ok(Publisher {
             pool: self.clone(),
+            channel: channel_index,
             units: c.units,
+            journal,
             strategy: WaitStrategy::default(),
         })
     }
@@ -40,18 +49,16 @@ impl Pool {
     /// its oldest descriptors instead of holding the publisher back, and is told how many.
     pub fn subscriber(&self, channel_index: usize, lossy: bool) -> Result<Subscriber, OpenError> {
         let c = channel(self, channel_index, &[channel_kind::BROADCAST], "broadcast")?;
-        for u in &c.units {
+        for (k, u) in c.units.iter().enumerate() {
             let unit = Unit::new(self, *u);
             if unit.claim_receiver() {
                 unit.set_lossy(lossy);
                 unit.take_lost();
-                return match RingReader::new(self, *u) {
+                return match RingReader::new(self, *u, unit_id(channel_index, k)) {
                     Ok(reader) => Ok(Subscriber { reader }),
-                    Err(_) => {
+                    Err(e) => {
                         unit.release_receiver();
-                        Err(OpenError::Corrupted {
-                            channel: channel_index,
-                        })
+                        Err(e.open_error(channel_index))
                     }
                 };
             }
@@ -77,47 +84,98 @@ impl Publisher {
 
     /// Publishes `buf` to every live subscriber if every non-lossy one has room; returns how many
     /// subscribers it reached (0 when there are none). A full non-lossy subscriber gives the
-    /// buffer back untouched: nobody received it.
+    /// buffer back untouched: nobody received it. Every step is journaled: a publisher killed
+    /// at any instruction leaves each copy either in its ring or dropped.
     pub fn try_publish(&mut self, buf: Buf) -> Result<usize, SendError> {
-        let units: Vec<Unit<'_>> = self
+        let live: Vec<(usize, Unit<'_>)> = self
             .units
             .iter()
-            .map(|u| Unit::new(&self.pool, *u))
-            .filter(|u| u.has_live_receiver())
+            .enumerate()
+            .map(|(k, u)| (k, Unit::new(&self.pool, *u)))
+            .filter(|(_, u)| u.has_live_receiver())
             .collect();
-        if units.iter().any(|u| !u.is_lossy() && !u.ring_has_room()) {
+        if live
+            .iter()
+            .any(|(_, u)| !u.is_lossy() && !u.ring_has_room())
+        {
             return Err(SendError::Full(buf));
         }
-        let mut descs = Vec::with_capacity(units.len());
-        for _ in &units {
-            match buf.share() {
-                Ok(d) => descs.push(d),
-                Err(e) => {
-                    for d in descs {
-                        let _ = self.pool.discard(d);
-                    }
-                    return Err(SendError::Share(e, buf));
-                }
-            }
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let j = self.journal.get();
+        let d = buf.desc();
+        j.begin(
+            Op::Publish,
+            unit_id(self.channel, live[0].0),
+            0,
+            std::iter::repeat_n(d.to_words(), live.len()),
+        );
+        if let Err((e, buf)) = buf.lend_into(&j, 0..live.len()) {
+            j.end();
+            return Err(SendError::Share(e, buf));
         }
         let mut reached = 0;
-        for (u, d) in units.iter().zip(descs) {
-            match push(&u.ring(), None, d, u.is_lossy()) {
-                Ok(Push::Done) => reached += 1,
-                Ok(Push::Evicted(old)) => {
-                    let _ = self.pool.discard(old);
-                    u.add_lost(1);
-                    reached += 1;
-                }
-                // Only this publisher pushes, so room seen above cannot vanish; a corrupt ring can.
-                Ok(Push::Full(_)) | Err(_) => {
-                    let _ = self.pool.discard(d);
-                    continue;
+        for (e, (k, u)) in live.iter().enumerate() {
+            j.set_unit(unit_id(self.channel, *k));
+            let UnitRing::Mpmc(ring) = u.ring() else {
+                continue;
+            };
+            let track = EntryTrack {
+                j: &j,
+                entry: e,
+                pop: false,
+            };
+            let mut evictions = 0;
+            loop {
+                match ring.push_with(d, false, &track) {
+                    Ok(Push::Done) => {
+                        j.set(e, State::Pushed);
+                        reached += 1;
+                        u.data_bell().ring(&FUTEX);
+                        break;
+                    }
+                    // A lossy subscriber that fell behind loses its oldest descriptor: popped
+                    // and dropped, journaled like a receive.
+                    Ok(Push::Full(_)) if u.is_lossy() && evictions < 4 => {
+                        j.set(e, State::Lent);
+                        evictions += 1;
+                        if self.evict_oldest(&j, &ring) {
+                            u.add_lost(1);
+                        }
+                    }
+                    // Only this publisher pushes, so room seen above cannot vanish; a corrupt
+                    // ring can. The copy comes back through a journaled import and is dropped.
+                    _ => {
+                        j.set(e, State::Lent);
+                        let _ = self.pool.import_entry(&j, e, d);
+                        break;
+                    }
                 }
             }
-            u.data_bell().ring(&FUTEX);
         }
+        j.end();
         Ok(reached)
+    }
+
+    /// Pops the oldest descriptor of a full lossy ring into a new journal entry and drops it.
+    fn evict_oldest(
+        &self,
+        j: &crate::journal::Journal<'_>,
+        ring: &crate::ring::MpmcRing<'_, Desc>,
+    ) -> bool {
+        let first = j.read().entries.len();
+        if pop_journaled(ring, j, 1) != Ok(1) {
+            return false;
+        }
+        let old = Desc::from_words(j.entry(first));
+        if old.is_tombstone() {
+            j.set(first, State::Done);
+            return false;
+        }
+        // Importing and dropping is the journaled way to let go of a popped descriptor.
+        drop(self.pool.import_entry(j, first, old));
+        true
     }
 
     /// Publishes `buf`, waiting up to `timeout` for every non-lossy subscriber to have room.
@@ -189,9 +247,19 @@ impl Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        let unit = self.reader.unit();
-        unit.release_receiver();
-        // Nobody will read what is queued for this ring: give the slots back.
-        unit.drain();
+        // Nobody will read what is queued for this ring: take it (journaled) and let it go, at
+        // most a ring's worth, before leaving.
+        let capacity = self.reader.unit;
+        let mut taken = Vec::new();
+        let mut budget = capacity.capacity + crate::journal::ENTRIES;
+        while budget > 0 {
+            taken.clear();
+            match self.reader.recv_batch(&mut taken, budget) {
+                Ok(n) if n > 0 => budget = budget.saturating_sub(n),
+                _ => break,
+            }
+        }
+        drop(taken);
+        self.reader.unit().release_receiver();
     }
 }

@@ -15,6 +15,7 @@
 //! when it falls behind, and it is told how many ([`Subscriber::take_lost`]).
 
 mod broadcast;
+mod journaled;
 mod notify;
 mod p2p;
 mod reader;
@@ -26,6 +27,7 @@ use thiserror::Error;
 
 pub use crate::sync::doorbell::WaitStrategy;
 pub use broadcast::{Publisher, Subscriber};
+pub use journaled::{Recovered, recover};
 pub use notify::Notifier;
 #[cfg(feature = "tokio")]
 pub use notify::tokio_recv::AsyncReceiver;
@@ -53,6 +55,11 @@ pub enum OpenError {
     SenderTaken { channel: usize },
     #[error("broadcast channel {channel} has no free subscriber ring")]
     NoSubscriberRing { channel: usize },
+    #[error(
+        "channel {channel}: this participant already has {} endpoints open (one recovery journal each)",
+        crate::journal::PER_PARTICIPANT
+    )]
+    NoJournal { channel: usize },
     #[error("channel {channel}'s ring words are inconsistent (corrupted by a peer?)")]
     Corrupted { channel: usize },
 }

@@ -2,17 +2,22 @@
 
 use std::time::Duration;
 
+use super::journaled::{EntryTrack, Owned, unit_id};
 use super::reader::RingReader;
-use super::unit::{Unit, UnitRing, push};
+use super::unit::{Unit, UnitRing};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
+use crate::journal::{ENTRIES, Op, State};
 use crate::layout::{UnitLayout, channel_kind};
-use crate::pool::{Buf, Desc, Pool};
+use crate::pool::{Buf, Pool};
 use crate::ring::{ProducerState, Push};
 
 /// The sending end of a one-to-one or many-to-one channel.
 pub struct Sender {
     pool: Pool,
     unit: UnitLayout,
+    /// The unit's id in journals.
+    unit_id: u32,
+    journal: Owned,
     /// The SPSC producer's private indices (one-to-one only).
     spsc: Option<ProducerState>,
     strategy: WaitStrategy,
@@ -47,10 +52,15 @@ impl Pool {
             }
             UnitRing::Mpmc(_) => None,
         };
+        let journal = Owned::claim(self).ok_or(OpenError::NoJournal {
+            channel: channel_index,
+        })?;
         unit.add_sender();
         Ok(Sender {
             pool: self.clone(),
             unit: layout,
+            unit_id: unit_id(channel_index, 0),
+            journal,
             spsc,
             strategy: WaitStrategy::default(),
         })
@@ -65,13 +75,11 @@ impl Pool {
                 channel: channel_index,
             });
         }
-        match RingReader::new(self, layout) {
+        match RingReader::new(self, layout, unit_id(channel_index, 0)) {
             Ok(reader) => Ok(Receiver { reader }),
-            Err(_) => {
+            Err(e) => {
                 unit.release_receiver();
-                Err(OpenError::Corrupted {
-                    channel: channel_index,
-                })
+                Err(e.open_error(channel_index))
             }
         }
     }
@@ -85,31 +93,16 @@ impl Sender {
 
     /// Sends `buf` if the ring has room; otherwise gives it back. No system call unless the
     /// receiver sleeps. The handle moves into the ring: if it was this process's only handle to
-    /// the slot, its holding becomes the in-flight descriptor in one atomic step.
+    /// the slot, its holding becomes the in-flight descriptor in one atomic step. Every step is
+    /// journaled, so a death at any instruction leaves the buffer accounted for.
     pub fn try_send(&mut self, buf: Buf) -> Result<(), SendError> {
-        let unit = Unit::new(&self.pool, self.unit);
-        if unit.receiver_gone() {
-            return Err(SendError::Disconnected(buf));
-        }
-        let desc = match buf.into_flight() {
-            Ok(d) => d,
-            Err((e, buf)) => return Err(SendError::Share(e, buf)),
-        };
-        match push(&unit.ring(), self.spsc.as_mut(), desc, false) {
-            Ok(Push::Done) => {
-                unit.data_bell().ring(&FUTEX);
-                Ok(())
-            }
-            Ok(_) => Err(self.take_back(desc, SendError::Full)),
-            Err(_) => Err(self.take_back(desc, SendError::Corrupted)),
-        }
-    }
-
-    /// Turns a descriptor that did not enter the ring back into a handle for the caller.
-    fn take_back(&self, desc: Desc, wrap: fn(Buf) -> SendError) -> SendError {
-        match self.pool.import(desc) {
-            Ok(b) => wrap(b),
-            Err(e) => SendError::Lost(e),
+        let mut one = vec![buf];
+        match self.send_batch(&mut one) {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(SendError::Full(
+                one.pop().expect("an unsent buffer comes back"),
+            )),
+            Err(e) => Err(e),
         }
     }
 
@@ -143,6 +136,7 @@ impl Sender {
 
     /// Sends as many of `bufs` (from the front) as the ring has room for, with one index
     /// publication and at most one wake-up; returns how many were sent (and removed from `bufs`).
+    /// At most `journal::ENTRIES` go per call.
     pub fn send_batch(&mut self, bufs: &mut Vec<Buf>) -> Result<usize, SendError> {
         let unit = Unit::new(&self.pool, self.unit);
         if bufs.is_empty() {
@@ -153,16 +147,31 @@ impl Sender {
         }
         let ring = unit.ring();
         let room = match (&ring, self.spsc.as_mut()) {
-            (UnitRing::Spsc(r), Some(st)) => r.room(st).unwrap_or(0),
+            (UnitRing::Spsc(r), Some(st)) => match r.room(st) {
+                Ok(n) => n,
+                Err(_) => return Err(SendError::Corrupted(bufs.remove(0))),
+            },
             (UnitRing::Mpmc(r), _) => r.capacity().saturating_sub(r.len()),
             _ => 0,
         };
-        let n = room.min(bufs.len());
-        let mut descs = Vec::with_capacity(n);
+        let n = room.min(bufs.len()).min(ENTRIES);
+        if n == 0 {
+            return Ok(0);
+        }
+        let j = self.journal.get();
+        let base = self.spsc.as_ref().map_or(0, |st| st.position());
+        j.begin(
+            Op::Send,
+            self.unit_id,
+            base,
+            bufs[..n].iter().map(|b| b.desc().to_words()),
+        );
+        // Lend each (journaled), then push what was lent.
         let mut rest = std::mem::take(bufs).into_iter();
+        let mut descs = Vec::with_capacity(n);
         let mut failed = None;
-        for b in rest.by_ref().take(n) {
-            match b.into_flight() {
+        for (e, b) in rest.by_ref().take(n).enumerate() {
+            match b.lend_into(&j, e..e + 1) {
                 Ok(d) => descs.push(d),
                 Err(x) => {
                     failed = Some(x);
@@ -170,17 +179,46 @@ impl Sender {
                 }
             }
         }
+        let mut stuck = false;
         let sent = match (&ring, self.spsc.as_mut()) {
-            (UnitRing::Spsc(r), Some(st)) => r.push(st, &descs).unwrap_or(0),
-            (UnitRing::Mpmc(r), _) => r.push_batch(&descs).unwrap_or(0),
+            (UnitRing::Spsc(r), Some(st)) => r.push(st, &descs).unwrap_or_else(|_| {
+                stuck = true;
+                0
+            }),
+            (UnitRing::Mpmc(r), _) => {
+                let mut k = 0;
+                for (e, d) in descs.iter().enumerate() {
+                    let track = EntryTrack {
+                        j: &j,
+                        entry: e,
+                        pop: false,
+                    };
+                    match r.push_with(*d, false, &track) {
+                        Ok(Push::Done) => {
+                            j.set(e, State::Pushed);
+                            k += 1;
+                        }
+                        other => {
+                            stuck = other.is_err();
+                            j.set(e, State::Lent);
+                            break;
+                        }
+                    }
+                }
+                k
+            }
             _ => 0,
         };
-        // What did not go comes back, in order, ahead of what was not tried.
-        for d in &descs[sent..] {
-            if let Ok(b) = self.pool.import(*d) {
-                bufs.push(b);
+        // What did not go comes back (a journaled import), in order, ahead of what was not tried.
+        let mut lost = None;
+        for (e, d) in descs.iter().enumerate().skip(sent) {
+            match self.pool.import_entry(&j, e, *d) {
+                Ok(b) => bufs.push(b),
+                Err(err) => lost = lost.or(Some(err)),
             }
         }
+        j.end();
+        let had_failure = failed.is_some();
         if let Some((e, b)) = failed {
             if sent == 0 && bufs.is_empty() {
                 bufs.extend(rest);
@@ -191,8 +229,19 @@ impl Sender {
         bufs.extend(rest);
         if sent > 0 {
             unit.data_bell().ring(&FUTEX);
+            return Ok(sent);
         }
-        Ok(sent)
+        if had_failure {
+            return Ok(0);
+        }
+        match (bufs.is_empty(), stuck) {
+            (true, _) => Err(SendError::Lost(
+                lost.unwrap_or(crate::pool::DescError::NotInFlight),
+            )),
+            (false, true) => Err(SendError::Corrupted(bufs.remove(0))),
+            // Another sender took the room first: nothing sent, nothing lost.
+            (false, false) => Ok(0),
+        }
     }
 
     /// Whether the receiver is gone.

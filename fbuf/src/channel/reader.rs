@@ -1,33 +1,68 @@
 //! The receiving side of one ring unit, shared by [`super::Receiver`] and [`super::Subscriber`].
+//!
+//! A receive pops descriptors and imports them; both steps are journaled (`crate::journal`), so
+//! a receiver killed between them leaves what it popped accounted for: the owner drops it.
 
 use std::time::Duration;
 
-use super::unit::{Unit, UnitRing, take, wait_for_data};
-use super::{RecvError, WaitStrategy, deadline};
+use super::journaled::{EntryTrack, Owned};
+use super::unit::{Unit, UnitRing, wait_for_data};
+use super::{FUTEX, RecvError, WaitStrategy, deadline};
+use crate::journal::{ENTRIES, Journal, Op, State};
 use crate::layout::UnitLayout;
 use crate::pool::{Buf, Desc, Pool};
-use crate::ring::{ConsumerState, Stuck};
+use crate::ring::{ConsumerState, MpmcRing, Stuck};
 
 /// A registered receiver's view of its unit: the consumer's private state and how it waits.
 pub(super) struct RingReader {
     pub(super) pool: Pool,
     pub(super) unit: UnitLayout,
+    unit_id: u32,
+    journal: Owned,
     /// The SPSC consumer's private indices (one-to-one only).
     spsc: Option<ConsumerState>,
     pub(super) strategy: WaitStrategy,
     batch: Vec<Desc>,
 }
 
+/// Why a reader could not be made.
+pub(super) enum ReaderError {
+    Corrupted,
+    NoJournal,
+}
+
+impl ReaderError {
+    pub(super) fn open_error(self, channel: usize) -> super::OpenError {
+        match self {
+            ReaderError::Corrupted => super::OpenError::Corrupted { channel },
+            ReaderError::NoJournal => super::OpenError::NoJournal { channel },
+        }
+    }
+}
+
+impl From<Stuck> for ReaderError {
+    fn from(_: Stuck) -> Self {
+        ReaderError::Corrupted
+    }
+}
+
 impl RingReader {
     /// The reader of `unit`, whose receiver registration the caller already holds.
-    pub(super) fn new(pool: &Pool, unit: UnitLayout) -> Result<RingReader, Stuck> {
+    pub(super) fn new(
+        pool: &Pool,
+        unit: UnitLayout,
+        unit_id: u32,
+    ) -> Result<RingReader, ReaderError> {
         let spsc = match Unit::new(pool, unit).ring() {
             UnitRing::Spsc(r) => Some(r.consumer()?),
             UnitRing::Mpmc(_) => None,
         };
+        let journal = Owned::claim(pool).ok_or(ReaderError::NoJournal)?;
         Ok(RingReader {
             pool: pool.clone(),
             unit,
+            unit_id,
+            journal,
             spsc,
             strategy: WaitStrategy::default(),
             batch: Vec::new(),
@@ -39,10 +74,9 @@ impl RingReader {
     }
 
     pub(super) fn try_recv(&mut self) -> Result<Buf, RecvError> {
-        let unit = Unit::new(&self.pool, self.unit);
-        let mut one = [Desc::default()];
-        take(&unit, self.spsc.as_mut(), &mut one)?;
-        Ok(self.pool.import(one[0])?)
+        let mut one = Vec::with_capacity(1);
+        self.recv_batch(&mut one, 1)?;
+        one.pop().ok_or(RecvError::Empty)
     }
 
     pub(super) fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
@@ -59,22 +93,70 @@ impl RingReader {
         }
     }
 
+    /// Pops up to `max` descriptors (at most `journal::ENTRIES` per call) and imports them into
+    /// `out`; returns how many were taken. Descriptors that fail their checks are skipped; if none
+    /// passed, the first failure is returned. Tombstones (cells a dead sender claimed and never
+    /// filled) are stepped over.
     pub(super) fn recv_batch(
         &mut self,
         out: &mut Vec<Buf>,
         max: usize,
     ) -> Result<usize, RecvError> {
         let unit = Unit::new(&self.pool, self.unit);
-        self.batch.resize(max, Desc::default());
-        let n = take(&unit, self.spsc.as_mut(), &mut self.batch)?;
+        let j = self.journal.get();
+        let max = max.min(ENTRIES);
+        let base = self.spsc.as_ref().map_or(0, |st| st.position());
+        j.begin(Op::Recv, self.unit_id, base, std::iter::empty());
+        let popped = match (unit.ring(), self.spsc.as_mut()) {
+            (UnitRing::Spsc(r), Some(st)) => {
+                self.batch.resize(max, Desc::default());
+                let n = r.pop_then(st, &mut self.batch, |got| {
+                    for d in got {
+                        j.push_entry(
+                            d.to_words(),
+                            State::Popping(crate::journal::Claim::Claiming),
+                        );
+                    }
+                });
+                n.inspect(|&n| self.batch.truncate(n))
+            }
+            (UnitRing::Mpmc(r), _) => pop_journaled(&r, &j, max),
+            _ => Err(Stuck),
+        };
+        let n = match popped {
+            Ok(n) => n,
+            Err(Stuck) => {
+                j.end();
+                return Err(RecvError::Corrupted);
+            }
+        };
+        if n == 0 {
+            j.end();
+            return Err(
+                if unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref()) {
+                    RecvError::Disconnected
+                } else {
+                    RecvError::Empty
+                },
+            );
+        }
+        unit.space_bell().ring(&FUTEX);
         let before = out.len();
         let mut first_err = None;
-        for d in &self.batch[..n] {
-            match self.pool.import(*d) {
+        let entries = j.read().entries;
+        for (e, (state, words)) in entries.into_iter().enumerate() {
+            let d = Desc::from_words(words);
+            let waiting = matches!(state, State::Popped | State::Popping(_));
+            if !waiting || d.is_tombstone() {
+                j.set(e, State::Done);
+                continue;
+            }
+            match self.pool.import_entry(&j, e, d) {
                 Ok(b) => out.push(b),
-                Err(e) => first_err = first_err.or(Some(e)),
+                Err(err) => first_err = first_err.or(Some(err)),
             }
         }
+        j.end();
         match first_err {
             Some(e) if out.len() == before => Err(e.into()),
             _ => Ok(n),
@@ -85,4 +167,42 @@ impl RingReader {
         let unit = Unit::new(&self.pool, self.unit);
         wait_for_data(&unit, self.spsc.as_ref(), self.strategy, deadline(timeout))
     }
+}
+
+/// Pops up to `max` descriptors from an MPMC ring, one journal entry each (tombstones included,
+/// as entries the import step skips); returns how many cells were taken.
+pub(super) fn pop_journaled(
+    r: &MpmcRing<'_, Desc>,
+    j: &Journal<'_>,
+    max: usize,
+) -> Result<usize, Stuck> {
+    let mut n = 0;
+    while n < max {
+        let Some(e) = j.push_entry([0, 0], State::New) else {
+            break;
+        };
+        let track = EntryTrack {
+            j,
+            entry: e,
+            pop: true,
+        };
+        match r.pop_with(&track) {
+            Ok(Some(_)) => {
+                j.set(e, State::Popped);
+                n += 1;
+            }
+            Ok(None) => {
+                j.set(e, State::Done);
+                break;
+            }
+            Err(s) => {
+                j.set(e, State::Done);
+                if n == 0 {
+                    return Err(s);
+                }
+                break;
+            }
+        }
+    }
+    Ok(n)
 }

@@ -5,7 +5,7 @@
 use crate::alloc::MAX_PARTICIPANTS;
 use crate::layout::{DESC_WORDS, UnitLayout};
 use crate::pool::{Desc, Pool};
-use crate::ring::{ConsumerState, MpmcRing, ProducerState, Push, SpscRing, Stuck};
+use crate::ring::{ConsumerState, MpmcRing, SpscRing, Stuck};
 use crate::sync::doorbell::Doorbell;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -245,58 +245,6 @@ impl<'a> Unit<'a> {
         self.space_bell().ring(&futex);
         dropped
     }
-}
-
-/// Pushes through either flavour. SPSC needs the producer's private state.
-pub fn push(
-    ring: &UnitRing<'_>,
-    spsc: Option<&mut ProducerState>,
-    d: Desc,
-    force: bool,
-) -> Result<Push<Desc>, Stuck> {
-    match (ring, spsc) {
-        (UnitRing::Spsc(r), Some(st)) => Ok(if r.push(st, &[d])? == 1 {
-            Push::Done
-        } else {
-            Push::Full(d)
-        }),
-        (UnitRing::Mpmc(r), _) => r.push(d, force),
-        (UnitRing::Spsc(_), None) => Err(Stuck),
-    }
-}
-
-/// Pops through either flavour into `out`; returns how many.
-pub fn pop(
-    ring: &UnitRing<'_>,
-    spsc: Option<&mut ConsumerState>,
-    out: &mut [Desc],
-) -> Result<usize, Stuck> {
-    match (ring, spsc) {
-        (UnitRing::Spsc(r), Some(st)) => r.pop(st, out),
-        (UnitRing::Mpmc(r), _) => r.pop_batch(out),
-        (UnitRing::Spsc(_), None) => Err(Stuck),
-    }
-}
-
-/// Pops up to `out.len()` descriptors for a receiver. An empty ring is `Empty`, or `Disconnected`
-/// once every sender is gone; after a pop the space doorbell is rung for a waiting sender.
-pub fn take(
-    unit: &Unit<'_>,
-    mut spsc: Option<&mut ConsumerState>,
-    out: &mut [Desc],
-) -> Result<usize, super::RecvError> {
-    let n = pop(&unit.ring(), spsc.as_deref_mut(), out).map_err(|_| super::RecvError::Corrupted)?;
-    if n == 0 {
-        return Err(
-            if unit.senders_gone() && unit.ring_is_empty(spsc.as_deref()) {
-                super::RecvError::Disconnected
-            } else {
-                super::RecvError::Empty
-            },
-        );
-    }
-    unit.space_bell().ring(&super::FUTEX);
-    Ok(n)
 }
 
 /// Waits on the data doorbell until the ring has something for this receiver or every sender is

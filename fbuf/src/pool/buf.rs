@@ -135,29 +135,28 @@ impl Buf {
         Ok(d)
     }
 
-    /// Gives this handle away as a descriptor in flight (a send by move): if it is the process's
-    /// only handle to the slot, its holding becomes the in-flight count in one CAS; otherwise it
-    /// is lent and this handle dropped. On error the handle comes back.
-    pub(crate) fn into_flight(self) -> Result<Desc, (ShareError, Buf)> {
+    /// Lends this buffer to entries `entries` of journal `j` (one in-flight descriptor each) and
+    /// gives this handle up, every step journaled. On error the handle comes back.
+    pub(crate) fn lend_into(
+        self,
+        j: &crate::journal::Journal<'_>,
+        entries: std::ops::Range<usize>,
+    ) -> Result<Desc, (ShareError, Buf)> {
         let d = self.lease.desc;
-        let shared = &self.lease.pool.shared;
-        let i = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
-        let class = shared.class(d.class as usize);
-        match shared.local.release_last_with(i, || {
-            class.hand_off(d.slot as usize, d.generation, shared.me)
-        }) {
-            Some(Ok(())) => {
+        match self
+            .lease
+            .pool
+            .shared
+            .with_slot(&d, |slot| crate::journal::lend(j, entries, slot))
+        {
+            Ok(()) => {
                 let this = ManuallyDrop::new(self);
-                // SAFETY: the local handle was given up above, so the lease must not release it
-                // again: move the pool out (dropping it normally) and never touch `this` again.
+                // SAFETY: the handle was given up above (its count taken under the lock), so the
+                // lease must not release it again: move the pool out and never touch `this`.
                 drop(unsafe { std::ptr::read(&this.lease.pool) });
                 Ok(d)
             }
-            Some(Err(e)) => Err((share_error(e), self)),
-            None => match self.share() {
-                Ok(d) => Ok(d),
-                Err(e) => Err((e, self)),
-            },
+            Err(e) => Err((share_error(e), self)),
         }
     }
 

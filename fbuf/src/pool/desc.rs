@@ -19,6 +19,33 @@ pub struct Desc {
     pub len: u32,
 }
 
+impl Desc {
+    /// What recovery writes into a ring cell that a dead sender claimed and never filled:
+    /// receivers step over it. No real descriptor has these fields (flags must be zero).
+    pub const TOMBSTONE: Desc = Desc {
+        class: u16::MAX,
+        flags: u16::MAX,
+        slot: u32::MAX,
+        generation: 0,
+        len: 0,
+    };
+
+    /// Whether this is [`Desc::TOMBSTONE`].
+    pub fn is_tombstone(&self) -> bool {
+        *self == Desc::TOMBSTONE
+    }
+
+    /// The descriptor as two words (a journal entry).
+    pub fn to_words(self) -> [u64; 2] {
+        bytemuck::cast(self)
+    }
+
+    /// The descriptor in a journal entry.
+    pub fn from_words(w: [u64; 2]) -> Desc {
+        bytemuck::cast(w)
+    }
+}
+
 /// Why a descriptor from another process was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DescError {

@@ -20,6 +20,7 @@ pub use desc::{Desc, DescError};
 pub use participants::Role;
 
 use crate::alloc::{ClassSlots, LocalRefs, MAX_PARTICIPANTS};
+use crate::journal::{self, Journal, SlotRef};
 use crate::layout::{
     ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CHANNELS,
     MAX_CLASSES, VERSION,
@@ -450,6 +451,24 @@ impl Pool {
         Ok(Buf::from_held(self.clone(), desc))
     }
 
+    /// Imports entry `e` of journal `j` (a descriptor popped from a ring), journaled so that a
+    /// death at any step leaves it accounted for.
+    pub(crate) fn import_entry(
+        &self,
+        j: &Journal<'_>,
+        e: usize,
+        desc: Desc,
+    ) -> Result<Buf, DescError> {
+        let s = &self.shared;
+        if let Err(err) = s.check(&desc) {
+            j.set(e, journal::State::Done);
+            return Err(err);
+        }
+        s.with_slot(&desc, |slot| journal::import(j, e, slot))
+            .map_err(DescError::from_slot)?;
+        Ok(Buf::from_held(self.clone(), desc))
+    }
+
     /// Drops a descriptor made by [`Buf::share`] without importing it; the slot is freed if
     /// nothing else holds it.
     pub fn discard(&self, desc: Desc) -> Result<(), DescError> {
@@ -585,6 +604,33 @@ impl Shared {
             self.control.atomics_u64(c.states_offset, c.slot_count),
             &self.control.atomics_u32(c.cursor_offset, 1)[0],
         )
+    }
+
+    /// Journal `k` of participant `id` (bounds-checked: an id or index out of range is a bug).
+    pub(crate) fn journal(&self, id: u32, k: usize) -> Journal<'_> {
+        let offset = self.layout.journals_offset
+            + (id as usize * journal::PER_PARTICIPANT + k) * crate::layout::JOURNAL_SIZE;
+        Journal::new(self.control.atomics_u64(offset, journal::WORDS))
+    }
+
+    /// Claims one of this participant's journals for an endpoint; `None` if all are in use.
+    pub(crate) fn claim_journal(&self) -> Option<usize> {
+        let tag = u64::from(self.participant(self.me).epoch());
+        (0..journal::PER_PARTICIPANT).find(|&k| self.journal(self.me, k).claim(tag))
+    }
+
+    /// The slot a checked descriptor names, for the journaled steps.
+    pub(crate) fn with_slot<R>(&self, d: &Desc, f: impl FnOnce(&SlotRef<'_, '_>) -> R) -> R {
+        let c = &self.layout.classes[d.class as usize];
+        let class = self.class(d.class as usize);
+        f(&SlotRef {
+            class: &class,
+            local: &self.local,
+            index: c.first_slot + d.slot as usize,
+            slot: d.slot as usize,
+            generation: d.generation,
+            me: self.me,
+        })
     }
 
     pub(crate) fn participant(&self, id: u32) -> Entry<'_> {

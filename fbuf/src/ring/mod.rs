@@ -8,5 +8,5 @@ pub mod mpmc;
 pub mod spsc;
 
 pub use heap::{Ring, SpscHeap};
-pub use mpmc::{MpmcRing, Push, Stuck};
+pub use mpmc::{MpmcRing, NoTrack, Push, Stuck, Track};
 pub use spsc::{ConsumerState, ProducerState, SpscRing};

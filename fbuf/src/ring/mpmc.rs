@@ -29,6 +29,26 @@ pub const MAX_WAIT: u32 = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stuck;
 
+/// Told about a push's or pop's claim of a cell, so a journal can record it: `claiming(pos)`
+/// before the CAS that may win position `pos`, `claimed` after it won (for a pop, with the value
+/// read, before the cell is released). A participant that dies in between leaves its journal
+/// saying how far it got; recovery finishes or undoes the claim (`complete`, `tombstone`,
+/// `release_claimed`).
+pub trait Track<T> {
+    fn claiming(&self, pos: u64);
+    fn claimed(&self, pos: u64, value: Option<&T>);
+}
+
+/// No journal (heap rings, the owner's drain).
+pub struct NoTrack;
+
+impl<T> Track<T> for NoTrack {
+    #[inline(always)]
+    fn claiming(&self, _: u64) {}
+    #[inline(always)]
+    fn claimed(&self, _: u64, _: Option<&T>) {}
+}
+
 /// The outcome of a push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push<T> {
@@ -105,6 +125,17 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
     /// Pushes `value`; if the ring is full, returns it (`force = false`) or evicts the oldest value
     /// to make room (`force = true`).
     pub fn push(&self, value: T, force: bool) -> Result<Push<T>, Stuck> {
+        self.push_with(value, force, &NoTrack)
+    }
+
+    /// [`MpmcRing::push`], telling `track` about the claim (not for `force`: evictions are
+    /// journaled as a pop and a push by the caller).
+    pub fn push_with(
+        &self,
+        value: T,
+        force: bool,
+        track: &impl Track<T>,
+    ) -> Result<Push<T>, Stuck> {
         let mut tail = self.tail.load(Ordering::Relaxed);
         let mut waited = 0u32;
         loop {
@@ -117,6 +148,10 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
             // consumer's read of the old value happens-before our overwrite.
             let s = stamp.load(Ordering::Acquire);
             if s == tail {
+                track.claiming(tail);
+                if crate::journal::death::cut() {
+                    return Err(Stuck);
+                }
                 match self.tail.compare_exchange_weak(
                     tail,
                     new_tail,
@@ -124,6 +159,10 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        track.claimed(tail, None);
+                        if crate::journal::death::cut() {
+                            return Err(Stuck);
+                        }
                         self.cells.write(index, value);
                         // SYNC POINT (cell full): Release pairs with the Acquire in `pop`.
                         stamp.store(tail.wrapping_add(1), Ordering::Release);
@@ -168,6 +207,11 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
 
     /// Pops the oldest value; `Ok(None)` if the ring is empty.
     pub fn pop(&self) -> Result<Option<T>, Stuck> {
+        self.pop_with(&NoTrack)
+    }
+
+    /// [`MpmcRing::pop`], telling `track` about the claim.
+    pub fn pop_with(&self, track: &impl Track<T>) -> Result<Option<T>, Stuck> {
         let mut head = self.head.load(Ordering::Relaxed);
         let mut waited = 0u32;
         loop {
@@ -183,6 +227,10 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                 } else {
                     lap.wrapping_add(self.one_lap)
                 };
+                track.claiming(head);
+                if crate::journal::death::cut() {
+                    return Err(Stuck);
+                }
                 match self.head.compare_exchange_weak(
                     head,
                     new_head,
@@ -191,6 +239,10 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                 ) {
                     Ok(_) => {
                         let value = self.cells.read(index);
+                        track.claimed(head, Some(&value));
+                        if crate::journal::death::cut() {
+                            return Err(Stuck);
+                        }
                         // SYNC POINT (cell free): Release pairs with the Acquire in `push`.
                         stamp.store(head.wrapping_add(self.one_lap), Ordering::Release);
                         return Ok(Some(value));
@@ -235,6 +287,48 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
             }
         }
         Ok(out.len())
+    }
+
+    /// Whether `a` comes after `b` (positions only grow; wrapping difference, as in the SPSC ring).
+    fn after(a: u64, b: u64) -> bool {
+        let d = a.wrapping_sub(b);
+        d != 0 && d < u64::MAX / 2
+    }
+
+    /// Recovery of a push that claimed `pos` and died before publishing it: writes `value` and
+    /// publishes the cell. False if the cell was not claimed-and-unpublished (already published,
+    /// or never claimed).
+    pub fn complete(&self, pos: u64, value: T) -> bool {
+        let (index, _) = self.split(pos);
+        let Some(stamp) = self.stamps.get(index) else {
+            return false;
+        };
+        if stamp.load(Ordering::Acquire) != pos
+            || !Self::after(self.tail.load(Ordering::SeqCst), pos)
+        {
+            return false;
+        }
+        self.cells.write(index, value);
+        // SYNC POINT (cell full): Release pairs with the Acquire in `pop`.
+        stamp.store(pos.wrapping_add(1), Ordering::Release);
+        true
+    }
+
+    /// Recovery of a pop that claimed `pos` (head moved past it) and died before releasing the
+    /// cell: takes the value out and releases the cell for the next lap's push. `None` if the cell
+    /// was not claimed-and-unreleased.
+    pub fn release_claimed(&self, pos: u64) -> Option<T> {
+        let (index, _) = self.split(pos);
+        let stamp = self.stamps.get(index)?;
+        if stamp.load(Ordering::Acquire) != pos.wrapping_add(1)
+            || !Self::after(self.head.load(Ordering::SeqCst), pos)
+        {
+            return None;
+        }
+        let value = self.cells.read(index);
+        // SYNC POINT (cell free): Release pairs with the Acquire in `push`, as in `pop`.
+        stamp.store(pos.wrapping_add(self.one_lap), Ordering::Release);
+        Some(value)
     }
 
     /// The shared head position.

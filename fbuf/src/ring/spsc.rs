@@ -124,6 +124,9 @@ impl<'a, T: Pod> SpscRing<'a, T> {
                 .write((st.tail.wrapping_add(k as u64) & self.mask) as usize, *v);
         }
         if n > 0 {
+            if crate::journal::death::cut() {
+                return Err(Stuck);
+            }
             st.tail = st.tail.wrapping_add(n);
             // SYNC POINT (values ready): Release pairs with the consumer's Acquire of `tail`.
             let order = if seeded::active(Bug::RelaxedSpscPublish) {
@@ -138,6 +141,17 @@ impl<'a, T: Pod> SpscRing<'a, T> {
 
     /// Pops up to `out.len()` values into `out`; returns how many.
     pub fn pop(&self, st: &mut ConsumerState, out: &mut [T]) -> Result<usize, Stuck> {
+        self.pop_then(st, out, |_| {})
+    }
+
+    /// [`SpscRing::pop`], calling `record` with the values read before the head that frees their
+    /// cells is published (so a journal holds them first).
+    pub fn pop_then(
+        &self,
+        st: &mut ConsumerState,
+        out: &mut [T],
+        record: impl FnOnce(&[T]),
+    ) -> Result<usize, Stuck> {
         let mut avail = st.cached_tail.wrapping_sub(st.head);
         if avail < out.len() as u64 {
             // SYNC POINT (values ready): Acquire pairs with the producer's Release of `tail`.
@@ -156,6 +170,10 @@ impl<'a, T: Pod> SpscRing<'a, T> {
                 .read((st.head.wrapping_add(k as u64) & self.mask) as usize);
         }
         if n > 0 {
+            record(&out[..n as usize]);
+            if crate::journal::death::cut() {
+                return Err(Stuck);
+            }
             st.head = st.head.wrapping_add(n);
             // SYNC POINT (slots freed): Release pairs with the producer's Acquire of `head`.
             self.head.store(st.head, Ordering::Release);
@@ -188,6 +206,11 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         st.tail.wrapping_sub(head) < self.capacity() as u64
     }
 
+    /// The shared tail position (values pushed so far).
+    pub fn tail_pos(&self) -> u64 {
+        self.tail.load(Ordering::Acquire)
+    }
+
     /// The shared head position (values popped so far).
     pub fn head_pos(&self) -> u64 {
         self.head.load(Ordering::Acquire)
@@ -203,6 +226,20 @@ impl<'a, T: Pod> SpscRing<'a, T> {
     /// Whether the ring holds no values (snapshot).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl ProducerState {
+    /// Values this producer has pushed so far (its private tail).
+    pub fn position(&self) -> u64 {
+        self.tail
+    }
+}
+
+impl ConsumerState {
+    /// Values this consumer has popped so far (its private head).
+    pub fn position(&self) -> u64 {
+        self.head
     }
 }
 

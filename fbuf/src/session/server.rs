@@ -109,6 +109,11 @@ pub struct ServerStats {
     pub released_on_retire: AtomicUsize,
     /// Descriptors dropped from the rings of retired receivers.
     pub dropped_on_retire: AtomicUsize,
+    /// Descriptors a retired participant was moving when it died, dropped or delivered by
+    /// recovery from its journal.
+    pub recovered: AtomicUsize,
+    /// Ring cells a dead participant left claimed, skipped or released by recovery.
+    pub rings_repaired: AtomicUsize,
 }
 
 /// A running session server. Dropping it stops accepting and removes the socket file; admitted
@@ -312,7 +317,16 @@ impl EventLoop {
     }
 
     fn retire(&self, id: u32) {
-        // Drop what waited in its rings and its endpoint registrations first, then its holdings.
+        // Finish or undo what it was doing (its journals) first, while its holder bits still
+        // say how far each step got; then drop what waited in its rings and its endpoint
+        // registrations; then its holdings.
+        let rec = crate::channel::recover(&self.pool, id);
+        self.stats
+            .recovered
+            .fetch_add(rec.discarded + rec.completed, Ordering::Relaxed);
+        self.stats
+            .rings_repaired
+            .fetch_add(rec.tombstoned + rec.released, Ordering::Relaxed);
         let dropped = crate::channel::forget_participant(&self.pool, id);
         self.stats
             .dropped_on_retire

@@ -1,0 +1,542 @@
+//! The recovery journal: what a participant is doing with descriptors right now, written only by
+//! that participant (one journal per channel endpoint), read by whoever recovers it after it died.
+//!
+//! A send or a receive is several shared steps: lend the buffer (a CAS on its slot state word),
+//! push its descriptor (a ring publication), or pop one and import it. A participant can die
+//! between any two of them. Each descriptor of the operation is an *entry* of the journal whose
+//! state says which steps are done; the state is written before each shared step and after it.
+//! The step itself is never ambiguous to the recoverer, because every slot-state step a
+//! participant takes flips its own holder bit, which only it changes while it lives:
+//!
+//! - a send by move (`Lending(Move)`) clears the bit as it adds the in-flight count;
+//! - a lend while other handles remain (`Lending(DanceA)` → `Lending(DanceB)`) first moves the
+//!   holding *and* the lend into flight (bit cleared, in flight + 2), then takes the holding back
+//!   (bit set, in flight − 1): before the middle journal write a set bit means "not started",
+//!   after it a set bit means "finished";
+//! - an import into a process with no handle of the slot (`Importing(Fresh)`) sets the bit;
+//! - an import into a process that holds the slot (`Importing(HoldA)` → `Importing(HoldB)`) first
+//!   clears the bit, then takes the descriptor with the bit set again.
+//!
+//! Ring steps are told apart by the ring itself: an SPSC side publishes a whole batch with one
+//! index store (the entry's position is the journal's base position plus its index); an MPMC push
+//! or pop records the position it is about to claim before its CAS and that it won after it, and
+//! the claimed cell's stamp says whether it was published or released.
+//!
+//! [`entry_outcome`] turns an entry's state and the holder bit into what recovery must do. The
+//! channel layer applies it (it knows the rings); loom models in `tests/loom.rs` kill a thread at
+//! every step of a send and a receive and check that recovery leaves every slot exactly
+//! accounted.
+//!
+//! Every word here is written by one participant and read by others only after its death; the
+//! recoverer treats what it reads as untrusted (a bad state, count or position is skipped).
+
+use crate::alloc::{ClassSlots, LocalRefs, SlotError};
+use crate::sync::{AtomicU64, Ordering};
+
+/// Entries in one journal: the largest batch one call moves (bigger batches are cut).
+pub const ENTRIES: usize = 48;
+/// Words of one journal: claim, header, unit, position, entry states (one byte each), entries.
+pub const WORDS: usize = 4 + ENTRIES / 8 + 2 * ENTRIES;
+/// Journals per participant: one per open channel endpoint.
+pub const PER_PARTICIPANT: usize = 8;
+
+const CLAIM: usize = 0;
+const HEADER: usize = 1;
+const UNIT: usize = 2;
+const POS: usize = 3;
+const STATES: usize = 4;
+const ENTRY: usize = STATES + ENTRIES / 8;
+
+/// What the operation in progress is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Idle = 0,
+    /// Sending the entries (each a descriptor) into the journal's unit.
+    Send = 1,
+    /// Receiving from the journal's unit: the entries are what was popped.
+    Recv = 2,
+    /// Publishing one buffer: entry `i` is its descriptor bound for the unit in its second word.
+    Publish = 3,
+}
+
+/// How a lend or an import goes, for the holder-bit test (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    Move,
+    DanceA,
+    DanceB,
+    Fresh,
+    HoldA,
+    HoldB,
+}
+
+/// Where a claim on an MPMC cell stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// About to CAS for the journal's position.
+    Claiming,
+    /// Won it: the cell is this participant's until it publishes (push) or releases (pop) it.
+    Claimed,
+}
+
+/// One entry's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Recorded; nothing done (the participant still holds the buffer, or it is still queued).
+    New,
+    Lending(Way),
+    /// Lent: one in-flight count is ours and in no ring yet.
+    Lent,
+    /// Being pushed into an MPMC ring (position and claim in the journal header).
+    Pushing(Claim),
+    /// In a ring: not ours any more.
+    Pushed,
+    /// Being popped from an MPMC ring (position and claim in the journal header).
+    Popping(Claim),
+    /// Out of the ring, in flight, ours to import.
+    Popped,
+    Importing(Way),
+    /// Imported (our holder bit has it) or dropped: nothing left to do.
+    Done,
+}
+
+impl State {
+    fn code(self) -> u8 {
+        match self {
+            State::New => 1,
+            State::Lending(Way::Move) => 2,
+            State::Lending(Way::DanceA) => 3,
+            State::Lending(Way::DanceB) => 4,
+            State::Lent => 5,
+            State::Pushing(Claim::Claiming) => 6,
+            State::Pushing(Claim::Claimed) => 7,
+            State::Pushed => 8,
+            State::Popping(Claim::Claiming) => 9,
+            State::Popping(Claim::Claimed) => 10,
+            State::Popped => 11,
+            State::Importing(Way::Fresh) => 12,
+            State::Importing(Way::HoldA) => 13,
+            State::Importing(Way::HoldB) => 14,
+            State::Done => 15,
+            // Not produced by the code: lends and imports use their own ways.
+            State::Lending(_) | State::Importing(_) => 0,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<State> {
+        Some(match c {
+            1 => State::New,
+            2 => State::Lending(Way::Move),
+            3 => State::Lending(Way::DanceA),
+            4 => State::Lending(Way::DanceB),
+            5 => State::Lent,
+            6 => State::Pushing(Claim::Claiming),
+            7 => State::Pushing(Claim::Claimed),
+            8 => State::Pushed,
+            9 => State::Popping(Claim::Claiming),
+            10 => State::Popping(Claim::Claimed),
+            11 => State::Popped,
+            12 => State::Importing(Way::Fresh),
+            13 => State::Importing(Way::HoldA),
+            14 => State::Importing(Way::HoldB),
+            15 => State::Done,
+            _ => return None,
+        })
+    }
+}
+
+/// A view of one journal's words.
+pub struct Journal<'a> {
+    w: &'a [AtomicU64],
+}
+
+/// A copy of a journal, read by the recoverer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub op: Op,
+    pub unit: u32,
+    pub pos: u64,
+    /// Entry states and values, `n` of them.
+    pub entries: Vec<(State, [u64; 2])>,
+}
+
+impl<'a> Journal<'a> {
+    /// A view of `words`, which must be [`WORDS`] long.
+    ///
+    /// # Panics
+    /// If `words` has another length (a layout bug, not peer input).
+    pub fn new(words: &'a [AtomicU64]) -> Self {
+        assert_eq!(words.len(), WORDS, "a journal is {WORDS} words");
+        Journal { w: words }
+    }
+
+    /// Takes this journal for an endpoint of this process; false if another endpoint has it.
+    pub fn claim(&self, tag: u64) -> bool {
+        self.w[CLAIM]
+            .compare_exchange(0, tag.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Gives the journal back (the endpoint closed with nothing in progress).
+    pub fn release(&self) {
+        self.end();
+        self.w[CLAIM].store(0, Ordering::Release);
+    }
+
+    /// Frees a dead participant's journal after its recovery.
+    pub fn reset(&self) {
+        self.w[HEADER].store(0, Ordering::Release);
+        self.w[CLAIM].store(0, Ordering::Release);
+    }
+
+    /// Starts an operation on `unit` at ring position `pos` with `entries` (at most [`ENTRIES`]),
+    /// all [`State::New`].
+    pub fn begin(&self, op: Op, unit: u32, pos: u64, entries: impl Iterator<Item = [u64; 2]>) {
+        self.w[HEADER].store(0, Ordering::Relaxed);
+        self.w[UNIT].store(u64::from(unit), Ordering::Relaxed);
+        self.w[POS].store(pos, Ordering::Relaxed);
+        let mut n = 0;
+        for (i, e) in entries.take(ENTRIES).enumerate() {
+            self.w[ENTRY + 2 * i].store(e[0], Ordering::Relaxed);
+            self.w[ENTRY + 2 * i + 1].store(e[1], Ordering::Relaxed);
+            n = i + 1;
+        }
+        let code = u64::from(State::New.code());
+        for k in 0..n.div_ceil(8) {
+            let bytes = (n - 8 * k).min(8);
+            let word = (0..bytes).fold(0u64, |acc, b| acc | (code << (8 * b)));
+            self.w[STATES + k].store(word, Ordering::Relaxed);
+        }
+        self.w[HEADER].store(op as u64 | (n as u64) << 8, Ordering::Release);
+    }
+
+    /// Adds one more entry (a pop), in state `state`; returns its index, or `None` if full.
+    pub fn push_entry(&self, value: [u64; 2], state: State) -> Option<usize> {
+        let h = self.w[HEADER].load(Ordering::Relaxed);
+        let n = ((h >> 8) & 0xff) as usize;
+        if n >= ENTRIES {
+            return None;
+        }
+        self.w[ENTRY + 2 * n].store(value[0], Ordering::Relaxed);
+        self.w[ENTRY + 2 * n + 1].store(value[1], Ordering::Relaxed);
+        self.set(n, state);
+        self.w[HEADER].store((h & !0xff00) | ((n as u64 + 1) << 8), Ordering::Release);
+        Some(n)
+    }
+
+    /// Sets entry `i`'s state.
+    #[inline]
+    pub fn set(&self, i: usize, state: State) {
+        let word = &self.w[STATES + i / 8];
+        let shift = 8 * (i % 8);
+        let v = word.load(Ordering::Relaxed);
+        let v = (v & !(0xff << shift)) | (u64::from(state.code()) << shift);
+        // Release: the states before a shared step are visible with it (recovery reads them after
+        // the writer died, when every store it made is visible anyway; loom joins the thread).
+        word.store(v, Ordering::Release);
+    }
+
+    /// Entry `i`'s value.
+    pub fn entry(&self, i: usize) -> [u64; 2] {
+        [
+            self.w[ENTRY + 2 * i].load(Ordering::Relaxed),
+            self.w[ENTRY + 2 * i + 1].load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Sets entry `i`'s value (a popped descriptor, once known).
+    pub fn set_entry(&self, i: usize, value: [u64; 2]) {
+        self.w[ENTRY + 2 * i].store(value[0], Ordering::Relaxed);
+        self.w[ENTRY + 2 * i + 1].store(value[1], Ordering::Relaxed);
+    }
+
+    /// Switches the operation to another unit (a publish goes ring by ring).
+    pub fn set_unit(&self, unit: u32) {
+        self.w[UNIT].store(u64::from(unit), Ordering::Release);
+    }
+
+    /// Records the MPMC position about to be claimed (or just claimed).
+    #[inline]
+    pub fn set_pos(&self, pos: u64) {
+        self.w[POS].store(pos, Ordering::Release);
+    }
+
+    /// Ends the operation: nothing in progress.
+    pub fn end(&self) {
+        self.w[HEADER].store(0, Ordering::Release);
+    }
+
+    /// A checked copy, for recovery: entries with unknown states are reported as `Done`
+    /// (nothing to do: a scribbled journal costs at most a leak, never a double free).
+    pub fn read(&self) -> Record {
+        let h = self.w[HEADER].load(Ordering::Acquire);
+        let op = match h & 0xff {
+            1 => Op::Send,
+            2 => Op::Recv,
+            3 => Op::Publish,
+            _ => Op::Idle,
+        };
+        let n = (((h >> 8) & 0xff) as usize).min(ENTRIES);
+        let entries = (0..n)
+            .map(|i| {
+                let word = self.w[STATES + i / 8].load(Ordering::Acquire);
+                let code = (word >> (8 * (i % 8))) as u8;
+                (State::from_code(code).unwrap_or(State::Done), self.entry(i))
+            })
+            .collect();
+        Record {
+            op,
+            unit: self.w[UNIT].load(Ordering::Acquire) as u32,
+            pos: self.w[POS].load(Ordering::Acquire),
+            entries: if op == Op::Idle { Vec::new() } else { entries },
+        }
+    }
+}
+
+/// What recovery does for one entry, given the dead participant's holder bit on the entry's slot
+/// (`held`) and, for entries that may be in a ring, whether the ring has it (`in_ring`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// In-flight counts of the slot to drop.
+    pub discard: u32,
+    /// The entry was lent and may or may not be in its ring: ask the ring (SPSC: by position;
+    /// MPMC: the claim).
+    pub ask_ring: bool,
+}
+
+/// Recovery's decision for an entry in state `state` (see the module docs for why the holder
+/// bit decides every ambiguous step).
+pub fn entry_outcome(state: State, held: bool) -> Outcome {
+    let none = Outcome {
+        discard: 0,
+        ask_ring: false,
+    };
+    let discard = |n| Outcome {
+        discard: n,
+        ask_ring: false,
+    };
+    let lent = |extra| Outcome {
+        discard: extra,
+        ask_ring: true,
+    };
+    match state {
+        State::New | State::Pushed | State::Done => none,
+        State::Lending(Way::Move) => {
+            if held {
+                none
+            } else {
+                lent(0)
+            }
+        }
+        // Before the middle write a set bit means the dance had not started; a clear one, that
+        // the holding and the lend are both in flight.
+        State::Lending(Way::DanceA) => {
+            if held {
+                none
+            } else {
+                lent(1)
+            }
+        }
+        // After it: a set bit means the holding was taken back.
+        State::Lending(Way::DanceB) => {
+            if held {
+                lent(0)
+            } else {
+                lent(1)
+            }
+        }
+        State::Lending(_) => none,
+        State::Lent | State::Pushing(_) => lent(0),
+        // Popped (or maybe popped: the ring decides) and not imported.
+        State::Popping(_) => Outcome {
+            discard: 0,
+            ask_ring: true,
+        },
+        State::Popped => discard(1),
+        State::Importing(Way::Fresh) | State::Importing(Way::HoldB) => {
+            if held {
+                none
+            } else {
+                discard(1)
+            }
+        }
+        State::Importing(Way::HoldA) => discard(1),
+        State::Importing(_) => discard(1),
+    }
+}
+
+/// The slot a journaled step works on: its class, its index there and in the process's handle
+/// counts, its generation, and who we are.
+pub struct SlotRef<'a, 'b> {
+    pub class: &'b ClassSlots<'a>,
+    pub local: &'b LocalRefs,
+    /// Index of the slot among all the pool's slots (the handle count).
+    pub index: usize,
+    pub slot: usize,
+    pub generation: u32,
+    pub me: u32,
+}
+
+/// Lends the slot to entries `entries` of `j` (one in-flight count each) and gives up one of this
+/// process's handles to it: by move if it is the last one (one CAS), else by the two-step dance.
+/// Each step is journaled so that recovery can tell, from the holder bit, how far it got. On
+/// error nothing was lent and the handle is kept.
+pub fn lend(
+    j: &Journal<'_>,
+    entries: std::ops::Range<usize>,
+    s: &SlotRef<'_, '_>,
+) -> Result<(), SlotError> {
+    let n = entries.len() as u32;
+    let set_all = |state| entries.clone().for_each(|e| j.set(e, state));
+    s.local.locked(s.index, |count| {
+        if count <= 1 {
+            set_all(State::Lending(Way::Move));
+            if cut() {
+                return (Ok(()), count);
+            }
+            match s.class.hand_off_n(s.slot, s.generation, s.me, n) {
+                Ok(()) => {
+                    set_all(State::Lent);
+                    (Ok(()), 0)
+                }
+                Err(e) => {
+                    set_all(State::New);
+                    (Err(e), count)
+                }
+            }
+        } else {
+            // The first entry carries the dance; the others read like a move until the holding
+            // is out (and are plainly lent after).
+            set_all(State::Lending(Way::Move));
+            j.set(entries.start, State::Lending(Way::DanceA));
+            if cut() {
+                return (Ok(()), count);
+            }
+            if let Err(e) = s.class.lend_out(s.slot, s.generation, s.me, n) {
+                set_all(State::New);
+                return (Err(e), count);
+            }
+            if cut() {
+                return (Ok(()), count);
+            }
+            (entries.start + 1..entries.end).for_each(|e| j.set(e, State::Lent));
+            j.set(entries.start, State::Lending(Way::DanceB));
+            if cut() {
+                return (Ok(()), count);
+            }
+            let r = s.class.take_lent(s.slot, s.generation, s.me, true);
+            set_all(State::Lent);
+            // If a peer took the holding's count meanwhile, the lend still happened; our handles
+            // keep the slot only if the bit can be set again.
+            if r.is_err() {
+                let _ = s.class.rejoin(s.slot, s.generation, s.me);
+            }
+            (Ok(()), count - 1)
+        }
+    })
+}
+
+/// Imports the descriptor of entry `e` (in flight, ours to take) as one more handle of this
+/// process, journaled like [`lend`]. On error the entry is done (nothing was taken).
+pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), SlotError> {
+    s.local.locked(s.index, |count| {
+        if count == 0 {
+            j.set(e, State::Importing(Way::Fresh));
+            if cut() {
+                return (Ok(()), count);
+            }
+            let r = s.class.take_lent(s.slot, s.generation, s.me, true);
+            j.set(e, State::Done);
+            let new = if r.is_ok() { 1 } else { 0 };
+            (r, new)
+        } else {
+            j.set(e, State::Importing(Way::HoldA));
+            if cut() {
+                return (Ok(()), count);
+            }
+            if let Err(err) = s.class.step_aside(s.slot, s.generation, s.me) {
+                j.set(e, State::Done);
+                return (Err(err), count);
+            }
+            j.set(e, State::Importing(Way::HoldB));
+            if cut() {
+                return (Ok(()), count);
+            }
+            let r = s.class.take_lent(s.slot, s.generation, s.me, true);
+            if r.is_err() {
+                let _ = s.class.rejoin(s.slot, s.generation, s.me);
+            }
+            j.set(e, State::Done);
+            let new = if r.is_ok() { count + 1 } else { count };
+            (r, new)
+        }
+    })
+}
+
+/// A deliberate death for the loom models: each journaled step asks [`cut`] first, and a thread
+/// whose budget is spent stops there, leaving the shared words as a `SIGKILL` would. Normal
+/// builds have no budget: `cut` is a constant `false`.
+pub mod death {
+    #[cfg(loom)]
+    loom::thread_local! {
+        static BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Lets this thread take `steps` more journaled steps, then stop (loom builds only).
+    #[cfg(loom)]
+    pub fn die_after(steps: usize) {
+        BUDGET.with(|b| b.set(Some(steps)));
+    }
+
+    /// Whether this thread has died (is out of steps). Once true, it stays true.
+    #[inline(always)]
+    pub fn cut() -> bool {
+        #[cfg(loom)]
+        return BUDGET.with(|b| match b.get() {
+            Some(0) => true,
+            Some(n) => {
+                b.set(Some(n - 1));
+                false
+            }
+            None => false,
+        });
+        #[cfg(not(loom))]
+        false
+    }
+}
+
+use death::cut;
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_garbage_reads_as_done() {
+        let words: Vec<AtomicU64> = (0..WORDS).map(|_| AtomicU64::new(0)).collect();
+        let j = Journal::new(&words);
+        assert!(j.claim(7));
+        assert!(!j.claim(8));
+        j.begin(Op::Send, 3, 100, (0..3u64).map(|i| [i, i + 10]));
+        j.set(1, State::Lending(Way::DanceB));
+        j.set(2, State::Pushing(Claim::Claimed));
+        let r = j.read();
+        assert_eq!(r.op, Op::Send);
+        assert_eq!((r.unit, r.pos), (3, 100));
+        assert_eq!(
+            r.entries,
+            vec![
+                (State::New, [0, 10]),
+                (State::Lending(Way::DanceB), [1, 11]),
+                (State::Pushing(Claim::Claimed), [2, 12]),
+            ]
+        );
+        assert_eq!(j.push_entry([5, 6], State::Popped), Some(3));
+        assert_eq!(j.read().entries.len(), 4);
+        words[STATES].store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(j.read().entries[0].0, State::Done);
+        j.end();
+        assert_eq!(j.read().op, Op::Idle);
+    }
+}
