@@ -3,8 +3,10 @@
 //! With no arguments it runs the main job: a producer process and a consumer process on one pool
 //! stream messages of 64 B, 4 KiB and 1 MiB over an fbuf channel and, in the same run, over a Unix
 //! socket; every message is verified, and the table compares the two.
+//! `fbuf chaos` is the crash-recovery soak (src/chaos.rs).
 //! `fbuf peer ...` runs one participant role (used by the main job, the benchmarks and the tests).
 
+mod chaos;
 mod copy_methods;
 mod peer;
 mod stream;
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("peer") => peer::main(&args[1..]),
+        Some("chaos") => chaos::main(&args[1..]),
         Some("copy-methods") => {
             let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
             match copy_methods::main(size) {
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
         }
         Some(_) => {
             eprintln!(
-                "usage: fbuf [run [MILLIS_PER_PHASE]] | fbuf copy-methods [BYTES] | fbuf peer ROLE ..."
+                "usage: fbuf [run [MILLIS_PER_PHASE]] | fbuf copy-methods [BYTES] | fbuf chaos [--kills N] [--secs S] | fbuf peer ROLE ..."
             );
             ExitCode::from(2)
         }

@@ -21,6 +21,8 @@
 //!                                       NOFILE > 0 under that fd limit, with SIGNALS = 1 with a
 //!                                       SIGUSR1 handler installed without SA_RESTART; prints a
 //!                                       STATS line on stdout for each line on stdin
+//! fbuf peer chaos-send|chaos-publish|chaos-recv SOCKET CH ID lossy|-
+//!                                       the participants of `fbuf chaos` (src/chaos.rs)
 //! fbuf peer sink    ADDR LEN DELAY_MS   connect (unix:PATH, tcp:PORT, or - for stdin), wait, read
 //!                                       LEN bytes, report their checksum and first/last byte
 //! ```
@@ -61,6 +63,9 @@ pub fn main(args: &[String]) -> ExitCode {
         "send-hold" => send_hold(arg(1), num(2) as usize, num(3)),
         "snap-orphan" => snap_orphan(),
         "serve" => serve(arg(1), num(2), num(3) == 1),
+        "chaos-send" => crate::chaos::send(arg(1), num(2) as usize, num(3)),
+        "chaos-publish" => crate::chaos::publish(arg(1), num(2) as usize, num(3)),
+        "chaos-recv" => crate::chaos::recv(arg(1), num(2) as usize, num(3), arg(4) == "lossy"),
         "sink" => sink(arg(1), num(2) as usize, num(3)),
         "cm-sink" => crate::copy_methods::sink(arg(1), num(2), arg(3) == "ack"),
         "stream-tx" => {
@@ -100,7 +105,7 @@ fn usage() -> ! {
 type Res = Result<String, Box<dyn std::error::Error>>;
 
 /// splitmix64: a tiny deterministic generator both sides can run.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -310,7 +315,7 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
 
 /// A tagged message: bytes 0..8 the sender id, 8..16 the sequence number, the rest the keyed
 /// stream for (sender, sequence). Any byte from another message or offset shows.
-fn fill_tagged(buf: &mut [u8], sender: u64, seq: u64) {
+pub(crate) fn fill_tagged(buf: &mut [u8], sender: u64, seq: u64) {
     fill(buf, sender, seq);
     if buf.len() >= 16 {
         buf[..8].copy_from_slice(&sender.to_le_bytes());
@@ -319,7 +324,7 @@ fn fill_tagged(buf: &mut [u8], sender: u64, seq: u64) {
 }
 
 /// Checks a tagged message; returns its (sender, sequence) if every byte is right.
-fn check_tagged(buf: &[u8], scratch: &mut Vec<u8>) -> Option<(u64, u64)> {
+pub(crate) fn check_tagged(buf: &[u8], scratch: &mut Vec<u8>) -> Option<(u64, u64)> {
     let sender = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?);
     let seq = u64::from_le_bytes(buf.get(8..16)?.try_into().ok()?);
     scratch.resize(buf.len(), 0);
