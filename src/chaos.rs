@@ -483,7 +483,11 @@ pub fn send(socket: &str, ch: usize, id: u64) -> Res<String> {
     let mut seq = 0u64;
     let mut pending: Vec<fbuf::Buf> = Vec::new();
     loop {
-        let batch = if mix(id ^ seq) % 4 == 0 { 8 } else { 1 };
+        let batch = if mix(id ^ seq).is_multiple_of(4) {
+            8
+        } else {
+            1
+        };
         while pending.len() < batch {
             pending.push(message(&pool, id, seq));
             seq += 1;
@@ -560,34 +564,37 @@ pub fn recv(socket: &str, ch: usize, id: u64, lossy: bool) -> Res<String> {
     };
     let mut got = Vec::new();
     let mut turn = id;
+    // One loop for both kinds of receiving end: a third of the calls take a batch.
+    let mut serve = |take: &mut Take<'_>| loop {
+        turn = mix(turn);
+        idle(take(&mut got, turn.is_multiple_of(3)));
+        report(&mut got)?;
+    };
     if ch == BCAST {
         let mut rx = open(|| pool.subscriber(ch, lossy))?;
-        loop {
-            turn = mix(turn);
-            let r = if turn % 3 == 0 {
-                rx.recv_batch(&mut got, 16).map(|_| ())
+        serve(&mut |got, batch| {
+            if batch {
+                rx.recv_batch(got, 16).map(|_| ())
             } else {
                 rx.recv_timeout(Some(Duration::from_millis(50)))
                     .map(|b| got.push(b))
-            };
-            idle(r);
-            report(&mut got)?;
-        }
+            }
+        })
     } else {
         let mut rx = open(|| pool.receiver(ch))?;
-        loop {
-            turn = mix(turn);
-            let r = if turn % 3 == 0 {
-                rx.recv_batch(&mut got, 16).map(|_| ())
+        serve(&mut |got, batch| {
+            if batch {
+                rx.recv_batch(got, 16).map(|_| ())
             } else {
                 rx.recv_timeout(Some(Duration::from_millis(50)))
                     .map(|b| got.push(b))
-            };
-            idle(r);
-            report(&mut got)?;
-        }
+            }
+        })
     }
 }
+
+/// One receive: into the vector, a batch if the flag says so.
+type Take<'a> = dyn FnMut(&mut Vec<fbuf::Buf>, bool) -> Result<(), RecvError> + 'a;
 
 /// Waits a moment after an answer that carried nothing (empty, a dead peer being recovered).
 fn idle(r: Result<(), RecvError>) {
