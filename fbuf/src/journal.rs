@@ -31,6 +31,7 @@
 //! recoverer treats what it reads as untrusted (a bad state, count or position is skipped).
 
 use crate::alloc::{ClassSlots, LocalRefs, SlotError};
+use crate::ring::{MpmcRing, SpscRing};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Entries in one journal: the largest batch one call moves (bigger batches are cut).
@@ -472,6 +473,141 @@ pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), Slot
             (r, new)
         }
     })
+}
+
+/// What recovering dead participants' journals did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// In-flight descriptors a dead participant was moving that reached no ring (or were popped
+    /// and not imported), dropped so their slots come back.
+    pub discarded: usize,
+    /// Pushes it had claimed a cell for and not published, finished on its behalf.
+    pub completed: usize,
+    /// Cells it (or another dead sender) claimed without a known value, skipped by receivers.
+    pub tombstoned: usize,
+    /// Cells it claimed for a pop and never released, released (their descriptor dropped).
+    pub released: usize,
+}
+
+/// A ring a journal entry may be in, with entries' values as ring values.
+pub enum EntryRing<'r, 'a> {
+    Spsc(&'r SpscRing<'a, [u64; 2]>),
+    Mpmc(&'r MpmcRing<'a, [u64; 2]>),
+}
+
+/// What recovery needs from the pool around the journal.
+pub trait Recoverer {
+    /// Whether the dead participant's holder bit is set on the slot entry value `e` names;
+    /// `None` if `e` names no slot (a garbage entry: skipped).
+    fn held(&self, e: [u64; 2]) -> Option<bool>;
+    /// Drops one in-flight count of the slot `e` names; false if the slot refused.
+    fn discard(&mut self, e: [u64; 2]) -> bool;
+    /// Runs `f` on the ring of journal unit `unit`, if there is one.
+    fn with_ring(&self, unit: u32, f: &mut dyn FnMut(EntryRing<'_, '_>));
+    /// Whether a live participant's journal says it is claiming or holds position `pos` of
+    /// `unit` (it may wait a little for one to finish first).
+    fn claimed_by_live(&self, unit: u32, pos: u64) -> bool;
+    /// The value a claimed-but-never-filled cell gets, which receivers step over.
+    fn tombstone(&self) -> [u64; 2];
+}
+
+/// Finishes or undoes the operation a dead participant's journal records: each entry's
+/// [`entry_outcome`], then what only the ring can say (SPSC: whether the published index passed
+/// the entry; MPMC: whether the claimed cell was published or released), completing, skipping or
+/// releasing claimed cells so the ring stays usable.
+pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
+    let mut r = Recovered::default();
+    for (i, &(state, value)) in rec.entries.iter().enumerate() {
+        let Some(held) = env.held(value) else {
+            // A garbage value: a popped cell may still need releasing, but nothing to drop.
+            if let State::Popping(Claim::Claiming) = state {
+                settle(rec, env, &mut r, true);
+            }
+            continue;
+        };
+        let out = entry_outcome(state, held);
+        let mut discard = out.discard as usize;
+        if out.ask_ring {
+            let mut extra = 0;
+            let mut settle_pop = false;
+            let mut settle_push = false;
+            env.with_ring(rec.unit, &mut |ring| match (ring, state) {
+                // SPSC receive: popped iff the published head passed the entry's position.
+                (EntryRing::Spsc(ring), State::Popping(_)) => {
+                    if ring.head_pos().wrapping_sub(rec.pos) > i as u64 {
+                        extra += 1;
+                    }
+                }
+                // SPSC send: pushed iff the published tail passed it.
+                (EntryRing::Spsc(ring), _) => {
+                    if ring.tail_pos().wrapping_sub(rec.pos) <= i as u64 {
+                        extra += 1;
+                    }
+                }
+                (EntryRing::Mpmc(ring), State::Pushing(Claim::Claimed)) => {
+                    if ring.complete(rec.pos, value) {
+                        r.completed += 1;
+                    }
+                }
+                // Not pushed by us either way; the cell may still need skipping.
+                (EntryRing::Mpmc(_), State::Pushing(Claim::Claiming)) => {
+                    extra += 1;
+                    settle_push = true;
+                }
+                (EntryRing::Mpmc(ring), State::Popping(Claim::Claimed)) => {
+                    if ring.release_claimed(rec.pos).is_some() {
+                        r.released += 1;
+                    }
+                    extra += 1;
+                }
+                (EntryRing::Mpmc(_), State::Popping(Claim::Claiming)) => settle_pop = true,
+                // Lent, not yet pushing: in no ring.
+                (EntryRing::Mpmc(_), _) => extra += 1,
+            });
+            discard += extra;
+            if settle_push {
+                settle(rec, env, &mut r, false);
+            }
+            if settle_pop {
+                settle(rec, env, &mut r, true);
+            }
+        }
+        for _ in 0..discard {
+            if env.discard(value) {
+                r.discarded += 1;
+            }
+        }
+    }
+    r
+}
+
+/// Skips (push: a tombstone) or releases (pop: its descriptor dropped) the cell at the journal's
+/// position if it is claimed and unfinished and no live participant says it is working on it.
+fn settle(rec: &Record, env: &mut impl Recoverer, r: &mut Recovered, pop: bool) {
+    if env.claimed_by_live(rec.unit, rec.pos) {
+        return; // the live one will finish it
+    }
+    let tombstone = env.tombstone();
+    let mut released = None;
+    let mut skipped = false;
+    env.with_ring(rec.unit, &mut |ring| {
+        if let EntryRing::Mpmc(ring) = ring {
+            if pop {
+                released = ring.release_claimed(rec.pos);
+            } else {
+                skipped = ring.complete(rec.pos, tombstone);
+            }
+        }
+    });
+    if skipped {
+        r.tombstoned += 1;
+    }
+    if let Some(v) = released {
+        r.released += 1;
+        if v != tombstone && env.discard(v) {
+            r.discarded += 1;
+        }
+    }
 }
 
 /// A deliberate death for the loom models: each journaled step asks [`cut`] first, and a thread

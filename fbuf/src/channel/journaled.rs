@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use super::unit::{Unit, UnitRing};
 use crate::alloc::MAX_PARTICIPANTS;
-use crate::journal::{self, Claim, Journal, Op, State};
-use crate::layout::UnitLayout;
+pub use crate::journal::Recovered;
+use crate::journal::{self, Claim, EntryRing, Journal, Op, Recoverer, State};
 use crate::pool::{Desc, Pool};
-use crate::ring::{MpmcRing, Track};
+use crate::ring::Track;
 
 /// A journal entry as an MPMC claim tracker: records the position before the CAS and the claim
 /// (with the value, for a pop) after it.
@@ -80,117 +80,83 @@ impl Drop for Owned {
     }
 }
 
-/// What recovering a dead participant's journals did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// In-flight descriptors it was moving that reached no ring (or were popped and not
-    /// imported), dropped so their slots come back.
-    pub discarded: usize,
-    /// Pushes it had claimed a cell for and not published, finished on its behalf.
-    pub completed: usize,
-    /// Cells it (or another dead sender) claimed without a known value, skipped by receivers.
-    pub tombstoned: usize,
-    /// Cells it claimed for a pop and never released, released.
-    pub released: usize,
-}
-
 /// Finishes or undoes whatever participant `dead` was doing with descriptors when it died, from
-/// its journals: the pool's owner calls this before it drains the rings and releases the
-/// holdings of a departed participant. Safe to call for one that left cleanly (its journals are
-/// idle). Every journal word is untrusted: bad units, positions or descriptors are skipped.
+/// its journals (`journal::recover_record`): the pool's owner calls this before it drains the
+/// rings and releases the holdings of a departed participant. Safe to call for one that left
+/// cleanly (its journals are idle). Every journal word is untrusted: bad units, positions or
+/// descriptors are skipped.
 pub fn recover(pool: &Pool, dead: u32) -> Recovered {
-    let mut r = Recovered::default();
+    let mut total = Recovered::default();
     if dead >= MAX_PARTICIPANTS {
-        return r;
+        return total;
     }
     let s = pool.shared();
+    let mut env = Env { pool, dead };
     for k in 0..journal::PER_PARTICIPANT {
         let j = s.journal(dead, k);
         let rec = j.read();
         if rec.op != Op::Idle {
-            recover_one(pool, dead, &rec, &mut r);
+            let r = journal::recover_record(&rec, &mut env);
+            total.discarded += r.discarded;
+            total.completed += r.completed;
+            total.tombstoned += r.tombstoned;
+            total.released += r.released;
         }
         j.reset();
     }
-    r
+    total
 }
 
-fn unit_of(pool: &Pool, unit: u32) -> Option<UnitLayout> {
-    let (ch, u) = ((unit >> 8) as usize, (unit & 0xff) as usize);
-    pool.shared()
-        .layout()
-        .channels
-        .get(ch)?
-        .units
-        .get(u)
-        .copied()
+/// The pool as recovery sees it.
+struct Env<'p> {
+    pool: &'p Pool,
+    dead: u32,
 }
 
-fn recover_one(pool: &Pool, dead: u32, rec: &journal::Record, r: &mut Recovered) {
-    let s = pool.shared();
-    let unit = unit_of(pool, rec.unit);
-    for (i, &(state, words)) in rec.entries.iter().enumerate() {
-        let d = Desc::from_words(words);
-        let valid = s.check(&d).is_ok();
-        let held = valid && s.class(d.class as usize).is_held_by(d.slot as usize, dead);
-        let out = journal::entry_outcome(state, held);
-        let mut discard = out.discard as usize;
-        if out.ask_ring {
-            let Some(u) = unit else { continue };
-            let unit = Unit::new(pool, u);
-            match (unit.ring(), state) {
-                // SPSC receive: popped iff the published head passed the entry's position.
-                (UnitRing::Spsc(ring), State::Popping(_)) => {
-                    if ring.head_pos().wrapping_sub(rec.pos) > i as u64 {
-                        discard += 1;
-                    }
-                }
-                // SPSC send: pushed iff the published tail passed it.
-                (UnitRing::Spsc(ring), _) => {
-                    if ring.tail_pos().wrapping_sub(rec.pos) <= i as u64 {
-                        discard += 1;
-                    }
-                }
-                (UnitRing::Mpmc(ring), State::Pushing(Claim::Claimed)) => {
-                    if ring.complete(rec.pos, d) {
-                        r.completed += 1;
-                    }
-                }
-                (UnitRing::Mpmc(ring), State::Pushing(Claim::Claiming)) => {
-                    // Not pushed by us either way; if the cell is claimed and no live sender is
-                    // about to publish it, it was ours (or another dead sender's): skip it.
-                    discard += 1;
-                    if settle(pool, dead, rec.unit, rec.pos, &ring, false) {
-                        r.tombstoned += 1;
-                    }
-                }
-                (UnitRing::Mpmc(ring), State::Popping(Claim::Claimed)) => {
-                    if ring.release_claimed(rec.pos).is_some() {
-                        r.released += 1;
-                    }
-                    discard += 1;
-                }
-                (UnitRing::Mpmc(ring), State::Popping(Claim::Claiming)) => {
-                    if settle(pool, dead, rec.unit, rec.pos, &ring, true) {
-                        r.released += 1;
-                    }
-                }
-                // Lent, not yet pushing: in no ring.
-                (UnitRing::Mpmc(_), _) => discard += 1,
-            }
+impl Recoverer for Env<'_> {
+    fn held(&self, e: [u64; 2]) -> Option<bool> {
+        let d = Desc::from_words(e);
+        let s = self.pool.shared();
+        s.check(&d).ok()?;
+        Some(s.class(d.class as usize).is_held_by(d.slot as usize, self.dead))
+    }
+
+    fn discard(&mut self, e: [u64; 2]) -> bool {
+        self.pool.discard(Desc::from_words(e)).is_ok()
+    }
+
+    fn with_ring(&self, unit: u32, f: &mut dyn FnMut(EntryRing<'_, '_>)) {
+        let (ch, u) = ((unit >> 8) as usize, (unit & 0xff) as usize);
+        let layout = self.pool.shared().layout();
+        let Some(u) = layout.channels.get(ch).and_then(|c| c.units.get(u)) else {
+            return;
+        };
+        match Unit::new(self.pool, *u).ring_of::<[u64; 2]>() {
+            UnitRing::Spsc(r) => f(EntryRing::Spsc(&r)),
+            UnitRing::Mpmc(r) => f(EntryRing::Mpmc(&r)),
         }
-        if valid {
-            for _ in 0..discard {
-                if pool.discard(d).is_ok() {
-                    r.discarded += 1;
-                }
+    }
+
+    fn claimed_by_live(&self, unit: u32, pos: u64) -> bool {
+        // A live participant in the middle of a claim finishes in microseconds: wait a little
+        // for it; one that stays (stopped) finishes it later itself.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while live_claim(self.pool, self.dead, unit, pos) {
+            if Instant::now() > deadline {
+                return true;
             }
+            std::thread::sleep(Duration::from_micros(200));
         }
+        false
+    }
+
+    fn tombstone(&self) -> [u64; 2] {
+        Desc::TOMBSTONE.to_words()
     }
 }
 
 /// Whether a live participant's journal says it is claiming or holds position `pos` of `unit`.
-fn claimed_by_live(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
+fn live_claim(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
     let s = pool.shared();
     (0..MAX_PARTICIPANTS)
         .filter(|&p| p != dead && s.participant(p).is_active())
@@ -205,37 +171,4 @@ fn claimed_by_live(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
                     .iter()
                     .any(|(st, _)| matches!(st, State::Pushing(_) | State::Popping(_)))
         })
-}
-
-/// Skips (push: tombstone) or releases (pop) the cell at `pos` if it is claimed and unfinished
-/// and no live participant says it is working on it; waits a little for a live one to finish.
-/// Returns whether it changed the cell. A released pop's descriptor is dropped.
-fn settle(
-    pool: &Pool,
-    dead: u32,
-    unit: u32,
-    pos: u64,
-    ring: &MpmcRing<'_, Desc>,
-    pop: bool,
-) -> bool {
-    let deadline = Instant::now() + Duration::from_millis(200);
-    while claimed_by_live(pool, dead, unit, pos) {
-        if Instant::now() > deadline {
-            return false; // the live one will finish it
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    if pop {
-        match ring.release_claimed(pos) {
-            Some(d) => {
-                if !d.is_tombstone() {
-                    let _ = pool.discard(d);
-                }
-                true
-            }
-            None => false,
-        }
-    } else {
-        ring.complete(pos, Desc::TOMBSTONE)
-    }
 }

@@ -28,10 +28,10 @@ pub struct Unit<'a> {
     layout: UnitLayout,
 }
 
-/// The ring of a unit, in its flavour.
-pub enum UnitRing<'a> {
-    Spsc(SpscRing<'a, Desc>),
-    Mpmc(MpmcRing<'a, Desc>),
+/// The ring of a unit, in its flavour (values: descriptors, or their journal words).
+pub enum UnitRing<'a, T = Desc> {
+    Spsc(SpscRing<'a, T>),
+    Mpmc(MpmcRing<'a, T>),
 }
 
 impl<'a> Unit<'a> {
@@ -48,6 +48,11 @@ impl<'a> Unit<'a> {
     }
 
     pub fn ring(&self) -> UnitRing<'a> {
+        self.ring_of()
+    }
+
+    /// The ring, its cells seen as values of `T` (16 bytes).
+    pub fn ring_of<T: bytemuck::Pod>(&self) -> UnitRing<'a, T> {
         let c = self.pool.shared().control();
         let head = &c.atomics_u64(self.layout.head_offset, 1)[0];
         let tail = &c.atomics_u64(self.layout.tail_offset, 1)[0];
