@@ -517,6 +517,9 @@ pub trait Recoverer {
 /// releasing claimed cells so the ring stays usable.
 pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
     let mut r = Recovered::default();
+    if crate::sync::seeded::active(crate::sync::seeded::Bug::RecoveryIgnoresJournal) {
+        return r;
+    }
     for (i, &(state, value)) in rec.entries.iter().enumerate() {
         let Some(held) = env.held(value) else {
             // A garbage value: a popped cell may still need releasing, but nothing to drop.
@@ -616,13 +619,22 @@ fn settle(rec: &Record, env: &mut impl Recoverer, r: &mut Recovered, pop: bool) 
 pub mod death {
     #[cfg(loom)]
     loom::thread_local! {
-        static BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        static BUDGET: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
     }
 
     /// Lets this thread take `steps` more journaled steps, then stop (loom builds only).
     #[cfg(loom)]
     pub fn die_after(steps: usize) {
         BUDGET.with(|b| b.set(Some(steps)));
+    }
+
+    /// Whether this thread has died, without spending a step.
+    #[inline(always)]
+    pub fn dead() -> bool {
+        #[cfg(loom)]
+        return BUDGET.with(|b| b.get() == Some(0));
+        #[cfg(not(loom))]
+        false
     }
 
     /// Whether this thread has died (is out of steps). Once true, it stays true.

@@ -47,6 +47,7 @@ fn seed_from_env() {
         Some(3) => Bug::NoSleeperRecheck,
         Some(4) => Bug::RelaxedSpscPublish,
         Some(5) => Bug::ClearWithoutArming,
+        Some(6) => Bug::RecoveryIgnoresJournal,
         _ => Bug::None,
     };
     seeded::set(bug);
@@ -683,4 +684,428 @@ fn seeded_clear_without_arming_is_caught() {
         caught(Bug::ClearWithoutArming, "notifier_receiver_is_always_woken"),
         "loom missed the lost notification"
     );
+}
+
+// ---- death at every step: the recovery journal ---------------------------------------------
+
+use fbuf::journal::{
+    self, EntryRing, Journal, Op, Recoverer, SlotRef, State, death, recover_record,
+};
+
+/// Participant ids in the death models: the one that dies, and a live peer.
+const DEAD: u32 = 1;
+const LIVE: u32 = 2;
+const TOMBSTONE: [u64; 2] = [u64::MAX, u64::MAX];
+
+/// The pool as the models' recovery sees it: one class on the heap, values `[slot, generation]`.
+struct ModelEnv<'a> {
+    class: &'a HeapClass,
+    spsc: Option<&'a SpscHeap<[u64; 2]>>,
+    mpmc: Option<&'a Ring<[u64; 2]>>,
+    refused: usize,
+}
+
+impl Recoverer for ModelEnv<'_> {
+    fn held(&self, e: [u64; 2]) -> Option<bool> {
+        let s = self.class.slots().state(e[0] as usize)?;
+        Some(s.is_held_by(DEAD))
+    }
+    fn discard(&mut self, e: [u64; 2]) -> bool {
+        let ok = self
+            .class
+            .slots()
+            .discard(e[0] as usize, e[1] as u32)
+            .is_ok();
+        self.refused += usize::from(!ok);
+        ok
+    }
+    fn with_ring(&self, _: u32, f: &mut dyn FnMut(EntryRing<'_, '_>)) {
+        if let Some(r) = self.spsc {
+            f(EntryRing::Spsc(&r.ring()));
+        }
+        if let Some(r) = self.mpmc {
+            f(EntryRing::Mpmc(&r.view()));
+        }
+    }
+    fn claimed_by_live(&self, _: u32, _: u64) -> bool {
+        false // recovery runs after every thread stopped
+    }
+    fn tombstone(&self) -> [u64; 2] {
+        TOMBSTONE
+    }
+}
+
+fn journal_words() -> Vec<fbuf::sync::AtomicU64> {
+    (0..journal::WORDS)
+        .map(|_| fbuf::sync::AtomicU64::new(0))
+        .collect()
+}
+
+/// Recovers the dead participant's journal, releases its holdings, then plays the owner draining
+/// what is left in the ring: afterwards every slot must be free, and no discard may have been
+/// refused (a refused discard is recovery believing in a count that was not there).
+fn recover_and_check(env: &mut ModelEnv<'_>, words: &[fbuf::sync::AtomicU64]) {
+    let rec = Journal::new(words).read();
+    recover_record(&rec, env);
+    env.class.slots().reclaim(DEAD);
+    let mut drained = Vec::new();
+    if let Some(r) = env.spsc {
+        let ring = r.ring();
+        if let Ok(mut st) = ring.consumer() {
+            let mut one = [[0u64; 2]];
+            while ring.pop(&mut st, &mut one) == Ok(1) {
+                drained.push(one[0]);
+            }
+        }
+    }
+    if let Some(r) = env.mpmc {
+        while let Ok(Some(v)) = r.view().pop() {
+            drained.push(v);
+        }
+    }
+    for v in drained.into_iter().filter(|v| *v != TOMBSTONE) {
+        assert!(env.discard(v), "a queued descriptor was not in flight");
+    }
+    assert_eq!(
+        env.refused, 0,
+        "recovery dropped a count that was not there"
+    );
+    assert_eq!(
+        env.class.slots().free_count(),
+        env.class.slots().len(),
+        "a slot leaked"
+    );
+}
+
+/// Steps a death model tries: enough to pass every journaled step of the operation.
+const MAX_STEPS: usize = 6;
+
+/// A sender that holds a slot sends it by move into an SPSC ring, dying after `steps` journaled
+/// steps; a live receiver takes whatever arrives. Recovery then accounts for the slot exactly.
+fn spsc_send_death(steps: usize, handles: u32) {
+    loom::model(move || {
+        let class = Arc::new(HeapClass::new(1));
+        let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
+        let words = Arc::new(journal_words());
+        let (slot, generation) = class.slots().alloc(DEAD).unwrap();
+        let v = [slot as u64, u64::from(generation)];
+        let sender = {
+            let (class, ring, words) = (class.clone(), ring.clone(), words.clone());
+            thread::spawn(move || {
+                death::die_after(steps);
+                let local = LocalRefs::new(1);
+                local.first_after_alloc(0);
+                // With a second handle the lend is the two-step dance, not a move.
+                for _ in 1..handles {
+                    local.add_held(0);
+                }
+                let (mut p, _) = ring.ends();
+                let j = Journal::new(&words);
+                j.begin(Op::Send, 0, p.position(), std::iter::once(v));
+                let c = class.slots();
+                let s = SlotRef {
+                    class: &c,
+                    local: &local,
+                    index: 0,
+                    slot,
+                    generation,
+                    me: DEAD,
+                };
+                if journal::lend(&j, 0..1, &s).is_ok() && !death::dead() {
+                    let _ = ring.ring().push(&mut p, &[v]);
+                    if !death::dead() {
+                        j.end();
+                        // The sender lives on and drops its other handle.
+                        if handles > 1 {
+                            local.release(0, || {
+                                c.release(slot, DEAD);
+                            });
+                        }
+                    }
+                }
+            })
+        };
+        sender.join().unwrap();
+        let mut env = ModelEnv {
+            class: &class,
+            spsc: Some(&ring),
+            mpmc: None,
+            refused: 0,
+        };
+        recover_and_check(&mut env, &words);
+    });
+}
+
+/// A receiver pops a descriptor from an SPSC ring and imports it, dying after `steps` journaled
+/// steps (before or after publishing the head, before or after taking the slot).
+fn spsc_recv_death(steps: usize, holding: bool) {
+    loom::model(move || {
+        let class = Arc::new(HeapClass::new(1));
+        let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
+        let words = Arc::new(journal_words());
+        let (slot, generation) = class.slots().alloc(LIVE).unwrap();
+        let v = [slot as u64, u64::from(generation)];
+        // With `holding`, the receiver already holds the slot (an earlier descriptor of it), so
+        // its import is the two-step one.
+        class
+            .slots()
+            .hand_off_n(slot, generation, LIVE, 1 + u32::from(holding))
+            .unwrap();
+        if holding {
+            class
+                .slots()
+                .take_lent(slot, generation, DEAD, true)
+                .unwrap();
+        }
+        let (mut p, _) = ring.ends();
+        ring.ring().push(&mut p, &[v]).unwrap();
+        let receiver = {
+            let (class, ring, words) = (class.clone(), ring.clone(), words.clone());
+            thread::spawn(move || {
+                death::die_after(steps);
+                let local = LocalRefs::new(1);
+                if holding {
+                    local.first_after_alloc(0);
+                }
+                let r = ring.ring();
+                let Ok(mut st) = r.consumer() else { return };
+                let j = Journal::new(&words);
+                j.begin(Op::Recv, 0, st.position(), std::iter::empty());
+                let mut out = [[0u64; 2]];
+                let popped = r.pop_then(&mut st, &mut out, |got| {
+                    for g in got {
+                        j.push_entry(*g, State::Popping(journal::Claim::Claiming));
+                    }
+                });
+                if popped != Ok(1) || death::dead() {
+                    return;
+                }
+                let c = class.slots();
+                let s = SlotRef {
+                    class: &c,
+                    local: &local,
+                    index: 0,
+                    slot,
+                    generation,
+                    me: DEAD,
+                };
+                if journal::import(&j, 0, &s).is_ok() && !death::dead() {
+                    j.end();
+                }
+            })
+        };
+        receiver.join().unwrap();
+        let mut env = ModelEnv {
+            class: &class,
+            spsc: Some(&ring),
+            mpmc: None,
+            refused: 0,
+        };
+        recover_and_check(&mut env, &words);
+    });
+}
+
+/// Two senders push into an MPMC ring, one of them dying after `steps` journaled steps (before or
+/// after its claim, before publishing): recovery completes or skips its cell, the ring stays
+/// usable (a later push and pop go through), and both slots are accounted for.
+fn mpmc_push_death(steps: usize) {
+    loom::model(move || {
+        let class = Arc::new(HeapClass::new(2));
+        let ring = Arc::new(Ring::<[u64; 2]>::new(2));
+        let words = Arc::new(journal_words());
+        let (a, ga) = class.slots().alloc(DEAD).unwrap();
+        let (b, gb) = class.slots().alloc(LIVE).unwrap();
+        let va = [a as u64, u64::from(ga)];
+        let vb = [b as u64, u64::from(gb)];
+        let dying = {
+            let (class, ring, words) = (class.clone(), ring.clone(), words.clone());
+            thread::spawn(move || {
+                death::die_after(steps);
+                let local = LocalRefs::new(2);
+                local.first_after_alloc(a);
+                let j = Journal::new(&words);
+                j.begin(Op::Send, 0, 0, std::iter::once(va));
+                let c = class.slots();
+                let s = SlotRef {
+                    class: &c,
+                    local: &local,
+                    index: a,
+                    slot: a,
+                    generation: ga,
+                    me: DEAD,
+                };
+                if journal::lend(&j, 0..1, &s).is_err() || death::dead() {
+                    return;
+                }
+                let track = Tracker(&j, 0);
+                if ring.view().push_with(va, false, &track).is_ok() && !death::dead() {
+                    j.set(0, State::Pushed);
+                    j.end();
+                }
+            })
+        };
+        let live = {
+            let (class, ring) = (class.clone(), ring.clone());
+            thread::spawn(move || {
+                class.slots().hand_off(b, gb, LIVE).unwrap();
+                // A live pusher waits out a cell another is mid-way on; give up after a few
+                // tries (then its descriptor comes back and is dropped).
+                for _ in 0..3 {
+                    if ring.push(vb).is_ok() {
+                        return;
+                    }
+                }
+                class.slots().discard(b, gb).unwrap();
+            })
+        };
+        dying.join().unwrap();
+        live.join().unwrap();
+        let mut env = ModelEnv {
+            class: &class,
+            spsc: None,
+            mpmc: Some(&ring),
+            refused: 0,
+        };
+        recover_and_check(&mut env, &words);
+        // The ring is usable: a push and a pop go through.
+        ring.push([7, 7]).unwrap();
+        assert_eq!(ring.pop(), Some([7, 7]));
+    });
+}
+
+/// A receiver pops from an MPMC ring and imports, dying after `steps` journaled steps: recovery
+/// releases its claimed cell (the ring stays usable) and drops what it did not import.
+fn mpmc_pop_death(steps: usize) {
+    loom::model(move || {
+        let class = Arc::new(HeapClass::new(1));
+        let ring = Arc::new(Ring::<[u64; 2]>::new(1));
+        let words = Arc::new(journal_words());
+        let (slot, generation) = class.slots().alloc(LIVE).unwrap();
+        let v = [slot as u64, u64::from(generation)];
+        class.slots().hand_off(slot, generation, LIVE).unwrap();
+        ring.push(v).unwrap();
+        let receiver = {
+            let (class, ring, words) = (class.clone(), ring.clone(), words.clone());
+            thread::spawn(move || {
+                death::die_after(steps);
+                let local = LocalRefs::new(1);
+                let j = Journal::new(&words);
+                j.begin(Op::Recv, 0, 0, std::iter::empty());
+                let e = j.push_entry([0, 0], State::New).unwrap();
+                let track = PopTracker(&j, e);
+                let Ok(Some(got)) = ring.view().pop_with(&track) else {
+                    return;
+                };
+                if death::dead() {
+                    return;
+                }
+                j.set(e, State::Popped);
+                let c = class.slots();
+                let s = SlotRef {
+                    class: &c,
+                    local: &local,
+                    index: 0,
+                    slot: got[0] as usize,
+                    generation: got[1] as u32,
+                    me: DEAD,
+                };
+                if journal::import(&j, e, &s).is_ok() && !death::dead() {
+                    j.end();
+                }
+            })
+        };
+        receiver.join().unwrap();
+        let mut env = ModelEnv {
+            class: &class,
+            spsc: None,
+            mpmc: Some(&ring),
+            refused: 0,
+        };
+        recover_and_check(&mut env, &words);
+        ring.push([7, 7]).unwrap();
+        assert_eq!(ring.pop(), Some([7, 7]));
+    });
+}
+
+/// A push's claim, journaled.
+struct Tracker<'j, 'a>(&'j Journal<'a>, usize);
+
+impl fbuf::ring::Track<[u64; 2]> for Tracker<'_, '_> {
+    fn claiming(&self, pos: u64) {
+        self.0.set_pos(pos);
+        self.0.set(self.1, State::Pushing(journal::Claim::Claiming));
+    }
+    fn claimed(&self, _: u64, _: Option<&[u64; 2]>) {
+        self.0.set(self.1, State::Pushing(journal::Claim::Claimed));
+    }
+}
+
+/// A pop's claim, journaled (with the value, before the cell is released).
+struct PopTracker<'j, 'a>(&'j Journal<'a>, usize);
+
+impl fbuf::ring::Track<[u64; 2]> for PopTracker<'_, '_> {
+    fn claiming(&self, pos: u64) {
+        self.0.set_pos(pos);
+        self.0.set(self.1, State::Popping(journal::Claim::Claiming));
+    }
+    fn claimed(&self, _: u64, v: Option<&[u64; 2]>) {
+        if let Some(v) = v {
+            self.0.set_entry(self.1, *v);
+        }
+        self.0.set(self.1, State::Popping(journal::Claim::Claimed));
+    }
+}
+
+#[test]
+fn death_at_every_step_of_a_send() {
+    let _g = serial();
+    seed_from_env();
+    for steps in 0..MAX_STEPS {
+        spsc_send_death(steps, 1);
+        spsc_send_death(steps, 2);
+    }
+}
+
+#[test]
+fn death_at_every_step_of_a_receive() {
+    let _g = serial();
+    seed_from_env();
+    for steps in 0..MAX_STEPS {
+        spsc_recv_death(steps, false);
+        spsc_recv_death(steps, true);
+    }
+}
+
+#[test]
+fn death_at_every_step_of_an_mpmc_push() {
+    let _g = serial();
+    seed_from_env();
+    for steps in 0..MAX_STEPS {
+        mpmc_push_death(steps);
+    }
+}
+
+#[test]
+fn death_at_every_step_of_an_mpmc_pop() {
+    let _g = serial();
+    seed_from_env();
+    for steps in 0..MAX_STEPS {
+        mpmc_pop_death(steps);
+    }
+}
+
+#[test]
+fn seeded_recovery_ignoring_the_journal_is_caught() {
+    let _g = serial();
+    for model in [
+        "death_at_every_step_of_a_send",
+        "death_at_every_step_of_a_receive",
+        "death_at_every_step_of_an_mpmc_push",
+        "death_at_every_step_of_an_mpmc_pop",
+    ] {
+        assert!(
+            caught(Bug::RecoveryIgnoresJournal, model),
+            "{model} missed a recovery that ignores the journal"
+        );
+    }
 }

@@ -118,7 +118,10 @@ impl Recoverer for Env<'_> {
         let d = Desc::from_words(e);
         let s = self.pool.shared();
         s.check(&d).ok()?;
-        Some(s.class(d.class as usize).is_held_by(d.slot as usize, self.dead))
+        Some(
+            s.class(d.class as usize)
+                .is_held_by(d.slot as usize, self.dead),
+        )
     }
 
     fn discard(&mut self, e: [u64; 2]) -> bool {

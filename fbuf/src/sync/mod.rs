@@ -42,6 +42,9 @@ pub mod seeded {
         RelaxedSpscPublish = 4,
         /// The epoll receiver's clear does not re-arm the notifier helper.
         ClearWithoutArming = 5,
+        /// Recovery reads no journal: a dead participant's pending steps are neither finished
+        /// nor undone.
+        RecoveryIgnoresJournal = 6,
     }
 
     #[cfg(loom)]
