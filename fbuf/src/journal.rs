@@ -194,7 +194,8 @@ impl<'a> Journal<'a> {
     /// Starts an operation on `unit` at ring position `pos` with `entries` (at most [`ENTRIES`]),
     /// all [`State::New`].
     pub fn begin(&self, op: Op, unit: u32, pos: u64, entries: impl Iterator<Item = [u64; 2]>) {
-        self.w[HEADER].store(0, Ordering::Relaxed);
+        // The header is idle here (every operation ends with `end`), so the words below can be
+        // written before it names them.
         self.w[UNIT].store(u64::from(unit), Ordering::Relaxed);
         self.w[POS].store(pos, Ordering::Relaxed);
         let mut n = 0;
@@ -236,6 +237,22 @@ impl<'a> Journal<'a> {
         // Release: the states before a shared step are visible with it (recovery reads them after
         // the writer died, when every store it made is visible anyway; loom joins the thread).
         word.store(v, Ordering::Release);
+    }
+
+    /// Entries recorded so far.
+    pub fn len(&self) -> usize {
+        ((self.w[HEADER].load(Ordering::Relaxed) >> 8) & 0xff) as usize
+    }
+
+    /// Whether no entry is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entry `i`'s state as this journal's writer set it.
+    pub fn state(&self, i: usize) -> State {
+        let word = self.w[STATES + i / 8].load(Ordering::Relaxed);
+        State::from_code((word >> (8 * (i % 8))) as u8).unwrap_or(State::Done)
     }
 
     /// Entry `i`'s value.

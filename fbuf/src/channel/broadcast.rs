@@ -164,11 +164,12 @@ impl Publisher {
         j: &crate::journal::Journal<'_>,
         ring: &crate::ring::MpmcRing<'_, Desc>,
     ) -> bool {
-        let first = j.read().entries.len();
-        if pop_journaled(ring, j, 1) != Ok(1) {
+        let first = j.len();
+        let mut got = Vec::with_capacity(1);
+        if pop_journaled(ring, j, 1, &mut got) != Ok(1) {
             return false;
         }
-        let old = Desc::from_words(j.entry(first));
+        let old = got[0];
         if old.is_tombstone() {
             j.set(first, State::Done);
             return false;

@@ -18,6 +18,10 @@ pub struct Sender {
     /// The unit's id in journals.
     unit_id: u32,
     journal: Owned,
+    /// A one-buffer batch for `try_send`, kept to spare an allocation per message.
+    one: Vec<Buf>,
+    /// The descriptors of a batch being sent (kept for the same reason).
+    descs: Vec<crate::pool::Desc>,
     /// The SPSC producer's private indices (one-to-one only).
     spsc: Option<ProducerState>,
     strategy: WaitStrategy,
@@ -61,6 +65,8 @@ impl Pool {
             unit: layout,
             unit_id: unit_id(channel_index, 0),
             journal,
+            one: Vec::with_capacity(1),
+            descs: Vec::new(),
             spsc,
             strategy: WaitStrategy::default(),
         })
@@ -96,14 +102,18 @@ impl Sender {
     /// the slot, its holding becomes the in-flight descriptor in one atomic step. Every step is
     /// journaled, so a death at any instruction leaves the buffer accounted for.
     pub fn try_send(&mut self, buf: Buf) -> Result<(), SendError> {
-        let mut one = vec![buf];
-        match self.send_batch(&mut one) {
+        let mut one = std::mem::take(&mut self.one);
+        one.push(buf);
+        let r = match self.send_batch(&mut one) {
             Ok(1) => Ok(()),
             Ok(_) => Err(SendError::Full(
                 one.pop().expect("an unsent buffer comes back"),
             )),
             Err(e) => Err(e),
-        }
+        };
+        one.clear();
+        self.one = one;
+        r
     }
 
     /// Sends `buf`, waiting up to `timeout` for room (`None`: forever, unless the receiver goes).
@@ -166,19 +176,23 @@ impl Sender {
             base,
             bufs[..n].iter().map(|b| b.desc().to_words()),
         );
-        // Lend each (journaled), then push what was lent.
-        let mut rest = std::mem::take(bufs).into_iter();
-        let mut descs = Vec::with_capacity(n);
+        // Lend each (journaled), then push what was lent. No allocation unless something fails.
+        let mut descs = std::mem::take(&mut self.descs);
+        descs.clear();
         let mut failed = None;
-        for (e, b) in rest.by_ref().take(n).enumerate() {
-            match b.lend_into(&j, e..e + 1) {
-                Ok(d) => descs.push(d),
-                Err(x) => {
-                    failed = Some(x);
-                    break;
+        let not_tried: Vec<Buf> = {
+            let mut drained = bufs.drain(..n);
+            for (e, b) in drained.by_ref().enumerate() {
+                match b.lend_into(&j, e..e + 1) {
+                    Ok(d) => descs.push(d),
+                    Err(x) => {
+                        failed = Some(x);
+                        break;
+                    }
                 }
             }
-        }
+            drained.collect()
+        };
         let mut stuck = false;
         let sent = match (&ring, self.spsc.as_mut()) {
             (UnitRing::Spsc(r), Some(st)) => r.push(st, &descs).unwrap_or_else(|_| {
@@ -209,30 +223,36 @@ impl Sender {
             }
             _ => 0,
         };
-        // What did not go comes back (a journaled import), in order, ahead of what was not tried.
+        // What did not go comes back (a journaled import), in order, ahead of the one whose lend
+        // failed and of what was not tried, all before the rest of `bufs`.
+        let mut back = Vec::new();
         let mut lost = None;
         for (e, d) in descs.iter().enumerate().skip(sent) {
             match self.pool.import_entry(&j, e, *d) {
-                Ok(b) => bufs.push(b),
+                Ok(b) => back.push(b),
                 Err(err) => lost = lost.or(Some(err)),
             }
         }
         j.end();
-        let had_failure = failed.is_some();
-        if let Some((e, b)) = failed {
-            if sent == 0 && bufs.is_empty() {
-                bufs.extend(rest);
-                return Err(SendError::Share(e, b));
+        self.descs = descs;
+        let share_error = match failed {
+            Some((e, b)) if sent == 0 && back.is_empty() => Some((e, b)),
+            Some((_, b)) => {
+                back.push(b);
+                None
             }
-            bufs.push(b);
+            None => None,
+        };
+        back.extend(not_tried);
+        if !back.is_empty() {
+            bufs.splice(0..0, back);
         }
-        bufs.extend(rest);
+        if let Some((e, b)) = share_error {
+            return Err(SendError::Share(e, b));
+        }
         if sent > 0 {
             unit.data_bell().ring(&FUTEX);
             return Ok(sent);
-        }
-        if had_failure {
-            return Ok(0);
         }
         match (bufs.is_empty(), stuck) {
             (true, _) => Err(SendError::Lost(

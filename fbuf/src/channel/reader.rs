@@ -23,6 +23,8 @@ pub(super) struct RingReader {
     spsc: Option<ConsumerState>,
     pub(super) strategy: WaitStrategy,
     batch: Vec<Desc>,
+    /// `try_recv`'s one-buffer batch, kept to spare an allocation per message.
+    one: Vec<Buf>,
 }
 
 /// Why a reader could not be made.
@@ -66,6 +68,7 @@ impl RingReader {
             spsc,
             strategy: WaitStrategy::default(),
             batch: Vec::new(),
+            one: Vec::with_capacity(1),
         })
     }
 
@@ -74,9 +77,13 @@ impl RingReader {
     }
 
     pub(super) fn try_recv(&mut self) -> Result<Buf, RecvError> {
-        let mut one = Vec::with_capacity(1);
-        self.recv_batch(&mut one, 1)?;
-        one.pop().ok_or(RecvError::Empty)
+        let mut one = std::mem::take(&mut self.one);
+        let r = self
+            .recv_batch(&mut one, 1)
+            .and_then(|_| one.pop().ok_or(RecvError::Empty));
+        one.clear();
+        self.one = one;
+        r
     }
 
     pub(super) fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
@@ -120,7 +127,10 @@ impl RingReader {
                 });
                 n.inspect(|&n| self.batch.truncate(n))
             }
-            (UnitRing::Mpmc(r), _) => pop_journaled(&r, &j, max),
+            (UnitRing::Mpmc(r), _) => {
+                self.batch.clear();
+                pop_journaled(&r, &j, max, &mut self.batch)
+            }
             _ => Err(Stuck),
         };
         let n = match popped {
@@ -143,10 +153,10 @@ impl RingReader {
         unit.space_bell().ring(&FUTEX);
         let before = out.len();
         let mut first_err = None;
-        let entries = j.read().entries;
-        for (e, (state, words)) in entries.into_iter().enumerate() {
-            let d = Desc::from_words(words);
-            let waiting = matches!(state, State::Popped | State::Popping(_));
+        // Entries 0..n are the popped cells, in `batch` order.
+        for e in 0..n {
+            let d = self.batch[e];
+            let waiting = matches!(j.state(e), State::Popped | State::Popping(_));
             if !waiting || d.is_tombstone() {
                 j.set(e, State::Done);
                 continue;
@@ -175,6 +185,7 @@ pub(super) fn pop_journaled(
     r: &MpmcRing<'_, Desc>,
     j: &Journal<'_>,
     max: usize,
+    out: &mut Vec<Desc>,
 ) -> Result<usize, Stuck> {
     let mut n = 0;
     while n < max {
@@ -187,8 +198,9 @@ pub(super) fn pop_journaled(
             pop: true,
         };
         match r.pop_with(&track) {
-            Ok(Some(_)) => {
+            Ok(Some(d)) => {
                 j.set(e, State::Popped);
+                out.push(d);
                 n += 1;
             }
             Ok(None) => {
