@@ -282,11 +282,14 @@ fn run(opts: &Options) -> Res<bool> {
         let _ = m.child.kill();
         let _ = m.child.wait();
     }
-    let total = members.len() + kills as usize;
+    // Every participant that was admitted must be retired. (One killed before it finished
+    // joining was never admitted: nothing of the pool's to give back.)
+    let admitted = || server.stats().admitted.load(Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.stats().retired.load(Ordering::SeqCst) < total && Instant::now() < deadline {
+    while server.stats().retired.load(Ordering::SeqCst) < admitted() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    let total = admitted();
     std::thread::sleep(Duration::from_millis(200)); // the last pipe reads
     let retired = server.stats().retired.load(Ordering::SeqCst);
     let leaked = pool.slot_count() - pool.free_count();
@@ -308,7 +311,7 @@ fn run(opts: &Options) -> Res<bool> {
             kills_by_kind.get(&kind).copied().unwrap_or(0)
         );
     }
-    println!("| participants retired by the owner | {retired} of {total} |");
+    println!("| participants retired by the owner | {retired} of {total} admitted |");
     println!("| deliveries verified | {} |", t.deliveries);
     println!(
         "| &nbsp; one-to-one / many-to-one / broadcast | {} / {} / {} |",

@@ -21,6 +21,10 @@
 //!                                       NOFILE > 0 under that fd limit, with SIGNALS = 1 with a
 //!                                       SIGUSR1 handler installed without SA_RESTART; prints a
 //!                                       STATS line on stdout for each line on stdin
+//! fbuf peer hold-size SOCKET N SIZE    allocate N buffers of SIZE bytes, say READY, wait
+//! fbuf peer alloc-wait SOCKET SIZE SECS  allocate SIZE bytes, waiting up to SECS for a slot
+//! fbuf peer send-forever SOCKET CH      send on CH with no timeout until an error; report it
+//! fbuf peer recv-forever SOCKET CH      receive on CH with no timeout until an error; report it
 //! fbuf peer chaos-send|chaos-publish|chaos-recv SOCKET CH ID lossy|-
 //!                                       the participants of `fbuf chaos` (src/chaos.rs)
 //! fbuf peer sink    ADDR LEN DELAY_MS   connect (unix:PATH, tcp:PORT, or - for stdin), wait, read
@@ -63,6 +67,10 @@ pub fn main(args: &[String]) -> ExitCode {
         "send-hold" => send_hold(arg(1), num(2) as usize, num(3)),
         "snap-orphan" => snap_orphan(),
         "serve" => serve(arg(1), num(2), num(3) == 1),
+        "hold-size" => hold_size(arg(1), num(2), num(3) as usize),
+        "alloc-wait" => alloc_wait(arg(1), num(2) as usize, num(3)),
+        "send-forever" => send_forever(arg(1), num(2) as usize),
+        "recv-forever" => recv_forever(arg(1), num(2) as usize),
         "chaos-send" => crate::chaos::send(arg(1), num(2) as usize, num(3)),
         "chaos-publish" => crate::chaos::publish(arg(1), num(2) as usize, num(3)),
         "chaos-recv" => crate::chaos::recv(arg(1), num(2) as usize, num(3), arg(4) == "lossy"),
@@ -553,4 +561,63 @@ fn serve(socket: &str, nofile: u64, signals: bool) -> Res {
         out.flush()?;
     }
     Ok(stats())
+}
+
+fn hold_size(socket: &str, n: u64, size: usize) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let held: Vec<_> = (0..n).map(|_| pool.alloc(size)).collect::<Result<_, _>>()?;
+    eprintln!("READY {}", held.len());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn alloc_wait(socket: &str, size: usize, secs: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    eprintln!("READY");
+    let t = Instant::now();
+    let ok = pool.alloc_timeout(size, Duration::from_secs(secs)).is_ok();
+    Ok(format!(
+        "ok={} ms={}",
+        u8::from(ok),
+        t.elapsed().as_millis()
+    ))
+}
+
+/// The variant name of an error, for RESULT lines.
+fn variant(e: &impl std::fmt::Debug) -> String {
+    let d = format!("{e:?}");
+    d.split(['(', ' ', '{']).next().unwrap_or("").to_string()
+}
+
+fn send_forever(socket: &str, ch: usize) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut tx = pool.sender(ch)?;
+    let mut count = 0u64;
+    eprintln!("READY");
+    loop {
+        let mut b = pool.alloc_timeout(64, Duration::from_secs(20))?;
+        fill_tagged(&mut b, 3, count);
+        if let Err(e) = tx.send_timeout(b.freeze(), None) {
+            return Ok(format!("count={count} err={}", variant(&e)));
+        }
+        count += 1;
+    }
+}
+
+fn recv_forever(socket: &str, ch: usize) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let mut rx = pool.receiver(ch)?;
+    let (mut count, mut bad) = (0u64, 0u64);
+    let mut scratch = Vec::new();
+    eprintln!("READY");
+    loop {
+        match rx.recv_timeout(None) {
+            Ok(b) => {
+                count += 1;
+                bad += u64::from(check_tagged(&b, &mut scratch).is_none());
+            }
+            Err(e) => return Ok(format!("count={count} bad={bad} err={}", variant(&e))),
+        }
+    }
 }

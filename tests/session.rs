@@ -40,8 +40,8 @@ fn malformed_handshakes_end_their_connection_and_the_owner_serves_on() {
     let owner = Owner::new(PoolConfig::default());
     let garbage: [&[u8]; 3] = [
         b"GET / HTTP/1.1\r\n\r\n",                               // wrong magic
-        &[b'F', b'B', b'S', b'1', 1, 0, 1, 0, 0xff, 0xff, 0, 0], // absurd length
-        &[b'F', b'B', b'S', b'1', 1, 0, 1, 0, 4, 0, 0, 0, 9, 0, 0, 0], // unknown role
+        &[b'F', b'B', b'S', b'1', 2, 0, 1, 0, 0xff, 0xff, 0, 0], // absurd length
+        &[b'F', b'B', b'S', b'1', 2, 0, 1, 0, 4, 0, 0, 0, 9, 0, 0, 0], // unknown role
     ];
     for (i, bytes) in garbage.iter().enumerate() {
         let mut s = UnixStream::connect(owner.socket()).unwrap();

@@ -211,12 +211,12 @@ fn slow_and_silent_connections_cannot_hold_the_server() {
     let mut long_frame = UnixStream::connect(&owner.socket).unwrap();
     // A valid header that announces a 512-byte payload, then nothing.
     long_frame
-        .write_all(&[b'F', b'B', b'S', b'1', 1, 0, 1, 0, 0, 2, 0, 0])
+        .write_all(&[b'F', b'B', b'S', b'1', 2, 0, 1, 0, 0, 2, 0, 0])
         .unwrap();
     let silent = connect_many(&owner.socket, 300);
     let start = Instant::now();
     // Drip: one byte of a valid hello every 300 ms on each connection, for 3 s.
-    let hello = [b'F', b'B', b'S', b'1', 1, 0, 1, 0, 4, 0, 0, 0, 1, 0, 0, 0];
+    let hello = [b'F', b'B', b'S', b'1', 2, 0, 1, 0, 4, 0, 0, 0, 1, 0, 0, 0];
     let threads_during = owner.stats()["threads"];
     for k in 0..10 {
         for d in &mut drips {

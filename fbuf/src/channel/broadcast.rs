@@ -201,8 +201,8 @@ impl Publisher {
             if let Some(u) = full {
                 let ready = u
                     .space_bell()
-                    .wait_until(&FUTEX, self.strategy, deadline, || {
-                        u.ring_has_room() || !u.has_live_receiver()
+                    .wait_for(&FUTEX, self.strategy, deadline, |full| {
+                        u.ring_has_room() || (full && u.peers_checked() && !u.has_live_receiver())
                     });
                 if !ready {
                     return Err(SendError::Timeout(buf));

@@ -175,3 +175,51 @@ fn live_claim(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
                     .any(|(st, _)| matches!(st, State::Pushing(_) | State::Popping(_)))
         })
 }
+
+/// What retiring a departed participant did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub recovered: Recovered,
+    /// Descriptors dropped from the rings it received from.
+    pub dropped: usize,
+    pub reclaimed: crate::pool::Reclaimed,
+}
+
+/// Retires participant `id`, whose process (with claim epoch `epoch`) has ended: recovers its
+/// journals, drops what waited in its rings and its endpoint registrations, releases its
+/// holdings and frees its table entry. `None` if that participant is not there any more or
+/// someone else is retiring it (the owner, or another survivor).
+pub fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
+    if id >= MAX_PARTICIPANTS || !pool.shared().participant(id).begin_recovery(epoch) {
+        return None;
+    }
+    let recovered = recover(pool, id);
+    let dropped = super::forget_participant(pool, id);
+    let reclaimed = pool.retire(id);
+    Some(Reaped {
+        recovered,
+        dropped,
+        reclaimed,
+    })
+}
+
+/// The survivors' recovery: when the owner is gone, whoever waits retires peers whose liveness
+/// lock is gone (their process ended), so their slots come back and their rings say
+/// `Disconnected`. With a live owner this does nothing: the owner retires the departed.
+pub fn reap_dead(pool: &Pool) {
+    if pool.owner_alive() {
+        return;
+    }
+    let s = pool.shared();
+    for id in (0..MAX_PARTICIPANTS).filter(|&id| id != s.me()) {
+        let entry = s.participant(id);
+        if entry.is_active() && !pool.is_alive(id) {
+            reap(pool, id, entry.epoch());
+        }
+    }
+}
+
+/// Lets waits in lower layers (`Pool::alloc_timeout`) run [`reap_dead`].
+pub fn install_reaper() {
+    let _ = crate::pool::REAPER.set(reap_dead);
+}

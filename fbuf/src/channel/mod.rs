@@ -27,7 +27,7 @@ use thiserror::Error;
 
 pub use crate::sync::doorbell::WaitStrategy;
 pub use broadcast::{Publisher, Subscriber};
-pub use journaled::{Recovered, recover};
+pub use journaled::{Reaped, Recovered, install_reaper, reap, reap_dead, recover};
 pub use notify::Notifier;
 #[cfg(feature = "tokio")]
 pub use notify::tokio_recv::AsyncReceiver;

@@ -130,8 +130,8 @@ impl Sender {
             let spsc = self.spsc;
             let ready = unit
                 .space_bell()
-                .wait_until(&FUTEX, self.strategy, deadline, || {
-                    unit.receiver_gone()
+                .wait_for(&FUTEX, self.strategy, deadline, |full| {
+                    (full && unit.peers_checked() && unit.receiver_gone())
                         || match (&ring, &spsc) {
                             (UnitRing::Spsc(r), Some(st)) => r.has_room(st),
                             (UnitRing::Mpmc(r), _) => r.len() < r.capacity(),

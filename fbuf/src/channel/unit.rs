@@ -161,6 +161,14 @@ impl<'a> Unit<'a> {
             .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
     }
 
+    /// Lets the survivors retire dead peers if the owner is gone (rate-limited; a system call at
+    /// most every few ms), so that the liveness checks that follow see them gone. Always true,
+    /// to chain in wait conditions.
+    pub fn peers_checked(&self) -> bool {
+        self.pool.reap_if_due();
+        true
+    }
+
     /// Whether a live sender other than this process is registered.
     pub fn has_other_live_sender(&self) -> bool {
         let me = self.pool.shared().me();
@@ -264,6 +272,6 @@ pub fn wait_for_data(
     // doorbell's "full" checks only, so a spinning receiver sees new data sooner.
     unit.data_bell()
         .wait_for(&super::FUTEX, strategy, deadline, |full| {
-            !unit.ring_is_empty(spsc) || (full && unit.senders_gone())
+            !unit.ring_is_empty(spsc) || (full && unit.peers_checked() && unit.senders_gone())
         })
 }

@@ -9,7 +9,7 @@ mod buf;
 mod desc;
 pub mod participants;
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,19 @@ pub(crate) struct Shared {
     /// The session connection, for joiners: closing it tells the owner we left.
     #[allow(dead_code)] // held for its Drop only
     membership: Option<OwnedFd>,
+    /// Our own open file description of the control memfd, holding our liveness lock
+    /// (`sys::lock`): it dies with us, which is how peers know we did, owner or not.
+    liveness: Option<OwnedFd>,
+    /// When survivors last looked for dead peers (ms since the Unix epoch).
+    last_reap: AtomicU64,
 }
+
+/// How survivors recover dead peers when the owner is gone (installed by the channel layer,
+/// which knows the rings; called from waits in lower layers such as `alloc_timeout`).
+pub(crate) static REAPER: std::sync::OnceLock<fn(&Pool)> = std::sync::OnceLock::new();
+
+/// How often a waiting participant looks for dead peers.
+const REAP_EVERY_MS: u64 = 20;
 
 /// A handle to an attached pool. Cheap to clone; every clone is the same participant.
 ///
@@ -220,7 +232,13 @@ impl Pool {
                 .cast::<HeaderFields>()
                 .write_unaligned(header);
         }
-        let pool = Pool::from_parts(control, data, layout, 0, true, None);
+        let liveness = crate::sys::memfd::reopen(control.fd())
+            .and_then(|fd| crate::sys::lock::hold(&fd, 0).map(|()| fd))
+            .map_err(|source| RegionError::Io {
+                what: "liveness lock",
+                source,
+            })?;
+        let pool = Pool::from_parts(control, data, layout, 0, true, None, Some(liveness));
         for ch in &pool.shared.layout.channels {
             for u in ch.units.iter().filter(|u| u.mpmc) {
                 let stamps = pool.shared.control.atomics_u64(u.stamps_offset, u.capacity);
@@ -229,9 +247,9 @@ impl Pool {
                 }
             }
         }
-        pool.shared
-            .participant(0)
-            .claim(std::process::id(), Role::Producer);
+        let owner = pool.shared.participant(0);
+        owner.claim(std::process::id(), Role::Producer);
+        owner.activate();
         // SYNC POINT (ready): Release pairs with the Acquire in `attach`: whoever reads the magic
         // sees the header, the ring stamps and the owner's table entry.
         pool.shared.magic().store(MAGIC, Ordering::Release);
@@ -256,7 +274,7 @@ impl Pool {
         participant: u32,
         writable_data: bool,
     ) -> Result<Pool, AttachError> {
-        Pool::attach_member(control, data, participant, writable_data, None)
+        Pool::attach_member(control, data, participant, writable_data, None, None)
     }
 
     /// [`Pool::attach`], keeping `membership` (the session connection) open while the pool lives.
@@ -266,6 +284,7 @@ impl Pool {
         participant: u32,
         writable_data: bool,
         membership: impl Into<Option<OwnedFd>>,
+        liveness: Option<OwnedFd>,
     ) -> Result<Pool, AttachError> {
         if participant >= MAX_PARTICIPANTS {
             return Err(AttachError::BadParticipant(participant));
@@ -350,6 +369,7 @@ impl Pool {
             participant,
             writable_data,
             membership.into(),
+            liveness,
         ))
     }
 
@@ -360,6 +380,7 @@ impl Pool {
         me: u32,
         writable: bool,
         membership: Option<OwnedFd>,
+        liveness: Option<OwnedFd>,
     ) -> Pool {
         let local = LocalRefs::new(layout.total_slots);
         Pool {
@@ -371,6 +392,8 @@ impl Pool {
                 writable,
                 local,
                 membership,
+                liveness,
+                last_reap: AtomicU64::new(0),
             }),
         }
     }
@@ -419,6 +442,9 @@ impl Pool {
                 Err(AllocError::Exhausted { .. }) if Instant::now() < deadline => {}
                 other => return other,
             }
+            // Slots held by a peer that died after the owner come back only if survivors
+            // recover it.
+            self.reap_if_due();
             round += 1;
             if round < 2_000 {
                 std::hint::spin_loop();
@@ -554,9 +580,61 @@ impl Pool {
         (self.shared.data.ptr(), self.shared.data.len())
     }
 
-    /// Claims a participant table entry for a joining process. Owner only.
-    pub(crate) fn admit(&self, pid: u32, role: Role) -> Option<u32> {
-        (1..MAX_PARTICIPANTS).find(|&id| self.shared.participant(id).claim(pid, role))
+    /// Claims a participant table entry for a joining process, and its liveness lock on a new
+    /// open file description of the control memfd, which the joiner is to keep: `None` if the
+    /// table is full. Owner only.
+    pub(crate) fn admit(&self, pid: u32, role: Role) -> Option<std::io::Result<(u32, OwnedFd)>> {
+        let id = (1..MAX_PARTICIPANTS).find(|&id| self.shared.participant(id).claim(pid, role))?;
+        let entry = self.shared.participant(id);
+        let lock = crate::sys::memfd::reopen(self.shared.control.fd())
+            .and_then(|fd| crate::sys::lock::hold(&fd, id).map(|()| fd));
+        Some(match lock {
+            Ok(fd) => {
+                entry.activate();
+                Ok((id, fd))
+            }
+            Err(e) => {
+                entry.retire();
+                Err(e)
+            }
+        })
+    }
+
+    /// Whether participant `id`'s process is alive: its liveness lock is held (a system call;
+    /// not for the fast path). This process always is.
+    pub fn is_alive(&self, id: u32) -> bool {
+        let s = &self.shared;
+        if id == s.me || id >= MAX_PARTICIPANTS {
+            return id == s.me;
+        }
+        let fd = s.liveness.as_ref().map_or(s.control.fd(), |f| f.as_fd());
+        crate::sys::lock::held_elsewhere(fd, id).unwrap_or(true)
+    }
+
+    /// Whether the pool's owner (participant 0, which admits joiners and recovers the dead) is
+    /// alive. When it is not, the survivors recover each other (see `channel::reap_dead`).
+    pub fn owner_alive(&self) -> bool {
+        self.is_alive(0)
+    }
+
+    /// Runs the survivors' recovery of dead peers if it has not run in the last few ms.
+    pub(crate) fn reap_if_due(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.shared.last_reap.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REAP_EVERY_MS
+            || self
+                .shared
+                .last_reap
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Some(reap) = REAPER.get() {
+            reap(self);
+        }
     }
 
     /// Releases a departed participant's holdings and frees its entry. Owner only.

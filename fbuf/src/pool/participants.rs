@@ -13,6 +13,10 @@ use crate::sync::{AtomicU32, Ordering};
 pub const FREE: u32 = 0;
 /// The state word of an entry in use.
 pub const ACTIVE: u32 = 1;
+/// The state word of an entry whose participant died and is being recovered.
+pub const RECOVERING: u32 = 2;
+/// The state word of an entry claimed for a joiner whose liveness lock is not taken yet.
+pub const RESERVED: u32 = 3;
 
 /// What a participant may do with the data region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +52,11 @@ impl<'a> Entry<'a> {
         Entry { words }
     }
 
-    /// Takes the entry if it is free. Owner only.
+    /// Takes the entry if it is free, as reserved: not yet [`Entry::activate`]d, so nobody
+    /// takes it for dead before its liveness lock is held. Owner only.
     pub fn claim(&self, pid: u32, role: Role) -> bool {
         if self.words[0]
-            .compare_exchange(FREE, ACTIVE, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(FREE, RESERVED, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
             return false;
@@ -61,6 +66,32 @@ impl<'a> Entry<'a> {
         let epoch = self.words[3].load(Ordering::Relaxed).wrapping_add(1).max(1);
         self.words[3].store(epoch, Ordering::Relaxed);
         self.words[2].store(role as u32, Ordering::Release);
+        true
+    }
+
+    /// Makes a reserved entry active (its liveness lock is held).
+    pub fn activate(&self) {
+        self.words[0].store(ACTIVE, Ordering::Release);
+    }
+
+    /// Claims the recovery of the participant that had `epoch` (it died): false if the entry is
+    /// not that participant's, or someone else is recovering it.
+    pub fn begin_recovery(&self, epoch: u32) -> bool {
+        if self.epoch() != epoch {
+            return false;
+        }
+        if self.words[0]
+            .compare_exchange(ACTIVE, RECOVERING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Re-admitted between the epoch check and the CAS (by an owner that had finished the
+        // recovery): not ours to touch.
+        if self.epoch() != epoch {
+            self.words[0].store(ACTIVE, Ordering::Release);
+            return false;
+        }
         true
     }
 

@@ -73,18 +73,22 @@ pub fn join(path: impl AsRef<Path>, role: Role) -> Result<Pool, JoinError> {
                 }
                 .into());
             }
-            if fds.len() != 2 {
+            if fds.len() != 3 {
                 return Err(ProtocolError::FdCount { got: fds.len() }.into());
             }
             stream.set_read_timeout(None)?;
-            let data = fds.pop().expect("two fds");
-            let control = fds.pop().expect("two fds");
+            let liveness = fds.pop().expect("three fds");
+            let data = fds.pop().expect("three fds");
+            let control = fds.pop().expect("three fds");
+            // Without an owner, survivors recover each other in their waits.
+            crate::channel::install_reaper();
             Ok(Pool::attach_member(
                 control,
                 data,
                 participant,
                 role == Role::Producer,
                 Some(stream.into()),
+                Some(liveness),
             )?)
         }
         Message::Reject { reason } => Err(JoinError::Rejected(reason)),

@@ -226,6 +226,7 @@ struct Pending {
 struct Member {
     stream: UnixStream,
     id: u32,
+    epoch: u32,
 }
 
 /// What reading a handshake's bytes came to.
@@ -309,33 +310,33 @@ impl EventLoop {
             .zip(ready.iter().chain(std::iter::repeat(&false)))
         {
             if r && departed(&m.stream) {
-                self.retire(m.id);
+                self.retire(m.id, m.epoch);
             } else {
                 self.members.push(m);
             }
         }
     }
 
-    fn retire(&self, id: u32) {
-        // Finish or undo what it was doing (its journals) first, while its holder bits still
-        // say how far each step got; then drop what waited in its rings and its endpoint
-        // registrations; then its holdings.
-        let rec = crate::channel::recover(&self.pool, id);
-        self.stats
-            .recovered
-            .fetch_add(rec.discarded + rec.completed, Ordering::Relaxed);
-        self.stats
-            .rings_repaired
-            .fetch_add(rec.tombstoned + rec.released, Ordering::Relaxed);
-        let dropped = crate::channel::forget_participant(&self.pool, id);
-        self.stats
-            .dropped_on_retire
-            .fetch_add(dropped, Ordering::Relaxed);
-        let r = self.pool.retire(id);
-        self.stats
-            .released_on_retire
-            .fetch_add(r.released, Ordering::Relaxed);
-        self.stats.retired.fetch_add(1, Ordering::Relaxed);
+    fn retire(&self, id: u32, epoch: u32) {
+        // Finish or undo what it was doing (its journals), while its holder bits still say how
+        // far each step got; drop what waited in its rings; release its holdings. Survivors
+        // may have done it already if this owner was briefly unreachable: then nothing to do.
+        let Some(r) = crate::channel::reap(&self.pool, id, epoch) else {
+            return;
+        };
+        let st = &self.stats;
+        st.recovered.fetch_add(
+            r.recovered.discarded + r.recovered.completed,
+            Ordering::Relaxed,
+        );
+        st.rings_repaired.fetch_add(
+            r.recovered.tombstoned + r.recovered.released,
+            Ordering::Relaxed,
+        );
+        st.dropped_on_retire.fetch_add(r.dropped, Ordering::Relaxed);
+        st.released_on_retire
+            .fetch_add(r.reclaimed.released, Ordering::Relaxed);
+        st.retired.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reads what arrived for each readable handshake; finishes the complete ones.
@@ -378,9 +379,11 @@ impl EventLoop {
         match self.admit(&p.stream, p.cred, role) {
             Ok(id) => {
                 self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                let epoch = self.pool.shared().participant(id).epoch();
                 self.members.push(Member {
                     stream: p.stream,
                     id,
+                    epoch,
                 });
             }
             Err(e) => self.reject(p.stream, e),
@@ -398,20 +401,31 @@ impl EventLoop {
             Role::Producer => self.with_fds(|| pool.data_fd().try_clone_to_owned())?,
             Role::Consumer => self.with_fds(|| memfd::reopen_read_only(pool.data_fd()))?,
         };
-        let id = self
-            .pool
-            .admit(cred.pid as u32, role)
-            .ok_or(AdmitError::Full)?;
+        let pool = self.pool.clone();
+        let (id, liveness) = self
+            .with_fds(|| {
+                pool.admit(cred.pid as u32, role)
+                    .unwrap_or_else(|| Err(io::Error::other("full")))
+            })
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::Other {
+                    AdmitError::Full
+                } else {
+                    AdmitError::Io(e)
+                }
+            })?;
         let welcome = Message::Welcome {
             participant: id,
             role,
             control_size: memfd::size(self.pool.control_fd())?,
             data_size: memfd::size(&data)?,
         };
+        // The third fd carries the joiner's liveness lock (`sys::lock`): held from here on,
+        // dropped by the kernel when the joiner dies.
         if let Err(e) = fdpass::send_with_fds(
             stream,
             &welcome.encode(),
-            &[self.pool.control_fd(), data.as_fd()],
+            &[self.pool.control_fd(), data.as_fd(), liveness.as_fd()],
         ) {
             self.pool.retire(id);
             return Err(e.into());

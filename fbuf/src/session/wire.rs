@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::pool::Role;
 
 pub const FRAME_MAGIC: [u8; 4] = *b"FBS1";
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 12;
 /// Largest payload accepted (a reject reason is the only variable-length one).
 pub const MAX_PAYLOAD: usize = 512;
@@ -48,7 +48,7 @@ pub enum ProtocolError {
         expected: &'static str,
         got: &'static str,
     },
-    #[error("welcome carried {got} file descriptors, expected 2")]
+    #[error("welcome carried {got} file descriptors, expected 3")]
     FdCount { got: usize },
 }
 
@@ -250,7 +250,10 @@ mod tests {
         f[4] = 9;
         assert_eq!(
             Message::decode(&f),
-            Err(ProtocolError::Version { ours: 1, theirs: 9 })
+            Err(ProtocolError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: 9
+            })
         );
         let mut f = Message::Hello {
             role: Role::Producer,

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use super::seeded::{self, Bug};
 use super::{AtomicU32, Ordering, fence, spin_hint};
 
+/// The longest a waiter sleeps before it re-checks its whole condition, woken or not.
+pub const RECHECK: Duration = Duration::from_millis(50);
+
 /// Sleeping and waking on a 32-bit word: the real futex in production, a loom model in loom.
 pub trait Futex {
     /// Sleeps while `*word == expected`, at most `timeout`; may return early.
@@ -146,8 +149,12 @@ impl<'a> Doorbell<'a> {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 return true;
             }
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            futex.wait(self.seq, seen, timeout);
+            // Never sleep longer than RECHECK: a peer that died cannot ring, and the condition's
+            // costly part (is the other side still there?) must be looked at again.
+            let timeout = deadline
+                .map_or(RECHECK, |d| d.saturating_duration_since(Instant::now()))
+                .min(RECHECK);
+            futex.wait(self.seq, seen, Some(timeout));
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }

@@ -81,6 +81,13 @@ pub fn restrict_reopen(fd: impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Opens the same memfd again through `/proc/self/fd`, read-write: a new open file description
+/// (for a liveness lock of its own, `sys::lock`).
+pub fn reopen(fd: impl AsFd) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    Ok(File::options().read(true).write(true).open(path)?.into())
+}
+
 /// Whether the fd was opened with write access (`fcntl(F_GETFL)`).
 pub fn is_writable(fd: impl AsFd) -> io::Result<bool> {
     let flags = fcntl(fd, FcntlArg::F_GETFL)?;

@@ -1,0 +1,152 @@
+//! The owner is not a single point of failure: after it is SIGKILLed, live pairs keep streaming,
+//! a wait whose peer then dies ends with `Disconnected`, and the slots of a participant that dies
+//! after the owner come back (the survivors recover it, told by its liveness lock).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{peer, result};
+
+/// A process owning a pool (channel 0: one-to-one, 64 deep; default classes: 8 slots of 4 MiB).
+struct Owner {
+    child: Child,
+    dir: PathBuf,
+    socket: String,
+}
+
+impl Owner {
+    fn start(name: &str) -> Owner {
+        let dir = std::env::temp_dir().join(format!("fbuf-owner-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("pool.sock").display().to_string();
+        let mut child = peer(&["serve", &socket, "0", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        ready(&mut child);
+        Owner { child, dir, socket }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for the READY line on a peer's stderr, then keeps draining it into a thread that hands
+/// the rest (the RESULT line) back on join.
+fn ready(child: &mut Child) -> std::thread::JoinHandle<Vec<u8>> {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("READY") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "peer died before READY"
+        );
+    }
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut rest);
+        rest
+    })
+}
+
+fn spawn(args: &[&str]) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
+    let mut c = peer(args).stdout(Stdio::null()).spawn().unwrap();
+    let err = ready(&mut c);
+    (c, err)
+}
+
+fn kill(c: &mut Child) {
+    c.kill().unwrap();
+    c.wait().unwrap();
+}
+
+/// Waits (bounded) for a peer to end by itself; its RESULT pairs.
+fn finish(
+    mut c: Child,
+    err: std::thread::JoinHandle<Vec<u8>>,
+    within: Duration,
+) -> std::collections::HashMap<String, String> {
+    let t = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if t.elapsed() > within {
+            let _ = c.kill();
+            panic!("the peer is still waiting after {within:?}: a hang");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    result(&err.join().unwrap())
+}
+
+#[test]
+fn a_blocked_sender_is_told_when_its_receiver_dies_after_the_owner() {
+    let mut owner = Owner::start("send");
+    let (mut rx, _) = spawn(&["recv-hold", &owner.socket, "0"]);
+    let (tx, tx_err) = spawn(&["send-forever", &owner.socket, "0"]);
+    std::thread::sleep(Duration::from_millis(300)); // the ring fills; the sender blocks
+    owner.kill();
+    kill(&mut rx);
+    let r = finish(tx, tx_err, Duration::from_secs(10));
+    assert_eq!(r["err"], "Disconnected", "{r:?}");
+    assert_eq!(r["count"], "64", "it filled the ring, then waited: {r:?}");
+}
+
+#[test]
+fn a_blocked_receiver_is_told_when_its_sender_dies_after_the_owner() {
+    let mut owner = Owner::start("recv");
+    let (mut tx, _) = spawn(&["send-hold", &owner.socket, "0", "5"]);
+    let (rx, rx_err) = spawn(&["recv-forever", &owner.socket, "0"]);
+    std::thread::sleep(Duration::from_millis(300)); // the receiver takes the 5, then blocks
+    owner.kill();
+    kill(&mut tx);
+    let r = finish(rx, rx_err, Duration::from_secs(10));
+    assert_eq!(r["err"], "Disconnected", "{r:?}");
+    assert_eq!(
+        (r["count"].as_str(), r["bad"].as_str()),
+        ("5", "0"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn survivors_stream_on_and_recover_a_peer_that_dies_after_the_owner() {
+    let mut owner = Owner::start("slots");
+    // A stream that outlives the owner, every byte checked.
+    let (rx, rx_err) = spawn(&["recv-forever", &owner.socket, "0"]);
+    let (tx, tx_err) = spawn(&["send-forever", &owner.socket, "0"]);
+    // All eight 4 MiB slots held by one participant; another waits for one.
+    let (mut holder, _) = spawn(&["hold-size", &owner.socket, "8", "4194304"]);
+    let (waiter, waiter_err) = spawn(&["alloc-wait", &owner.socket, "4194304", "30"]);
+    std::thread::sleep(Duration::from_millis(200));
+    owner.kill();
+    std::thread::sleep(Duration::from_millis(500)); // streaming goes on without the owner
+    kill(&mut holder);
+    let w = finish(waiter, waiter_err, Duration::from_secs(20));
+    assert_eq!(w["ok"], "1", "the dead holder's slots came back: {w:?}");
+    // Then the sender goes: the receiver is told, after every byte arrived right.
+    let mut tx = tx;
+    kill(&mut tx);
+    drop(tx_err);
+    let r = finish(rx, rx_err, Duration::from_secs(10));
+    assert_eq!(r["err"], "Disconnected", "{r:?}");
+    assert_eq!(r["bad"], "0", "{r:?}");
+    assert!(
+        r["count"].parse::<u64>().unwrap() > 1000,
+        "the pair streamed on: {r:?}"
+    );
+}
