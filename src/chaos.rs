@@ -577,7 +577,7 @@ pub fn recv(socket: &str, ch: usize, id: u64, lossy: bool) -> Res<String> {
         let mut rx = open(|| pool.subscriber(ch, lossy))?;
         serve(&mut |got, batch| {
             if batch {
-                rx.recv_batch(got, 16).map(|_| ())
+                rx.recv_batch(got, 32).map(|_| ())
             } else {
                 rx.recv_timeout(Some(Duration::from_millis(50)))
                     .map(|b| got.push(b))
@@ -587,7 +587,7 @@ pub fn recv(socket: &str, ch: usize, id: u64, lossy: bool) -> Res<String> {
         let mut rx = open(|| pool.receiver(ch))?;
         serve(&mut |got, batch| {
             if batch {
-                rx.recv_batch(got, 16).map(|_| ())
+                rx.recv_batch(got, 32).map(|_| ())
             } else {
                 rx.recv_timeout(Some(Duration::from_millis(50)))
                     .map(|b| got.push(b))
