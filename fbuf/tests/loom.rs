@@ -702,6 +702,8 @@ struct ModelEnv<'a> {
     class: &'a HeapClass,
     spsc: Option<&'a SpscHeap<[u64; 2]>>,
     mpmc: Option<&'a Ring<[u64; 2]>>,
+    /// A second MPMC ring, unit 1 (a publish to two subscribers).
+    mpmc2: Option<&'a Ring<[u64; 2]>>,
     refused: usize,
 }
 
@@ -719,11 +721,12 @@ impl Recoverer for ModelEnv<'_> {
         self.refused += usize::from(!ok);
         ok
     }
-    fn with_ring(&self, _: u32, f: &mut dyn FnMut(EntryRing<'_, '_>)) {
+    fn with_ring(&self, unit: u32, f: &mut dyn FnMut(EntryRing<'_, '_>)) {
         if let Some(r) = self.spsc {
             f(EntryRing::Spsc(&r.ring()));
         }
-        if let Some(r) = self.mpmc {
+        let mpmc = if unit == 1 { self.mpmc2 } else { self.mpmc };
+        if let Some(r) = mpmc {
             f(EntryRing::Mpmc(&r.view()));
         }
     }
@@ -758,7 +761,7 @@ fn recover_and_check(env: &mut ModelEnv<'_>, words: &[fbuf::sync::AtomicU64]) {
             }
         }
     }
-    if let Some(r) = env.mpmc {
+    for r in [env.mpmc, env.mpmc2].into_iter().flatten() {
         while let Ok(Some(v)) = r.view().pop() {
             drained.push(v);
         }
@@ -830,6 +833,7 @@ fn spsc_send_death(steps: usize, handles: u32) {
             class: &class,
             spsc: Some(&ring),
             mpmc: None,
+            mpmc2: None,
             refused: 0,
         };
         recover_and_check(&mut env, &words);
@@ -899,6 +903,7 @@ fn spsc_recv_death(steps: usize, holding: bool) {
             class: &class,
             spsc: Some(&ring),
             mpmc: None,
+            mpmc2: None,
             refused: 0,
         };
         recover_and_check(&mut env, &words);
@@ -964,6 +969,7 @@ fn mpmc_push_death(steps: usize) {
             class: &class,
             spsc: None,
             mpmc: Some(&ring),
+            mpmc2: None,
             refused: 0,
         };
         recover_and_check(&mut env, &words);
@@ -1019,6 +1025,7 @@ fn mpmc_pop_death(steps: usize) {
             class: &class,
             spsc: None,
             mpmc: Some(&ring),
+            mpmc2: None,
             refused: 0,
         };
         recover_and_check(&mut env, &words);
@@ -1053,6 +1060,197 @@ impl fbuf::ring::Track<[u64; 2]> for PopTracker<'_, '_> {
             self.0.set_entry(self.1, *v);
         }
         self.0.set(self.1, State::Popping(journal::Claim::Claimed));
+    }
+}
+
+/// A batch of two sent with one publication: two slots lent one after the other, then one tail
+/// store; the sender is cut off at every step.
+fn spsc_send_batch_death(steps: usize) {
+    loom::model(move || {
+        let class = Arc::new(HeapClass::new(2));
+        let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
+        let words = Arc::new(journal_words());
+        let held: Vec<(usize, u32)> = (0..2).map(|_| class.slots().alloc(DEAD).unwrap()).collect();
+        let sender = {
+            let (class, ring, words) = (class.clone(), ring.clone(), words.clone());
+            thread::spawn(move || {
+                death::die_after(steps);
+                let local = LocalRefs::new(2);
+                let vals: Vec<[u64; 2]> = held
+                    .iter()
+                    .map(|&(slot, generation)| {
+                        local.first_after_alloc(slot);
+                        [slot as u64, u64::from(generation)]
+                    })
+                    .collect();
+                let (mut p, _) = ring.ends();
+                let j = Journal::new(&words);
+                j.begin(Op::Send, 0, p.position(), vals.iter().copied());
+                let c = class.slots();
+                for (e, &(slot, generation)) in held.iter().enumerate() {
+                    let s = SlotRef {
+                        class: &c,
+                        local: &local,
+                        index: slot,
+                        slot,
+                        generation,
+                        me: DEAD,
+                    };
+                    if journal::lend(&j, e..e + 1, &s).is_err() || death::dead() {
+                        return;
+                    }
+                }
+                if ring.ring().push(&mut p, &vals) == Ok(2) && !death::dead() {
+                    j.end();
+                }
+            })
+        };
+        sender.join().unwrap();
+        let mut env = ModelEnv {
+            class: &class,
+            spsc: Some(&ring),
+            mpmc: None,
+            mpmc2: None,
+            refused: 0,
+        };
+        recover_and_check(&mut env, &words);
+    });
+}
+
+/// A batch of two popped with one head publication, then imported one by one; the receiver is
+/// cut off at every step.
+fn spsc_recv_batch_death(steps: usize) {
+    loom::model(move || {
+        let class = Arc::new(HeapClass::new(2));
+        let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
+        let words = Arc::new(journal_words());
+        let (mut p, _) = ring.ends();
+        let mut vals = Vec::new();
+        for _ in 0..2 {
+            let (slot, generation) = class.slots().alloc(LIVE).unwrap();
+            class.slots().hand_off(slot, generation, LIVE).unwrap();
+            vals.push([slot as u64, u64::from(generation)]);
+        }
+        ring.ring().push(&mut p, &vals).unwrap();
+        let receiver = {
+            let (class, ring, words) = (class.clone(), ring.clone(), words.clone());
+            thread::spawn(move || {
+                death::die_after(steps);
+                let local = LocalRefs::new(2);
+                let r = ring.ring();
+                let Ok(mut st) = r.consumer() else { return };
+                let j = Journal::new(&words);
+                j.begin(Op::Recv, 0, st.position(), std::iter::empty());
+                let mut out = [[0u64; 2]; 2];
+                let popped = r.pop_then(&mut st, &mut out, |got| {
+                    for g in got {
+                        j.push_entry(*g, State::Popping(journal::Claim::Claiming));
+                    }
+                });
+                if popped != Ok(2) || death::dead() {
+                    return;
+                }
+                let c = class.slots();
+                for (e, v) in out.iter().enumerate() {
+                    let s = SlotRef {
+                        class: &c,
+                        local: &local,
+                        index: v[0] as usize,
+                        slot: v[0] as usize,
+                        generation: v[1] as u32,
+                        me: DEAD,
+                    };
+                    if journal::import(&j, e, &s).is_err() || death::dead() {
+                        return;
+                    }
+                }
+                j.end();
+            })
+        };
+        receiver.join().unwrap();
+        let mut env = ModelEnv {
+            class: &class,
+            spsc: Some(&ring),
+            mpmc: None,
+            mpmc2: None,
+            refused: 0,
+        };
+        recover_and_check(&mut env, &words);
+    });
+}
+
+/// A publish to two subscriber rings: one lend of two in-flight counts, then a journaled push
+/// into each ring; the publisher is cut off at every step. Both rings stay usable.
+fn publish_death(steps: usize) {
+    loom::model(move || {
+        let class = Arc::new(HeapClass::new(1));
+        let rings = Arc::new([Ring::<[u64; 2]>::new(1), Ring::<[u64; 2]>::new(1)]);
+        let words = Arc::new(journal_words());
+        let (slot, generation) = class.slots().alloc(DEAD).unwrap();
+        let v = [slot as u64, u64::from(generation)];
+        let publisher = {
+            let (class, rings, words) = (class.clone(), rings.clone(), words.clone());
+            thread::spawn(move || {
+                death::die_after(steps);
+                let local = LocalRefs::new(1);
+                local.first_after_alloc(0);
+                let j = Journal::new(&words);
+                j.begin(Op::Publish, 0, 0, std::iter::repeat_n(v, 2));
+                let c = class.slots();
+                let s = SlotRef {
+                    class: &c,
+                    local: &local,
+                    index: 0,
+                    slot,
+                    generation,
+                    me: DEAD,
+                };
+                if journal::lend(&j, 0..2, &s).is_err() || death::dead() {
+                    return;
+                }
+                for (e, ring) in rings.iter().enumerate() {
+                    j.set_unit(e as u32);
+                    let track = Tracker(&j, e);
+                    if ring.view().push_with(v, false, &track).is_err() || death::dead() {
+                        return;
+                    }
+                    j.set(e, State::Pushed);
+                }
+                j.end();
+            })
+        };
+        publisher.join().unwrap();
+        let mut env = ModelEnv {
+            class: &class,
+            spsc: None,
+            mpmc: Some(&rings[0]),
+            mpmc2: Some(&rings[1]),
+            refused: 0,
+        };
+        recover_and_check(&mut env, &words);
+        for r in rings.iter() {
+            r.push([7, 7]).unwrap();
+            assert_eq!(r.pop(), Some([7, 7]));
+        }
+    });
+}
+
+#[test]
+fn death_at_every_step_of_a_batch() {
+    let _g = serial();
+    seed_from_env();
+    for steps in 0..MAX_STEPS {
+        spsc_send_batch_death(steps);
+        spsc_recv_batch_death(steps);
+    }
+}
+
+#[test]
+fn death_at_every_step_of_a_publish() {
+    let _g = serial();
+    seed_from_env();
+    for steps in 0..MAX_STEPS + 2 {
+        publish_death(steps);
     }
 }
 
@@ -1100,6 +1298,8 @@ fn seeded_recovery_ignoring_the_journal_is_caught() {
     for model in [
         "death_at_every_step_of_a_send",
         "death_at_every_step_of_a_receive",
+        "death_at_every_step_of_a_batch",
+        "death_at_every_step_of_a_publish",
         "death_at_every_step_of_an_mpmc_push",
         "death_at_every_step_of_an_mpmc_pop",
     ] {
