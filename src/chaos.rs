@@ -274,10 +274,15 @@ fn run(opts: &Options) -> Res<bool> {
             );
         }
     }
-    // Deliveries in the last moments show nothing hung.
+    // Deliveries on every channel after the last kill show nothing hung (a replacement may take
+    // a moment to join on a loaded machine: up to 10 s).
     let before_end = tally.lock().unwrap().per_channel;
-    std::thread::sleep(Duration::from_millis(500));
-    let at_end = tally.lock().unwrap().per_channel;
+    let waited = Instant::now();
+    let mut at_end = before_end;
+    while (0..3).any(|c| at_end[c] == before_end[c]) && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        at_end = tally.lock().unwrap().per_channel;
+    }
     for m in &mut members {
         let _ = m.child.kill();
         let _ = m.child.wait();
