@@ -1,22 +1,14 @@
 //! Descriptors from another participant are untrusted: every field is checked, a stale or reused
 //! descriptor is refused, and allocation errors never panic.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::attach;
 
 use fbuf::layout::ClassSpec;
 use fbuf::{AllocError, Desc, DescError, Pool, PoolConfig};
-
-/// `Pool::attach` as another process would, under an id of the test's choosing.
-fn attach(
-    control: std::os::fd::OwnedFd,
-    data: std::os::fd::OwnedFd,
-    id: u32,
-    writable: bool,
-) -> Result<Pool, fbuf::pool::AttachError> {
-    // SAFETY: each test gives every attached handle its own id, never one the pool's creator (0)
-    // or another live handle uses, and no server retires these ids.
-    unsafe { Pool::attach(control, data, id, writable) }
-}
 
 fn small_pool() -> Pool {
     Pool::create(&PoolConfig {

@@ -3,11 +3,12 @@
 //! (the suite runs in the dev profile, so an overflow would panic too), no hang, and every
 //! rejection is a named error that says what was wrong.
 
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 
 use fbuf::channel::{OpenError, RecvError, SendError};
-use fbuf::layout::{ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, Layout, channel_kind};
+use fbuf::layout::{ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, channel_kind};
 use fbuf::pool::AttachError;
 use fbuf::session::wire::{
     HEADER_LEN, MAX_PAYLOAD, Message, PROTOCOL_VERSION, ProtocolError, parse_header, read_message,
@@ -52,28 +53,8 @@ fn config() -> PoolConfig {
 }
 
 /// A writable mapping of a pool's control region, as a hostile peer has.
-struct Peer {
-    map: memmap2::MmapMut,
-    layout: Layout,
-}
-
-impl Peer {
-    fn new(pool: &Pool) -> Peer {
-        let file = std::fs::File::from(pool.control_fd().as_fd().try_clone_to_owned().unwrap());
-        // SAFETY: a shared mapping of the control memfd, touched only through atomics (and, for
-        // the header, before any other handle reads it).
-        let map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
-        let c = config();
-        Peer {
-            map,
-            layout: Layout::compute(&c.classes, &c.channels).unwrap(),
-        }
-    }
-
-    fn word(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: 8-aligned offsets from the layout, inside the mapping.
-        unsafe { &*(self.map.as_ptr().add(offset) as *const AtomicU64) }
-    }
+fn peer_of(pool: &Pool) -> common::Attacker {
+    common::Attacker::new(pool, &config())
 }
 
 fn frame(version: u16, kind: u16, len: u32, payload: &[u8]) -> Vec<u8> {
@@ -213,7 +194,7 @@ proptest! {
         which in 0usize..3,
     ) {
         let pool = pool();
-        let peer = Peer::new(&pool);
+        let peer = peer_of(&pool);
         let mut w = words.iter().cycle();
         for c in &peer.layout.channels {
             for u in &c.units {
@@ -281,7 +262,7 @@ proptest! {
         mutations in proptest::collection::vec((0usize..(8 + std::mem::size_of::<HeaderFields>()) / 4, any::<u32>()), 1..6),
     ) {
         let pool = pool();
-        let peer = Peer::new(&pool);
+        let peer = peer_of(&pool);
         let base = peer.map.as_ptr() as *mut u32;
         let mut changed = false;
         for (i, v) in &mutations {

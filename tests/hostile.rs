@@ -1,12 +1,13 @@
 //! A hostile (or buggy) participant scribbles on the shared control region: ring indices, ring
 //! cells, slot state words. Every endpoint must answer with a named error, never a panic or a hang.
 
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fbuf::channel::{RecvError, SendError};
-use fbuf::layout::{ChannelSpec, Layout, channel_kind};
+use fbuf::layout::{ChannelSpec, channel_kind};
 use fbuf::{DescError, Pool, PoolConfig};
 
 fn config() -> PoolConfig {
@@ -29,29 +30,18 @@ fn config() -> PoolConfig {
     }
 }
 
-/// The attacker's own writable mapping of the control region, and the layout it can compute.
-struct Attacker {
-    map: memmap2::MmapMut,
-    layout: Layout,
-}
+struct Attacker(common::Attacker);
 
 impl Attacker {
     fn new(pool: &Pool) -> Attacker {
-        let file = std::fs::File::from(pool.control_fd().as_fd().try_clone_to_owned().unwrap());
-        // SAFETY: a shared mapping of the pool's control memfd; the test only touches it through
-        // atomics below, as a peer process would.
-        let map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
-        let c = config();
-        let classes: Vec<_> = c.classes.clone();
-        Attacker {
-            map,
-            layout: Layout::compute(&classes, &c.channels).unwrap(),
-        }
+        Attacker(common::Attacker::new(pool, &config()))
     }
+}
 
-    fn word(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: the offset comes from the layout, 8-aligned and inside the mapping.
-        unsafe { &*(self.map.as_ptr().add(offset) as *const AtomicU64) }
+impl std::ops::Deref for Attacker {
+    type Target = common::Attacker;
+    fn deref(&self) -> &common::Attacker {
+        &self.0
     }
 }
 

@@ -9,22 +9,10 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-use common::{Owner, peer, result, run_peer, wait_output};
+use common::{Owner, attach, peer, result, run_peer, wait_output};
 use fbuf::pool::AttachError;
 use fbuf::region::RegionError;
 use fbuf::{Pool, PoolConfig};
-
-/// `Pool::attach` as another process would, under an id of the test's choosing.
-fn attach(
-    control: std::os::fd::OwnedFd,
-    data: std::os::fd::OwnedFd,
-    id: u32,
-    writable: bool,
-) -> Result<Pool, fbuf::pool::AttachError> {
-    // SAFETY: each test gives every attached handle its own id, never one the pool's creator (0)
-    // or another live handle uses, and no server retires these ids.
-    unsafe { Pool::attach(control, data, id, writable) }
-}
 
 #[test]
 fn producer_and_consumer_processes_exchange_verified_buffers() {

@@ -96,3 +96,43 @@ pub fn result(stderr: &[u8]) -> std::collections::HashMap<String, String> {
 pub fn wait_output(child: Child) -> Output {
     child.wait_with_output().expect("wait for fbuf peer")
 }
+
+/// `Pool::attach` as another process would, under an id of the test's choosing.
+pub fn attach(
+    control: std::os::fd::OwnedFd,
+    data: std::os::fd::OwnedFd,
+    id: u32,
+    writable: bool,
+) -> Result<Pool, fbuf::pool::AttachError> {
+    // SAFETY: each test gives every attached handle its own id, never one the pool's creator (0)
+    // or another live handle uses, and no server retires these ids.
+    unsafe { Pool::attach(control, data, id, writable) }
+}
+
+/// A hostile peer's writable mapping of a pool's control region, and the layout it can compute.
+pub struct Attacker {
+    pub map: memmap2::MmapMut,
+    pub layout: fbuf::layout::Layout,
+}
+
+impl Attacker {
+    pub fn new(pool: &Pool, config: &PoolConfig) -> Attacker {
+        use std::os::fd::AsFd;
+        let file = std::fs::File::from(pool.control_fd().as_fd().try_clone_to_owned().unwrap());
+        // SAFETY: a shared mapping of the pool's control memfd; the tests touch it through
+        // atomics, as a peer process would.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
+        Attacker {
+            map,
+            layout: fbuf::layout::Layout::compute(&config.classes, &config.channels).unwrap(),
+        }
+    }
+
+    /// The 64-bit word at `offset` (8-aligned, inside the mapping: offsets come from the layout).
+    pub fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());
+        // SAFETY: checked just above: aligned and inside the mapping, which lives as long as
+        // `self`; shared memory is only touched atomically.
+        unsafe { &*(self.map.as_ptr().add(offset) as *const std::sync::atomic::AtomicU64) }
+    }
+}

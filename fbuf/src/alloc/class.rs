@@ -157,17 +157,7 @@ impl<'a> ClassSlots<'a> {
     /// Turns `holder`'s holding of `slot` into one in-flight descriptor, in one CAS: a send by
     /// move, for a process giving away its last handle (instead of lending, then releasing).
     pub fn hand_off(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
-        // SYNC POINT (hand-off): Release, like `lend`: pairs with the Acquire in `take_lent`.
-        self.update(slot, generation, Ordering::Release, |cur| {
-            if !cur.is_held_by(holder) {
-                Err(SlotError::NotHeld)
-            } else if cur.in_flight() + 1 > MAX_IN_FLIGHT {
-                Err(SlotError::TooManyInFlight)
-            } else {
-                Ok(cur.plus_in_flight(1).without_holder(holder))
-            }
-        })
-        .map(|_| ())
+        self.hand_off_n(slot, generation, holder, 1)
     }
 
     /// Moves `holder`'s holding *and* `n` more descriptors into flight in one CAS (holder bit
@@ -233,7 +223,7 @@ impl<'a> ClassSlots<'a> {
         holder: u32,
         n: u32,
     ) -> Result<(), SlotError> {
-        // SYNC POINT (hand-off): Release, like `lend`.
+        // SYNC POINT (hand-off): Release, like `lend`: pairs with the Acquire in `take_lent`.
         self.update(slot, generation, Ordering::Release, |cur| {
             if !cur.is_held_by(holder) {
                 Err(SlotError::NotHeld)
