@@ -76,7 +76,8 @@ impl Pool {
     pub fn receiver(&self, channel_index: usize) -> Result<Receiver, OpenError> {
         let layout = point_to_point(self, channel_index)?;
         let unit = Unit::new(self, layout);
-        if !unit.claim_receiver() {
+        // A receiver that died after the owner holds the ring until survivors retire it.
+        if !unit.claim_receiver() && !(unit.peers_checked() && unit.claim_receiver()) {
             return Err(OpenError::ReceiverTaken {
                 channel: channel_index,
             });
