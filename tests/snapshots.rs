@@ -341,3 +341,83 @@ fn a_snapshot_child_dies_with_its_parent() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A child whose error message is larger than a pipe's buffer: `wait` must still end, with the
+/// message (truncated) rather than both sides waiting on each other.
+#[test]
+fn a_huge_child_error_does_not_hang_wait() {
+    let mut snap = snapshot::spawn(|| Err("x".repeat(1 << 20).into())).unwrap();
+    match snap.wait_timeout(Some(Duration::from_secs(20))) {
+        Err(SnapshotError::Child { message }) => {
+            assert!(message.starts_with("xxxx"), "{}", &message[..10]);
+            assert!(
+                message.len() < 64 << 10,
+                "truncated: {} bytes",
+                message.len()
+            );
+        }
+        Ok(None) => panic!("wait timed out: the child is blocked on its report"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+/// Snapshots taken from two threads at once: a child forked by one thread inherits the other's
+/// report pipe, which must not make the other's `wait` last until that child exits.
+#[test]
+fn concurrent_snapshots_from_two_threads_do_not_stall_each_other() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Fork continuously, children that live 2 s, so that some fork lands while the
+            // other thread's report pipe is open.
+            let mut running = std::collections::VecDeque::new();
+            while !stop.load(Ordering::SeqCst) {
+                running.push_back(
+                    snapshot::spawn(|| {
+                        std::thread::sleep(Duration::from_secs(2));
+                        Ok(())
+                    })
+                    .unwrap(),
+                );
+                if running.len() > 20 {
+                    running.pop_front().unwrap().wait().unwrap();
+                }
+            }
+            for s in running {
+                s.wait().unwrap();
+            }
+        })
+    };
+    let mut worst = Duration::ZERO;
+    std::thread::sleep(Duration::from_millis(50)); // the other thread is forking by now
+    for _ in 0..100 {
+        let s = snapshot::spawn(|| Ok(())).unwrap();
+        let t = Instant::now();
+        s.wait().unwrap();
+        worst = worst.max(t.elapsed());
+    }
+    stop.store(true, Ordering::SeqCst);
+    slow.join().unwrap();
+    // A stall is a wait for the other thread's 2-second child; a loaded machine delays the
+    // quick child by far less.
+    assert!(
+        worst < Duration::from_secs(1),
+        "a snapshot whose child runs for nothing waited {worst:?} (the other thread's child)"
+    );
+}
+
+/// `try_wait` reported the stats; a later `wait` returns them again instead of "cancelled".
+#[test]
+fn wait_after_try_wait_returns_the_same_stats() {
+    let mut s = snapshot::spawn(|| Ok(())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(stats) = s.try_wait().unwrap() {
+            break stats;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(s.wait().unwrap(), first);
+}

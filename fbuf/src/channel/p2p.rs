@@ -77,7 +77,8 @@ impl Pool {
         let layout = point_to_point(self, channel_index)?;
         let unit = Unit::new(self, layout);
         // A receiver that died after the owner holds the ring until survivors retire it.
-        if !unit.claim_receiver() && !(unit.peers_checked() && unit.claim_receiver()) {
+        let claimed = unit.claim_receiver() || (unit.peers_checked() && unit.claim_receiver());
+        if !claimed {
             return Err(OpenError::ReceiverTaken {
                 channel: channel_index,
             });

@@ -51,6 +51,8 @@ pub enum SnapshotError {
     Exited { code: i32 },
     #[error("the snapshot was cancelled")]
     Cancelled,
+    #[error("the snapshot's failure was already returned by an earlier wait")]
+    AlreadyReported,
 }
 
 /// What a finished snapshot cost.
@@ -65,7 +67,16 @@ pub struct SnapshotStats {
     pub cow_bytes: u64,
 }
 
-/// A running (or finished) snapshot child.
+/// A running (or finished) snapshot child. Dropping it kills the child: keep it, then `wait`.
+/// Forgetting that is a warning (an error here):
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn save(path: &std::path::Path) -> Result<(), fbuf::snapshot::SnapshotError> {
+///     fbuf::snapshot::save_to_file(path, |out| Ok(out.write_all(b"state")?))?; // dropped: killed
+///     Ok(())
+/// }
+/// ```
+#[must_use = "dropping a Snapshot kills its child: call wait() (or cancel())"]
 pub struct Snapshot {
     pid: i32,
     pidfd: OwnedFd,
@@ -74,11 +85,21 @@ pub struct Snapshot {
     /// A temporary file to remove if the child fails (saves).
     cleanup: Option<PathBuf>,
     reaped: bool,
+    /// What the child reported, once reaped (so `wait` after `try_wait` answers the same).
+    finished: Option<SnapshotStats>,
 }
 
 const OK: u8 = 0;
 const FAILED: u8 = 1;
 const PANICKED: u8 = 2;
+
+/// The child's report: a length (u32), then kind, run time, COW bytes and the message, capped so
+/// the whole report fits in an empty pipe's buffer (64 KiB): the child's write never blocks, and
+/// the parent reads exactly the announced length once the child has exited, without waiting
+/// for end of file (which a child forked meanwhile by another thread, holding an inherited copy
+/// of the pipe, would delay until it exits).
+const MAX_MESSAGE: usize = 16 << 10;
+const HEADER: usize = 4 + 1 + 8 + 8;
 
 /// Forks; the child runs `work` against the frozen image and exits, the parent returns at once.
 pub fn spawn<F>(work: F) -> Result<Snapshot, SnapshotError>
@@ -109,10 +130,16 @@ where
                         .unwrap_or_else(|| "panic".into()),
                 ),
             };
-            let mut report = vec![kind];
+            let mut message = message.into_bytes();
+            if message.len() > MAX_MESSAGE {
+                message.truncate(MAX_MESSAGE);
+                message.extend_from_slice(" ... (truncated)".as_bytes());
+            }
+            let mut report = ((HEADER - 4 + message.len()) as u32).to_le_bytes().to_vec();
+            report.push(kind);
             report.extend_from_slice(&(run.as_nanos() as u64).to_le_bytes());
             report.extend_from_slice(&cow.to_le_bytes());
-            report.extend_from_slice(message.as_bytes());
+            report.extend_from_slice(&message);
             let mut writer = writer;
             let _ = writer.write_all(&report);
             process::exit_now(i32::from(kind));
@@ -128,13 +155,19 @@ where
                     return Err(SnapshotError::Io(e));
                 }
             };
+            let report = OwnedFd::from(reader);
+            if let Err(e) = process::set_nonblocking(report.as_fd()) {
+                let _ = process::kill(pid);
+                return Err(SnapshotError::Io(e));
+            }
             Ok(Snapshot {
                 pid,
                 pidfd,
-                report: File::from(OwnedFd::from(reader)),
+                report: File::from(report),
                 fork_pause,
                 cleanup: None,
                 reaped: false,
+                finished: None,
             })
         }
     }
@@ -174,7 +207,11 @@ impl Snapshot {
         timeout: Option<Duration>,
     ) -> Result<Option<SnapshotStats>, SnapshotError> {
         if self.reaped {
-            return Err(SnapshotError::Cancelled);
+            // Asked again after the outcome was given: the same stats, or the failure again.
+            return self
+                .finished
+                .map(Some)
+                .ok_or(SnapshotError::AlreadyReported);
         }
         if !process::wait_readable(self.pidfd.as_fd(), timeout).map_err(SnapshotError::Io)? {
             return Ok(None);
@@ -188,6 +225,7 @@ impl Snapshot {
         };
         self.reaped = true;
         let result = self.outcome(exit);
+        self.finished = result.as_ref().ok().copied();
         if let (Err(_), Some(tmp)) = (&result, self.cleanup.take()) {
             let _ = std::fs::remove_file(tmp);
         }
@@ -208,19 +246,43 @@ impl Snapshot {
         }
     }
 
-    fn outcome(&mut self, exit: Exit) -> Result<SnapshotStats, SnapshotError> {
+    /// Reads the report the exited child left in the pipe: exactly the length it announced, what
+    /// is there now (the pipe is non-blocking, and a child that wrote it has exited).
+    fn read_report(&mut self) -> Vec<u8> {
         let mut report = Vec::new();
-        let _ = self.report.read_to_end(&mut report);
+        let mut chunk = [0u8; 4096];
+        let mut want = HEADER;
+        while report.len() < want {
+            match self
+                .report
+                .read(&mut chunk[..(want - report.len()).min(4096)])
+            {
+                Ok(0) => break,
+                Ok(n) => report.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // WouldBlock: nothing more was written
+            }
+            if report.len() >= 4 && want == HEADER {
+                let len = u32::from_le_bytes(report[..4].try_into().expect("4 bytes")) as usize;
+                want = 4 + len.min(HEADER + MAX_MESSAGE + 64);
+            }
+        }
+        report
+    }
+
+    fn outcome(&mut self, exit: Exit) -> Result<SnapshotStats, SnapshotError> {
+        let report = self.read_report();
         if let Exit::Signal(signal) = exit {
             return Err(SnapshotError::Killed { signal });
         }
-        if report.len() < 17 {
+        if report.len() < HEADER {
             let code = match exit {
                 Exit::Code(c) => c,
                 Exit::Signal(_) => -1,
             };
             return Err(SnapshotError::Exited { code });
         }
+        let report = &report[4..];
         let run = u64::from_le_bytes(report[1..9].try_into().expect("8 bytes"));
         let cow = u64::from_le_bytes(report[9..17].try_into().expect("8 bytes"));
         let message = String::from_utf8_lossy(&report[17..]).into_owned();

@@ -133,3 +133,11 @@ pub fn private_dirty_bytes() -> io::Result<u64> {
 pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
