@@ -421,3 +421,25 @@ fn wait_after_try_wait_returns_the_same_stats() {
     };
     assert_eq!(s.wait().unwrap(), first);
 }
+
+/// A snapshot started from a thread that ends at once still runs to the end: the child's death
+/// policy follows the parent *process*, not the thread that asked for the fork.
+#[test]
+fn a_snapshot_outlives_the_short_lived_thread_that_started_it() {
+    for _ in 0..3 {
+        let snap = std::thread::spawn(|| {
+            snapshot::spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(())
+            })
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+        // The starting thread has exited; the child must not have been killed with it.
+        match snap.wait() {
+            Ok(stats) => assert!(stats.child_run >= Duration::from_millis(300)),
+            Err(e) => panic!("the child died with the thread that forked it: {e}"),
+        }
+    }
+}

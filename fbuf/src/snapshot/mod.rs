@@ -17,6 +17,7 @@
 //! resident private memory with 4 KiB pages on our machines, 5 ms with huge pages ([`Arena`]).
 
 mod arena;
+mod forker;
 mod reader;
 mod save;
 
@@ -32,7 +33,7 @@ pub use arena::{Arena, Pages};
 pub use reader::{QueryClient, serve_queries};
 pub use save::save_to_file;
 
-use crate::sys::process::{self, Exit, Forked};
+use crate::sys::process::{self, Exit};
 
 /// Why a snapshot failed.
 #[derive(Debug, Error)]
@@ -108,69 +109,62 @@ where
 {
     let (mut reader, writer) = io::pipe().map_err(SnapshotError::Io)?;
     let parent = std::process::id();
-    let started = Instant::now();
-    // SAFETY: the child branch below only runs `work` (whose contract, in the module docs, is to
-    // take no lock other threads may hold), writes its report to a pipe it owns, and `_exit`s.
-    match unsafe { process::fork() }.map_err(SnapshotError::Fork)? {
-        Forked::Child => {
-            drop(reader);
-            let _ = process::die_with_parent(parent);
-            let t = Instant::now();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-            let run = t.elapsed();
-            let cow = process::private_dirty_bytes().unwrap_or(0);
-            let (kind, message) = match outcome {
-                Ok(Ok(())) => (OK, String::new()),
-                Ok(Err(e)) => (FAILED, e.to_string()),
-                Err(p) => (
-                    PANICKED,
-                    p.downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic".into()),
-                ),
-            };
-            let mut message = message.into_bytes();
-            if message.len() > MAX_MESSAGE {
-                message.truncate(MAX_MESSAGE);
-                message.extend_from_slice(" ... (truncated)".as_bytes());
-            }
-            let mut report = ((HEADER - 4 + message.len()) as u32).to_le_bytes().to_vec();
-            report.push(kind);
-            report.extend_from_slice(&(run.as_nanos() as u64).to_le_bytes());
-            report.extend_from_slice(&cow.to_le_bytes());
-            report.extend_from_slice(&message);
-            let mut writer = writer;
-            let _ = writer.write_all(&report);
-            process::exit_now(i32::from(kind));
+    let child = move || {
+        let _ = process::die_with_parent(parent);
+        let t = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let run = t.elapsed();
+        let cow = process::private_dirty_bytes().unwrap_or(0);
+        let (kind, message) = match outcome {
+            Ok(Ok(())) => (OK, String::new()),
+            Ok(Err(e)) => (FAILED, e.to_string()),
+            Err(p) => (
+                PANICKED,
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into()),
+            ),
+        };
+        let mut message = message.into_bytes();
+        if message.len() > MAX_MESSAGE {
+            message.truncate(MAX_MESSAGE);
+            message.extend_from_slice(" ... (truncated)".as_bytes());
         }
-        Forked::Parent(pid) => {
-            let fork_pause = started.elapsed();
-            drop(writer);
-            let pidfd = match process::pidfd_open(pid) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    let _ = process::kill(pid);
-                    let _ = reader.read_to_end(&mut Vec::new());
-                    return Err(SnapshotError::Io(e));
-                }
-            };
-            let report = OwnedFd::from(reader);
-            if let Err(e) = process::set_nonblocking(report.as_fd()) {
-                let _ = process::kill(pid);
-                return Err(SnapshotError::Io(e));
-            }
-            Ok(Snapshot {
-                pid,
-                pidfd,
-                report: File::from(report),
-                fork_pause,
-                cleanup: None,
-                reaped: false,
-                finished: None,
-            })
+        let mut report = ((HEADER - 4 + message.len()) as u32).to_le_bytes().to_vec();
+        report.push(kind);
+        report.extend_from_slice(&(run.as_nanos() as u64).to_le_bytes());
+        report.extend_from_slice(&cow.to_le_bytes());
+        report.extend_from_slice(&message);
+        let mut writer = writer;
+        let _ = writer.write_all(&report);
+        process::exit_now(i32::from(kind));
+    };
+    // SAFETY: the child runs only the closure above: `work` (whose contract, in the module docs,
+    // is to take no lock other threads may hold), then a report into a pipe it owns, then `_exit`.
+    let (pid, fork_pause) = unsafe { forker::fork_with(child) }.map_err(SnapshotError::Fork)?;
+    let pidfd = match process::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = process::kill(pid);
+            let _ = reader.read_to_end(&mut Vec::new());
+            return Err(SnapshotError::Io(e));
         }
+    };
+    let report = OwnedFd::from(reader);
+    if let Err(e) = process::set_nonblocking(report.as_fd()) {
+        let _ = process::kill(pid);
+        return Err(SnapshotError::Io(e));
     }
+    Ok(Snapshot {
+        pid,
+        pidfd,
+        report: File::from(report),
+        fork_pause,
+        cleanup: None,
+        reaped: false,
+        finished: None,
+    })
 }
 
 /// Copies pool buffers (or any shared bytes) into private memory, so a snapshot forked afterwards
