@@ -3,7 +3,11 @@
 //! `fork()` of the same process; and the copy-on-write bytes the parent's writes cost while a
 //! snapshot child lives.
 //!
-//! Run: `cargo bench --bench snapshot` (about half a minute; needs ~6 GiB of memory).
+//! And the pause of every round when snapshots repeat under writers (20 rounds, 1 and 4 GiB):
+//! 4 KiB pages, huge pages left split by copy-on-write, and huge pages rebuilt after each round
+//! with `Arena::recollapse`.
+//!
+//! Run: `cargo bench --bench snapshot` (a few minutes; needs ~6 GiB of memory).
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +102,8 @@ fn main() {
         );
     }
 
+    repeated_rounds();
+
     println!();
     println!("## Copy-on-write cost of the parent's writes during a snapshot (1 GiB state)");
     println!();
@@ -131,5 +137,94 @@ fn main() {
                 grown as f64 / writes as f64 / 1024.0
             );
         }
+    }
+}
+
+/// `AnonHugePages` of this process, bytes.
+fn anon_huge() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+const ROUNDS: usize = 20;
+/// Writes per round while the child lives, each in another 2 MiB region (so each splits one
+/// huge page): a writer that keeps going during every snapshot.
+const WRITES: usize = 200;
+
+/// One configuration: the fork pause (ms per GiB) of each round, and what recollapsing cost.
+fn rounds(gib: usize, pages: Pages, recollapse: bool) -> (Vec<f64>, Vec<f64>, u64) {
+    let mut arena = Arena::new(gib * GIB, pages).expect("arena");
+    arena.fill(1);
+    let mut pauses = Vec::new();
+    let mut collapses = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..ROUNDS {
+        let child = snapshot::spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        })
+        .expect("spawn");
+        pauses.push(child.fork_pause().as_secs_f64() * 1e3 / gib as f64);
+        for _ in 0..WRITES {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = (seed as usize) % arena.len();
+            arena[i] ^= 0xff;
+        }
+        child.wait().expect("snapshot");
+        if recollapse {
+            let t = Instant::now();
+            arena.recollapse().expect("MADV_COLLAPSE");
+            collapses.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    (pauses, collapses, anon_huge())
+}
+
+fn repeated_rounds() {
+    for gib in [1usize, 4] {
+        println!();
+        println!(
+            "## Repeated snapshots under writers, {gib} GiB: fork pause of every round, ms per GiB"
+        );
+        println!();
+        println!(
+            "{WRITES} random writes during each snapshot; `recollapse`: `Arena::recollapse()` after each `wait`."
+        );
+        println!();
+        let (normal, _, _) = rounds(gib, Pages::Normal, false);
+        let (split, _, split_huge) = rounds(gib, Pages::Huge, false);
+        let (kept, cost, kept_huge) = rounds(gib, Pages::Huge, true);
+        println!(
+            "| round | 4 KiB pages | huge pages | huge pages + recollapse | recollapse took |"
+        );
+        println!("|---|---|---|---|---|");
+        for r in 0..ROUNDS {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.0} ms |",
+                r + 1,
+                normal[r],
+                split[r],
+                kept[r],
+                cost[r]
+            );
+        }
+        let worst = |v: &[f64]| v.iter().skip(1).cloned().fold(0.0, f64::max);
+        println!();
+        println!(
+            "worst of rounds 2-{ROUNDS}: 4 KiB {:.2}, huge {:.2}, huge + recollapse {:.2} ms/GiB; \
+             huge pages left at the end: {} MiB without, {} MiB with recollapse",
+            worst(&normal),
+            worst(&split),
+            worst(&kept),
+            split_huge >> 20,
+            kept_huge >> 20
+        );
     }
 }

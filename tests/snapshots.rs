@@ -443,3 +443,64 @@ fn a_snapshot_outlives_the_short_lived_thread_that_started_it() {
         }
     }
 }
+
+/// `AnonHugePages` of the mapping that contains `ptr`, from /proc/self/smaps.
+fn huge_bytes_at(ptr: *const u8) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let addr = ptr as usize;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((a, b)) = range.split_once('-')
+            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            inside = a <= addr && addr < b;
+            continue;
+        }
+        if inside && let Some(v) = line.strip_prefix("AnonHugePages:") {
+            return v
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+                * 1024;
+        }
+    }
+    0
+}
+
+/// Writes during a snapshot split the huge pages they land in; `recollapse` rebuilds them, so the
+/// next fork copies few page-table entries again.
+#[test]
+fn recollapse_rebuilds_the_huge_pages_a_snapshot_split() {
+    const LEN: usize = 64 << 20;
+    let mut arena = Arena::new(LEN, Pages::Huge).unwrap();
+    arena.fill(1);
+    if arena.recollapse().is_err() || huge_bytes_at(arena.as_ptr()) < (LEN as u64) / 2 {
+        eprintln!("SKIPPED: this kernel gives no transparent huge pages to the arena");
+        return;
+    }
+    let before = huge_bytes_at(arena.as_ptr());
+    let child = snapshot::spawn(|| {
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    })
+    .unwrap();
+    for i in (0..LEN).step_by(2 << 20) {
+        arena[i] ^= 0xff; // one write per 2 MiB page, while the child holds the old ones
+    }
+    child.wait().unwrap();
+    let split = huge_bytes_at(arena.as_ptr());
+    assert!(
+        split < before / 2,
+        "the writes split the huge pages ({before} -> {split} bytes)"
+    );
+    arena.recollapse().unwrap();
+    let rebuilt = huge_bytes_at(arena.as_ptr());
+    assert!(
+        rebuilt >= before,
+        "recollapse rebuilt them ({split} -> {rebuilt} bytes, {before} before)"
+    );
+    assert!(arena.iter().step_by(4096).all(|&b| b == 1 || b == 0xfe));
+}

@@ -1,10 +1,12 @@
 //! Private memory for state that must fork fast: an anonymous mapping that can ask for transparent
 //! huge pages.
 //!
-//! `fork` copies page tables: the pause grows with resident private memory, about 19 ms per GiB
-//! with 4 KiB pages on our machines and about 5 ms with 2 MiB pages, because a huge page is one
-//! page-table entry instead of 512. The price: after the fork, the first write to a huge page
-//! copies all 2 MiB of it instead of 4 KiB. `benches/snapshot.rs` measures both.
+//! `fork` copies page tables: the pause grows with resident private memory, 10-36 ms per GiB with
+//! 4 KiB pages on our machines and under 1 ms with 2 MiB pages, because a huge page is one
+//! page-table entry instead of 512. A write during a snapshot splits the mapping of the huge page it
+//! lands in (copy-on-write then copies 4 KiB, not 2 MiB, on current kernels), so a writer that keeps
+//! going brings the pause back to the 4 KiB figure after a few rounds unless the split pages are
+//! rebuilt: [`Arena::recollapse`]. `benches/snapshot.rs` measures all of it (docs/snapshots.md).
 
 use std::io;
 use std::ops::{Deref, DerefMut};
@@ -46,6 +48,21 @@ impl Arena {
 
     pub fn pages(&self) -> Pages {
         self.pages
+    }
+
+    /// Rebuilds the huge pages that copy-on-write split (a huge-page arena written to while a
+    /// snapshot child lived): call it after `wait`, when the parent has a moment. Without it the
+    /// next fork copies a 4 KiB page-table entry for each split page, and the pause goes back to
+    /// what 4 KiB pages cost (docs/snapshots.md measures both). It copies the split ranges into new
+    /// huge pages (about the time of a memcpy of them; writers to those ranges wait meanwhile);
+    /// the arena's contents do not change. Does nothing for a 4 KiB arena. Fails where the kernel
+    /// has no `MADV_COLLAPSE` (before Linux 6.1) or no huge pages to give.
+    pub fn recollapse(&self) -> io::Result<()> {
+        if self.pages != Pages::Huge || self.len < HUGE {
+            return Ok(());
+        }
+        let start = self.map.as_ptr().wrapping_add(self.offset);
+        crate::sys::mmap::collapse(start, self.len / HUGE * HUGE)
     }
 }
 

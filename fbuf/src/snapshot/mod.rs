@@ -13,8 +13,9 @@
 //!   the allocator's locks. The child leaves with `_exit`: no destructors run there, so inherited
 //!   handles (pools, files, sockets) are never released twice.
 //!
-//! The parent's pause is the `fork` call itself, which copies page tables: about 19 ms per GiB of
-//! resident private memory with 4 KiB pages on our machines, 5 ms with huge pages ([`Arena`]).
+//! The parent's pause is the `fork` call itself, which copies page tables: 10-36 ms per GiB of
+//! resident private memory with 4 KiB pages on our machines, under 1 ms with huge pages kept whole
+//! ([`Arena`], [`Arena::recollapse`]; docs/snapshots.md has the measurements).
 
 mod arena;
 mod forker;

@@ -52,3 +52,19 @@ pub fn map_private_anon(len: usize, huge_pages: bool) -> io::Result<memmap2::Mma
     })?;
     Ok(map)
 }
+
+/// `madvise(MADV_COLLAPSE)` over `[ptr, ptr+len)`: asks the kernel to rebuild transparent huge
+/// pages there now (Linux 6.1+), copying 4 KiB pages into fresh 2 MiB ones. After a fork, the first
+/// write to a huge page splits its mapping in the parent into 4 KiB entries, and the kernel does
+/// not re-form it on its own soon; the next fork then copies 512 times more page-table entries.
+/// Contents are unchanged; this only changes how the range is mapped.
+pub fn collapse(ptr: *const u8, len: usize) -> io::Result<()> {
+    // SAFETY: madvise with MADV_COLLAPSE reads no memory through the pointer and changes no
+    // contents; a range that is not (wholly) mapped makes it fail with an error, nothing more.
+    let rc = unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_COLLAPSE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
