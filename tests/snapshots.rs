@@ -504,3 +504,54 @@ fn recollapse_rebuilds_the_huge_pages_a_snapshot_split() {
     );
     assert!(arena.iter().step_by(4096).all(|&b| b == 1 || b == 0xfe));
 }
+
+/// Reader children work round after round on one pool: with one client kept for all rounds, and
+/// with a client made afresh each round (before or after the child is spawned).
+#[test]
+fn reader_children_answer_in_every_round() {
+    let one = ChannelSpec {
+        kind: channel_kind::ONE_TO_ONE,
+        capacity: 16,
+        receivers: 1,
+        reserved: 0,
+    };
+    let owner = common::Owner::new(PoolConfig {
+        channels: vec![one, one],
+        ..PoolConfig::default()
+    });
+    let socket = owner.socket();
+    let mut client = Some(QueryClient::new(&owner.pool, 0, 1).unwrap());
+    for round in 0..6u64 {
+        let value = round * 100;
+        // Round kinds: the client kept from before; a fresh one made before the child; a fresh
+        // one made after the child has started waiting (its request channel then has no sender).
+        if round % 3 != 0 {
+            drop(client.take());
+        }
+        if round % 3 == 1 {
+            client = Some(QueryClient::new(&owner.pool, 0, 1).unwrap());
+        }
+        let child = snapshot::spawn(|| {
+            snapshot::serve_queries(&socket, 0, 1, |_, reply| {
+                reply.extend_from_slice(&value.to_le_bytes());
+            })?;
+            Ok(())
+        })
+        .unwrap();
+        if round % 3 == 2 {
+            std::thread::sleep(Duration::from_millis(200));
+            client = Some(QueryClient::new(&owner.pool, 0, 1).unwrap());
+        }
+        let q = client.as_mut().unwrap();
+        q.wait_ready(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("round {round}: the reader never got ready: {e}"));
+        let a = q
+            .query(b"?", Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(u64::from_le_bytes(a[..].try_into().unwrap()), value);
+        drop(a);
+        q.stop().unwrap();
+        let stats = child.wait().unwrap();
+        assert!(stats.child_run > Duration::ZERO, "round {round}");
+    }
+}

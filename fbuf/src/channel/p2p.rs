@@ -266,6 +266,12 @@ impl Sender {
         }
     }
 
+    /// Whether a receiver is registered and alive now (a service side that joined and opened
+    /// the channel is ready to be sent to).
+    pub fn has_receiver(&self) -> bool {
+        Unit::new(&self.pool, self.unit).has_live_receiver()
+    }
+
     /// Whether the receiver is gone.
     pub fn is_disconnected(&self) -> bool {
         Unit::new(&self.pool, self.unit).receiver_gone()

@@ -101,6 +101,13 @@ impl<'a> Unit<'a> {
             return false;
         }
         self.words[1].fetch_or(RECEIVER_SEEN, Ordering::AcqRel);
+        // A new receiver is not told "every sender is gone" about senders of an earlier
+        // receiver: with none alive now, it waits for the next one to come.
+        if !(0..MAX_PARTICIPANTS)
+            .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
+        {
+            self.words[1].fetch_and(!SENDER_SEEN, Ordering::AcqRel);
+        }
         true
     }
 

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::channel::{Receiver, RecvError, Sender};
+use crate::channel::{OpenError, Receiver, RecvError, Sender};
 use crate::pool::{Buf, Pool, Role};
 use crate::session;
 
@@ -23,8 +23,9 @@ pub fn serve_queries(
     mut answer: impl FnMut(&[u8], &mut Vec<u8>),
 ) -> Result<u64, Error> {
     let pool = session::join(socket, Role::Producer)?;
-    let mut rx = pool.receiver(requests)?;
-    let mut tx = pool.sender(replies)?;
+    // The previous round's reader may still be registered until the owner retires it.
+    let mut rx = retry_open(|| pool.receiver(requests))?;
+    let mut tx = retry_open(|| pool.sender(replies))?;
     let mut reply = Vec::new();
     let mut answered = 0;
     loop {
@@ -47,6 +48,21 @@ pub fn serve_queries(
     }
 }
 
+/// Opens an endpoint, retrying for a few seconds while a departed predecessor still holds it.
+fn retry_open<T>(mut open: impl FnMut() -> Result<T, OpenError>) -> Result<T, OpenError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(OpenError::ReceiverTaken { .. } | OpenError::SenderTaken { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The other side: queries a snapshot child that runs [`serve_queries`].
 pub struct QueryClient {
     pool: Pool,
@@ -62,6 +78,19 @@ impl QueryClient {
             tx: pool.sender(requests)?,
             rx: pool.receiver(replies)?,
         })
+    }
+
+    /// Waits up to `timeout` until a reader child is serving (it opened the request channel):
+    /// call it after spawning one, before the first query of a round.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.tx.has_receiver() {
+            if std::time::Instant::now() >= deadline {
+                return Err("no reader child opened the request channel in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Sends `request` and waits up to `timeout` for the answer.
