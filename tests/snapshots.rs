@@ -555,3 +555,26 @@ fn reader_children_answer_in_every_round() {
         assert!(stats.child_run > Duration::ZERO, "round {round}");
     }
 }
+
+/// A child stuck forever (here: on a lock another thread held at the fork, the classic trap of
+/// forking a multi-threaded process) is killed at its deadline, and the error says so.
+#[test]
+fn a_stuck_child_is_killed_at_its_deadline() {
+    let lock = Arc::new(Mutex::new(()));
+    let held = lock.lock().unwrap(); // held by this thread at the fork: never released in the child
+    let l = lock.clone();
+    let child = snapshot::spawn(move || {
+        let _g = l.lock();
+        Ok(())
+    })
+    .unwrap();
+    let t = Instant::now();
+    match child.wait_deadline(Duration::from_millis(300)) {
+        Err(SnapshotError::DeadlineExceeded { limit }) => {
+            assert_eq!(limit, Duration::from_millis(300))
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+    drop(held);
+}

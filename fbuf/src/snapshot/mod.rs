@@ -55,6 +55,8 @@ pub enum SnapshotError {
     Cancelled,
     #[error("the snapshot's failure was already returned by an earlier wait")]
     AlreadyReported,
+    #[error("the snapshot child ran past its deadline of {limit:?} and was killed")]
+    DeadlineExceeded { limit: Duration },
 }
 
 /// What a finished snapshot cost.
@@ -225,6 +227,28 @@ impl Snapshot {
             let _ = std::fs::remove_file(tmp);
         }
         result.map(Some)
+    }
+
+    /// Waits up to `limit` for the child; if it is still running then (stuck on a lock another
+    /// thread of the parent held at the fork, say), kills it and says so.
+    pub fn wait_deadline(mut self, limit: Duration) -> Result<SnapshotStats, SnapshotError> {
+        match self.wait_timeout(Some(limit))? {
+            Some(stats) => Ok(stats),
+            None => {
+                let _ = process::kill(self.pid);
+                match self.wait_timeout(None) {
+                    // It may have finished in between: then its own outcome stands.
+                    Ok(Some(stats)) => Ok(stats),
+                    Err(SnapshotError::Killed { .. }) | Ok(None) => {
+                        if let Some(tmp) = self.cleanup.take() {
+                            let _ = std::fs::remove_file(tmp);
+                        }
+                        Err(SnapshotError::DeadlineExceeded { limit })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
     }
 
     /// Returns at once: `Ok(None)` while the child runs.
