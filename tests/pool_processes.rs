@@ -259,12 +259,26 @@ fn a_consumer_of_another_uid_cannot_reopen_the_data_for_writing() {
     b.fill(0x5a);
     let held = b.freeze();
     let out = {
+        use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
-        let mut c = peer(&["probe", &owner.socket(), "consumer"]);
-        c.uid(NOBODY)
+        // The build tree may sit where `nobody` cannot reach (a clone under /root): run a copy
+        // of the binary from a world-readable temporary directory.
+        let dir = std::env::temp_dir().join(format!("fbuf-nobody-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("fbuf");
+        std::fs::copy(env!("CARGO_BIN_EXE_fbuf"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(&exe)
+            .args(["peer", "probe", &owner.socket(), "consumer"])
+            .uid(NOBODY)
             .gid(NOBODY)
-            .stdout(std::process::Stdio::null());
-        c.output().unwrap()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        out
     };
     assert!(
         out.status.success(),
