@@ -261,6 +261,13 @@ fn a_consumer_of_another_uid_cannot_reopen_the_data_for_writing() {
     let out = {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
+        // The socket's directory must be searchable by nobody whatever the umask.
+        let sock_dir = std::path::PathBuf::from(owner.socket());
+        std::fs::set_permissions(
+            sock_dir.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         // The build tree may sit where `nobody` cannot reach (a clone under /root): run a copy
         // of the binary from a world-readable temporary directory.
         let dir = std::env::temp_dir().join(format!("fbuf-nobody-{}", std::process::id()));
