@@ -308,6 +308,11 @@ impl Receiver {
         self.reader.recv_batch(out, max)
     }
 
+    /// Whether a sender is registered and alive now.
+    pub fn has_sender(&self) -> bool {
+        self.reader.unit().has_live_sender()
+    }
+
     /// Waits until something is queued or the senders are gone, without taking it.
     pub fn wait(&mut self, timeout: Option<Duration>) -> bool {
         self.reader.wait(timeout)

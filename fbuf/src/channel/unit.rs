@@ -176,6 +176,12 @@ impl<'a> Unit<'a> {
         true
     }
 
+    /// Whether a live sender is registered.
+    pub fn has_live_sender(&self) -> bool {
+        (0..MAX_PARTICIPANTS)
+            .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
+    }
+
     /// Whether a live sender other than this process is registered.
     pub fn has_other_live_sender(&self) -> bool {
         let me = self.pool.shared().me();

@@ -62,7 +62,18 @@ impl Arena {
             return Ok(());
         }
         let start = self.map.as_ptr().wrapping_add(self.offset);
-        crate::sys::mmap::collapse(start, self.len / HUGE * HUGE)
+        // EAGAIN is the kernel's "transient failure" (a page it could not lock just now): the
+        // pages collapsed so far stay collapsed, and another pass does the rest.
+        let mut tries = 0;
+        loop {
+            match crate::sys::mmap::collapse(start, self.len / HUGE * HUGE) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -80,11 +80,11 @@ impl QueryClient {
         })
     }
 
-    /// Waits up to `timeout` until a reader child is serving (it opened the request channel):
-    /// call it after spawning one, before the first query of a round.
+    /// Waits up to `timeout` until a reader child is serving (it opened both channels): call it
+    /// after spawning one, before the first query of a round.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
         let deadline = std::time::Instant::now() + timeout;
-        while !self.tx.has_receiver() {
+        while !(self.tx.has_receiver() && self.rx.has_sender()) {
             if std::time::Instant::now() >= deadline {
                 return Err("no reader child opened the request channel in time".into());
             }
