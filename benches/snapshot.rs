@@ -69,7 +69,9 @@ fn main() {
             let spawn = median(
                 (0..5)
                     .map(|_| {
-                        let s = snapshot::spawn(|| Ok(())).expect("spawn");
+                        // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+                        // snapshot of its own: the contract of `snapshot::spawn`.
+                        let s = unsafe { snapshot::spawn(|| Ok(())) }.expect("spawn");
                         let p = s.fork_pause().as_secs_f64() * 1e3;
                         s.wait().expect("snapshot");
                         p
@@ -115,10 +117,14 @@ fn main() {
         let mut arena = Arena::new(GIB, pages).expect("arena");
         arena.fill(1);
         for writes in [100usize, 1000] {
-            let child = snapshot::spawn(|| {
-                std::thread::sleep(Duration::from_millis(300)); // live while the parent writes
-                Ok(())
-            })
+            // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+            // snapshot of its own: the contract of `snapshot::spawn`.
+            let child = unsafe {
+                snapshot::spawn(|| {
+                    std::thread::sleep(Duration::from_millis(300)); // live while the parent writes
+                    Ok(())
+                })
+            }
             .expect("spawn");
             // Writes spread over the arena, one per 4 KiB page at a stride that lands in
             // different 2 MiB regions.
@@ -164,10 +170,14 @@ fn rounds(gib: usize, pages: Pages, recollapse: bool) -> (Vec<f64>, Vec<f64>, u6
     let mut collapses = Vec::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..ROUNDS {
-        let child = snapshot::spawn(|| {
-            std::thread::sleep(Duration::from_millis(20));
-            Ok(())
-        })
+        // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+        // snapshot of its own: the contract of `snapshot::spawn`.
+        let child = unsafe {
+            snapshot::spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(())
+            })
+        }
         .expect("spawn");
         pauses.push(child.fork_pause().as_secs_f64() * 1e3 / gib as f64);
         for _ in 0..WRITES {

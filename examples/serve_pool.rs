@@ -52,19 +52,23 @@ pub fn serve(listener: TcpListener, frames: u64, frame_bytes: usize, clients: us
     let mut rx = pool.receiver(0)?;
 
     // The producer process.
-    let producer = snapshot::spawn(move || {
-        let pool = session::join(&socket, Role::Producer)?;
-        let mut tx = pool.sender(0)?;
-        for seq in 0..frames {
-            let mut f = pool.alloc_timeout(frame_bytes, Duration::from_secs(10))?;
-            for (i, b) in f.iter_mut().enumerate() {
-                *b = frame_byte(seq, i);
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let producer = unsafe {
+        snapshot::spawn(move || {
+            let pool = session::join(&socket, Role::Producer)?;
+            let mut tx = pool.sender(0)?;
+            for seq in 0..frames {
+                let mut f = pool.alloc_timeout(frame_bytes, Duration::from_secs(10))?;
+                for (i, b) in f.iter_mut().enumerate() {
+                    *b = frame_byte(seq, i);
+                }
+                tx.send_timeout(f.freeze(), Some(Duration::from_secs(10)))
+                    .map_err(|e| e.to_string())?;
             }
-            tx.send_timeout(f.freeze(), Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })
+    }?;
     let mut store: Vec<Buf> = Vec::with_capacity(frames as usize);
     while (store.len() as u64) < frames {
         store.push(rx.recv_timeout(Some(Duration::from_secs(20)))?);

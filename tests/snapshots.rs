@@ -31,18 +31,23 @@ fn every_snapshot_equals_the_state_at_its_fork() {
     let mut state: Vec<u64> = (0..200_000).collect();
     for round in 0..20u64 {
         let expected = checksum(&state);
-        let child = snapshot::spawn(|| {
-            // Read slowly, in two passes, while the parent overwrites everything.
-            let first = checksum(&state);
-            std::thread::sleep(Duration::from_millis(20));
-            let second = checksum(&state);
-            if first != expected || second != expected {
-                return Err(
-                    format!("saw {first:x}/{second:x}, state at fork was {expected:x}").into(),
-                );
-            }
-            Ok(())
-        })
+        // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+        // snapshot of its own: the contract of `snapshot::spawn`.
+        let child = unsafe {
+            snapshot::spawn(|| {
+                // Read slowly, in two passes, while the parent overwrites everything.
+                let first = checksum(&state);
+                std::thread::sleep(Duration::from_millis(20));
+                let second = checksum(&state);
+                if first != expected || second != expected {
+                    return Err(format!(
+                        "saw {first:x}/{second:x}, state at fork was {expected:x}"
+                    )
+                    .into());
+                }
+                Ok(())
+            })
+        }
         .unwrap();
         for (i, v) in state.iter_mut().enumerate() {
             *v = v.wrapping_mul(31).wrapping_add(round ^ i as u64);
@@ -62,19 +67,25 @@ fn saves_replace_the_file_atomically_and_a_killed_child_leaves_the_old_one() {
     let dir = temp_dir("save");
     let target = dir.join("dump.bin");
     let state = vec![7u8; 1 << 20];
-    snapshot::save_to_file(&target, |w| w.write_all(&state))
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    unsafe { snapshot::save_to_file(&target, |w| w.write_all(&state)) }
         .unwrap()
         .wait()
         .unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), state);
 
     // A slow save, killed half-way: the old file stays, no temporary file remains.
-    let slow = snapshot::save_to_file(&target, |w| {
-        w.write_all(&[9u8; 4096])?;
-        w.flush()?;
-        std::thread::sleep(Duration::from_secs(30));
-        w.write_all(&[9u8; 4096])
-    })
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let slow = unsafe {
+        snapshot::save_to_file(&target, |w| {
+            w.write_all(&[9u8; 4096])?;
+            w.flush()?;
+            std::thread::sleep(Duration::from_secs(30));
+            w.write_all(&[9u8; 4096])
+        })
+    }
     .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     slow.cancel().unwrap();
@@ -94,10 +105,13 @@ fn saves_replace_the_file_atomically_and_a_killed_child_leaves_the_old_one() {
     );
 
     // A failing save: the error reaches the parent, the old file stays, no temporary file.
-    let err = snapshot::save_to_file(&target, |_| Err(std::io::Error::other("disk on fire")))
-        .unwrap()
-        .wait()
-        .unwrap_err();
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let err =
+        unsafe { snapshot::save_to_file(&target, |_| Err(std::io::Error::other("disk on fire"))) }
+            .unwrap()
+            .wait()
+            .unwrap_err();
     assert!(
         matches!(&err, SnapshotError::Child { message } if message.contains("disk on fire")),
         "{err}"
@@ -109,7 +123,9 @@ fn saves_replace_the_file_atomically_and_a_killed_child_leaves_the_old_one() {
 
 #[test]
 fn errors_and_panics_and_exits_reach_the_parent_typed() {
-    let e = snapshot::spawn(|| Err("bad state".into()))
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let e = unsafe { snapshot::spawn(|| Err("bad state".into())) }
         .unwrap()
         .wait()
         .unwrap_err();
@@ -117,7 +133,9 @@ fn errors_and_panics_and_exits_reach_the_parent_typed() {
         matches!(&e, SnapshotError::Child { message } if message == "bad state"),
         "{e}"
     );
-    let e = snapshot::spawn(|| panic!("oops {}", 42))
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let e = unsafe { snapshot::spawn(|| panic!("oops {}", 42)) }
         .unwrap()
         .wait()
         .unwrap_err();
@@ -125,7 +143,9 @@ fn errors_and_panics_and_exits_reach_the_parent_typed() {
         matches!(&e, SnapshotError::Panicked { message } if message == "oops 42"),
         "{e}"
     );
-    let e = snapshot::spawn(|| fbuf::sys::process::exit_now(3))
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let e = unsafe { snapshot::spawn(|| fbuf::sys::process::exit_now(3)) }
         .unwrap()
         .wait()
         .unwrap_err();
@@ -134,10 +154,14 @@ fn errors_and_panics_and_exits_reach_the_parent_typed() {
 
 #[test]
 fn wait_with_timeout_poll_and_pidfd() {
-    let mut s = snapshot::spawn(|| {
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(())
-    })
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let mut s = unsafe {
+        snapshot::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        })
+    }
     .unwrap();
     assert!(s.pid() > 0);
     assert!(s.try_wait().unwrap().is_none(), "still running");
@@ -164,14 +188,18 @@ fn a_gib_of_state_snapshots_consistently() {
         }
         let expected = checksum(words);
         let t = Instant::now();
-        let child = snapshot::spawn(|| {
-            let got = checksum(words);
-            if got == expected {
-                Ok(())
-            } else {
-                Err(format!("{got:x} != {expected:x}").into())
-            }
-        })
+        // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+        // snapshot of its own: the contract of `snapshot::spawn`.
+        let child = unsafe {
+            snapshot::spawn(|| {
+                let got = checksum(words);
+                if got == expected {
+                    Ok(())
+                } else {
+                    Err(format!("{got:x} != {expected:x}").into())
+                }
+            })
+        }
         .unwrap();
         let pause = child.fork_pause();
         // Overwrite a quarter while the child reads.
@@ -211,14 +239,18 @@ fn a_multithreaded_parent_forks_while_other_threads_hold_locks() {
         let expected = checksum(data);
         // The child reads through the guard this (forking) thread holds; it never touches `busy`,
         // which another thread may hold forever in the child.
-        let child = snapshot::spawn(|| {
-            let v: Vec<u64> = data.iter().map(|x| x + 1).collect(); // allocating is fine
-            if checksum(&v) != 0 && checksum(data) == expected {
-                Ok(())
-            } else {
-                Err("torn".into())
-            }
-        })
+        // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+        // snapshot of its own: the contract of `snapshot::spawn`.
+        let child = unsafe {
+            snapshot::spawn(|| {
+                let v: Vec<u64> = data.iter().map(|x| x + 1).collect(); // allocating is fine
+                if checksum(&v) != 0 && checksum(data) == expected {
+                    Ok(())
+                } else {
+                    Err("torn".into())
+                }
+            })
+        }
         .unwrap();
         drop(guard);
         state.lock().unwrap().iter_mut().for_each(|x| *x += 1);
@@ -237,7 +269,7 @@ fn fork_does_not_freeze_the_shared_pool_but_copies_are_frozen() {
     buf.fill(1);
     let frozen = snapshot::copy_out(&[&buf[..]]);
     let shared = buf.as_ptr();
-    let child = snapshot::spawn(|| {
+    let work = || {
         let deadline = Instant::now() + Duration::from_secs(10);
         // SAFETY: `shared` points into the pool's data mapping, which the child inherited and
         // which stays mapped; volatile because the parent writes it from another process.
@@ -251,8 +283,10 @@ fn fork_does_not_freeze_the_shared_pool_but_copies_are_frozen() {
             return Err("the private copy changed".into());
         }
         Ok(())
-    })
-    .unwrap();
+    };
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let child = unsafe { snapshot::spawn(work) }.unwrap();
     std::thread::sleep(Duration::from_millis(50));
     buf.fill(2);
     child.wait().unwrap();
@@ -273,13 +307,17 @@ fn a_snapshot_child_answers_queries_from_the_frozen_state() {
     let socket = owner.socket();
     let mut state: Vec<u64> = (0..1000).map(|k| k * 10).collect();
     let at_fork = state.clone();
-    let child = snapshot::spawn(|| {
-        snapshot::serve_queries(&socket, 0, 1, |req, reply| {
-            let key = u64::from_le_bytes(req.try_into().unwrap()) as usize;
-            reply.extend_from_slice(&state[key].to_le_bytes());
-        })?;
-        Ok(())
-    })
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let child = unsafe {
+        snapshot::spawn(|| {
+            snapshot::serve_queries(&socket, 0, 1, |req, reply| {
+                let key = u64::from_le_bytes(req.try_into().unwrap()) as usize;
+                reply.extend_from_slice(&state[key].to_le_bytes());
+            })?;
+            Ok(())
+        })
+    }
     .unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let client = {
@@ -346,7 +384,9 @@ fn a_snapshot_child_dies_with_its_parent() {
 /// message (truncated) rather than both sides waiting on each other.
 #[test]
 fn a_huge_child_error_does_not_hang_wait() {
-    let mut snap = snapshot::spawn(|| Err("x".repeat(1 << 20).into())).unwrap();
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let mut snap = unsafe { snapshot::spawn(|| Err("x".repeat(1 << 20).into())) }.unwrap();
     match snap.wait_timeout(Some(Duration::from_secs(20))) {
         Err(SnapshotError::Child { message }) => {
             assert!(message.starts_with("xxxx"), "{}", &message[..10]);
@@ -374,10 +414,14 @@ fn concurrent_snapshots_from_two_threads_do_not_stall_each_other() {
             let mut running = std::collections::VecDeque::new();
             while !stop.load(Ordering::SeqCst) {
                 running.push_back(
-                    snapshot::spawn(|| {
-                        std::thread::sleep(Duration::from_secs(2));
-                        Ok(())
-                    })
+                    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+                    // snapshot of its own: the contract of `snapshot::spawn`.
+                    unsafe {
+                        snapshot::spawn(|| {
+                            std::thread::sleep(Duration::from_secs(2));
+                            Ok(())
+                        })
+                    }
                     .unwrap(),
                 );
                 if running.len() > 20 {
@@ -392,7 +436,9 @@ fn concurrent_snapshots_from_two_threads_do_not_stall_each_other() {
     let mut worst = Duration::ZERO;
     std::thread::sleep(Duration::from_millis(50)); // the other thread is forking by now
     for _ in 0..100 {
-        let s = snapshot::spawn(|| Ok(())).unwrap();
+        // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+        // snapshot of its own: the contract of `snapshot::spawn`.
+        let s = unsafe { snapshot::spawn(|| Ok(())) }.unwrap();
         let t = Instant::now();
         s.wait().unwrap();
         worst = worst.max(t.elapsed());
@@ -410,7 +456,9 @@ fn concurrent_snapshots_from_two_threads_do_not_stall_each_other() {
 /// `try_wait` reported the stats; a later `wait` returns them again instead of "cancelled".
 #[test]
 fn wait_after_try_wait_returns_the_same_stats() {
-    let mut s = snapshot::spawn(|| Ok(())).unwrap();
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let mut s = unsafe { snapshot::spawn(|| Ok(())) }.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
         if let Some(stats) = s.try_wait().unwrap() {
@@ -428,10 +476,14 @@ fn wait_after_try_wait_returns_the_same_stats() {
 fn a_snapshot_outlives_the_short_lived_thread_that_started_it() {
     for _ in 0..3 {
         let snap = std::thread::spawn(|| {
-            snapshot::spawn(|| {
-                std::thread::sleep(Duration::from_millis(300));
-                Ok(())
-            })
+            // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+            // snapshot of its own: the contract of `snapshot::spawn`.
+            unsafe {
+                snapshot::spawn(|| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+            }
             .unwrap()
         })
         .join()
@@ -482,10 +534,14 @@ fn recollapse_rebuilds_the_huge_pages_a_snapshot_split() {
         return;
     }
     let before = huge_bytes_at(arena.as_ptr());
-    let child = snapshot::spawn(|| {
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(())
-    })
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let child = unsafe {
+        snapshot::spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        })
+    }
     .unwrap();
     for i in (0..LEN).step_by(2 << 20) {
         arena[i] ^= 0xff; // one write per 2 MiB page, while the child holds the old ones
@@ -540,12 +596,16 @@ fn reader_children_answer_in_every_round() {
         if round % 3 == 1 {
             client = Some(QueryClient::new(&owner.pool, 0, 1).unwrap());
         }
-        let child = snapshot::spawn(|| {
-            snapshot::serve_queries(&socket, 0, 1, |_, reply| {
-                reply.extend_from_slice(&value.to_le_bytes());
-            })?;
-            Ok(())
-        })
+        // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+        // snapshot of its own: the contract of `snapshot::spawn`.
+        let child = unsafe {
+            snapshot::spawn(|| {
+                snapshot::serve_queries(&socket, 0, 1, |_, reply| {
+                    reply.extend_from_slice(&value.to_le_bytes());
+                })?;
+                Ok(())
+            })
+        }
         .unwrap();
         if round % 3 == 2 {
             std::thread::sleep(Duration::from_millis(200));
@@ -572,10 +632,14 @@ fn a_stuck_child_is_killed_at_its_deadline() {
     let lock = Arc::new(Mutex::new(()));
     let held = lock.lock().unwrap(); // held by this thread at the fork: never released in the child
     let l = lock.clone();
-    let child = snapshot::spawn(move || {
-        let _g = l.lock();
-        Ok(())
-    })
+    // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
+    // snapshot of its own: the contract of `snapshot::spawn`.
+    let child = unsafe {
+        snapshot::spawn(move || {
+            let _g = l.lock();
+            Ok(())
+        })
+    }
     .unwrap();
     let t = Instant::now();
     match child.wait_deadline(Duration::from_millis(300)) {

@@ -76,7 +76,8 @@ pub struct SnapshotStats {
 /// ```compile_fail
 /// #![deny(unused_must_use)]
 /// fn save(path: &std::path::Path) -> Result<(), fbuf::snapshot::SnapshotError> {
-///     fbuf::snapshot::save_to_file(path, |out| Ok(out.write_all(b"state")?))?; // dropped: killed
+///     // SAFETY: the work takes no lock and starts no snapshot.
+///     unsafe { fbuf::snapshot::save_to_file(path, |out| Ok(out.write_all(b"state")?)) }?; // dropped
 ///     Ok(())
 /// }
 /// ```
@@ -106,7 +107,16 @@ const MAX_MESSAGE: usize = 16 << 10;
 const HEADER: usize = 4 + 1 + 8 + 8;
 
 /// Forks; the child runs `work` against the frozen image and exits, the parent returns at once.
-pub fn spawn<F>(work: F) -> Result<Snapshot, SnapshotError>
+///
+/// # Safety
+/// The child is a copy of this process in which only one thread exists (the fork happens on a
+/// thread of fbuf's own, `snapshot/forker.rs`). Any lock another thread held at that instant
+/// stays held there forever, so `work` must not take one: no `Mutex` other threads use, no
+/// `println!`/`eprintln!` (the stdout and stderr locks), no logger, nothing that waits for another
+/// thread. Allocating is fine with glibc, which resets its allocator locks in the child. `work`
+/// must not start a snapshot itself. A `work` that breaks this can hang the child forever; bound
+/// it with [`Snapshot::wait_deadline`].
+pub unsafe fn spawn<F>(work: F) -> Result<Snapshot, SnapshotError>
 where
     F: FnOnce() -> Result<(), Box<dyn std::error::Error>>,
 {
@@ -143,8 +153,8 @@ where
         let _ = writer.write_all(&report);
         process::exit_now(i32::from(kind));
     };
-    // SAFETY: the child runs only the closure above: `work` (whose contract, in the module docs,
-    // is to take no lock other threads may hold), then a report into a pipe it owns, then `_exit`.
+    // SAFETY: the child runs only the closure above: `work` (whose contract is this function's,
+    // passed on by our caller), then a report into a pipe it owns, then `_exit`.
     let (pid, fork_pause) = unsafe { forker::fork_with(child) }.map_err(SnapshotError::Fork)?;
     let pidfd = match process::pidfd_open(pid) {
         Ok(fd) => fd,

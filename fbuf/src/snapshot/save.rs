@@ -27,7 +27,12 @@ fn temp_path(target: &Path) -> io::Result<PathBuf> {
 
 /// Forks a child that calls `write` with a buffered writer on a temporary file and, if it succeeds,
 /// makes the file durable and renames it over `target`. Returns at once; wait on the handle.
-pub fn save_to_file<F>(target: impl AsRef<Path>, write: F) -> Result<Snapshot, SnapshotError>
+///
+/// # Safety
+/// As [`super::spawn`]: `write` runs in a one-thread copy of this process and must take no lock
+/// another thread may hold at the fork (no `println!`, no shared `Mutex`, no logger) and start no
+/// snapshot.
+pub unsafe fn save_to_file<F>(target: impl AsRef<Path>, write: F) -> Result<Snapshot, SnapshotError>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
@@ -38,19 +43,23 @@ where
         _ => PathBuf::from("."),
     };
     let tmp_in_child = tmp.clone();
-    let mut snap = spawn(move || {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_in_child)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        write(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp_in_child, &target)?;
-        sync_dir(&dir)?;
-        Ok(())
-    })?;
+    // SAFETY: the child opens, writes (through the caller's `write`, under the caller's
+    // contract), syncs and renames a file: no lock of another thread, no snapshot.
+    let mut snap = unsafe {
+        spawn(move || {
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_in_child)?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            write(&mut out)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp_in_child, &target)?;
+            sync_dir(&dir)?;
+            Ok(())
+        })
+    }?;
     snap.cleanup = Some(tmp);
     Ok(snap)
 }
