@@ -651,3 +651,32 @@ fn a_stuck_child_is_killed_at_its_deadline() {
     assert!(t.elapsed() < Duration::from_secs(10));
     drop(held);
 }
+
+/// The stats say what a snapshot cost: bytes the child wrote, and the copy-on-write memory the
+/// parent's writes caused while it waited, sampled at its peak.
+#[test]
+fn stats_report_bytes_written_and_the_cow_peak() {
+    let dir = temp_dir("stats");
+    let target = dir.join("state.bin");
+    let state = vec![7u8; 4 << 20];
+    let mut live = vec![1u8; 16 << 20]; // resident before the fork
+    // SAFETY: the child writes a file: no lock another thread may hold, no snapshot.
+    let child = unsafe { snapshot::save_to_file(&target, |w| w.write_all(&state)) }.unwrap();
+    let writer = std::thread::spawn(move || {
+        // The parent keeps writing its state while the child runs and it waits.
+        for i in (0..live.len()).step_by(4096) {
+            live[i] = 2;
+        }
+        live
+    });
+    let live = writer.join().unwrap();
+    let stats = child.wait().unwrap();
+    assert!(
+        stats.bytes_written >= 4 << 20,
+        "the child wrote the 4 MiB state: {stats:?}"
+    );
+    assert!(stats.write_throughput() > 0.0);
+    assert!(stats.peak_cow_bytes >= stats.cow_bytes, "{stats:?}");
+    assert_eq!(live[0], 2);
+    assert_eq!(std::fs::read(&target).unwrap(), vec![7u8; 4 << 20]);
+}

@@ -69,6 +69,42 @@ pub struct SnapshotStats {
     /// Copy-on-write memory: the child's private dirty bytes at the end (pages one side wrote
     /// after the fork), as Redis reports `rdb_last_cow_size`.
     pub cow_bytes: u64,
+    /// The largest copy-on-write figure seen: the parent samples the child's `smaps_rollup` every
+    /// 10 ms while it waits (so it covers the time spent in `wait*`), and the child's own figure
+    /// at the end.
+    pub peak_cow_bytes: u64,
+    /// Bytes the child wrote (`wchar` of its `/proc/self/io`: what it passed to `write(2)`).
+    pub bytes_written: u64,
+}
+
+impl SnapshotStats {
+    /// Bytes written per second of the child's run (0 for an instant run).
+    pub fn write_throughput(&self) -> f64 {
+        let secs = self.child_run.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes_written as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A fixed-size buffer that formats without allocating and cuts at its end (the child's report).
+struct Truncating<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    cut: bool,
+}
+
+impl std::fmt::Write for Truncating<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.buf.len() - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        self.cut |= n < s.len();
+        Ok(())
+    }
 }
 
 /// A running (or finished) snapshot child. Dropping it kills the child: keep it, then `wait`.
@@ -92,6 +128,8 @@ pub struct Snapshot {
     reaped: bool,
     /// What the child reported, once reaped (so `wait` after `try_wait` answers the same).
     finished: Option<SnapshotStats>,
+    /// The largest copy-on-write figure the parent sampled while waiting.
+    peak_cow: u64,
 }
 
 const OK: u8 = 0;
@@ -104,7 +142,9 @@ const PANICKED: u8 = 2;
 /// for end of file (which a child forked meanwhile by another thread, holding an inherited copy
 /// of the pipe, would delay until it exits).
 const MAX_MESSAGE: usize = 16 << 10;
-const HEADER: usize = 4 + 1 + 8 + 8;
+const HEADER: usize = 4 + 1 + 8 + 8 + 8;
+/// What a truncated message ends with.
+const CUT: &[u8] = b" ... (truncated)";
 
 /// Forks; the child runs `work` against the frozen image and exits, the parent returns at once.
 ///
@@ -123,34 +163,48 @@ where
     let (mut reader, writer) = io::pipe().map_err(SnapshotError::Io)?;
     let parent = std::process::id();
     let child = move || {
+        // fbuf's own steps here are async-signal-safe: no allocation and no lock of ours (the
+        // user's `work`, and the `Display` of its error, are the caller's to keep safe).
         let _ = process::die_with_parent(parent);
         let t = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
         let run = t.elapsed();
         let cow = process::private_dirty_bytes().unwrap_or(0);
-        let (kind, message) = match outcome {
-            Ok(Ok(())) => (OK, String::new()),
-            Ok(Err(e)) => (FAILED, e.to_string()),
-            Err(p) => (
-                PANICKED,
-                p.downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into()),
-            ),
+        let written = process::written_bytes().unwrap_or(0);
+        let mut report = [0u8; HEADER + MAX_MESSAGE + CUT.len()];
+        let mut msg = Truncating {
+            buf: &mut report[HEADER..HEADER + MAX_MESSAGE],
+            len: 0,
+            cut: false,
         };
-        let mut message = message.into_bytes();
-        if message.len() > MAX_MESSAGE {
-            message.truncate(MAX_MESSAGE);
-            message.extend_from_slice(" ... (truncated)".as_bytes());
+        let kind = match &outcome {
+            Ok(Ok(())) => OK,
+            Ok(Err(e)) => {
+                let _ = std::fmt::Write::write_fmt(&mut msg, format_args!("{e}"));
+                FAILED
+            }
+            Err(p) => {
+                let text = p
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("panic");
+                let _ = std::fmt::Write::write_str(&mut msg, text);
+                PANICKED
+            }
+        };
+        let (mut len, cut) = (msg.len, msg.cut);
+        if cut {
+            report[HEADER + len..HEADER + len + CUT.len()].copy_from_slice(CUT);
+            len += CUT.len();
         }
-        let mut report = ((HEADER - 4 + message.len()) as u32).to_le_bytes().to_vec();
-        report.push(kind);
-        report.extend_from_slice(&(run.as_nanos() as u64).to_le_bytes());
-        report.extend_from_slice(&cow.to_le_bytes());
-        report.extend_from_slice(&message);
+        report[..4].copy_from_slice(&((HEADER - 4 + len) as u32).to_le_bytes());
+        report[4] = kind;
+        report[5..13].copy_from_slice(&(run.as_nanos() as u64).to_le_bytes());
+        report[13..21].copy_from_slice(&cow.to_le_bytes());
+        report[21..29].copy_from_slice(&written.to_le_bytes());
         let mut writer = writer;
-        let _ = writer.write_all(&report);
+        let _ = writer.write_all(&report[..HEADER + len]);
         process::exit_now(i32::from(kind));
     };
     // SAFETY: the child runs only the closure above: `work` (whose contract is this function's,
@@ -177,6 +231,7 @@ where
         cleanup: None,
         reaped: false,
         finished: None,
+        peak_cow: 0,
     })
 }
 
@@ -220,8 +275,22 @@ impl Snapshot {
                 .map(Some)
                 .ok_or(SnapshotError::AlreadyReported);
         }
-        if !process::wait_readable(self.pidfd.as_fd(), timeout).map_err(SnapshotError::Io)? {
-            return Ok(None);
+        // Wake every 10 ms to sample the child's copy-on-write figure while it runs.
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let tick = Duration::from_millis(10);
+            let step = deadline.map_or(tick, |d| {
+                d.saturating_duration_since(Instant::now()).min(tick)
+            });
+            if process::wait_readable(self.pidfd.as_fd(), Some(step)).map_err(SnapshotError::Io)? {
+                break;
+            }
+            if let Ok(cow) = process::private_dirty_bytes_of(self.pid) {
+                self.peak_cow = self.peak_cow.max(cow);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
         }
         let exit = loop {
             // The pidfd is readable: the child has exited and waitpid returns at once.
@@ -312,14 +381,16 @@ impl Snapshot {
             return Err(SnapshotError::Exited { code });
         }
         let report = &report[4..];
-        let run = u64::from_le_bytes(report[1..9].try_into().expect("8 bytes"));
-        let cow = u64::from_le_bytes(report[9..17].try_into().expect("8 bytes"));
-        let message = String::from_utf8_lossy(&report[17..]).into_owned();
+        let word = |i: usize| u64::from_le_bytes(report[i..i + 8].try_into().expect("8 bytes"));
+        let (run, cow, written) = (word(1), word(9), word(17));
+        let message = String::from_utf8_lossy(&report[25..]).into_owned();
         match report[0] {
             OK => Ok(SnapshotStats {
                 fork_pause: self.fork_pause,
                 child_run: Duration::from_nanos(run),
                 cow_bytes: cow,
+                peak_cow_bytes: self.peak_cow.max(cow),
+                bytes_written: written,
             }),
             PANICKED => Err(SnapshotError::Panicked { message }),
             _ => Err(SnapshotError::Child { message }),

@@ -119,14 +119,55 @@ pub fn kill(pid: i32) -> io::Result<()> {
 
 /// `Private_Dirty` of `/proc/self/smaps_rollup`, in bytes: in a forked child, the pages that are
 /// no longer shared with the parent because one side wrote them after the fork (what Redis reports
-/// as `rdb_last_cow_size`).
+/// as `rdb_last_cow_size`). Async-signal-safe (a raw open and read into a stack buffer, no
+/// allocation), so a snapshot child can call it.
 pub fn private_dirty_bytes() -> io::Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Private_Dirty:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| io::Error::other("no Private_Dirty in smaps_rollup"))
+    proc_field(c"/proc/self/smaps_rollup", b"Private_Dirty:").map(|kb| kb * 1024)
+}
+
+/// `Private_Dirty` of process `pid`'s `smaps_rollup`, bytes (the parent sampling a child).
+pub fn private_dirty_bytes_of(pid: i32) -> io::Result<u64> {
+    let path = std::ffi::CString::new(format!("/proc/{pid}/smaps_rollup"))?;
+    proc_field(&path, b"Private_Dirty:").map(|kb| kb * 1024)
+}
+
+/// `wchar` of `/proc/self/io`: bytes this process passed to `write(2)` and its kin (to files,
+/// pipes or sockets, cached or not). Async-signal-safe, like [`private_dirty_bytes`].
+pub fn written_bytes() -> io::Result<u64> {
+    proc_field(c"/proc/self/io", b"wchar:")
+}
+
+/// The first number after `key` in a small `/proc` file, read with raw `open`/`read` into a stack
+/// buffer and parsed by hand: no allocation, no lock (async-signal-safe).
+fn proc_field(path: &std::ffi::CStr, key: &[u8]) -> io::Result<u64> {
+    // SAFETY: open(2) with a NUL-terminated path and integer flags.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: reads at most the rest of `buf`, a live stack array, from the fd opened above.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n > 0 {
+            len += n as usize;
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    // SAFETY: closes the fd opened above, once.
+    unsafe { libc::close(fd) };
+    let text = &buf[..len];
+    let at = text
+        .windows(key.len())
+        .position(|w| w == key)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    let digits = text[at + key.len()..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit());
+    Ok(digits.fold(0u64, |v, d| v * 10 + u64::from(d - b'0')))
 }
 
 /// `fsync` of a directory, so a rename in it is durable.
