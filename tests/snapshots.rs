@@ -312,8 +312,9 @@ fn a_snapshot_child_answers_queries_from_the_frozen_state() {
     let child = unsafe {
         snapshot::spawn(|| {
             snapshot::serve_queries(&socket, 0, 1, |req, reply| {
-                let key = u64::from_le_bytes(req.try_into().unwrap()) as usize;
+                let key = u64::from_le_bytes(req.try_into().map_err(|_| "8-byte keys")?) as usize;
                 reply.extend_from_slice(&state[key].to_le_bytes());
+                Ok(())
             })?;
             Ok(())
         })
@@ -602,6 +603,7 @@ fn reader_children_answer_in_every_round() {
             snapshot::spawn(|| {
                 snapshot::serve_queries(&socket, 0, 1, |_, reply| {
                     reply.extend_from_slice(&value.to_le_bytes());
+                    Ok(())
                 })?;
                 Ok(())
             })
@@ -679,4 +681,56 @@ fn stats_report_bytes_written_and_the_cow_peak() {
     assert!(stats.peak_cow_bytes >= stats.cow_bytes, "{stats:?}");
     assert_eq!(live[0], 2);
     assert_eq!(std::fs::read(&target).unwrap(), vec![7u8; 4 << 20]);
+}
+
+/// A reply that comes after its query timed out is never taken for the next query's answer, and
+/// an answer that fails reaches the client as a typed error.
+#[test]
+fn late_replies_are_dropped_and_failed_answers_are_typed() {
+    let one = ChannelSpec {
+        kind: channel_kind::ONE_TO_ONE,
+        capacity: 16,
+        receivers: 1,
+        reserved: 0,
+    };
+    let owner = common::Owner::new(PoolConfig {
+        channels: vec![one, one],
+        ..PoolConfig::default()
+    });
+    let socket = owner.socket();
+    let mut q = QueryClient::new(&owner.pool, 0, 1).unwrap();
+    // SAFETY: the child serves queries over the pool: no lock another thread may hold.
+    let child = unsafe {
+        snapshot::spawn(|| {
+            snapshot::serve_queries(&socket, 0, 1, |req, reply| match req {
+                b"slow" => {
+                    std::thread::sleep(Duration::from_millis(500));
+                    reply.extend_from_slice(b"late");
+                    Ok(())
+                }
+                b"bad" => Err("no such key".into()),
+                other => {
+                    reply.extend_from_slice(other);
+                    Ok(())
+                }
+            })?;
+            Ok(())
+        })
+    }
+    .unwrap();
+    q.wait_ready(Duration::from_secs(20)).unwrap();
+    assert!(matches!(
+        q.query(b"slow", Duration::from_millis(100)),
+        Err(snapshot::QueryError::Timeout)
+    ));
+    // The late "late" arrives before this answer: it must be skipped.
+    let a = q.query(b"fresh", Duration::from_secs(20)).unwrap();
+    assert_eq!(&a[..], b"fresh");
+    drop(a);
+    match q.query(b"bad", Duration::from_secs(20)) {
+        Err(snapshot::QueryError::Failed(m)) => assert_eq!(m, "no such key"),
+        other => panic!("{:?}", other.map(|a| a.to_vec())),
+    }
+    q.stop().unwrap();
+    child.wait().unwrap();
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub use arena::{Arena, Pages};
-pub use reader::{QueryClient, serve_queries};
+pub use reader::{Answer, QueryClient, QueryError, serve_queries};
 pub use save::save_to_file;
 
 use crate::sys::process::{self, Exit};
