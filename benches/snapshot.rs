@@ -34,13 +34,7 @@ fn plain_fork_pause() -> Duration {
 /// The machine's anonymous memory (`AnonPages` of /proc/meminfo, which counts huge pages too),
 /// bytes: it grows by exactly what copy-on-write copies (the machine is otherwise idle).
 fn rss_anon() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonPages:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    process::proc_field(c"/proc/meminfo", b"AnonPages:").expect("/proc/meminfo") * 1024
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -148,13 +142,7 @@ fn main() {
 
 /// `AnonHugePages` of this process, bytes.
 fn anon_huge() -> u64 {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+    process::proc_field(c"/proc/self/smaps_rollup", b"AnonHugePages:").unwrap_or(0) * 1024
 }
 
 const ROUNDS: usize = 20;

@@ -570,39 +570,44 @@ pub fn recv(socket: &str, ch: usize, id: u64, lossy: bool) -> Res<String> {
         out.write_all(&rec)?;
         out.flush()
     };
+    // A receiver, or a subscriber on a broadcast channel: one loop for both.
+    let mut rx: Box<dyn Take> = if ch == BCAST {
+        Box::new(open(|| pool.subscriber(ch, lossy))?)
+    } else {
+        Box::new(open(|| pool.receiver(ch))?)
+    };
     let mut got = Vec::new();
     let mut turn = id;
-    // One loop for both kinds of receiving end: a third of the calls take a batch.
-    let mut serve = |take: &mut Take<'_>| loop {
+    loop {
         turn = mix(turn);
-        idle(take(&mut got, turn.is_multiple_of(3)));
+        // A third of the calls take a batch.
+        idle(rx.take(&mut got, turn.is_multiple_of(3)));
         report(&mut got)?;
-    };
-    if ch == BCAST {
-        let mut rx = open(|| pool.subscriber(ch, lossy))?;
-        serve(&mut |got, batch| {
-            if batch {
-                rx.recv_batch(got, 32).map(|_| ())
-            } else {
-                rx.recv_timeout(Some(Duration::from_millis(50)))
-                    .map(|b| got.push(b))
-            }
-        })
-    } else {
-        let mut rx = open(|| pool.receiver(ch))?;
-        serve(&mut |got, batch| {
-            if batch {
-                rx.recv_batch(got, 32).map(|_| ())
-            } else {
-                rx.recv_timeout(Some(Duration::from_millis(50)))
-                    .map(|b| got.push(b))
-            }
-        })
     }
 }
 
-/// One receive: into the vector, a batch if the flag says so.
-type Take<'a> = dyn FnMut(&mut Vec<fbuf::Buf>, bool) -> Result<(), RecvError> + 'a;
+/// One receive into `got`: a batch, or one buffer with a short timeout.
+trait Take {
+    fn take(&mut self, got: &mut Vec<fbuf::Buf>, batch: bool) -> Result<(), RecvError>;
+}
+
+macro_rules! take_for {
+    ($t:ty) => {
+        impl Take for $t {
+            fn take(&mut self, got: &mut Vec<fbuf::Buf>, batch: bool) -> Result<(), RecvError> {
+                if batch {
+                    self.recv_batch(got, 32).map(|_| ())
+                } else {
+                    self.recv_timeout(Some(Duration::from_millis(50)))
+                        .map(|b| got.push(b))
+                }
+            }
+        }
+    };
+}
+
+take_for!(fbuf::channel::Receiver);
+take_for!(fbuf::channel::Subscriber);
 
 /// Waits a moment after an answer that carried nothing (empty, a dead peer being recovered).
 fn idle(r: Result<(), RecvError>) {

@@ -294,16 +294,7 @@ fn fork_does_not_freeze_the_shared_pool_but_copies_are_frozen() {
 
 #[test]
 fn a_snapshot_child_answers_queries_from_the_frozen_state() {
-    let one = ChannelSpec {
-        kind: channel_kind::ONE_TO_ONE,
-        capacity: 16,
-        receivers: 1,
-        reserved: 0,
-    };
-    let owner = common::Owner::new(PoolConfig {
-        channels: vec![one, one],
-        ..PoolConfig::default()
-    });
+    let owner = reader_owner();
     let socket = owner.socket();
     let mut state: Vec<u64> = (0..1000).map(|k| k * 10).collect();
     let at_fork = state.clone();
@@ -351,6 +342,21 @@ fn a_snapshot_child_answers_queries_from_the_frozen_state() {
         "every answer reflects the state at the fork"
     );
     child.wait().unwrap();
+}
+
+/// An owner whose pool has the two one-to-one channels a reader child uses: requests (0) and
+/// replies (1).
+fn reader_owner() -> common::Owner {
+    let one = ChannelSpec {
+        kind: channel_kind::ONE_TO_ONE,
+        capacity: 16,
+        receivers: 1,
+        reserved: 0,
+    };
+    common::Owner::new(PoolConfig {
+        channels: vec![one, one],
+        ..PoolConfig::default()
+    })
 }
 
 #[test]
@@ -575,16 +581,7 @@ fn recollapse_rebuilds_the_huge_pages_a_snapshot_split() {
 /// with a client made afresh each round (before or after the child is spawned).
 #[test]
 fn reader_children_answer_in_every_round() {
-    let one = ChannelSpec {
-        kind: channel_kind::ONE_TO_ONE,
-        capacity: 16,
-        receivers: 1,
-        reserved: 0,
-    };
-    let owner = common::Owner::new(PoolConfig {
-        channels: vec![one, one],
-        ..PoolConfig::default()
-    });
+    let owner = reader_owner();
     let socket = owner.socket();
     let mut client = Some(QueryClient::new(&owner.pool, 0, 1).unwrap());
     for round in 0..6u64 {
@@ -687,16 +684,7 @@ fn stats_report_bytes_written_and_the_cow_peak() {
 /// an answer that fails reaches the client as a typed error.
 #[test]
 fn late_replies_are_dropped_and_failed_answers_are_typed() {
-    let one = ChannelSpec {
-        kind: channel_kind::ONE_TO_ONE,
-        capacity: 16,
-        receivers: 1,
-        reserved: 0,
-    };
-    let owner = common::Owner::new(PoolConfig {
-        channels: vec![one, one],
-        ..PoolConfig::default()
-    });
+    let owner = reader_owner();
     let socket = owner.socket();
     let mut q = QueryClient::new(&owner.pool, 0, 1).unwrap();
     // SAFETY: the child serves queries over the pool: no lock another thread may hold.

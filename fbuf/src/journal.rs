@@ -8,13 +8,14 @@
 //! The step itself is never ambiguous to the recoverer, because every slot-state step a
 //! participant takes flips its own holder bit, which only it changes while it lives:
 //!
-//! - a send by move (`Lending(Move)`) clears the bit as it adds the in-flight count;
-//! - a lend while other handles remain (`Lending(DanceA)` → `Lending(DanceB)`) first moves the
+//! - a send by move (`Lending(Lend::Move)`) clears the bit as it adds the in-flight count;
+//! - a lend while other handles remain (`Lend::DanceA` → `Lend::DanceB`) first moves the
 //!   holding *and* the lend into flight (bit cleared, in flight + 2), then takes the holding back
 //!   (bit set, in flight − 1): before the middle journal write a set bit means "not started",
 //!   after it a set bit means "finished";
-//! - an import into a process with no handle of the slot (`Importing(Fresh)`) sets the bit;
-//! - an import into a process that holds the slot (`Importing(HoldA)` → `Importing(HoldB)`) first
+//! - an import into a process with no handle of the slot (`Importing(Import::Fresh)`) sets the
+//!   bit;
+//! - an import into a process that holds the slot (`Import::HoldA` → `Import::HoldB`) first
 //!   clears the bit, then takes the descriptor with the bit set again.
 //!
 //! Ring steps are told apart by the ring itself: an SPSC side publishes a whole batch with one
@@ -22,16 +23,18 @@
 //! or pop records the position it is about to claim before its CAS and that it won after it, and
 //! the claimed cell's stamp says whether it was published or released.
 //!
-//! [`entry_outcome`] turns an entry's state and the holder bit into what recovery must do. The
-//! channel layer applies it (it knows the rings); loom models in `tests/loom.rs` kill a thread at
-//! every step of a send and a receive and check that recovery leaves every slot exactly
-//! accounted.
+//! [`entry_outcome`] turns an entry's state and the holder bit into what recovery must do, and
+//! [`recover_record`] applies it with what only the ring can say; the channel layer supplies the
+//! pool and its rings ([`Recoverer`]). Loom models in `tests/loom.rs` kill a thread at every step
+//! of a send, a receive, a batch, a publish and an MPMC push and pop, and check that recovery
+//! leaves every slot exactly accounted.
 //!
 //! Every word here is written by one participant and read by others only after its death; the
 //! recoverer treats what it reads as untrusted (a bad state, count or position is skipped).
 
 use crate::alloc::{ClassSlots, LocalRefs, SlotError};
 use crate::ring::{MpmcRing, SpscRing};
+use crate::sync::death::cut;
 use crate::sync::{AtomicU64, Ordering};
 
 /// Entries in one journal: the largest batch one call moves (bigger batches are cut).
@@ -57,18 +60,30 @@ pub enum Op {
     Send = 1,
     /// Receiving from the journal's unit: the entries are what was popped.
     Recv = 2,
-    /// Publishing one buffer: entry `i` is its descriptor bound for the unit in its second word.
+    /// Publishing one buffer: entry `i` is its descriptor bound for the `i`-th live subscriber
+    /// ring; the journal's unit is the ring being pushed to now.
     Publish = 3,
 }
 
-/// How a lend or an import goes, for the holder-bit test (see the module docs).
+/// How a lend goes, for the holder-bit test (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Way {
+pub enum Lend {
+    /// The process's last handle: its holding becomes the in-flight counts in one CAS.
     Move,
+    /// Other handles remain: before the first CAS of the dance.
     DanceA,
+    /// Between the two CASes of the dance.
     DanceB,
+}
+
+/// How an import goes, for the holder-bit test (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Import {
+    /// The process has no handle of the slot: the CAS sets its bit.
     Fresh,
+    /// The process holds the slot: before stepping aside.
     HoldA,
+    /// Between stepping aside and taking the descriptor.
     HoldB,
 }
 
@@ -86,7 +101,7 @@ pub enum Claim {
 pub enum State {
     /// Recorded; nothing done (the participant still holds the buffer, or it is still queued).
     New,
-    Lending(Way),
+    Lending(Lend),
     /// Lent: one in-flight count is ours and in no ring yet.
     Lent,
     /// Being pushed into an MPMC ring (position and claim in the journal header).
@@ -97,7 +112,7 @@ pub enum State {
     Popping(Claim),
     /// Out of the ring, in flight, ours to import.
     Popped,
-    Importing(Way),
+    Importing(Import),
     /// Imported (our holder bit has it) or dropped: nothing left to do.
     Done,
 }
@@ -106,9 +121,9 @@ impl State {
     fn code(self) -> u8 {
         match self {
             State::New => 1,
-            State::Lending(Way::Move) => 2,
-            State::Lending(Way::DanceA) => 3,
-            State::Lending(Way::DanceB) => 4,
+            State::Lending(Lend::Move) => 2,
+            State::Lending(Lend::DanceA) => 3,
+            State::Lending(Lend::DanceB) => 4,
             State::Lent => 5,
             State::Pushing(Claim::Claiming) => 6,
             State::Pushing(Claim::Claimed) => 7,
@@ -116,21 +131,19 @@ impl State {
             State::Popping(Claim::Claiming) => 9,
             State::Popping(Claim::Claimed) => 10,
             State::Popped => 11,
-            State::Importing(Way::Fresh) => 12,
-            State::Importing(Way::HoldA) => 13,
-            State::Importing(Way::HoldB) => 14,
+            State::Importing(Import::Fresh) => 12,
+            State::Importing(Import::HoldA) => 13,
+            State::Importing(Import::HoldB) => 14,
             State::Done => 15,
-            // Not produced by the code: lends and imports use their own ways.
-            State::Lending(_) | State::Importing(_) => 0,
         }
     }
 
     fn from_code(c: u8) -> Option<State> {
         Some(match c {
             1 => State::New,
-            2 => State::Lending(Way::Move),
-            3 => State::Lending(Way::DanceA),
-            4 => State::Lending(Way::DanceB),
+            2 => State::Lending(Lend::Move),
+            3 => State::Lending(Lend::DanceA),
+            4 => State::Lending(Lend::DanceB),
             5 => State::Lent,
             6 => State::Pushing(Claim::Claiming),
             7 => State::Pushing(Claim::Claimed),
@@ -138,9 +151,9 @@ impl State {
             9 => State::Popping(Claim::Claiming),
             10 => State::Popping(Claim::Claimed),
             11 => State::Popped,
-            12 => State::Importing(Way::Fresh),
-            13 => State::Importing(Way::HoldA),
-            14 => State::Importing(Way::HoldB),
+            12 => State::Importing(Import::Fresh),
+            13 => State::Importing(Import::HoldA),
+            14 => State::Importing(Import::HoldB),
             15 => State::Done,
             _ => return None,
         })
@@ -216,7 +229,7 @@ impl<'a> Journal<'a> {
     /// Adds one more entry (a pop), in state `state`; returns its index, or `None` if full.
     pub fn push_entry(&self, value: [u64; 2], state: State) -> Option<usize> {
         let h = self.w[HEADER].load(Ordering::Relaxed);
-        let n = ((h >> 8) & 0xff) as usize;
+        let n = self.len();
         if n >= ENTRIES {
             return None;
         }
@@ -251,7 +264,7 @@ impl<'a> Journal<'a> {
 
     /// Entry `i`'s state as this journal's writer set it.
     pub fn state(&self, i: usize) -> State {
-        let word = self.w[STATES + i / 8].load(Ordering::Relaxed);
+        let word = self.w[STATES + i / 8].load(Ordering::Acquire);
         State::from_code((word >> (8 * (i % 8))) as u8).unwrap_or(State::Done)
     }
 
@@ -296,13 +309,7 @@ impl<'a> Journal<'a> {
             _ => Op::Idle,
         };
         let n = (((h >> 8) & 0xff) as usize).min(ENTRIES);
-        let entries = (0..n)
-            .map(|i| {
-                let word = self.w[STATES + i / 8].load(Ordering::Acquire);
-                let code = (word >> (8 * (i % 8))) as u8;
-                (State::from_code(code).unwrap_or(State::Done), self.entry(i))
-            })
-            .collect();
+        let entries = (0..n).map(|i| (self.state(i), self.entry(i))).collect();
         Record {
             op,
             unit: self.w[UNIT].load(Ordering::Acquire) as u32,
@@ -312,8 +319,7 @@ impl<'a> Journal<'a> {
     }
 }
 
-/// What recovery does for one entry, given the dead participant's holder bit on the entry's slot
-/// (`held`) and, for entries that may be in a ring, whether the ring has it (`in_ring`).
+/// What recovery does for one entry, given the dead participant's holder bit on the entry's slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// In-flight counts of the slot to drop.
@@ -340,7 +346,7 @@ pub fn entry_outcome(state: State, held: bool) -> Outcome {
     };
     match state {
         State::New | State::Pushed | State::Done => none,
-        State::Lending(Way::Move) => {
+        State::Lending(Lend::Move) => {
             if held {
                 none
             } else {
@@ -349,7 +355,7 @@ pub fn entry_outcome(state: State, held: bool) -> Outcome {
         }
         // Before the middle write a set bit means the dance had not started; a clear one, that
         // the holding and the lend are both in flight.
-        State::Lending(Way::DanceA) => {
+        State::Lending(Lend::DanceA) => {
             if held {
                 none
             } else {
@@ -357,14 +363,13 @@ pub fn entry_outcome(state: State, held: bool) -> Outcome {
             }
         }
         // After it: a set bit means the holding was taken back.
-        State::Lending(Way::DanceB) => {
+        State::Lending(Lend::DanceB) => {
             if held {
                 lent(0)
             } else {
                 lent(1)
             }
         }
-        State::Lending(_) => none,
         State::Lent | State::Pushing(_) => lent(0),
         // Popped (or maybe popped: the ring decides) and not imported.
         State::Popping(_) => Outcome {
@@ -372,15 +377,15 @@ pub fn entry_outcome(state: State, held: bool) -> Outcome {
             ask_ring: true,
         },
         State::Popped => discard(1),
-        State::Importing(Way::Fresh) | State::Importing(Way::HoldB) => {
+        State::Importing(Import::Fresh) | State::Importing(Import::HoldB) => {
             if held {
                 none
             } else {
                 discard(1)
             }
         }
-        State::Importing(Way::HoldA) => discard(1),
-        State::Importing(_) => discard(1),
+        // Not yet taken, whether or not the process stepped aside.
+        State::Importing(Import::HoldA) => discard(1),
     }
 }
 
@@ -409,7 +414,7 @@ pub fn lend(
     let set_all = |state| entries.clone().for_each(|e| j.set(e, state));
     s.local.locked(s.index, |count| {
         if count <= 1 {
-            set_all(State::Lending(Way::Move));
+            set_all(State::Lending(Lend::Move));
             if cut() {
                 return (Ok(()), count);
             }
@@ -426,12 +431,13 @@ pub fn lend(
         } else {
             // The first entry carries the dance; the others read like a move until the holding
             // is out (and are plainly lent after).
-            set_all(State::Lending(Way::Move));
-            j.set(entries.start, State::Lending(Way::DanceA));
+            set_all(State::Lending(Lend::Move));
+            j.set(entries.start, State::Lending(Lend::DanceA));
             if cut() {
                 return (Ok(()), count);
             }
-            if let Err(e) = s.class.lend_out(s.slot, s.generation, s.me, n) {
+            // The holding and the lend into flight together (bit cleared, in flight + n + 1).
+            if let Err(e) = s.class.hand_off_n(s.slot, s.generation, s.me, n + 1) {
                 set_all(State::New);
                 return (Err(e), count);
             }
@@ -439,7 +445,7 @@ pub fn lend(
                 return (Ok(()), count);
             }
             (entries.start + 1..entries.end).for_each(|e| j.set(e, State::Lent));
-            j.set(entries.start, State::Lending(Way::DanceB));
+            j.set(entries.start, State::Lending(Lend::DanceB));
             if cut() {
                 return (Ok(()), count);
             }
@@ -460,7 +466,7 @@ pub fn lend(
 pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), SlotError> {
     s.local.locked(s.index, |count| {
         if count == 0 {
-            j.set(e, State::Importing(Way::Fresh));
+            j.set(e, State::Importing(Import::Fresh));
             if cut() {
                 return (Ok(()), count);
             }
@@ -469,7 +475,7 @@ pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), Slot
             let new = if r.is_ok() { 1 } else { 0 };
             (r, new)
         } else {
-            j.set(e, State::Importing(Way::HoldA));
+            j.set(e, State::Importing(Import::HoldA));
             if cut() {
                 return (Ok(()), count);
             }
@@ -477,7 +483,7 @@ pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), Slot
                 j.set(e, State::Done);
                 return (Err(err), count);
             }
-            j.set(e, State::Importing(Way::HoldB));
+            j.set(e, State::Importing(Import::HoldB));
             if cut() {
                 return (Ok(()), count);
             }
@@ -504,6 +510,56 @@ pub struct Recovered {
     pub tombstoned: usize,
     /// Cells it claimed for a pop and never released, released (their descriptor dropped).
     pub released: usize,
+}
+
+impl std::ops::AddAssign for Recovered {
+    fn add_assign(&mut self, o: Recovered) {
+        self.discarded += o.discarded;
+        self.completed += o.completed;
+        self.tombstoned += o.tombstoned;
+        self.released += o.released;
+    }
+}
+
+/// Journal entry `entry` as an MPMC claim tracker ([`crate::ring::Track`]): it records the
+/// position before the CAS that may win it, and the claim after (for a pop, with the value read,
+/// before the cell is released). The ring's values are 16-byte `Pod`s (descriptors, or their
+/// words).
+pub struct EntryTrack<'j, 'a> {
+    pub j: &'j Journal<'a>,
+    pub entry: usize,
+    pub pop: bool,
+}
+
+impl<T: bytemuck::Pod> crate::ring::Track<T> for EntryTrack<'_, '_> {
+    #[inline]
+    fn claiming(&self, pos: u64) {
+        self.j.set_pos(pos);
+        let c = Claim::Claiming;
+        let state = if self.pop {
+            State::Popping(c)
+        } else {
+            State::Pushing(c)
+        };
+        self.j.set(self.entry, state);
+    }
+
+    #[inline]
+    fn claimed(&self, _: u64, value: Option<&T>) {
+        if let Some(v) = value {
+            self.j.set_entry(
+                self.entry,
+                bytemuck::pod_read_unaligned(bytemuck::bytes_of(v)),
+            );
+        }
+        let c = Claim::Claimed;
+        let state = if self.pop {
+            State::Popping(c)
+        } else {
+            State::Pushing(c)
+        };
+        self.j.set(self.entry, state);
+    }
 }
 
 /// A ring a journal entry may be in, with entries' values as ring values.
@@ -630,49 +686,6 @@ fn settle(rec: &Record, env: &mut impl Recoverer, r: &mut Recovered, pop: bool) 
     }
 }
 
-/// A deliberate death for the loom models: each journaled step asks [`cut`] first, and a thread
-/// whose budget is spent stops there, leaving the shared words as a `SIGKILL` would. Normal
-/// builds have no budget: `cut` is a constant `false`.
-pub mod death {
-    #[cfg(loom)]
-    loom::thread_local! {
-        static BUDGET: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
-    }
-
-    /// Lets this thread take `steps` more journaled steps, then stop (loom builds only).
-    #[cfg(loom)]
-    pub fn die_after(steps: usize) {
-        BUDGET.with(|b| b.set(Some(steps)));
-    }
-
-    /// Whether this thread has died, without spending a step.
-    #[inline(always)]
-    pub fn dead() -> bool {
-        #[cfg(loom)]
-        return BUDGET.with(|b| b.get() == Some(0));
-        #[cfg(not(loom))]
-        false
-    }
-
-    /// Whether this thread has died (is out of steps). Once true, it stays true.
-    #[inline(always)]
-    pub fn cut() -> bool {
-        #[cfg(loom)]
-        return BUDGET.with(|b| match b.get() {
-            Some(0) => true,
-            Some(n) => {
-                b.set(Some(n - 1));
-                false
-            }
-            None => false,
-        });
-        #[cfg(not(loom))]
-        false
-    }
-}
-
-use death::cut;
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -684,7 +697,7 @@ mod tests {
         assert!(j.claim(7));
         assert!(!j.claim(8));
         j.begin(Op::Send, 3, 100, (0..3u64).map(|i| [i, i + 10]));
-        j.set(1, State::Lending(Way::DanceB));
+        j.set(1, State::Lending(Lend::DanceB));
         j.set(2, State::Pushing(Claim::Claimed));
         let r = j.read();
         assert_eq!(r.op, Op::Send);
@@ -693,7 +706,7 @@ mod tests {
             r.entries,
             vec![
                 (State::New, [0, 10]),
-                (State::Lending(Way::DanceB), [1, 11]),
+                (State::Lending(Lend::DanceB), [1, 11]),
                 (State::Pushing(Claim::Claimed), [2, 12]),
             ]
         );

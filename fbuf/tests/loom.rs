@@ -196,9 +196,6 @@ fn spawn_import(
                 0,
                 || c.take_lent(slot, generation, 0, true),
                 || c.take_lent(slot, generation, 0, false),
-                || {
-                    c.release(slot, 0);
-                },
             )
             .is_ok()
     })
@@ -518,8 +515,9 @@ fn doorbell_without_sleeper_makes_no_call() {
     });
 }
 
-/// Send by move: one thread hands the process's last handle off into flight (one CAS: holder bit
-/// to in-flight count) while another imports an earlier descriptor of the same slot. Nothing is
+/// Send by move: one thread hands the process's handle off into flight (`journal::lend`: one CAS,
+/// holder bit to in-flight count, or the two-CAS dance if the other thread's import got in first)
+/// while another imports an earlier descriptor of the same slot. Nothing is
 /// lost: both descriptors' worth of references are accounted for, and the bit matches the count.
 #[test]
 fn local_hand_off_vs_import() {
@@ -529,17 +527,18 @@ fn local_hand_off_vs_import() {
 
         let importer = spawn_import(&class, &local, slot, generation);
         let c = class.slots();
-        let handed = match local.release_last_with(0, || c.hand_off(slot, generation, 0)) {
-            Some(r) => r.is_ok(),
-            None => {
-                // The import got in first: lend and drop this handle instead.
-                c.lend(slot, generation, 0, 1).unwrap();
-                local.release(0, || {
-                    c.release(slot, 0);
-                });
-                true
-            }
-        };
+        // The production send path: by move if the import has not added a handle yet, by the
+        // lend dance if it has.
+        let words = journal_words();
+        let j = Journal::new(&words);
+        j.begin(
+            Op::Send,
+            0,
+            0,
+            std::iter::once([slot as u64, u64::from(generation)]),
+        );
+        let s = slot_ref(&c, &local, 0, slot, generation, 0);
+        let handed = journal::lend(&j, 0..1, &s).is_ok();
         assert!(handed);
         assert!(
             importer.join().unwrap(),
@@ -689,8 +688,9 @@ fn seeded_clear_without_arming_is_caught() {
 // ---- death at every step: the recovery journal ---------------------------------------------
 
 use fbuf::journal::{
-    self, EntryRing, Journal, Op, Recoverer, SlotRef, State, death, recover_record,
+    self, EntryRing, EntryTrack, Journal, Op, Recoverer, SlotRef, State, recover_record,
 };
+use fbuf::sync::death;
 
 /// Participant ids in the death models: the one that dies, and a live peer.
 const DEAD: u32 = 1;
@@ -701,9 +701,8 @@ const TOMBSTONE: [u64; 2] = [u64::MAX, u64::MAX];
 struct ModelEnv<'a> {
     class: &'a HeapClass,
     spsc: Option<&'a SpscHeap<[u64; 2]>>,
-    mpmc: Option<&'a Ring<[u64; 2]>>,
-    /// A second MPMC ring, unit 1 (a publish to two subscribers).
-    mpmc2: Option<&'a Ring<[u64; 2]>>,
+    /// MPMC rings by journal unit (a publish goes to two).
+    mpmc: &'a [Ring<[u64; 2]>],
     refused: usize,
 }
 
@@ -725,8 +724,7 @@ impl Recoverer for ModelEnv<'_> {
         if let Some(r) = self.spsc {
             f(EntryRing::Spsc(&r.ring()));
         }
-        let mpmc = if unit == 1 { self.mpmc2 } else { self.mpmc };
-        if let Some(r) = mpmc {
+        if let Some(r) = self.mpmc.get(unit as usize) {
             f(EntryRing::Mpmc(&r.view()));
         }
     }
@@ -735,6 +733,25 @@ impl Recoverer for ModelEnv<'_> {
     }
     fn tombstone(&self) -> [u64; 2] {
         TOMBSTONE
+    }
+}
+
+/// The slot a model's participant works on.
+fn slot_ref<'a, 'b>(
+    class: &'b fbuf::alloc::ClassSlots<'a>,
+    local: &'b LocalRefs,
+    index: usize,
+    slot: usize,
+    generation: u32,
+    me: u32,
+) -> SlotRef<'a, 'b> {
+    SlotRef {
+        class,
+        local,
+        index,
+        slot,
+        generation,
+        me,
     }
 }
 
@@ -747,7 +764,18 @@ fn journal_words() -> Vec<fbuf::sync::AtomicU64> {
 /// Recovers the dead participant's journal, releases its holdings, then plays the owner draining
 /// what is left in the ring: afterwards every slot must be free, and no discard may have been
 /// refused (a refused discard is recovery believing in a count that was not there).
-fn recover_and_check(env: &mut ModelEnv<'_>, words: &[fbuf::sync::AtomicU64]) {
+fn recover_and_check(
+    class: &HeapClass,
+    spsc: Option<&SpscHeap<[u64; 2]>>,
+    mpmc: &[Ring<[u64; 2]>],
+    words: &[fbuf::sync::AtomicU64],
+) {
+    let env = &mut ModelEnv {
+        class,
+        spsc,
+        mpmc,
+        refused: 0,
+    };
     let rec = Journal::new(words).read();
     recover_record(&rec, env);
     env.class.slots().reclaim(DEAD);
@@ -761,7 +789,7 @@ fn recover_and_check(env: &mut ModelEnv<'_>, words: &[fbuf::sync::AtomicU64]) {
             }
         }
     }
-    for r in [env.mpmc, env.mpmc2].into_iter().flatten() {
+    for r in env.mpmc {
         while let Ok(Some(v)) = r.view().pop() {
             drained.push(v);
         }
@@ -806,14 +834,7 @@ fn spsc_send_death(steps: usize, handles: u32) {
                 let j = Journal::new(&words);
                 j.begin(Op::Send, 0, p.position(), std::iter::once(v));
                 let c = class.slots();
-                let s = SlotRef {
-                    class: &c,
-                    local: &local,
-                    index: 0,
-                    slot,
-                    generation,
-                    me: DEAD,
-                };
+                let s = slot_ref(&c, &local, 0, slot, generation, DEAD);
                 if journal::lend(&j, 0..1, &s).is_ok() && !death::dead() {
                     let _ = ring.ring().push(&mut p, &[v]);
                     if !death::dead() {
@@ -829,14 +850,7 @@ fn spsc_send_death(steps: usize, handles: u32) {
             })
         };
         sender.join().unwrap();
-        let mut env = ModelEnv {
-            class: &class,
-            spsc: Some(&ring),
-            mpmc: None,
-            mpmc2: None,
-            refused: 0,
-        };
-        recover_and_check(&mut env, &words);
+        recover_and_check(&class, Some(&*ring), &[], &words);
     });
 }
 
@@ -885,28 +899,14 @@ fn spsc_recv_death(steps: usize, holding: bool) {
                     return;
                 }
                 let c = class.slots();
-                let s = SlotRef {
-                    class: &c,
-                    local: &local,
-                    index: 0,
-                    slot,
-                    generation,
-                    me: DEAD,
-                };
+                let s = slot_ref(&c, &local, 0, slot, generation, DEAD);
                 if journal::import(&j, 0, &s).is_ok() && !death::dead() {
                     j.end();
                 }
             })
         };
         receiver.join().unwrap();
-        let mut env = ModelEnv {
-            class: &class,
-            spsc: Some(&ring),
-            mpmc: None,
-            mpmc2: None,
-            refused: 0,
-        };
-        recover_and_check(&mut env, &words);
+        recover_and_check(&class, Some(&*ring), &[], &words);
     });
 }
 
@@ -931,18 +931,15 @@ fn mpmc_push_death(steps: usize) {
                 let j = Journal::new(&words);
                 j.begin(Op::Send, 0, 0, std::iter::once(va));
                 let c = class.slots();
-                let s = SlotRef {
-                    class: &c,
-                    local: &local,
-                    index: a,
-                    slot: a,
-                    generation: ga,
-                    me: DEAD,
-                };
+                let s = slot_ref(&c, &local, a, a, ga, DEAD);
                 if journal::lend(&j, 0..1, &s).is_err() || death::dead() {
                     return;
                 }
-                let track = Tracker(&j, 0);
+                let track = EntryTrack {
+                    j: &j,
+                    entry: 0,
+                    pop: false,
+                };
                 if ring.view().push_with(va, false, &track).is_ok() && !death::dead() {
                     j.set(0, State::Pushed);
                     j.end();
@@ -965,14 +962,7 @@ fn mpmc_push_death(steps: usize) {
         };
         dying.join().unwrap();
         live.join().unwrap();
-        let mut env = ModelEnv {
-            class: &class,
-            spsc: None,
-            mpmc: Some(&ring),
-            mpmc2: None,
-            refused: 0,
-        };
-        recover_and_check(&mut env, &words);
+        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words);
         // The ring is usable: a push and a pop go through.
         ring.push([7, 7]).unwrap();
         assert_eq!(ring.pop(), Some([7, 7]));
@@ -998,7 +988,11 @@ fn mpmc_pop_death(steps: usize) {
                 let j = Journal::new(&words);
                 j.begin(Op::Recv, 0, 0, std::iter::empty());
                 let e = j.push_entry([0, 0], State::New).unwrap();
-                let track = PopTracker(&j, e);
+                let track = EntryTrack {
+                    j: &j,
+                    entry: e,
+                    pop: true,
+                };
                 let Ok(Some(got)) = ring.view().pop_with(&track) else {
                     return;
                 };
@@ -1007,60 +1001,17 @@ fn mpmc_pop_death(steps: usize) {
                 }
                 j.set(e, State::Popped);
                 let c = class.slots();
-                let s = SlotRef {
-                    class: &c,
-                    local: &local,
-                    index: 0,
-                    slot: got[0] as usize,
-                    generation: got[1] as u32,
-                    me: DEAD,
-                };
+                let s = slot_ref(&c, &local, 0, got[0] as usize, got[1] as u32, DEAD);
                 if journal::import(&j, e, &s).is_ok() && !death::dead() {
                     j.end();
                 }
             })
         };
         receiver.join().unwrap();
-        let mut env = ModelEnv {
-            class: &class,
-            spsc: None,
-            mpmc: Some(&ring),
-            mpmc2: None,
-            refused: 0,
-        };
-        recover_and_check(&mut env, &words);
+        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words);
         ring.push([7, 7]).unwrap();
         assert_eq!(ring.pop(), Some([7, 7]));
     });
-}
-
-/// A push's claim, journaled.
-struct Tracker<'j, 'a>(&'j Journal<'a>, usize);
-
-impl fbuf::ring::Track<[u64; 2]> for Tracker<'_, '_> {
-    fn claiming(&self, pos: u64) {
-        self.0.set_pos(pos);
-        self.0.set(self.1, State::Pushing(journal::Claim::Claiming));
-    }
-    fn claimed(&self, _: u64, _: Option<&[u64; 2]>) {
-        self.0.set(self.1, State::Pushing(journal::Claim::Claimed));
-    }
-}
-
-/// A pop's claim, journaled (with the value, before the cell is released).
-struct PopTracker<'j, 'a>(&'j Journal<'a>, usize);
-
-impl fbuf::ring::Track<[u64; 2]> for PopTracker<'_, '_> {
-    fn claiming(&self, pos: u64) {
-        self.0.set_pos(pos);
-        self.0.set(self.1, State::Popping(journal::Claim::Claiming));
-    }
-    fn claimed(&self, _: u64, v: Option<&[u64; 2]>) {
-        if let Some(v) = v {
-            self.0.set_entry(self.1, *v);
-        }
-        self.0.set(self.1, State::Popping(journal::Claim::Claimed));
-    }
 }
 
 /// A batch of two sent with one publication: two slots lent one after the other, then one tail
@@ -1088,14 +1039,7 @@ fn spsc_send_batch_death(steps: usize) {
                 j.begin(Op::Send, 0, p.position(), vals.iter().copied());
                 let c = class.slots();
                 for (e, &(slot, generation)) in held.iter().enumerate() {
-                    let s = SlotRef {
-                        class: &c,
-                        local: &local,
-                        index: slot,
-                        slot,
-                        generation,
-                        me: DEAD,
-                    };
+                    let s = slot_ref(&c, &local, slot, slot, generation, DEAD);
                     if journal::lend(&j, e..e + 1, &s).is_err() || death::dead() {
                         return;
                     }
@@ -1106,14 +1050,7 @@ fn spsc_send_batch_death(steps: usize) {
             })
         };
         sender.join().unwrap();
-        let mut env = ModelEnv {
-            class: &class,
-            spsc: Some(&ring),
-            mpmc: None,
-            mpmc2: None,
-            refused: 0,
-        };
-        recover_and_check(&mut env, &words);
+        recover_and_check(&class, Some(&*ring), &[], &words);
     });
 }
 
@@ -1152,14 +1089,7 @@ fn spsc_recv_batch_death(steps: usize) {
                 }
                 let c = class.slots();
                 for (e, v) in out.iter().enumerate() {
-                    let s = SlotRef {
-                        class: &c,
-                        local: &local,
-                        index: v[0] as usize,
-                        slot: v[0] as usize,
-                        generation: v[1] as u32,
-                        me: DEAD,
-                    };
+                    let s = slot_ref(&c, &local, v[0] as usize, v[0] as usize, v[1] as u32, DEAD);
                     if journal::import(&j, e, &s).is_err() || death::dead() {
                         return;
                     }
@@ -1168,14 +1098,7 @@ fn spsc_recv_batch_death(steps: usize) {
             })
         };
         receiver.join().unwrap();
-        let mut env = ModelEnv {
-            class: &class,
-            spsc: Some(&ring),
-            mpmc: None,
-            mpmc2: None,
-            refused: 0,
-        };
-        recover_and_check(&mut env, &words);
+        recover_and_check(&class, Some(&*ring), &[], &words);
     });
 }
 
@@ -1197,20 +1120,17 @@ fn publish_death(steps: usize) {
                 let j = Journal::new(&words);
                 j.begin(Op::Publish, 0, 0, std::iter::repeat_n(v, 2));
                 let c = class.slots();
-                let s = SlotRef {
-                    class: &c,
-                    local: &local,
-                    index: 0,
-                    slot,
-                    generation,
-                    me: DEAD,
-                };
+                let s = slot_ref(&c, &local, 0, slot, generation, DEAD);
                 if journal::lend(&j, 0..2, &s).is_err() || death::dead() {
                     return;
                 }
                 for (e, ring) in rings.iter().enumerate() {
                     j.set_unit(e as u32);
-                    let track = Tracker(&j, e);
+                    let track = EntryTrack {
+                        j: &j,
+                        entry: e,
+                        pop: false,
+                    };
                     if ring.view().push_with(v, false, &track).is_err() || death::dead() {
                         return;
                     }
@@ -1220,14 +1140,7 @@ fn publish_death(steps: usize) {
             })
         };
         publisher.join().unwrap();
-        let mut env = ModelEnv {
-            class: &class,
-            spsc: None,
-            mpmc: Some(&rings[0]),
-            mpmc2: Some(&rings[1]),
-            refused: 0,
-        };
-        recover_and_check(&mut env, &words);
+        recover_and_check(&class, None, &rings[..], &words);
         for r in rings.iter() {
             r.push([7, 7]).unwrap();
             assert_eq!(r.pop(), Some([7, 7]));

@@ -160,31 +160,6 @@ impl<'a> ClassSlots<'a> {
         self.hand_off_n(slot, generation, holder, 1)
     }
 
-    /// Moves `holder`'s holding *and* `n` more descriptors into flight in one CAS (holder bit
-    /// cleared, in flight + n + 1): the first half of a lend by a process that keeps other
-    /// handles, whose second half, [`ClassSlots::take_lent`] with `add_holder`, takes the holding
-    /// back. Flipping the bit both ways is what lets recovery tell which half a dead lender
-    /// reached (see `journal`).
-    pub fn lend_out(
-        &self,
-        slot: usize,
-        generation: u32,
-        holder: u32,
-        n: u32,
-    ) -> Result<(), SlotError> {
-        // SYNC POINT (lend): Release, like `lend`.
-        self.update(slot, generation, Ordering::Release, |cur| {
-            if !cur.is_held_by(holder) {
-                Err(SlotError::NotHeld)
-            } else if cur.in_flight() + n + 1 > MAX_IN_FLIGHT {
-                Err(SlotError::TooManyInFlight)
-            } else {
-                Ok(cur.plus_in_flight(n + 1).without_holder(holder))
-            }
-        })
-        .map(|_| ())
-    }
-
     /// Clears `holder`'s bit on a slot it holds that has a descriptor in flight (so the slot stays
     /// alive): the first half of an import by a process that already holds the slot, whose second
     /// half is [`ClassSlots::take_lent`] with `add_holder`.
@@ -215,7 +190,10 @@ impl<'a> ClassSlots<'a> {
     }
 
     /// Moves `holder`'s holding into `n` descriptors in flight in one CAS: a send by move of the
-    /// process's last handle to `n` receivers.
+    /// process's last handle to `n` receivers. With `n + 1` it is also the first half of a lend by
+    /// a process that keeps other handles (the holding and the lend go into flight together;
+    /// [`ClassSlots::take_lent`] with `add_holder` takes the holding back): flipping the bit both
+    /// ways is what lets recovery tell which half a dead lender reached (see `journal`).
     pub fn hand_off_n(
         &self,
         slot: usize,

@@ -91,41 +91,25 @@ impl LocalRefs {
     }
 
     /// Adds a handle. `first` runs (and must set the holder bit) when this is the process's first
-    /// handle; `again` runs otherwise. If either fails, the count is as it was before.
+    /// handle; `again` runs otherwise. Both run with the count locked, so no other thread of this
+    /// process flips the holder bit meanwhile (a journaled lend's two-step dance clears it for a
+    /// moment: an `again` that needs the bit must not see that). If either fails, the count is
+    /// as it was before.
     pub fn acquire<E>(
         &self,
         i: usize,
         first: impl FnOnce() -> Result<(), E>,
         again: impl FnOnce() -> Result<(), E>,
-        last: impl FnOnce(),
     ) -> Result<(), E> {
-        let count = &self.counts[i];
-        loop {
-            let v = count.load(Ordering::Acquire);
-            if v == TRANSITION {
-                spin_hint();
-            } else if v == 0 {
-                if count
-                    .compare_exchange_weak(0, TRANSITION, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    let r = first();
-                    // SYNC POINT (transition end): Release pairs with the Acquire loads above, so
-                    // the next thread sees our shared-memory RMW done.
-                    count.store(if r.is_ok() { 1 } else { 0 }, Ordering::Release);
-                    return r;
-                }
-            } else if count
-                .compare_exchange_weak(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                let r = again();
-                if r.is_err() {
-                    self.release(i, last);
-                }
-                return r;
-            }
-        }
+        self.locked(i, |count| {
+            let (r, added) = if count == 0 {
+                (first(), 1)
+            } else {
+                (again(), count + 1)
+            };
+            let new = if r.is_ok() { added } else { count };
+            (r, new)
+        })
     }
 
     /// Drops a handle. `last` runs (and must clear the holder bit) when it was the last one.
@@ -159,32 +143,6 @@ impl LocalRefs {
                 .is_ok()
             {
                 return;
-            }
-        }
-    }
-
-    /// If the caller's handle is the process's only one, runs `last` (which must clear the holder
-    /// bit, e.g. by handing the holding off) under the transition lock and returns its result;
-    /// on error the handle is kept. Returns `None`, changing nothing, if other handles exist.
-    pub fn release_last_with<E>(
-        &self,
-        i: usize,
-        last: impl FnOnce() -> Result<(), E>,
-    ) -> Option<Result<(), E>> {
-        let count = &self.counts[i];
-        loop {
-            let v = count.load(Ordering::Acquire);
-            if v == TRANSITION || v == 0 {
-                spin_hint();
-            } else if v != 1 {
-                return None;
-            } else if count
-                .compare_exchange_weak(1, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                let r = last();
-                count.store(if r.is_ok() { 0 } else { 1 }, Ordering::Release);
-                return Some(r);
             }
         }
     }

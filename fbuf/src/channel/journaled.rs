@@ -6,48 +6,10 @@ use std::time::{Duration, Instant};
 
 use super::unit::{Unit, UnitRing};
 use crate::alloc::MAX_PARTICIPANTS;
+pub(crate) use crate::journal::EntryTrack;
 pub use crate::journal::Recovered;
-use crate::journal::{self, Claim, EntryRing, Journal, Op, Recoverer, State};
+use crate::journal::{self, EntryRing, Journal, Op, Recoverer, State};
 use crate::pool::{Desc, Pool};
-use crate::ring::Track;
-
-/// A journal entry as an MPMC claim tracker: records the position before the CAS and the claim
-/// (with the value, for a pop) after it.
-pub(super) struct EntryTrack<'j, 'a> {
-    pub j: &'j Journal<'a>,
-    pub entry: usize,
-    pub pop: bool,
-}
-
-impl Track<Desc> for EntryTrack<'_, '_> {
-    #[inline]
-    fn claiming(&self, pos: u64) {
-        self.j.set_pos(pos);
-        self.j.set(
-            self.entry,
-            if self.pop {
-                State::Popping(Claim::Claiming)
-            } else {
-                State::Pushing(Claim::Claiming)
-            },
-        );
-    }
-
-    #[inline]
-    fn claimed(&self, _: u64, value: Option<&Desc>) {
-        if let Some(v) = value {
-            self.j.set_entry(self.entry, v.to_words());
-        }
-        self.j.set(
-            self.entry,
-            if self.pop {
-                State::Popping(Claim::Claimed)
-            } else {
-                State::Pushing(Claim::Claimed)
-            },
-        );
-    }
-}
 
 /// The unit id a journal records: channel index and unit index in it.
 pub(super) fn unit_id(channel: usize, unit: usize) -> u32 {
@@ -85,7 +47,7 @@ impl Drop for Owned {
 /// rings and releases the holdings of a departed participant. Safe to call for one that left
 /// cleanly (its journals are idle). Every journal word is untrusted: bad units, positions or
 /// descriptors are skipped.
-pub fn recover(pool: &Pool, dead: u32) -> Recovered {
+pub(crate) fn recover(pool: &Pool, dead: u32) -> Recovered {
     let mut total = Recovered::default();
     if dead >= MAX_PARTICIPANTS {
         return total;
@@ -96,11 +58,7 @@ pub fn recover(pool: &Pool, dead: u32) -> Recovered {
         let j = s.journal(dead, k);
         let rec = j.read();
         if rec.op != Op::Idle {
-            let r = journal::recover_record(&rec, &mut env);
-            total.discarded += r.discarded;
-            total.completed += r.completed;
-            total.tombstoned += r.tombstoned;
-            total.released += r.released;
+            total += journal::recover_record(&rec, &mut env);
         }
         j.reset();
     }
@@ -176,7 +134,7 @@ fn live_claim(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
         })
 }
 
-/// What retiring a departed participant did.
+/// What retiring a departed participant did (the session server's counters add it up).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {
     pub recovered: Recovered,
@@ -189,7 +147,7 @@ pub struct Reaped {
 /// journals, drops what waited in its rings and its endpoint registrations, releases its
 /// holdings and frees its table entry. `None` if that participant is not there any more or
 /// someone else is retiring it (the owner, or another survivor).
-pub fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
+pub(crate) fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
     if id >= MAX_PARTICIPANTS || !pool.shared().participant(id).begin_recovery(epoch) {
         return None;
     }
@@ -206,7 +164,7 @@ pub fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
 /// The survivors' recovery: when the owner is gone, whoever waits retires peers whose liveness
 /// lock is gone (their process ended), so their slots come back and their rings say
 /// `Disconnected`. With a live owner this does nothing: the owner retires the departed.
-pub fn reap_dead(pool: &Pool) {
+pub(crate) fn reap_dead(pool: &Pool) {
     if pool.owner_alive() {
         return;
     }
@@ -220,6 +178,6 @@ pub fn reap_dead(pool: &Pool) {
 }
 
 /// Lets waits in lower layers (`Pool::alloc_timeout`) run [`reap_dead`].
-pub fn install_reaper() {
+pub(crate) fn install_reaper() {
     let _ = crate::pool::REAPER.set(reap_dead);
 }

@@ -27,7 +27,8 @@ use thiserror::Error;
 
 pub use crate::sync::doorbell::WaitStrategy;
 pub use broadcast::{Publisher, Subscriber};
-pub use journaled::{Reaped, Recovered, install_reaper, reap, reap_dead, recover};
+pub use journaled::{Reaped, Recovered};
+pub(crate) use journaled::{install_reaper, reap};
 pub use notify::Notifier;
 #[cfg(feature = "tokio")]
 pub use notify::tokio_recv::AsyncReceiver;
@@ -144,9 +145,9 @@ fn channel(
 }
 
 /// Clears a departed participant's channel registrations and drops the descriptors that were
-/// waiting for it, so their slots return to the pool. The pool's owner calls this before
-/// releasing the participant's slots. Returns how many descriptors were dropped.
-pub fn forget_participant(pool: &Pool, participant: u32) -> usize {
+/// waiting for it, so their slots return to the pool. Part of `reap` (never public: on a live
+/// participant it would drain the rings it reads). Returns how many descriptors were dropped.
+pub(crate) fn forget_participant(pool: &Pool, participant: u32) -> usize {
     let mut dropped = 0;
     for c in &pool.shared().layout().channels {
         for u in &c.units {

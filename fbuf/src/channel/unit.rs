@@ -103,9 +103,7 @@ impl<'a> Unit<'a> {
         self.words[1].fetch_or(RECEIVER_SEEN, Ordering::AcqRel);
         // A new receiver is not told "every sender is gone" about senders of an earlier
         // receiver: with none alive now, it waits for the next one to come.
-        if !(0..MAX_PARTICIPANTS)
-            .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
-        {
+        if !self.has_live_sender() {
             self.words[1].fetch_and(!SENDER_SEEN, Ordering::AcqRel);
         }
         true
@@ -161,11 +159,7 @@ impl<'a> Unit<'a> {
 
     /// Whether a sender was once registered and none is alive now: receives of an empty ring fail.
     pub fn senders_gone(&self) -> bool {
-        if self.words[1].load(Ordering::Acquire) & SENDER_SEEN == 0 {
-            return false;
-        }
-        !(0..MAX_PARTICIPANTS)
-            .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
+        self.words[1].load(Ordering::Acquire) & SENDER_SEEN != 0 && !self.has_live_sender()
     }
 
     /// Lets the survivors retire dead peers if the owner is gone (rate-limited; a system call at

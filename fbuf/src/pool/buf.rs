@@ -128,9 +128,18 @@ impl Buf {
     pub fn share(&self) -> Result<Desc, ShareError> {
         let d = self.lease.desc;
         let shared = &self.lease.pool.shared;
+        let class = shared.class(d.class as usize);
+        let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
+        // Under the handle-count lock: another thread's journaled lend of this slot clears the
+        // holder bit for a moment, and `lend` needs it.
         shared
-            .class(d.class as usize)
-            .lend(d.slot as usize, d.generation, shared.me, 1)
+            .local
+            .locked(index, |count| {
+                (
+                    class.lend(d.slot as usize, d.generation, shared.me, 1),
+                    count,
+                )
+            })
             .map_err(share_error)?;
         Ok(d)
     }

@@ -179,6 +179,14 @@ pub(crate) struct Shared {
 /// which knows the rings; called from waits in lower layers such as `alloc_timeout`).
 pub(crate) static REAPER: std::sync::OnceLock<fn(&Pool)> = std::sync::OnceLock::new();
 
+/// Participant `id`'s liveness lock (`sys::lock`), held on a new open file description of the
+/// control memfd: whoever keeps that fd is alive for everyone else, until the kernel closes it.
+fn liveness_lock(control: &Region, id: u32) -> std::io::Result<OwnedFd> {
+    let fd = crate::sys::memfd::reopen(control.fd())?;
+    crate::sys::lock::hold(&fd, id)?;
+    Ok(fd)
+}
+
 /// How often a waiting participant looks for dead peers.
 const REAP_EVERY_MS: u64 = 20;
 
@@ -189,6 +197,12 @@ const REAP_EVERY_MS: u64 = 20;
 /// ```compile_fail
 /// fn free_someone_elses_slots(pool: &fbuf::Pool) {
 ///     pool.reclaim(1); // private: it would free slots a live participant still writes
+/// }
+/// ```
+/// nor is retiring one (its recovery, ring drains and reclamation):
+/// ```compile_fail
+/// fn retire_a_live_peer(pool: &fbuf::Pool) {
+///     fbuf::channel::reap(pool, 1, 1); // private: the session server's, for the departed only
 /// }
 /// ```
 /// and attaching under an id of one's choosing is `unsafe` (the id must be the caller's alone):
@@ -232,12 +246,10 @@ impl Pool {
                 .cast::<HeaderFields>()
                 .write_unaligned(header);
         }
-        let liveness = crate::sys::memfd::reopen(control.fd())
-            .and_then(|fd| crate::sys::lock::hold(&fd, 0).map(|()| fd))
-            .map_err(|source| RegionError::Io {
-                what: "liveness lock",
-                source,
-            })?;
+        let liveness = liveness_lock(&control, 0).map_err(|source| RegionError::Io {
+            what: "liveness lock",
+            source,
+        })?;
         let pool = Pool::from_parts(control, data, layout, 0, true, None, Some(liveness));
         for ch in &pool.shared.layout.channels {
             for u in ch.units.iter().filter(|u| u.mpmc) {
@@ -469,9 +481,6 @@ impl Pool {
                 s.layout.classes[class].first_slot + slot,
                 || slots.take_lent(slot, desc.generation, me, true),
                 || slots.take_lent(slot, desc.generation, me, false),
-                || {
-                    slots.release(slot, me);
-                },
             )
             .map_err(DescError::from_slot)?;
         Ok(Buf::from_held(self.clone(), desc))
@@ -586,9 +595,7 @@ impl Pool {
     pub(crate) fn admit(&self, pid: u32, role: Role) -> Option<std::io::Result<(u32, OwnedFd)>> {
         let id = (1..MAX_PARTICIPANTS).find(|&id| self.shared.participant(id).claim(pid, role))?;
         let entry = self.shared.participant(id);
-        let lock = crate::sys::memfd::reopen(self.shared.control.fd())
-            .and_then(|fd| crate::sys::lock::hold(&fd, id).map(|()| fd));
-        Some(match lock {
+        Some(match liveness_lock(&self.shared.control, id) {
             Ok(fd) => {
                 entry.activate();
                 Ok((id, fd))
@@ -604,8 +611,11 @@ impl Pool {
     /// not for the fast path). This process always is.
     pub fn is_alive(&self, id: u32) -> bool {
         let s = &self.shared;
-        if id == s.me || id >= MAX_PARTICIPANTS {
-            return id == s.me;
+        if id == s.me {
+            return true;
+        }
+        if id >= MAX_PARTICIPANTS {
+            return false;
         }
         let fd = s.liveness.as_ref().map_or(s.control.fd(), |f| f.as_fd());
         crate::sys::lock::held_elsewhere(fd, id).unwrap_or(true)

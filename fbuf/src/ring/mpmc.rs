@@ -149,7 +149,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
             let s = stamp.load(Ordering::Acquire);
             if s == tail {
                 track.claiming(tail);
-                if crate::journal::death::cut() {
+                if crate::sync::death::cut() {
                     return Err(Stuck);
                 }
                 match self.tail.compare_exchange_weak(
@@ -160,7 +160,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                 ) {
                     Ok(_) => {
                         track.claimed(tail, None);
-                        if crate::journal::death::cut() {
+                        if crate::sync::death::cut() {
                             return Err(Stuck);
                         }
                         self.cells.write(index, value);
@@ -228,7 +228,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                     lap.wrapping_add(self.one_lap)
                 };
                 track.claiming(head);
-                if crate::journal::death::cut() {
+                if crate::sync::death::cut() {
                     return Err(Stuck);
                 }
                 match self.head.compare_exchange_weak(
@@ -240,7 +240,7 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                     Ok(_) => {
                         let value = self.cells.read(index);
                         track.claimed(head, Some(&value));
-                        if crate::journal::death::cut() {
+                        if crate::sync::death::cut() {
                             return Err(Stuck);
                         }
                         // SYNC POINT (cell free): Release pairs with the Acquire in `push`.

@@ -124,7 +124,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
                 .write((st.tail.wrapping_add(k as u64) & self.mask) as usize, *v);
         }
         if n > 0 {
-            if crate::journal::death::cut() {
+            if crate::sync::death::cut() {
                 return Err(Stuck);
             }
             st.tail = st.tail.wrapping_add(n);
@@ -171,7 +171,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         }
         if n > 0 {
             record(&out[..n as usize]);
-            if crate::journal::death::cut() {
+            if crate::sync::death::cut() {
                 return Err(Stuck);
             }
             st.head = st.head.wrapping_add(n);

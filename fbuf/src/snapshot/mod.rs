@@ -136,13 +136,46 @@ const OK: u8 = 0;
 const FAILED: u8 = 1;
 const PANICKED: u8 = 2;
 
-/// The child's report: a length (u32), then kind, run time, COW bytes and the message, capped so
-/// the whole report fits in an empty pipe's buffer (64 KiB): the child's write never blocks, and
-/// the parent reads exactly the announced length once the child has exited, without waiting
+/// The child's report: a length (u32) of what follows, then [`Header`], then the message, capped
+/// so the whole report fits in an empty pipe's buffer (64 KiB): the child's write never blocks,
+/// and the parent reads exactly the announced length once the child has exited, without waiting
 /// for end of file (which a child forked meanwhile by another thread, holding an inherited copy
 /// of the pipe, would delay until it exits).
 const MAX_MESSAGE: usize = 16 << 10;
+/// Bytes before the message: the length, then the header's kind and three u64s.
 const HEADER: usize = 4 + 1 + 8 + 8 + 8;
+
+/// The fixed part of the child's report.
+struct Header {
+    kind: u8,
+    run_ns: u64,
+    cow: u64,
+    written: u64,
+}
+
+impl Header {
+    /// Writes the length prefix (for a message of `msg_len` bytes) and the fields into
+    /// `out[..HEADER]`; no allocation (the child calls it).
+    fn encode(&self, out: &mut [u8], msg_len: usize) {
+        out[..4].copy_from_slice(&((HEADER - 4 + msg_len) as u32).to_le_bytes());
+        out[4] = self.kind;
+        out[5..13].copy_from_slice(&self.run_ns.to_le_bytes());
+        out[13..21].copy_from_slice(&self.cow.to_le_bytes());
+        out[21..29].copy_from_slice(&self.written.to_le_bytes());
+    }
+
+    /// The header and the message of a whole report; `None` if it is too short.
+    fn decode(report: &[u8]) -> Option<(Header, &[u8])> {
+        let word = |i: usize| Some(u64::from_le_bytes(report.get(i..i + 8)?.try_into().ok()?));
+        let header = Header {
+            kind: *report.get(4)?,
+            run_ns: word(5)?,
+            cow: word(13)?,
+            written: word(21)?,
+        };
+        Some((header, &report[HEADER..]))
+    }
+}
 /// What a truncated message ends with.
 const CUT: &[u8] = b" ... (truncated)";
 
@@ -198,11 +231,13 @@ where
             report[HEADER + len..HEADER + len + CUT.len()].copy_from_slice(CUT);
             len += CUT.len();
         }
-        report[..4].copy_from_slice(&((HEADER - 4 + len) as u32).to_le_bytes());
-        report[4] = kind;
-        report[5..13].copy_from_slice(&(run.as_nanos() as u64).to_le_bytes());
-        report[13..21].copy_from_slice(&cow.to_le_bytes());
-        report[21..29].copy_from_slice(&written.to_le_bytes());
+        Header {
+            kind,
+            run_ns: run.as_nanos() as u64,
+            cow,
+            written,
+        }
+        .encode(&mut report, len);
         let mut writer = writer;
         let _ = writer.write_all(&report[..HEADER + len]);
         process::exit_now(i32::from(kind));
@@ -315,13 +350,11 @@ impl Snapshot {
             Some(stats) => Ok(stats),
             None => {
                 let _ = process::kill(self.pid);
+                // `wait_timeout` removes a save's temporary file when the child failed.
                 match self.wait_timeout(None) {
                     // It may have finished in between: then its own outcome stands.
                     Ok(Some(stats)) => Ok(stats),
                     Err(SnapshotError::Killed { .. }) | Ok(None) => {
-                        if let Some(tmp) = self.cleanup.take() {
-                            let _ = std::fs::remove_file(tmp);
-                        }
                         Err(SnapshotError::DeadlineExceeded { limit })
                     }
                     Err(e) => Err(e),
@@ -373,24 +406,21 @@ impl Snapshot {
         if let Exit::Signal(signal) = exit {
             return Err(SnapshotError::Killed { signal });
         }
-        if report.len() < HEADER {
+        let Some((h, message)) = Header::decode(&report) else {
             let code = match exit {
                 Exit::Code(c) => c,
                 Exit::Signal(_) => -1,
             };
             return Err(SnapshotError::Exited { code });
-        }
-        let report = &report[4..];
-        let word = |i: usize| u64::from_le_bytes(report[i..i + 8].try_into().expect("8 bytes"));
-        let (run, cow, written) = (word(1), word(9), word(17));
-        let message = String::from_utf8_lossy(&report[25..]).into_owned();
-        match report[0] {
+        };
+        let message = String::from_utf8_lossy(message).into_owned();
+        match h.kind {
             OK => Ok(SnapshotStats {
                 fork_pause: self.fork_pause,
-                child_run: Duration::from_nanos(run),
-                cow_bytes: cow,
-                peak_cow_bytes: self.peak_cow.max(cow),
-                bytes_written: written,
+                child_run: Duration::from_nanos(h.run_ns),
+                cow_bytes: h.cow,
+                peak_cow_bytes: self.peak_cow.max(h.cow),
+                bytes_written: h.written,
             }),
             PANICKED => Err(SnapshotError::Panicked { message }),
             _ => Err(SnapshotError::Child { message }),

@@ -68,3 +68,45 @@ pub mod seeded {
         }
     }
 }
+
+/// A deliberate death for the loom models, beside the seeded bugs: each journaled step (before a
+/// slot-state CAS, an MPMC claim, a ring publication) asks [`death::cut`] first, and a thread whose
+/// budget is spent stops there, leaving the shared words as a `SIGKILL` would. Normal builds have
+/// no budget: `cut` is a constant `false`.
+pub mod death {
+    #[cfg(loom)]
+    loom::thread_local! {
+        static BUDGET: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
+    }
+
+    /// Lets this thread take `steps` more journaled steps, then stop (loom builds only).
+    #[cfg(loom)]
+    pub fn die_after(steps: usize) {
+        BUDGET.with(|b| b.set(Some(steps)));
+    }
+
+    /// Whether this thread has died, without spending a step.
+    #[inline(always)]
+    pub fn dead() -> bool {
+        #[cfg(loom)]
+        return BUDGET.with(|b| b.get() == Some(0));
+        #[cfg(not(loom))]
+        false
+    }
+
+    /// Whether this thread has died (is out of steps). Once true, it stays true.
+    #[inline(always)]
+    pub fn cut() -> bool {
+        #[cfg(loom)]
+        return BUDGET.with(|b| match b.get() {
+            Some(0) => true,
+            Some(n) => {
+                b.set(Some(n - 1));
+                false
+            }
+            None => false,
+        });
+        #[cfg(not(loom))]
+        false
+    }
+}

@@ -137,9 +137,10 @@ pub fn written_bytes() -> io::Result<u64> {
     proc_field(c"/proc/self/io", b"wchar:")
 }
 
-/// The first number after `key` in a small `/proc` file, read with raw `open`/`read` into a stack
-/// buffer and parsed by hand: no allocation, no lock (async-signal-safe).
-fn proc_field(path: &std::ffi::CStr, key: &[u8]) -> io::Result<u64> {
+/// The first number after `key` in a small (at most 4 KiB) `/proc` file, e.g. `AnonPages:` of
+/// `/proc/meminfo` (kB there), read with raw `open`/`read` into a stack buffer and parsed by hand:
+/// no allocation, no lock (async-signal-safe). The project's one `/proc` number parser.
+pub fn proc_field(path: &std::ffi::CStr, key: &[u8]) -> io::Result<u64> {
     // SAFETY: open(2) with a NUL-terminated path and integer flags.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
