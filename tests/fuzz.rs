@@ -159,6 +159,8 @@ proptest! {
                 prop_assert_eq!(forged.slot, real.slot);
                 prop_assert_eq!(forged.generation, real.generation);
                 prop_assert!(b.len() == forged.len as usize);
+                let slot_size = pool.classes()[forged.class as usize].slot_size;
+                prop_assert!(b.len() <= slot_size, "a view past its slot: {:?}", forged);
             }
             Err(e) => {
                 let named = match e {
