@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{peer, result};
+use common::{KillOnDrop, peer, result};
 
 /// A process owning a pool (channel 0: one-to-one, 64 deep; default classes: 8 slots of 4 MiB).
 struct Owner {
@@ -65,8 +65,8 @@ fn ready(child: &mut Child) -> std::thread::JoinHandle<Vec<u8>> {
     })
 }
 
-fn spawn(args: &[&str]) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
-    let mut c = peer(args).stdout(Stdio::null()).spawn().unwrap();
+fn spawn(args: &[&str]) -> (KillOnDrop, std::thread::JoinHandle<Vec<u8>>) {
+    let mut c = KillOnDrop(peer(args).stdout(Stdio::null()).spawn().unwrap());
     let err = ready(&mut c);
     (c, err)
 }
@@ -78,7 +78,7 @@ fn kill(c: &mut Child) {
 
 /// Waits (bounded) for a peer to end by itself; its RESULT pairs.
 fn finish(
-    mut c: Child,
+    mut c: KillOnDrop,
     err: std::thread::JoinHandle<Vec<u8>>,
     within: Duration,
 ) -> std::collections::HashMap<String, String> {

@@ -108,10 +108,12 @@ fn signal_every_thread(pid: i32, sig: i32) -> usize {
 #[test]
 fn a_signal_storm_on_the_owner_retires_nobody() {
     let mut owner = OwnerProc::start(0, true);
-    let mut holder = peer(&["hold", &owner.socket, "16"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = common::KillOnDrop(
+        peer(&["hold", &owner.socket, "16"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     {
         let mut err = BufReader::new(holder.stderr.take().unwrap());
         let mut line = String::new();

@@ -136,3 +136,27 @@ impl Attacker {
         unsafe { &*(self.map.as_ptr().add(offset) as *const std::sync::atomic::AtomicU64) }
     }
 }
+
+/// A peer process killed and reaped when the test lets go of it, however the test ends (a failed
+/// assertion must not leave a spinning peer behind to slow every later test and benchmark).
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
