@@ -27,6 +27,7 @@ fn main() {
             reserved: 0,
         }],
         name: "fastpath".into(),
+        ..Default::default()
     })
     .unwrap();
     let server =

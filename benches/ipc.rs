@@ -117,6 +117,7 @@ fn main() {
         ],
         channels: vec![one; 12],
         name: "fbuf-bench".into(),
+        ..Default::default()
     })
     .unwrap();
     let server = Server::start(pool.clone(), dir.join("pool.sock"), Policy::default()).unwrap();
@@ -147,6 +148,7 @@ fn main() {
                 }],
                 channels: vec![one; 2],
                 name: "fbuf-pp".into(),
+                ..Default::default()
             })
             .unwrap();
             let sock = dir.join(format!("pp-{i}.sock"));

@@ -46,6 +46,7 @@ pub fn serve(listener: TcpListener, frames: u64, frame_bytes: usize, clients: us
             reserved: 0,
         }],
         name: "serve-pool".into(),
+        ..Default::default()
     })?;
     let server = Server::start(pool.clone(), dir.join("pool.sock"), Policy::default())?;
     let socket = server.path().to_path_buf();

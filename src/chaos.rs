@@ -53,6 +53,7 @@ fn config() -> PoolConfig {
             ch(channel_kind::BROADCAST, 32, SUBSCRIBERS),
         ],
         name: "fbuf-chaos".into(),
+        ..Default::default()
     }
 }
 

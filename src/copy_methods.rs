@@ -400,6 +400,7 @@ pub fn main(size: u64) -> Res<bool> {
         }],
         channels: vec![],
         name: "copy-methods".into(),
+        ..Default::default()
     })?;
     let bufs: Vec<Buf> = (0..PERIOD / CHUNK)
         .map(|i| {

@@ -158,6 +158,7 @@ fn main_job(millis: u64) -> Result<bool> {
         ],
         channels,
         name: "fbuf-main".into(),
+        ..Default::default()
     })?;
     let server = Server::start(pool.clone(), dir.join("pool.sock"), Policy::default())?;
     let socket = server.path().display().to_string();

@@ -24,6 +24,7 @@ fn small_pool() -> Pool {
         ],
         channels: vec![],
         name: "desc-test".into(),
+        ..Default::default()
     })
     .unwrap()
 }

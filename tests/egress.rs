@@ -28,6 +28,7 @@ fn one_slot_pool() -> Pool {
         }],
         channels: vec![],
         name: "egress-test".into(),
+        ..Default::default()
     })
     .unwrap()
 }

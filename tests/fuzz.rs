@@ -49,6 +49,7 @@ fn config() -> PoolConfig {
             },
         ],
         name: "fuzz".into(),
+        ..Default::default()
     }
 }
 

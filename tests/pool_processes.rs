@@ -158,6 +158,7 @@ fn concurrent_allocation_in_two_processes_leaves_the_pool_full() {
             .to_vec(),
         channels: vec![],
         name: "churn".into(),
+        ..Default::default()
     };
     let owner = Owner::new(config);
     let total = owner.pool.slot_count();

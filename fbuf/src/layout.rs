@@ -9,6 +9,10 @@
 //! | participant table: MAX_PARTICIPANTS entries of 64 B          |
 //! +--------------------------------------------------------------+
 //! | recovery journals: journal::PER_PARTICIPANT per participant  |
+//! +--------------------------------------------------------------+
+//! | service directory: lock line, `services` entries of 128 B,  |
+//! | service references: REFS_PER_PARTICIPANT words per participant|
+//! | service rings: `service_rings` ring units of equal capacity   |
 //! +--------------------------------------------------------------+ per class, 64-B aligned:
 //! | cursor (u32) | slot states (u64 each)                       |
 //! +--------------------------------------------------------------+
@@ -32,7 +36,7 @@ use crate::alloc::MAX_PARTICIPANTS;
 /// "FBUFPOOL" in little-endian: the control region's first word once the pool is ready.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FBUFPOOL");
 /// The layout version this build writes and accepts.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Most size classes a pool can have.
 pub const MAX_CLASSES: usize = 16;
 /// Bytes reserved for the header at the start of the control region.
@@ -54,6 +58,14 @@ pub const MAX_RING_CAPACITY: u32 = 1 << 20;
 pub const JOURNAL_SIZE: usize = crate::journal::WORDS.div_ceil(8) * 64;
 /// Values of a ring cell in 64-bit words (a 16-byte descriptor).
 pub const DESC_WORDS: usize = 2;
+/// Bytes of one service directory entry.
+pub const SERVICE_ENTRY_SIZE: usize = 128;
+/// Service references (open service handles) one participant can hold at once.
+pub const REFS_PER_PARTICIPANT: usize = 16;
+/// Most services a pool's directory can hold.
+pub const MAX_SERVICES: u32 = 4096;
+/// Most ring units a pool can lend to services.
+pub const MAX_SERVICE_RINGS: u32 = 65536;
 
 const PAGE: usize = 4096;
 const LINE: usize = 64;
@@ -92,6 +104,33 @@ pub struct ChannelSpec {
     pub reserved: u32,
 }
 
+/// How much room a pool keeps for services created at runtime (the `service` module): directory
+/// entries, and ring units of one capacity that services borrow while they exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceLimits {
+    /// Directory entries: most services alive at once.
+    pub services: u32,
+    /// Ring units services borrow (a stream takes 1, a publish-subscribe service one per
+    /// subscriber, a request-response service one plus one per client).
+    pub rings: u32,
+    /// Cells of each ring unit: the largest capacity a service may ask for (a power of two).
+    pub ring_capacity: u32,
+    pub reserved: u32,
+}
+
+impl Default for ServiceLimits {
+    /// 64 services sharing 256 rings of up to 1024 descriptors (about 6.5 MiB of control memory).
+    fn default() -> Self {
+        ServiceLimits {
+            services: 64,
+            rings: 256,
+            ring_capacity: 1024,
+            reserved: 0,
+        }
+    }
+}
+
 /// The header's fixed fields, after the magic word. Copied out and validated before use.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -104,6 +143,7 @@ pub struct HeaderFields {
     pub data_size: u64,
     pub classes: [ClassSpec; MAX_CLASSES],
     pub channels: [ChannelSpec; MAX_CHANNELS],
+    pub services: ServiceLimits,
 }
 
 /// Where one ring unit (a ring, its endpoints and doorbells) lies in the control region. Offsets
@@ -148,11 +188,27 @@ pub struct ClassLayout {
     pub data_offset: usize,
 }
 
+/// Where the service directory lies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceLayout {
+    pub limits: ServiceLimits,
+    /// The directory lock (one u64 on its own line).
+    pub lock_offset: usize,
+    /// Entry `i` is at `entries_offset + i * SERVICE_ENTRY_SIZE`.
+    pub entries_offset: usize,
+    /// Participant `p`'s reference words start at `refs_offset + p * REFS_PER_PARTICIPANT * 8`.
+    pub refs_offset: usize,
+    /// The ring units, each laid out for MPMC use at `limits.ring_capacity`; a service narrows
+    /// the capacity and flavour of the units it borrows.
+    pub units: Vec<UnitLayout>,
+}
+
 /// The whole layout of a pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub classes: Vec<ClassLayout>,
     pub channels: Vec<ChannelLayout>,
+    pub services: ServiceLayout,
     pub participants_offset: usize,
     /// Journal `k` of participant `p` is at `journals_offset + (p * PER_PARTICIPANT + k) *
     /// JOURNAL_SIZE`.
@@ -193,6 +249,8 @@ pub enum LayoutError {
     BadReceivers { channel: usize, receivers: u32 },
     #[error("channel {channel}: reserved field is {value:#x}, must be zero")]
     ReservedNotZero { channel: usize, value: u32 },
+    #[error("service limits: {0}")]
+    BadServiceLimits(&'static str),
 }
 
 fn align_up(x: usize, to: usize) -> Option<usize> {
@@ -201,7 +259,11 @@ fn align_up(x: usize, to: usize) -> Option<usize> {
 
 impl Layout {
     /// Computes the layout of a pool with these classes and channels, or says which is wrong.
-    pub fn compute(specs: &[ClassSpec], channels: &[ChannelSpec]) -> Result<Layout, LayoutError> {
+    pub fn compute(
+        specs: &[ClassSpec],
+        channels: &[ChannelSpec],
+        services: ServiceLimits,
+    ) -> Result<Layout, LayoutError> {
         if specs.is_empty() {
             return Err(LayoutError::NoClasses);
         }
@@ -260,9 +322,11 @@ impl Layout {
             first_slot += count;
         }
         let (channels, control) = lay_out_channels(channels, control)?;
+        let (services, control) = lay_out_services(services, control)?;
         Ok(Layout {
             classes,
             channels,
+            services,
             participants_offset,
             journals_offset,
             control_size: align_up(control, PAGE).ok_or(LayoutError::TooLarge)?,
@@ -273,7 +337,7 @@ impl Layout {
 
     /// The layout of a pool with these classes and no channels.
     pub fn compute_classes(specs: &[ClassSpec]) -> Result<Layout, LayoutError> {
-        Layout::compute(specs, &[])
+        Layout::compute(specs, &[], ServiceLimits::zeroed())
     }
 
     /// The header fields that describe this layout.
@@ -303,6 +367,7 @@ impl Layout {
             data_size: self.data_size as u64,
             classes,
             channels,
+            services: self.services.limits,
         }
     }
 
@@ -310,6 +375,76 @@ impl Layout {
     pub fn class_for(&self, len: usize) -> Option<usize> {
         self.classes.iter().position(|c| c.slot_size >= len)
     }
+}
+
+/// Places one ring unit of `cap` cells at or after `control`; returns it and the new end.
+fn unit_at(control: usize, cap: usize, mpmc: bool) -> Result<(UnitLayout, usize), LayoutError> {
+    let base = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
+    let stamps_offset = base + 7 * LINE;
+    let values_offset = stamps_offset + if mpmc { cap * 8 } else { 0 };
+    let unit = UnitLayout {
+        endpoint_offset: base,
+        senders_offset: base + LINE,
+        data_bell_offset: base + 3 * LINE,
+        space_bell_offset: base + 4 * LINE,
+        head_offset: base + 5 * LINE,
+        tail_offset: base + 6 * LINE,
+        stamps_offset,
+        values_offset,
+        capacity: cap,
+        mpmc,
+    };
+    Ok((unit, values_offset + cap * DESC_WORDS * 8))
+}
+
+/// Places the service directory, references and ring units after `control`.
+fn lay_out_services(
+    limits: ServiceLimits,
+    control: usize,
+) -> Result<(ServiceLayout, usize), LayoutError> {
+    if limits.reserved != 0 {
+        return Err(LayoutError::BadServiceLimits("reserved field is not zero"));
+    }
+    if limits.services > MAX_SERVICES {
+        return Err(LayoutError::BadServiceLimits("more than 4096 services"));
+    }
+    if limits.rings > MAX_SERVICE_RINGS {
+        return Err(LayoutError::BadServiceLimits("more than 65536 rings"));
+    }
+    if limits.rings > 0
+        && (!limits.ring_capacity.is_power_of_two() || limits.ring_capacity > MAX_RING_CAPACITY)
+    {
+        return Err(LayoutError::BadServiceLimits(
+            "ring capacity is not a power of two up to 2^20",
+        ));
+    }
+    if u64::from(limits.rings) * u64::from(limits.ring_capacity) > 1 << 24 {
+        return Err(LayoutError::BadServiceLimits(
+            "rings x ring capacity exceeds 2^24 cells",
+        ));
+    }
+    // Bounded above (4096 entries, 2^24 cells of 24 B, 65536 unit headers), so no overflow.
+    let lock_offset = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
+    let entries_offset = lock_offset + LINE;
+    let refs_offset = entries_offset + limits.services as usize * SERVICE_ENTRY_SIZE;
+    let mut control =
+        refs_offset + MAX_PARTICIPANTS as usize * REFS_PER_PARTICIPANT * 8;
+    let mut units = Vec::with_capacity(limits.rings as usize);
+    for _ in 0..limits.rings {
+        let (unit, end) = unit_at(control, limits.ring_capacity as usize, true)?;
+        units.push(unit);
+        control = end;
+    }
+    Ok((
+        ServiceLayout {
+            limits,
+            lock_offset,
+            entries_offset,
+            refs_offset,
+            units,
+        },
+        control,
+    ))
 }
 
 /// Places each channel's units after `control`; returns them and the new end.
@@ -354,22 +489,9 @@ fn lay_out_channels(
         let mut units = Vec::with_capacity(s.receivers as usize);
         for _ in 0..s.receivers {
             // Bounded above (16 channels x 23 units x 2^20 cells x 24 B), so no overflow.
-            let base = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
-            let stamps_offset = base + 7 * LINE;
-            let values_offset = stamps_offset + if mpmc { cap * 8 } else { 0 };
-            units.push(UnitLayout {
-                endpoint_offset: base,
-                senders_offset: base + LINE,
-                data_bell_offset: base + 3 * LINE,
-                space_bell_offset: base + 4 * LINE,
-                head_offset: base + 5 * LINE,
-                tail_offset: base + 6 * LINE,
-                stamps_offset,
-                values_offset,
-                capacity: cap,
-                mpmc,
-            });
-            control = values_offset + cap * DESC_WORDS * 8;
+            let (unit, end) = unit_at(control, cap, mpmc)?;
+            units.push(unit);
+            control = end;
         }
         channels.push(ChannelLayout {
             kind: s.kind,
@@ -396,7 +518,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<ChannelSpec>(), 16);
         assert_eq!(
             std::mem::size_of::<HeaderFields>(),
-            32 + 8 * MAX_CLASSES + 16 * MAX_CHANNELS
+            32 + 8 * MAX_CLASSES + 16 * MAX_CHANNELS + 16
         );
         assert!(8 + std::mem::size_of::<HeaderFields>() <= HEADER_SIZE);
     }
@@ -447,27 +569,27 @@ mod tests {
             reserved: 0,
         };
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(9, 8, 1)]),
+            Layout::compute(&[spec(256, 1)], &[ch(9, 8, 1)], ServiceLimits::zeroed()),
             Err(LayoutError::BadChannelKind {
                 channel: 0,
                 kind: 9
             })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(1, 6, 1)]),
+            Layout::compute(&[spec(256, 1)], &[ch(1, 6, 1)], ServiceLimits::zeroed()),
             Err(LayoutError::BadRingCapacity {
                 channel: 0,
                 capacity: 6
             })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(1, 8, 2)]),
+            Layout::compute(&[spec(256, 1)], &[ch(1, 8, 2)], ServiceLimits::zeroed()),
             Err(LayoutError::BadReceivers {
                 channel: 0,
                 receivers: 2
             })
         );
-        let l = Layout::compute(&[spec(256, 1)], &[ch(1, 8, 1), ch(3, 4, 3)]).unwrap();
+        let l = Layout::compute(&[spec(256, 1)], &[ch(1, 8, 1), ch(3, 4, 3)], ServiceLimits::zeroed()).unwrap();
         assert_eq!(l.channels[1].units.len(), 3);
         let last = l.channels[1].units[2];
         assert!(last.values_offset + 4 * 16 <= l.control_size);

@@ -124,7 +124,7 @@ impl Attacker {
         let map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
         Attacker {
             map,
-            layout: fbuf::layout::Layout::compute(&config.classes, &config.channels).unwrap(),
+            layout: fbuf::layout::Layout::compute(&config.classes, &config.channels, config.services).unwrap(),
         }
     }
 

@@ -15,8 +15,8 @@ use crate::ring::Push;
 /// The publishing end of a broadcast channel.
 pub struct Publisher {
     pool: Pool,
-    channel: usize,
-    units: Vec<UnitLayout>,
+    /// Each subscriber ring and its journal id.
+    units: Vec<(UnitLayout, u32)>,
     journal: Owned,
     strategy: WaitStrategy,
 }
@@ -26,46 +26,85 @@ pub struct Subscriber {
     reader: RingReader,
 }
 
+/// Each unit of broadcast channel `channel_index` with its journal id.
+fn broadcast_units(pool: &Pool, channel_index: usize) -> Result<Vec<(UnitLayout, u32)>, OpenError> {
+    let c = channel(pool, channel_index, &[channel_kind::BROADCAST], "broadcast")?;
+    Ok(c.units
+        .iter()
+        .enumerate()
+        .map(|(k, u)| (*u, unit_id(channel_index, k)))
+        .collect())
+}
+
 impl Pool {
     /// Opens broadcast channel `channel` for publishing.
+    #[doc(hidden)]
     pub fn publisher(&self, channel_index: usize) -> Result<Publisher, OpenError> {
-        let c = channel(self, channel_index, &[channel_kind::BROADCAST], "broadcast")?;
-        let journal = Owned::claim(self).ok_or(OpenError::NoJournal {
-            channel: channel_index,
-        })?;
-        for u in &c.units {
-            Unit::new(self, *u).add_sender();
-        }
-        Ok(Publisher {
-            pool: self.clone(),
-            channel: channel_index,
-            units: c.units,
-            journal,
-            strategy: WaitStrategy::default(),
-        })
+        Publisher::open(self, broadcast_units(self, channel_index)?, channel_index)
     }
 
     /// Subscribes to broadcast channel `channel`. A `lossy` subscriber that falls behind loses
     /// its oldest descriptors instead of holding the publisher back, and is told how many.
+    #[doc(hidden)]
     pub fn subscriber(&self, channel_index: usize, lossy: bool) -> Result<Subscriber, OpenError> {
-        let c = channel(self, channel_index, &[channel_kind::BROADCAST], "broadcast")?;
-        for (k, u) in c.units.iter().enumerate() {
-            let unit = Unit::new(self, *u);
+        let units = broadcast_units(self, channel_index)?;
+        Subscriber::open(self, &units, lossy, channel_index)
+    }
+}
+
+impl Publisher {
+    /// A publisher to the subscriber rings `units` (`label` names the channel in errors).
+    pub(crate) fn open(
+        pool: &Pool,
+        units: Vec<(UnitLayout, u32)>,
+        label: usize,
+    ) -> Result<Publisher, OpenError> {
+        let journal = Owned::claim(pool).ok_or(OpenError::NoJournal { channel: label })?;
+        for (u, _) in &units {
+            Unit::new(pool, *u).add_sender();
+        }
+        Ok(Publisher {
+            pool: pool.clone(),
+            units,
+            journal,
+            strategy: WaitStrategy::default(),
+        })
+    }
+}
+
+impl Subscriber {
+    /// A subscriber on the first free ring of `units`.
+    pub(crate) fn open(
+        pool: &Pool,
+        units: &[(UnitLayout, u32)],
+        lossy: bool,
+        label: usize,
+    ) -> Result<Subscriber, OpenError> {
+        Subscriber::open_where(pool, units, lossy, label).map(|(s, _)| s)
+    }
+
+    /// [`Subscriber::open`], also saying which ring it took.
+    pub(crate) fn open_where(
+        pool: &Pool,
+        units: &[(UnitLayout, u32)],
+        lossy: bool,
+        label: usize,
+    ) -> Result<(Subscriber, usize), OpenError> {
+        for (k, (u, id)) in units.iter().enumerate() {
+            let unit = Unit::new(pool, *u);
             if unit.claim_receiver() {
                 unit.set_lossy(lossy);
                 unit.take_lost();
-                return match RingReader::new(self, *u, unit_id(channel_index, k)) {
-                    Ok(reader) => Ok(Subscriber { reader }),
+                return match RingReader::new(pool, *u, *id) {
+                    Ok(reader) => Ok((Subscriber { reader }, k)),
                     Err(e) => {
                         unit.release_receiver();
-                        Err(e.open_error(channel_index))
+                        Err(e.open_error(label))
                     }
                 };
             }
         }
-        Err(OpenError::NoSubscriberRing {
-            channel: channel_index,
-        })
+        Err(OpenError::NoSubscriberRing { channel: label })
     }
 }
 
@@ -78,7 +117,7 @@ impl Publisher {
     pub fn subscribers(&self) -> usize {
         self.units
             .iter()
-            .filter(|u| Unit::new(&self.pool, **u).has_live_receiver())
+            .filter(|(u, _)| Unit::new(&self.pool, *u).has_live_receiver())
             .count()
     }
 
@@ -87,16 +126,57 @@ impl Publisher {
     /// buffer back untouched: nobody received it. Every step is journaled: a publisher killed
     /// at any instruction leaves each copy either in its ring or dropped.
     pub fn try_publish(&mut self, buf: Buf) -> Result<usize, SendError> {
-        let live: Vec<(usize, Unit<'_>)> = self
+        self.publish_where(buf, |_| true)
+    }
+
+    /// Sends `buf` to ring `k` only (a reply to the client on that ring): `Disconnected` if
+    /// nobody receives there.
+    pub(crate) fn try_send_to(&mut self, k: usize, buf: Buf) -> Result<(), SendError> {
+        let live = self
+            .units
+            .get(k)
+            .is_some_and(|(u, _)| Unit::new(&self.pool, *u).has_live_receiver());
+        if !live {
+            return Err(SendError::Disconnected(buf));
+        }
+        match self.publish_where(buf, |i| i == k)? {
+            1 => Ok(()),
+            // Corrupt ring: the copy was taken back and dropped.
+            _ => Err(SendError::Lost(crate::pool::DescError::NotInFlight)),
+        }
+    }
+
+    /// Ring `k`'s receiver registration word (0: none).
+    pub(crate) fn receiver_word(&self, k: usize) -> u64 {
+        self.units
+            .get(k)
+            .map_or(0, |(u, _)| Unit::new(&self.pool, *u).receiver_word())
+    }
+
+    /// Waits up to `deadline` for ring `k` to have room (or lose its receiver).
+    pub(crate) fn wait_ring(&self, k: usize, deadline: Option<std::time::Instant>) -> bool {
+        let Some((u, _)) = self.units.get(k) else {
+            return true;
+        };
+        let u = Unit::new(&self.pool, *u);
+        u.space_bell()
+            .wait_for(&FUTEX, self.strategy, deadline, |full| {
+                u.ring_has_room() || (full && u.peers_checked() && !u.has_live_receiver())
+            })
+    }
+
+    fn publish_where(&mut self, buf: Buf, target: impl Fn(usize) -> bool) -> Result<usize, SendError> {
+        let live: Vec<(usize, u32, Unit<'_>)> = self
             .units
             .iter()
             .enumerate()
-            .map(|(k, u)| (k, Unit::new(&self.pool, *u)))
-            .filter(|(_, u)| u.has_live_receiver())
+            .filter(|(k, _)| target(*k))
+            .map(|(k, (u, id))| (k, *id, Unit::new(&self.pool, *u)))
+            .filter(|(_, _, u)| u.has_live_receiver())
             .collect();
         if live
             .iter()
-            .any(|(_, u)| !u.is_lossy() && !u.ring_has_room())
+            .any(|(_, _, u)| !u.is_lossy() && !u.ring_has_room())
         {
             return Err(SendError::Full(buf));
         }
@@ -107,7 +187,7 @@ impl Publisher {
         let d = buf.desc();
         j.begin(
             Op::Publish,
-            unit_id(self.channel, live[0].0),
+            live[0].1,
             0,
             std::iter::repeat_n(d.to_words(), live.len()),
         );
@@ -116,8 +196,8 @@ impl Publisher {
             return Err(SendError::Share(e, buf));
         }
         let mut reached = 0;
-        for (e, (k, u)) in live.iter().enumerate() {
-            j.set_unit(unit_id(self.channel, *k));
+        for (e, (_, id, u)) in live.iter().enumerate() {
+            j.set_unit(*id);
             let UnitRing::Mpmc(ring) = u.ring() else {
                 continue;
             };
@@ -185,7 +265,15 @@ impl Publisher {
         buf: Buf,
         timeout: Option<Duration>,
     ) -> Result<usize, SendError> {
-        let deadline = deadline(timeout);
+        self.publish_deadline(buf, deadline(timeout))
+    }
+
+    /// Publishes `buf`, waiting until `deadline` for every non-lossy subscriber to have room.
+    pub fn publish_deadline(
+        &mut self,
+        buf: Buf,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<usize, SendError> {
         let mut buf = buf;
         loop {
             match self.try_publish(buf) {
@@ -196,7 +284,7 @@ impl Publisher {
             let full = self
                 .units
                 .iter()
-                .map(|u| Unit::new(&self.pool, *u))
+                .map(|(u, _)| Unit::new(&self.pool, *u))
                 .find(|u| u.has_live_receiver() && !u.is_lossy() && !u.ring_has_room());
             if let Some(u) = full {
                 let ready = u
@@ -214,7 +302,7 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        for u in &self.units {
+        for (u, _) in &self.units {
             Unit::new(&self.pool, *u).remove_sender();
         }
     }
@@ -237,7 +325,15 @@ impl Subscriber {
 
     /// Receives one buffer, waiting up to `timeout`.
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        self.reader.recv_timeout(timeout)
+        self.reader.recv_deadline(deadline(timeout))
+    }
+
+    /// Receives one buffer, waiting until `deadline`.
+    pub fn recv_deadline(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Buf, RecvError> {
+        self.reader.recv_deadline(deadline)
     }
 
     /// Receives up to `max` queued buffers into `out`; returns how many descriptors were taken.

@@ -87,12 +87,17 @@ impl Recoverer for Env<'_> {
     }
 
     fn with_ring(&self, unit: u32, f: &mut dyn FnMut(EntryRing<'_, '_>)) {
-        let (ch, u) = ((unit >> 8) as usize, (unit & 0xff) as usize);
-        let layout = self.pool.shared().layout();
-        let Some(u) = layout.channels.get(ch).and_then(|c| c.units.get(u)) else {
+        let u = if unit >= crate::service::SERVICE_UNIT {
+            crate::service::Directory::new(self.pool).unit_by_id(unit)
+        } else {
+            let (ch, u) = ((unit >> 8) as usize, (unit & 0xff) as usize);
+            let layout = self.pool.shared().layout();
+            layout.channels.get(ch).and_then(|c| c.units.get(u)).copied()
+        };
+        let Some(u) = u else {
             return;
         };
-        match Unit::new(self.pool, *u).ring_of::<[u64; 2]>() {
+        match Unit::new(self.pool, u).ring_of::<[u64; 2]>() {
             UnitRing::Spsc(r) => f(EntryRing::Spsc(&r)),
             UnitRing::Mpmc(r) => f(EntryRing::Mpmc(&r)),
         }
@@ -153,7 +158,14 @@ pub(crate) fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
     }
     let recovered = recover(pool, id);
     let dropped = super::forget_participant(pool, id);
+    // Its service references go before its table entry does (a newcomer may take the id), then
+    // services nobody uses any more are removed.
+    let dir = crate::service::Directory::new(pool);
+    dir.clear_refs(id);
     let reclaimed = pool.retire(id);
+    if let Ok(locked) = dir.lock() {
+        locked.collect();
+    }
     Some(Reaped {
         recovered,
         dropped,

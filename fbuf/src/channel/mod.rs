@@ -15,6 +15,7 @@
 //! when it falls behind, and it is told how many ([`Subscriber::take_lost`]).
 
 mod broadcast;
+pub(crate) mod event;
 mod journaled;
 mod notify;
 mod p2p;
@@ -148,13 +149,47 @@ fn channel(
 /// waiting for it, so their slots return to the pool. Part of `reap` (never public: on a live
 /// participant it would drain the rings it reads). Returns how many descriptors were dropped.
 pub(crate) fn forget_participant(pool: &Pool, participant: u32) -> usize {
-    let mut dropped = 0;
-    for c in &pool.shared().layout().channels {
-        for u in &c.units {
-            dropped += Unit::new(pool, *u).forget(participant);
-        }
-    }
-    dropped
+    let fixed = pool.shared().layout().channels.iter().flat_map(|c| c.units.iter().copied());
+    let services = crate::service::Directory::new(pool).all_units();
+    fixed
+        .chain(services)
+        .map(|u| Unit::new(pool, u).forget(participant))
+        .sum()
+}
+
+/// One ring of a service, as discovery reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingStats {
+    /// Descriptors queued now.
+    pub queued: usize,
+    /// Whether a live receiver (subscriber, client, listener) holds the ring.
+    pub receiver: bool,
+    /// Live senders registered on the ring.
+    pub senders: usize,
+}
+
+/// What each of `units` holds now, read without changing anything.
+pub(crate) fn unit_stats(pool: &Pool, units: &[crate::layout::UnitLayout]) -> Vec<RingStats> {
+    units
+        .iter()
+        .map(|u| {
+            let unit = Unit::new(pool, *u);
+            RingStats {
+                queued: match unit.ring() {
+                    unit::UnitRing::Spsc(r) => r.len(),
+                    unit::UnitRing::Mpmc(r) => r.len(),
+                },
+                receiver: unit.has_live_receiver(),
+                senders: unit.live_senders(),
+            }
+        })
+        .collect()
+}
+
+/// Drops every descriptor queued in a unit whose service is being removed (nobody receives
+/// there any more), so their slots come back.
+pub(crate) fn drain_unit(pool: &Pool, layout: crate::layout::UnitLayout) -> usize {
+    Unit::new(pool, layout).drain()
 }
 
 /// Deadline for an optional timeout.

@@ -46,9 +46,16 @@ impl Receiver {
     /// `try_recv` reports `Empty`, call [`Notifier::clear`], then try once more before waiting
     /// on the fd (what arrived in between is either received then or notified again).
     pub fn notifier(&self) -> io::Result<Notifier> {
+        Notifier::start(self.reader.pool.clone(), self.reader.unit, false)
+    }
+}
+
+impl Notifier {
+    /// A notifier for `unit`: readable while its ring has descriptors, or (`events`) while
+    /// events are posted to it.
+    pub(crate) fn start(pool: Pool, unit: UnitLayout, events: bool) -> io::Result<Notifier> {
         let event = Arc::new(EventFd(Event::new()?));
         let arming = Arc::new(Arming::new());
-        let (pool, unit) = (self.reader.pool.clone(), self.reader.unit);
         let thread = {
             let (event, arming, pool) = (event.clone(), arming.clone(), pool.clone());
             std::thread::Builder::new()
@@ -56,7 +63,12 @@ impl Receiver {
                 .spawn(move || {
                     let u = Unit::new(&pool, unit);
                     arming.run_helper(&*event, &FUTEX, &u.data_bell(), |full| {
-                        !u.ring_is_empty(None) || (full && u.senders_gone())
+                        let ready = if events {
+                            u.posted() != 0
+                        } else {
+                            !u.ring_is_empty(None)
+                        };
+                        ready || (full && u.senders_gone())
                     });
                 })?
         };
@@ -68,9 +80,7 @@ impl Receiver {
             thread: Some(thread),
         })
     }
-}
 
-impl Notifier {
     /// Resets the readiness and re-arms the notification; call it when `try_recv` said `Empty`,
     /// then try once more before waiting on the fd.
     pub fn clear(&self) -> io::Result<()> {

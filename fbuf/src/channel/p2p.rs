@@ -40,30 +40,47 @@ fn point_to_point(pool: &Pool, channel_index: usize) -> Result<UnitLayout, OpenE
 
 impl Pool {
     /// Opens channel `channel` (one-to-one or many-to-one) for sending.
+    #[doc(hidden)]
     pub fn sender(&self, channel_index: usize) -> Result<Sender, OpenError> {
         let layout = point_to_point(self, channel_index)?;
-        let unit = Unit::new(self, layout);
+        Sender::open(self, layout, unit_id(channel_index, 0), channel_index)
+    }
+
+    /// Opens channel `channel` (one-to-one or many-to-one) for receiving; one receiver at a time.
+    #[doc(hidden)]
+    pub fn receiver(&self, channel_index: usize) -> Result<Receiver, OpenError> {
+        let layout = point_to_point(self, channel_index)?;
+        Receiver::open(self, layout, unit_id(channel_index, 0), channel_index)
+    }
+}
+
+impl Sender {
+    /// A sender on the unit at `layout` (journal id `unit_id`; `label` names it in errors).
+    pub(crate) fn open(
+        pool: &Pool,
+        layout: UnitLayout,
+        unit_id: u32,
+        label: usize,
+    ) -> Result<Sender, OpenError> {
+        let unit = Unit::new(pool, layout);
         let spsc = match unit.ring() {
             UnitRing::Spsc(r) => {
                 if unit.has_other_live_sender() {
-                    return Err(OpenError::SenderTaken {
-                        channel: channel_index,
-                    });
+                    return Err(OpenError::SenderTaken { channel: label });
                 }
-                Some(r.producer().map_err(|_| OpenError::Corrupted {
-                    channel: channel_index,
-                })?)
+                Some(
+                    r.producer()
+                        .map_err(|_| OpenError::Corrupted { channel: label })?,
+                )
             }
             UnitRing::Mpmc(_) => None,
         };
-        let journal = Owned::claim(self).ok_or(OpenError::NoJournal {
-            channel: channel_index,
-        })?;
+        let journal = Owned::claim(pool).ok_or(OpenError::NoJournal { channel: label })?;
         unit.add_sender();
         Ok(Sender {
-            pool: self.clone(),
+            pool: pool.clone(),
             unit: layout,
-            unit_id: unit_id(channel_index, 0),
+            unit_id,
             journal,
             one: Vec::with_capacity(1),
             descs: Vec::new(),
@@ -71,23 +88,27 @@ impl Pool {
             strategy: WaitStrategy::default(),
         })
     }
+}
 
-    /// Opens channel `channel` (one-to-one or many-to-one) for receiving; one receiver at a time.
-    pub fn receiver(&self, channel_index: usize) -> Result<Receiver, OpenError> {
-        let layout = point_to_point(self, channel_index)?;
-        let unit = Unit::new(self, layout);
+impl Receiver {
+    /// The receiver of the unit at `layout`; one at a time.
+    pub(crate) fn open(
+        pool: &Pool,
+        layout: UnitLayout,
+        unit_id: u32,
+        label: usize,
+    ) -> Result<Receiver, OpenError> {
+        let unit = Unit::new(pool, layout);
         // A receiver that died after the owner holds the ring until survivors retire it.
         let claimed = unit.claim_receiver() || (unit.peers_checked() && unit.claim_receiver());
         if !claimed {
-            return Err(OpenError::ReceiverTaken {
-                channel: channel_index,
-            });
+            return Err(OpenError::ReceiverTaken { channel: label });
         }
-        match RingReader::new(self, layout, unit_id(channel_index, 0)) {
+        match RingReader::new(pool, layout, unit_id) {
             Ok(reader) => Ok(Receiver { reader }),
             Err(e) => {
                 unit.release_receiver();
-                Err(e.open_error(channel_index))
+                Err(e.open_error(label))
             }
         }
     }
@@ -120,7 +141,15 @@ impl Sender {
 
     /// Sends `buf`, waiting up to `timeout` for room (`None`: forever, unless the receiver goes).
     pub fn send_timeout(&mut self, buf: Buf, timeout: Option<Duration>) -> Result<(), SendError> {
-        let deadline = deadline(timeout);
+        self.send_deadline(buf, deadline(timeout))
+    }
+
+    /// Sends `buf`, waiting until `deadline` for room (`None`: forever, unless the receiver goes).
+    pub fn send_deadline(
+        &mut self,
+        buf: Buf,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), SendError> {
         let mut buf = buf;
         loop {
             match self.try_send(buf) {
@@ -298,7 +327,16 @@ impl Receiver {
     /// Receives one buffer, waiting up to `timeout` (`None`: until one arrives or every sender
     /// is gone).
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        self.reader.recv_timeout(timeout)
+        self.reader.recv_deadline(deadline(timeout))
+    }
+
+    /// Receives one buffer, waiting until `deadline` (`None`: until one arrives or every sender
+    /// is gone).
+    pub fn recv_deadline(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Buf, RecvError> {
+        self.reader.recv_deadline(deadline)
     }
 
     /// Receives up to `max` queued buffers into `out` with one index publication; returns how

@@ -86,8 +86,10 @@ impl RingReader {
         r
     }
 
-    pub(super) fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        let deadline = deadline(timeout);
+    pub(super) fn recv_deadline(
+        &mut self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Buf, RecvError> {
         loop {
             match self.try_recv() {
                 Err(RecvError::Empty) => {}

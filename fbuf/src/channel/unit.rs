@@ -176,6 +176,13 @@ impl<'a> Unit<'a> {
             .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
     }
 
+    /// How many live senders are registered.
+    pub fn live_senders(&self) -> usize {
+        (0..MAX_PARTICIPANTS)
+            .filter(|&id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
+            .count()
+    }
+
     /// Whether a live sender other than this process is registered.
     pub fn has_other_live_sender(&self) -> bool {
         let me = self.pool.shared().me();
@@ -218,6 +225,27 @@ impl<'a> Unit<'a> {
     /// Takes the count of lost descriptors, resetting it.
     pub fn take_lost(&self) -> u64 {
         self.words[2].swap(0, Ordering::AcqRel)
+    }
+
+    /// Posts event bits to this unit's listener (an event service's unit: word 2 holds the
+    /// pending bits instead of a lost count).
+    pub fn post(&self, bits: u64) {
+        self.words[2].fetch_or(bits, Ordering::AcqRel);
+    }
+
+    /// The pending event bits.
+    pub fn posted(&self) -> u64 {
+        self.words[2].load(Ordering::Acquire)
+    }
+
+    /// Takes the pending event bits.
+    pub fn take_posted(&self) -> u64 {
+        self.words[2].swap(0, Ordering::AcqRel)
+    }
+
+    /// The receiver registration word (changes when a new receiver takes the ring).
+    pub fn receiver_word(&self) -> u64 {
+        self.words[0].load(Ordering::Acquire)
     }
 
     /// Pops every descriptor and discards it (the receiver is gone). Owner only, after the

@@ -169,6 +169,35 @@ impl Buf {
         }
     }
 
+    /// Makes this buffer writable again if nobody else can see it: this is the process's only
+    /// handle, the slot's state shows this process as its only holder, and no descriptor of it
+    /// is in flight (so no other process holds or can import it). Otherwise gives it back.
+    /// Used to return an unsent message to its sender in the form it was loaned.
+    pub(crate) fn thaw(self) -> Result<BufMut, Buf> {
+        let d = self.lease.desc;
+        let shared = &self.lease.pool.shared;
+        let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
+        let class = shared.class(d.class as usize);
+        let alone = shared.local.locked(index, |count| {
+            let state = class.state(d.slot as usize);
+            let alone = count == 1
+                && shared.writable
+                && state.is_some_and(|s| {
+                    s.generation() == d.generation
+                        && s.in_flight() == 0
+                        && s.holders() == 1 << shared.me
+                });
+            (alone, count)
+        });
+        if !alone {
+            return Err(self);
+        }
+        let this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again: its one handle moves to the `BufMut`.
+        let lease = unsafe { std::ptr::read(&this.lease) };
+        Ok(BufMut { lease })
+    }
+
     /// Views the buffer as a `T` in place, without copying: `None` if the length is not exactly
     /// `size_of::<T>()` or the bytes are not aligned for `T` (slots are 64-byte aligned, so only
     /// types aligned to more than 64 bytes can fail that).

@@ -23,22 +23,134 @@ use crate::alloc::{ClassSlots, LocalRefs, MAX_PARTICIPANTS};
 use crate::journal::{self, Journal, SlotRef};
 use crate::layout::{
     ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CHANNELS,
-    MAX_CLASSES, VERSION,
+    MAX_CLASSES, ServiceLimits, VERSION, channel_kind,
 };
 use crate::region::{Region, RegionError};
 use crate::sync::{AtomicU64, Ordering};
 use bytemuck::Zeroable;
 use participants::{ENTRY_WORDS, Entry};
 
-/// What a pool is made of.
+/// What a pool is made of. Build one with [`PoolConfig::builder`], or take the default.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
     /// Size classes, smallest slots first.
     pub classes: Vec<ClassSpec>,
-    /// Channels (rings of descriptors), opened by index with `Pool::sender`, `Pool::receiver`, ...
+    /// Fixed channels opened by index (the low-level API the benches and tests use; services are
+    /// the way for applications).
+    #[doc(hidden)]
     pub channels: Vec<ChannelSpec>,
+    /// Room for services created at runtime.
+    pub services: ServiceLimits,
     /// Name of the memfds (shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`).
     pub name: String,
+}
+
+/// The shape of a fixed channel (low-level API).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// One sender, one receiver.
+    OneToOne,
+    /// Many senders, one receiver.
+    ManyToOne,
+    /// One publisher, up to `subscribers` subscribers.
+    Broadcast { subscribers: u32 },
+}
+
+/// Builds a [`PoolConfig`] (and the pool) step by step.
+///
+/// ```
+/// let pool = fbuf::PoolConfig::builder()
+///     .class(256, 1024)          // 1024 slots of 256 B
+///     .class(1 << 20, 16)        // 16 slots of 1 MiB
+///     .services(16)              // up to 16 services at once ...
+///     .rings(64)                 // ... sharing 64 rings ...
+///     .ring_capacity(256)        // ... of up to 256 descriptors each
+///     .name("doc-pool")
+///     .create()?;
+/// assert_eq!(pool.classes().len(), 2);
+/// # Ok::<(), fbuf::PoolCreateError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct PoolBuilder {
+    config: PoolConfig,
+    default_classes: bool,
+}
+
+impl PoolConfig {
+    /// A builder starting from the default configuration.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            config: PoolConfig::default(),
+            default_classes: true,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Adds a size class of `slots` slots of `slot_size` bytes (a power of two, 64 B to 1 GiB;
+    /// classes must grow). The first call replaces the default classes.
+    pub fn class(mut self, slot_size: u32, slots: u32) -> Self {
+        if std::mem::take(&mut self.default_classes) {
+            self.config.classes.clear();
+        }
+        self.config.classes.push(ClassSpec {
+            slot_size,
+            slot_count: slots,
+        });
+        self
+    }
+
+    /// Most services alive at once.
+    pub fn services(mut self, n: u32) -> Self {
+        self.config.services.services = n;
+        self
+    }
+
+    /// Ring units the services share.
+    pub fn rings(mut self, n: u32) -> Self {
+        self.config.services.rings = n;
+        self
+    }
+
+    /// Largest ring capacity a service may ask for (a power of two).
+    pub fn ring_capacity(mut self, n: u32) -> Self {
+        self.config.services.ring_capacity = n;
+        self
+    }
+
+    /// The memfds' name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Adds a fixed channel, opened by index (low-level API).
+    #[doc(hidden)]
+    pub fn channel(mut self, kind: ChannelKind, capacity: u32) -> Self {
+        let (kind, receivers) = match kind {
+            ChannelKind::OneToOne => (channel_kind::ONE_TO_ONE, 1),
+            ChannelKind::ManyToOne => (channel_kind::MANY_TO_ONE, 1),
+            ChannelKind::Broadcast { subscribers } => (channel_kind::BROADCAST, subscribers),
+        };
+        self.config.channels.push(ChannelSpec {
+            kind,
+            capacity,
+            receivers,
+            reserved: 0,
+        });
+        self
+    }
+
+    /// The configuration.
+    pub fn build(self) -> PoolConfig {
+        self.config
+    }
+
+    /// Creates the pool ([`Pool::create`]).
+    pub fn create(self) -> Result<Pool, PoolCreateError> {
+        Pool::create(&self.config)
+    }
 }
 
 impl Default for PoolConfig {
@@ -68,6 +180,7 @@ impl Default for PoolConfig {
                 },
             ],
             channels: vec![],
+            services: ServiceLimits::default(),
             name: "fbuf-pool".into(),
         }
     }
@@ -227,7 +340,7 @@ impl Pool {
     /// magic word last, so a pool seen half-made reads as "not ready". The caller is participant 0,
     /// a producer.
     pub fn create(config: &PoolConfig) -> Result<Pool, PoolCreateError> {
-        let layout = Layout::compute(&config.classes, &config.channels)?;
+        let layout = Layout::compute(&config.classes, &config.channels, config.services)?;
         let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
         // Consumers get a read-only fd; mode 0400 keeps them (when of another uid) from reopening
@@ -348,7 +461,11 @@ impl Pool {
                 index: channels + i,
             });
         }
-        let layout = Layout::compute(&header.classes[..count], &header.channels[..channels])?;
+        let layout = Layout::compute(
+            &header.classes[..count],
+            &header.channels[..channels],
+            header.services,
+        )?;
         let check = |field, header: u64, computed: usize| {
             if header == computed as u64 {
                 Ok(())
@@ -665,6 +782,17 @@ impl Pool {
             .filter(|(_, e)| e.is_active())
             .map(|(id, e)| (id, e.pid(), e.role()))
             .collect()
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("participant", &self.shared.me)
+            .field("writable", &self.shared.writable)
+            .field("classes", &self.shared.layout.classes.len())
+            .field("slots", &self.shared.layout.total_slots)
+            .finish_non_exhaustive()
     }
 }
 
