@@ -9,6 +9,7 @@
 mod chaos;
 mod copy_methods;
 mod peer;
+mod service_peers;
 mod stream;
 mod uring;
 

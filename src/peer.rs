@@ -27,6 +27,7 @@
 //! fbuf peer recv-forever SOCKET CH      receive on CH with no timeout until an error; report it
 //! fbuf peer chaos-send|chaos-publish|chaos-recv SOCKET CH ID lossy|-
 //!                                       the participants of `fbuf chaos` (src/chaos.rs)
+//! fbuf peer svc-...                     named-service participants (src/service_peers.rs)
 //! fbuf peer sink    ADDR LEN DELAY_MS   connect (unix:PATH, tcp:PORT, or - for stdin), wait, read
 //!                                       LEN bytes, report their checksum and first/last byte
 //! ```
@@ -91,6 +92,13 @@ pub fn main(args: &[String]) -> ExitCode {
         }
         "pp-io-pong" => crate::stream::pp_io_pong(num(1) as usize, args.get(2).map(String::as_str)),
         "pp-spin" => crate::stream::pp_spin(arg(1), arg(2), num(3)),
+        "svc-pub" => crate::service_peers::publish(arg(1), arg(2), num(3), num(4)),
+        "svc-sub" => crate::service_peers::subscribe(arg(1), arg(2), num(3)),
+        "svc-server" => crate::service_peers::server(arg(1), arg(2), num(3)),
+        "svc-client" => crate::service_peers::client(arg(1), arg(2), num(3), num(4)),
+        "svc-churn" => crate::service_peers::churn(arg(1), arg(2), num(3)),
+        "svc-hold" => crate::service_peers::hold(arg(1), arg(2)),
+        "svc-list" => crate::service_peers::list(arg(1)),
         _ => usage(),
     };
     match result {

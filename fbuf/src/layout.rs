@@ -427,8 +427,7 @@ fn lay_out_services(
     let lock_offset = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
     let entries_offset = lock_offset + LINE;
     let refs_offset = entries_offset + limits.services as usize * SERVICE_ENTRY_SIZE;
-    let mut control =
-        refs_offset + MAX_PARTICIPANTS as usize * REFS_PER_PARTICIPANT * 8;
+    let mut control = refs_offset + MAX_PARTICIPANTS as usize * REFS_PER_PARTICIPANT * 8;
     let mut units = Vec::with_capacity(limits.rings as usize);
     for _ in 0..limits.rings {
         let (unit, end) = unit_at(control, limits.ring_capacity as usize, true)?;
@@ -589,7 +588,12 @@ mod tests {
                 receivers: 2
             })
         );
-        let l = Layout::compute(&[spec(256, 1)], &[ch(1, 8, 1), ch(3, 4, 3)], ServiceLimits::zeroed()).unwrap();
+        let l = Layout::compute(
+            &[spec(256, 1)],
+            &[ch(1, 8, 1), ch(3, 4, 3)],
+            ServiceLimits::zeroed(),
+        )
+        .unwrap();
         assert_eq!(l.channels[1].units.len(), 3);
         let last = l.channels[1].units[2];
         assert!(last.values_offset + 4 * 16 <= l.control_size);

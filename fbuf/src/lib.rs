@@ -26,19 +26,19 @@ pub mod pool;
 #[cfg(not(loom))]
 pub mod region;
 #[cfg(not(loom))]
-pub mod session;
-#[cfg(not(loom))]
 pub mod service;
+#[cfg(not(loom))]
+pub mod session;
 #[cfg(not(loom))]
 pub mod snapshot;
 #[cfg(not(loom))]
 pub mod sys;
 
+/// Re-exported: payload types derive `bytemuck::Pod` and `bytemuck::Zeroable`.
+pub use bytemuck;
 #[cfg(not(loom))]
 pub use pool::{
     AllocError, Buf, BufMut, Desc, DescError, Pool, PoolBuilder, PoolConfig, PoolCreateError, Role,
 };
 #[cfg(not(loom))]
 pub use service::{Message, Sample, SampleMut, Service, ServiceError};
-/// Re-exported: payload types derive `bytemuck::Pod` and `bytemuck::Zeroable`.
-pub use bytemuck;

@@ -124,7 +124,12 @@ impl Attacker {
         let map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
         Attacker {
             map,
-            layout: fbuf::layout::Layout::compute(&config.classes, &config.channels, config.services).unwrap(),
+            layout: fbuf::layout::Layout::compute(
+                &config.classes,
+                &config.channels,
+                config.services,
+            )
+            .unwrap(),
         }
     }
 
@@ -151,6 +156,33 @@ impl std::ops::Deref for KillOnDrop {
 impl std::ops::DerefMut for KillOnDrop {
     fn deref_mut(&mut self) -> &mut Child {
         &mut self.0
+    }
+}
+
+impl KillOnDrop {
+    /// Waits for the peer to end and collects what it printed (it is still killed if the
+    /// test fails while waiting... which cannot block: the pipes are read to their end first).
+    pub fn output(mut self) -> Output {
+        use std::io::Read;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let stderr = self.0.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut err = Vec::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_end(&mut err);
+            }
+            err
+        });
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = o.read_to_end(&mut out);
+        }
+        err.extend(reader.join().unwrap());
+        let status = self.0.wait().unwrap();
+        Output {
+            status,
+            stdout: out,
+            stderr: err,
+        }
     }
 }
 

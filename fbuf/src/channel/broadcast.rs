@@ -165,7 +165,11 @@ impl Publisher {
             })
     }
 
-    fn publish_where(&mut self, buf: Buf, target: impl Fn(usize) -> bool) -> Result<usize, SendError> {
+    fn publish_where(
+        &mut self,
+        buf: Buf,
+        target: impl Fn(usize) -> bool,
+    ) -> Result<usize, SendError> {
         let live: Vec<(usize, u32, Unit<'_>)> = self
             .units
             .iter()

@@ -92,7 +92,11 @@ impl Recoverer for Env<'_> {
         } else {
             let (ch, u) = ((unit >> 8) as usize, (unit & 0xff) as usize);
             let layout = self.pool.shared().layout();
-            layout.channels.get(ch).and_then(|c| c.units.get(u)).copied()
+            layout
+                .channels
+                .get(ch)
+                .and_then(|c| c.units.get(u))
+                .copied()
         };
         let Some(u) = u else {
             return;

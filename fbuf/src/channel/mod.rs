@@ -149,7 +149,12 @@ fn channel(
 /// waiting for it, so their slots return to the pool. Part of `reap` (never public: on a live
 /// participant it would drain the rings it reads). Returns how many descriptors were dropped.
 pub(crate) fn forget_participant(pool: &Pool, participant: u32) -> usize {
-    let fixed = pool.shared().layout().channels.iter().flat_map(|c| c.units.iter().copied());
+    let fixed = pool
+        .shared()
+        .layout()
+        .channels
+        .iter()
+        .flat_map(|c| c.units.iter().copied());
     let services = crate::service::Directory::new(pool).all_units();
     fixed
         .chain(services)

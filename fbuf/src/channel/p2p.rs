@@ -65,7 +65,9 @@ impl Sender {
         let unit = Unit::new(pool, layout);
         let spsc = match unit.ring() {
             UnitRing::Spsc(r) => {
-                if unit.has_other_live_sender() {
+                // One sender, this process included: two would each keep their own producer
+                // indices and overwrite each other's cells.
+                if unit.has_live_sender() {
                     return Err(OpenError::SenderTaken { channel: label });
                 }
                 Some(
@@ -344,6 +346,12 @@ impl Receiver {
     /// passed, the first failure is returned.
     pub fn recv_batch(&mut self, out: &mut Vec<Buf>, max: usize) -> Result<usize, RecvError> {
         self.reader.recv_batch(out, max)
+    }
+
+    /// Makes an empty ring without senders read as empty rather than disconnected: for a
+    /// server whose clients come and go.
+    pub(crate) fn set_persistent(&mut self) {
+        self.reader.persistent = true;
     }
 
     /// Whether a sender is registered and alive now.

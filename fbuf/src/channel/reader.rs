@@ -25,6 +25,9 @@ pub(super) struct RingReader {
     batch: Vec<Desc>,
     /// `try_recv`'s one-buffer batch, kept to spare an allocation per message.
     one: Vec<Buf>,
+    /// Senders that come and go are normal here (a request-response server's clients): an
+    /// empty ring without senders is `Empty`, never `Disconnected`.
+    pub(super) persistent: bool,
 }
 
 /// Why a reader could not be made.
@@ -69,6 +72,7 @@ impl RingReader {
             strategy: WaitStrategy::default(),
             batch: Vec::new(),
             one: Vec::with_capacity(1),
+            persistent: false,
         })
     }
 
@@ -96,7 +100,13 @@ impl RingReader {
                 other => return other,
             }
             let unit = Unit::new(&self.pool, self.unit);
-            if !wait_for_data(&unit, self.spsc.as_ref(), self.strategy, deadline) {
+            if !wait_for_data(
+                &unit,
+                self.spsc.as_ref(),
+                self.strategy,
+                deadline,
+                self.persistent,
+            ) {
                 return Err(RecvError::Timeout);
             }
         }
@@ -145,7 +155,8 @@ impl RingReader {
         if n == 0 {
             j.end();
             return Err(
-                if unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref()) {
+                if !self.persistent && unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref())
+                {
                     RecvError::Disconnected
                 } else {
                     RecvError::Empty
@@ -177,7 +188,13 @@ impl RingReader {
 
     pub(super) fn wait(&mut self, timeout: Option<Duration>) -> bool {
         let unit = Unit::new(&self.pool, self.unit);
-        wait_for_data(&unit, self.spsc.as_ref(), self.strategy, deadline(timeout))
+        wait_for_data(
+            &unit,
+            self.spsc.as_ref(),
+            self.strategy,
+            deadline(timeout),
+            self.persistent,
+        )
     }
 }
 

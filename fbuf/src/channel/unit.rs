@@ -121,22 +121,37 @@ impl<'a> Unit<'a> {
         self.space_bell().ring(&crate::sync::doorbell::SysFutex);
     }
 
-    /// Registers this process as a sender.
+    /// Registers one more sender of this process (the shared word names the process; how many
+    /// of its endpoints send here is counted in private memory, so one closing does not
+    /// unregister the others).
     pub fn add_sender(&self) {
         let (id, epoch) = self.me();
+        let mut counts = self.pool.shared().sender_counts();
+        *counts.entry(self.layout.endpoint_offset).or_insert(0) += 1;
         self.senders[id as usize].store(epoch, Ordering::Release);
         self.words[1].fetch_or(SENDER_SEEN, Ordering::AcqRel);
     }
 
-    /// Unregisters this process as a sender and wakes a receiver that may be waiting.
+    /// Unregisters one sender of this process (the process, once its last one goes) and wakes a
+    /// receiver that may be waiting.
     pub fn remove_sender(&self) {
         let (id, epoch) = self.me();
-        let _ = self.senders[id as usize].compare_exchange(
-            epoch,
-            0,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        let mut counts = self.pool.shared().sender_counts();
+        let key = self.layout.endpoint_offset;
+        let left = counts.get_mut(&key).map_or(0, |c| {
+            *c = c.saturating_sub(1);
+            *c
+        });
+        if left == 0 {
+            counts.remove(&key);
+            let _ = self.senders[id as usize].compare_exchange(
+                epoch,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+        drop(counts);
         self.data_bell().ring(&crate::sync::doorbell::SysFutex);
     }
 
@@ -181,14 +196,6 @@ impl<'a> Unit<'a> {
         (0..MAX_PARTICIPANTS)
             .filter(|&id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
             .count()
-    }
-
-    /// Whether a live sender other than this process is registered.
-    pub fn has_other_live_sender(&self) -> bool {
-        let me = self.pool.shared().me();
-        (0..MAX_PARTICIPANTS)
-            .filter(|&id| id != me)
-            .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
     }
 
     /// Whether the ring holds nothing for this consumer.
@@ -302,11 +309,13 @@ pub fn wait_for_data(
     spsc: Option<&ConsumerState>,
     strategy: super::WaitStrategy,
     deadline: Option<std::time::Instant>,
+    persistent: bool,
 ) -> bool {
     // Scanning the senders' liveness costs far more than looking at the ring: do it on the
     // doorbell's "full" checks only, so a spinning receiver sees new data sooner.
     unit.data_bell()
         .wait_for(&super::FUTEX, strategy, deadline, |full| {
-            !unit.ring_is_empty(spsc) || (full && unit.peers_checked() && unit.senders_gone())
+            !unit.ring_is_empty(spsc)
+                || (!persistent && full && unit.peers_checked() && unit.senders_gone())
         })
 }

@@ -286,6 +286,9 @@ pub(crate) struct Shared {
     liveness: Option<OwnedFd>,
     /// When survivors last looked for dead peers (ms since the Unix epoch).
     last_reap: AtomicU64,
+    /// This process's senders per ring unit (by the unit's offset): the unit's sender word names
+    /// the process while any is open.
+    sender_counts: std::sync::Mutex<std::collections::HashMap<usize, u32>>,
 }
 
 /// How survivors recover dead peers when the owner is gone (installed by the channel layer,
@@ -523,6 +526,7 @@ impl Pool {
                 membership,
                 liveness,
                 last_reap: AtomicU64::new(0),
+                sender_counts: Default::default(),
             }),
         }
     }
@@ -710,18 +714,27 @@ impl Pool {
     /// open file description of the control memfd, which the joiner is to keep: `None` if the
     /// table is full. Owner only.
     pub(crate) fn admit(&self, pid: u32, role: Role) -> Option<std::io::Result<(u32, OwnedFd)>> {
-        let id = (1..MAX_PARTICIPANTS).find(|&id| self.shared.participant(id).claim(pid, role))?;
-        let entry = self.shared.participant(id);
-        Some(match liveness_lock(&self.shared.control, id) {
-            Ok(fd) => {
-                entry.activate();
-                Ok((id, fd))
+        for id in 1..MAX_PARTICIPANTS {
+            let entry = self.shared.participant(id);
+            if !entry.claim(pid, role) {
+                continue;
             }
-            Err(e) => {
-                entry.retire();
-                Err(e)
+            match liveness_lock(&self.shared.control, id) {
+                Ok(fd) => {
+                    entry.activate();
+                    return Some(Ok((id, fd)));
+                }
+                // The last holder of this id has closed its connection but its process has
+                // not yet let go of the lock (it is exiting, or closing its pool): take
+                // another id rather than refuse the joiner.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => entry.retire(),
+                Err(e) => {
+                    entry.retire();
+                    return Some(Err(e));
+                }
             }
-        })
+        }
+        None
     }
 
     /// Whether participant `id`'s process is alive: its liveness lock is held (a system call;
@@ -807,6 +820,14 @@ impl Shared {
 
     pub(crate) fn me(&self) -> u32 {
         self.me
+    }
+
+    pub(crate) fn sender_counts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<usize, u32>> {
+        self.sender_counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn magic(&self) -> &AtomicU64 {

@@ -157,7 +157,11 @@ impl<'p> Directory<'p> {
     }
 
     fn lock_word(&self) -> &AtomicU64 {
-        &self.pool.shared().control().atomics_u64(self.layout.lock_offset, 1)[0]
+        &self
+            .pool
+            .shared()
+            .control()
+            .atomics_u64(self.layout.lock_offset, 1)[0]
     }
 
     fn words(&self, index: u32) -> &[AtomicU64] {
@@ -392,9 +396,8 @@ impl Locked<'_, '_> {
                 }
             }
         }
-        let first = first_fit(&used, spec.rings as usize).ok_or(DirError::NoRings {
-            needed: spec.rings,
-        })? as u32;
+        let first = first_fit(&used, spec.rings as usize)
+            .ok_or(DirError::NoRings { needed: spec.rings })? as u32;
         let w = d.words(index);
         let generation = ((w[0].load(Ordering::Acquire) >> 32) as u32).wrapping_add(1);
         // CREATING first: if we die from here on, whoever takes the lock over frees the entry.
@@ -458,8 +461,7 @@ impl Locked<'_, '_> {
         let Some(e) = self.dir.read(index) else {
             return;
         };
-        if e.generation == generation && e.state == LIVE && self.dir.users(index, generation) == 0
-        {
+        if e.generation == generation && e.state == LIVE && self.dir.users(index, generation) == 0 {
             self.remove(&e);
         }
     }

@@ -7,12 +7,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Handle;
 use super::error::{
     Fault, LoanError, PublishTimeoutError, RecvError, RecvTimeoutError, SendError,
     SendTimeoutError, TryPublishError, TryRecvError, TrySendError,
 };
 use super::sample::{Message, Sample, SampleMut};
-use super::Handle;
 use crate::channel::{self, RecvError as ChanRecv, SendError as ChanSend};
 use crate::pool::{Buf, Pool};
 
@@ -126,9 +126,7 @@ pub(crate) fn loan<T: Message + ?Sized>(
     offset: usize,
     len: usize,
 ) -> Result<SampleMut<T>, LoanError> {
-    let total = offset
-        .checked_add(len)
-        .ok_or(LoanError::TooLarge { len })?;
+    let total = offset.checked_add(len).ok_or(LoanError::TooLarge { len })?;
     let buf = pool.alloc(total)?;
     Ok(SampleMut::new(buf, offset))
 }
@@ -173,12 +171,18 @@ macro_rules! receives {
             }
 
             /// Receives a sample, waiting up to `timeout`.
-            pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Sample<T>, RecvTimeoutError> {
+            pub fn recv_timeout(
+                &mut self,
+                timeout: Duration,
+            ) -> Result<Sample<T>, RecvTimeoutError> {
                 self.recv_deadline(Instant::now() + timeout)
             }
 
             /// Receives a sample, waiting until `deadline`.
-            pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Sample<T>, RecvTimeoutError> {
+            pub fn recv_deadline(
+                &mut self,
+                deadline: Instant,
+            ) -> Result<Sample<T>, RecvTimeoutError> {
                 received(self.inner.recv_deadline(Some(deadline)), 0)
             }
 
@@ -315,7 +319,10 @@ impl<T: Message + ?Sized> Subscriber<T> {
 impl<T: Message + ?Sized> Publisher<T> {
     /// Publishes `sample` to every live subscriber if every subscriber without loss has room;
     /// returns how many it reached (0 with no subscribers).
-    pub fn try_send(&mut self, sample: SampleMut<T>) -> Result<usize, TryPublishError<SampleMut<T>>> {
+    pub fn try_send(
+        &mut self,
+        sample: SampleMut<T>,
+    ) -> Result<usize, TryPublishError<SampleMut<T>>> {
         self.catch_up();
         let buf = sample.into_buf().freeze();
         let keep = self.keeps().then(|| buf.clone());
@@ -329,7 +336,10 @@ impl<T: Message + ?Sized> Publisher<T> {
     }
 
     /// Publishes `sample`, waiting while a subscriber without loss is full.
-    pub fn send(&mut self, sample: SampleMut<T>) -> Result<usize, PublishTimeoutError<SampleMut<T>>> {
+    pub fn send(
+        &mut self,
+        sample: SampleMut<T>,
+    ) -> Result<usize, PublishTimeoutError<SampleMut<T>>> {
         self.send_at(sample, None)
     }
 

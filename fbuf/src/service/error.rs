@@ -50,7 +50,10 @@ pub enum ServiceError {
     DirectoryFull(u32),
     #[error("the pool has no run of {needed} free service rings left (configure more rings)")]
     NoRings { needed: u32 },
-    #[error("this process already holds {} open services", crate::layout::REFS_PER_PARTICIPANT)]
+    #[error(
+        "this process already holds {} open services",
+        crate::layout::REFS_PER_PARTICIPANT
+    )]
     TooManyOpen,
     #[error("the service directory stayed locked by a live participant (stuck or hostile?)")]
     DirectoryBusy,

@@ -48,8 +48,8 @@ pub(crate) use directory::{Directory, SERVICE_UNIT};
 pub use directory::{Kind, MAX_NAME};
 pub use endpoints::{Publisher, Receiver, Sender, Subscriber};
 pub use error::{
-    EndpointError, Fault, LoanError, PublishTimeoutError, RecvError, RecvTimeoutError,
-    SendError, SendTimeoutError, ServiceError, TryPublishError, TryRecvError, TrySendError,
+    EndpointError, Fault, LoanError, PublishTimeoutError, RecvError, RecvTimeoutError, SendError,
+    SendTimeoutError, ServiceError, TryPublishError, TryRecvError, TrySendError,
 };
 pub use event::{Events, Listener, Notifier, WaitError};
 pub use rpc::{CallError, Client, Request, Response, Server};
@@ -67,7 +67,9 @@ pub struct ManyToOne<T: ?Sized>(PhantomData<fn() -> Box<T>>);
 /// One [`Publisher`], many [`Subscriber`]s.
 pub struct PublishSubscribe<T: ?Sized>(PhantomData<fn() -> Box<T>>);
 /// Many [`Client`]s, one [`Server`].
-pub struct RequestResponse<Req: ?Sized, Resp: ?Sized>(PhantomData<(fn() -> Box<Req>, fn() -> Box<Resp>)>);
+pub struct RequestResponse<Req: ?Sized, Resp: ?Sized>(
+    PhantomData<(fn() -> Box<Req>, fn() -> Box<Resp>)>,
+);
 /// [`Notifier`]s and [`Listener`]s of event bits.
 pub struct Event;
 
@@ -188,7 +190,14 @@ impl<'p> ServiceBuilder<'p> {
         ServiceConfig {
             pool: self.pool,
             name: self.name,
-            capacity: self.pool.shared().layout().services.limits.ring_capacity.min(256),
+            capacity: self
+                .pool
+                .shared()
+                .layout()
+                .services
+                .limits
+                .ring_capacity
+                .min(256),
             rings,
             history: 0,
             _k: PhantomData,
@@ -288,7 +297,11 @@ impl<K: ServiceKind> ServiceConfig<'_, K> {
                 value: self.capacity.into(),
             });
         }
-        let min_rings = if K::KIND == Kind::RequestResponse { 2 } else { 1 };
+        let min_rings = if K::KIND == Kind::RequestResponse {
+            2
+        } else {
+            1
+        };
         if self.rings < min_rings {
             return Err(ServiceError::BadConfig {
                 what: "the subscriber, client or listener maximum",
@@ -340,7 +353,9 @@ impl<K: ServiceKind> ServiceConfig<'_, K> {
             None if create => locked
                 .create(&self.name, &spec)
                 .map_err(|e| dir_error(e, services))?,
-            None => return Err(ServiceError::NotFound(self.name)),
+            None => {
+                return Err(ServiceError::NotFound(self.name));
+            }
         };
         let ref_slot = locked.add_ref(&entry).map_err(|e| {
             // A service we just created and cannot hold must not stay behind unused.
@@ -544,8 +559,10 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Service<RequestResponse<Req,
     pub fn server(&self) -> Result<Server<Req, Resp>, EndpointError> {
         let units = self.handle.units();
         let (pool, label) = (&self.handle.pool, self.handle.label());
-        let requests = channel::Receiver::open(pool, units[0].0, units[0].1, label)
+        let mut requests = channel::Receiver::open(pool, units[0].0, units[0].1, label)
             .map_err(self.err("server"))?;
+        // Clients come and go; the server waits for the next one.
+        requests.set_persistent();
         let replies = channel::Publisher::open(pool, units[1..].to_vec(), label)
             .map_err(self.err("server"))?;
         Ok(Server {
@@ -580,7 +597,10 @@ impl Service<Event> {
     /// A notifier (any number).
     pub fn notifier(&self) -> Notifier {
         let units = self.handle.units().into_iter().map(|(u, _)| u).collect();
-        Notifier::new(channel::event::EventNotifier::open(&self.handle.pool, units), self.handle.clone())
+        Notifier::new(
+            channel::event::EventNotifier::open(&self.handle.pool, units),
+            self.handle.clone(),
+        )
     }
 
     /// A listener (up to `listener_max` at once).

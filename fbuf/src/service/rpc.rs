@@ -122,7 +122,10 @@ pub enum CallError<T> {
 }
 
 impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
-    fn request(&self, r: Result<Sample<Req>, RecvTimeoutError>) -> Result<Request<Req>, RecvTimeoutError> {
+    fn request(
+        &self,
+        r: Result<Sample<Req>, RecvTimeoutError>,
+    ) -> Result<Request<Req>, RecvTimeoutError> {
         let sample = r?;
         let (client, seq) = read_header(&sample);
         if client as usize + 1 >= self.service.entry.spec.rings as usize {
@@ -207,7 +210,9 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
             match self.try_respond(request, response) {
                 Err(TrySendError::Full(r)) => response = r,
                 Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(r)) => return Err(SendTimeoutError::Disconnected(r)),
+                Err(TrySendError::Disconnected(r)) => {
+                    return Err(SendTimeoutError::Disconnected(r));
+                }
                 Err(TrySendError::Fault(e, r)) => return Err(SendTimeoutError::Fault(e, r)),
             }
             if !self.replies.wait_ring(request.client as usize, deadline) {
@@ -220,7 +225,11 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
 impl<Req: Message + ?Sized, Resp: bytemuck::Pod> Server<Req, Resp> {
     /// Loans a response buffer for one `Resp`.
     pub fn loan(&self) -> Result<SampleMut<Resp>, LoanError> {
-        loan(&self.service.pool, payload_offset::<Resp>(HEADER), std::mem::size_of::<Resp>())
+        loan(
+            &self.service.pool,
+            payload_offset::<Resp>(HEADER),
+            std::mem::size_of::<Resp>(),
+        )
     }
 
     /// Responds with a copy of `value`.
@@ -256,12 +265,16 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
     }
 
     /// Sends a request if the request ring has room; returns its sequence number.
-    pub fn try_send(&mut self, request: SampleMut<Req>) -> Result<u64, TrySendError<SampleMut<Req>>> {
-        self.send_at(request, Some(Instant::now())).map_err(|e| match e {
-            SendTimeoutError::Timeout(t) => TrySendError::Full(t),
-            SendTimeoutError::Disconnected(t) => TrySendError::Disconnected(t),
-            SendTimeoutError::Fault(e, t) => TrySendError::Fault(e, t),
-        })
+    pub fn try_send(
+        &mut self,
+        request: SampleMut<Req>,
+    ) -> Result<u64, TrySendError<SampleMut<Req>>> {
+        self.send_at(request, Some(Instant::now()))
+            .map_err(|e| match e {
+                SendTimeoutError::Timeout(t) => TrySendError::Full(t),
+                SendTimeoutError::Disconnected(t) => TrySendError::Disconnected(t),
+                SendTimeoutError::Fault(e, t) => TrySendError::Fault(e, t),
+            })
     }
 
     /// Sends a request, waiting while the request ring is full; returns its sequence number.
@@ -296,7 +309,9 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
         Ok(seq)
     }
 
-    fn response(r: Result<Sample<Resp>, RecvTimeoutError>) -> Result<Response<Resp>, RecvTimeoutError> {
+    fn response(
+        r: Result<Sample<Resp>, RecvTimeoutError>,
+    ) -> Result<Response<Resp>, RecvTimeoutError> {
         let sample = r?;
         let (_, seq) = read_header(&sample);
         Ok(Response { seq, sample })
@@ -333,7 +348,11 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
 impl<Req: bytemuck::Pod, Resp: Message + ?Sized> Client<Req, Resp> {
     /// Loans a request buffer for one `Req`.
     pub fn loan(&self) -> Result<SampleMut<Req>, LoanError> {
-        loan(&self.service.pool, payload_offset::<Req>(HEADER), std::mem::size_of::<Req>())
+        loan(
+            &self.service.pool,
+            payload_offset::<Req>(HEADER),
+            std::mem::size_of::<Req>(),
+        )
     }
 
     /// Sends a copy of `request` and waits up to `timeout` for its response (responses to

@@ -1,0 +1,242 @@
+//! `fbuf peer svc-...`: participants that use named services, for the cross-process tests.
+//!
+//! ```text
+//! fbuf peer svc-pub SOCKET NAME COUNT SUBS     wait for SUBS subscribers, publish COUNT frames
+//! fbuf peer svc-sub SOCKET NAME COUNT          subscribe, receive and verify COUNT frames
+//! fbuf peer svc-server SOCKET NAME COUNT       answer COUNT requests (x -> x * x + client tag)
+//! fbuf peer svc-client SOCKET NAME COUNT TAG   COUNT calls, every answer verified
+//! fbuf peer svc-churn SOCKET PREFIX ROUNDS     create, use and remove a stream service per round
+//! fbuf peer svc-hold SOCKET NAME               open a stream service's sender, say READY, wait
+//! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
+//! ```
+
+use std::time::{Duration, Instant};
+
+use fbuf::bytemuck::{Pod, Zeroable};
+use fbuf::{Role, session};
+
+type Res = Result<String, Box<dyn std::error::Error>>;
+
+/// A frame of the publish-subscribe tests: a sequence number and bytes derived from it.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub struct Frame {
+    pub seq: u64,
+    pub check: u64,
+    pub pixels: [u8; 496],
+}
+
+impl Frame {
+    fn fill(&mut self, seq: u64) {
+        self.seq = seq;
+        for (i, p) in self.pixels.iter_mut().enumerate() {
+            *p = (seq as u8).wrapping_mul(31).wrapping_add(i as u8);
+        }
+        self.check = checksum(&self.pixels) ^ seq;
+    }
+
+    fn valid(&self) -> bool {
+        self.pixels
+            .iter()
+            .enumerate()
+            .all(|(i, p)| *p == (self.seq as u8).wrapping_mul(31).wrapping_add(i as u8))
+            && self.check == checksum(&self.pixels) ^ self.seq
+    }
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A request and a response of the request-response tests.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub struct Ask {
+    pub tag: u64,
+    pub x: u64,
+}
+
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub struct Answer {
+    pub tag: u64,
+    pub y: u64,
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+pub fn publish(socket: &str, name: &str, count: u64, subs: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool
+        .service(name)
+        .publish_subscribe::<Frame>()
+        .subscriber_max(8)
+        .capacity(64)
+        .open_or_create()?;
+    let mut tx = svc.publisher()?;
+    let deadline = Instant::now() + WAIT;
+    while (tx.subscribers() as u64) < subs {
+        if Instant::now() > deadline {
+            return Err("subscribers did not come".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut reached = 0;
+    for seq in 0..count {
+        let mut f = loan_blocking(&tx)?;
+        f.fill(seq);
+        reached += tx.send_timeout(f, WAIT)?;
+    }
+    Ok(format!("sent={count} reached={reached}"))
+}
+
+/// Loans a frame, waiting for a slot while subscribers still hold them all.
+fn loan_blocking(
+    tx: &fbuf::service::Publisher<Frame>,
+) -> Result<fbuf::SampleMut<Frame>, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match tx.loan() {
+            Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. }))
+                if Instant::now() < deadline =>
+            {
+                std::thread::yield_now()
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+pub fn subscribe(socket: &str, name: &str, count: u64) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let svc = pool
+        .service(name)
+        .publish_subscribe::<Frame>()
+        .subscriber_max(8)
+        .capacity(64)
+        .open_or_create()?;
+    let mut rx = svc.subscriber()?;
+    eprintln!("READY");
+    let (mut got, mut bad, mut out_of_order, mut last) = (0u64, 0u64, 0u64, None);
+    while got < count {
+        let f = rx.recv_timeout(WAIT)?;
+        if !f.valid() {
+            bad += 1;
+        }
+        if last.is_some_and(|l| f.seq != l + 1) {
+            out_of_order += 1;
+        }
+        last = Some(f.seq);
+        got += 1;
+    }
+    Ok(format!("count={got} bad={bad} out_of_order={out_of_order}"))
+}
+
+pub fn server(socket: &str, name: &str, count: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool
+        .service(name)
+        .request_response::<Ask, Answer>()
+        .client_max(8)
+        .open_or_create()?;
+    let mut server = svc.server()?;
+    eprintln!("READY");
+    let mut clients = std::collections::BTreeSet::new();
+    for _ in 0..count {
+        let req = server.recv_timeout(WAIT)?;
+        clients.insert(req.tag);
+        let answer = Answer {
+            tag: req.tag,
+            y: req.x.wrapping_mul(req.x).wrapping_add(req.tag),
+        };
+        server.respond_with(&req, &answer)?;
+    }
+    Ok(format!("answered={count} clients={}", clients.len()))
+}
+
+pub fn client(socket: &str, name: &str, count: u64, tag: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool
+        .service(name)
+        .request_response::<Ask, Answer>()
+        .client_max(8)
+        .open()?;
+    let mut client = svc.client()?;
+    let deadline = Instant::now() + WAIT;
+    while !client.has_server() {
+        if Instant::now() > deadline {
+            return Err(format!("no server came: {:?}", pool.services()).into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut bad = 0;
+    for x in 0..count {
+        let a = client.call(&Ask { tag, x }, WAIT)?;
+        if a.tag != tag || a.y != x.wrapping_mul(x).wrapping_add(tag) {
+            bad += 1;
+        }
+    }
+    Ok(format!(
+        "calls={count} bad={bad} unmatched={}",
+        client.unmatched()
+    ))
+}
+
+pub fn churn(socket: &str, prefix: &str, rounds: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut bad = 0;
+    for r in 0..rounds {
+        let name = format!("{prefix}/{r}");
+        let svc = pool.service(&name).stream::<u64>().capacity(8).create()?;
+        let mut tx = svc.sender()?;
+        let mut rx = svc.receiver()?;
+        for i in 0..4u64 {
+            tx.send(tx.loan_with(&(r * 10 + i))?)?;
+        }
+        for i in 0..4u64 {
+            if *rx.recv()? != r * 10 + i {
+                bad += 1;
+            }
+        }
+        // Everything dropped here: the service goes from the directory.
+    }
+    let left = pool
+        .services()
+        .iter()
+        .filter(|s| s.name.starts_with(prefix))
+        .count();
+    Ok(format!("rounds={rounds} bad={bad} left={left}"))
+}
+
+pub fn hold(socket: &str, name: &str) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<u64>().open_or_create()?;
+    let mut tx = svc.sender()?;
+    for i in 0..3u64 {
+        tx.try_send(tx.loan_with(&i)?)
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    eprintln!("READY");
+    std::thread::sleep(Duration::from_secs(3600));
+    Ok(String::new())
+}
+
+pub fn list(socket: &str) -> Res {
+    let pool = session::join(socket, Role::Consumer)?;
+    let services = pool.services();
+    for s in &services {
+        let receivers = s.rings.iter().filter(|r| r.receiver).count();
+        let queued: usize = s.rings.iter().map(|r| r.queued).sum();
+        println!(
+            "{} {} users={} rings={} receivers={receivers} queued={queued} payload={}",
+            s.name,
+            s.kind.name(),
+            s.users,
+            s.rings.len(),
+            s.payload_size
+        );
+    }
+    Ok(format!("services={}", services.len()))
+}

@@ -1,0 +1,469 @@
+//! Named services across real processes: created and removed at runtime while others stream,
+//! request-response with several client processes, discovery from another process, and the
+//! directory's recovery from dead or hostile participants.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{KillOnDrop, Owner, peer, result, wait_output};
+use fbuf::service::{EndpointError, Kind, ServiceError};
+use fbuf::{Pool, PoolConfig};
+
+fn config() -> PoolConfig {
+    PoolConfig::builder()
+        .class(512, 512)
+        .class(4096, 64)
+        .services(16)
+        .rings(32)
+        .ring_capacity(64)
+        .name("services-test")
+        .build()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ready(child: &mut std::process::Child) -> BufReader<std::process::ChildStderr> {
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 {
+        if line.trim() == "READY" {
+            return err;
+        }
+        line.clear();
+    }
+    panic!("peer ended before READY");
+}
+
+#[test]
+fn services_come_and_go_while_others_stream() {
+    let owner = Owner::new(config());
+    let sock = owner.socket();
+    const FRAMES: &str = "6000";
+    let subs: Vec<KillOnDrop> = (0..2)
+        .map(|_| {
+            KillOnDrop(
+                peer(&["svc-sub", &sock, "camera/left", FRAMES])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let publisher = KillOnDrop(
+        peer(&["svc-pub", &sock, "camera/left", FRAMES, "2"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Two more processes create, use and remove services all the while.
+    let churners: Vec<KillOnDrop> = (0..2)
+        .map(|k| {
+            KillOnDrop(
+                peer(&["svc-churn", &sock, &format!("churn{k}"), "150"])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for c in churners {
+        let out = c.output();
+        let r = result(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            (r["rounds"].as_str(), r["bad"].as_str(), r["left"].as_str()),
+            ("150", "0", "0")
+        );
+    }
+    let out = publisher.output();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(result(&out.stderr)["reached"], "12000");
+    for s in subs {
+        let out = s.output();
+        let r = result(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            (
+                r["count"].as_str(),
+                r["bad"].as_str(),
+                r["out_of_order"].as_str()
+            ),
+            (FRAMES, "0", "0")
+        );
+    }
+    owner.wait_retired(5);
+    // Every service went with its last user, and every slot is back.
+    wait_until("the directory to empty", || {
+        owner.pool.services().is_empty()
+    });
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
+
+#[test]
+fn request_response_with_several_client_processes() {
+    let owner = Owner::new(config());
+    let sock = owner.socket();
+    let mut server = KillOnDrop(
+        peer(&["svc-server", &sock, "control", "1500"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut server_err = ready(&mut server.0);
+    let clients: Vec<KillOnDrop> = (1..=3)
+        .map(|tag| {
+            KillOnDrop(
+                peer(&["svc-client", &sock, "control", "500", &tag.to_string()])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for c in clients {
+        let out = c.output();
+        let r = result(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!((r["calls"].as_str(), r["bad"].as_str()), ("500", "0"));
+    }
+    let status = server.0.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server_err, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    let r = result(rest.as_bytes());
+    assert_eq!(
+        (r["answered"].as_str(), r["clients"].as_str()),
+        ("1500", "3")
+    );
+    owner.wait_retired(4);
+    wait_until("the directory to empty", || {
+        owner.pool.services().is_empty()
+    });
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
+
+#[test]
+fn another_process_lists_the_services() {
+    let owner = Owner::new(config());
+    let pool = &owner.pool;
+    let cam = pool
+        .service("camera/left")
+        .publish_subscribe::<[u8; 64]>()
+        .subscriber_max(3)
+        .open_or_create()
+        .unwrap();
+    let _sub = cam.subscriber().unwrap();
+    let ctl = pool
+        .service("control")
+        .request_response::<u64, u64>()
+        .client_max(2)
+        .create()
+        .unwrap();
+    let _ev = pool.service("reload").event().create().unwrap();
+    let out = wait_output(
+        peer(&["svc-list", &owner.socket()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "camera/left publish-subscribe users=1 rings=3 receivers=1 queued=0 payload=64",
+            "control request-response users=1 rings=3 receivers=0 queued=0 payload=8",
+            "reload event users=1 rings=4 receivers=0 queued=0 payload=0",
+        ]
+    );
+    drop(ctl);
+    assert_eq!(pool.services().len(), 2);
+}
+
+#[test]
+fn a_service_whose_last_user_is_killed_goes_with_it() {
+    let owner = Owner::new(config());
+    let sock = owner.socket();
+    let mut holder = KillOnDrop(
+        peer(&["svc-hold", &sock, "orphan"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let _err = ready(&mut holder.0);
+    let info = owner.pool.services();
+    assert_eq!(info.len(), 1);
+    assert_eq!((info[0].users, info[0].rings[0].queued), (1, 3));
+    holder.0.kill().unwrap();
+    holder.0.wait().unwrap();
+    owner.wait_retired(1);
+    wait_until("the orphan to be collected", || {
+        owner.pool.services().is_empty()
+    });
+    // Its rings and its three queued buffers are back: a service can take every ring again.
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+    let all = owner
+        .pool
+        .service("all-rings")
+        .publish_subscribe::<u64>()
+        .subscriber_max(32)
+        .create();
+    assert!(all.is_ok(), "{all:?}");
+}
+
+/// The directory lock word and entry 0's state word, as a hostile peer would write them.
+fn directory_words() -> (u64, u64) {
+    let l = fbuf::layout::Layout::compute(&config().classes, &[], config().services).unwrap();
+    (
+        l.services.lock_offset as u64,
+        l.services.entries_offset as u64,
+    )
+}
+
+#[test]
+fn a_lock_left_by_a_dead_holder_is_taken_over_and_half_work_repaired() {
+    let owner = Owner::new(config());
+    let attacker = common::Attacker::new(&owner.pool, &config());
+    let (lock, entries) = directory_words();
+    // Participant 7 (never admitted: dead) holds the lock, and left entry 0 half-created.
+    attacker
+        .word(lock as usize)
+        .store((1 << 32) | 8, Ordering::SeqCst);
+    attacker
+        .word(entries as usize)
+        .store((5 << 32) | 1, Ordering::SeqCst);
+    let svc = owner
+        .pool
+        .service("after")
+        .stream::<u64>()
+        .create()
+        .unwrap();
+    let mut tx = svc.sender().unwrap();
+    let mut rx = svc.receiver().unwrap();
+    tx.send(tx.loan_with(&42).unwrap()).unwrap();
+    assert_eq!(*rx.recv().unwrap(), 42);
+    assert_eq!(owner.pool.services().len(), 1);
+    assert_eq!(attacker.word(lock as usize).load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn scribbled_directory_entries_are_skipped_not_followed() {
+    let owner = Owner::new(config());
+    let attacker = common::Attacker::new(&owner.pool, &config());
+    let (_, entries) = directory_words();
+    // A "live" entry with an absurd kind, ring range and name length.
+    for (w, v) in [(0, 2u64), (1, (1 << 40) | 9), (2, u64::MAX), (4, u64::MAX)] {
+        attacker
+            .word(entries as usize + w * 8)
+            .store(v, Ordering::SeqCst);
+    }
+    assert!(owner.pool.services().is_empty());
+    let svc = owner
+        .pool
+        .service("fine")
+        .many_to_one::<u32>()
+        .open_or_create();
+    assert!(svc.is_ok(), "{svc:?}");
+}
+
+#[test]
+fn openers_are_told_what_does_not_match() {
+    let pool = Pool::create(&config()).unwrap();
+    let s = pool.service("x").stream::<u64>().create().unwrap();
+    let e = pool.service("x").stream::<u32>().open().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ServiceError::WrongPayload {
+                expected: 4,
+                found: 8,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = pool.service("x").many_to_one::<u64>().open().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ServiceError::WrongKind {
+                found: "stream",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = pool.service("x").stream::<u64>().create().unwrap_err();
+    assert_eq!(e, ServiceError::AlreadyExists("x".into()));
+    let e = pool.service("nope").stream::<u64>().open().unwrap_err();
+    assert_eq!(e, ServiceError::NotFound("nope".into()));
+    let e = pool.service("").stream::<u64>().create().unwrap_err();
+    assert!(matches!(e, ServiceError::BadName(_)));
+    let e = pool
+        .service("big")
+        .stream::<u64>()
+        .capacity(128)
+        .create()
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ServiceError::BadConfig {
+                what: "capacity",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let _tx = s.sender().unwrap();
+    assert!(matches!(s.sender().unwrap_err(), EndpointError::Taken(..)));
+    let info = pool.services();
+    assert_eq!((info.len(), info[0].kind), (1, Kind::Stream));
+}
+
+#[test]
+fn the_directory_and_rings_run_out_with_named_errors_and_come_back() {
+    let pool = Pool::create(&config()).unwrap();
+    let big = pool
+        .service("big")
+        .publish_subscribe::<u8>()
+        .subscriber_max(30)
+        .create()
+        .unwrap();
+    let e = pool
+        .service("more")
+        .publish_subscribe::<u8>()
+        .subscriber_max(3)
+        .create()
+        .unwrap_err();
+    assert_eq!(e, ServiceError::NoRings { needed: 3 });
+    drop(big);
+    let held: Vec<_> = (0..16)
+        .map(|i| {
+            pool.service(&format!("s{i}"))
+                .event()
+                .listener_max(1)
+                .create()
+                .unwrap()
+        })
+        .collect();
+    let e = pool
+        .service("s16")
+        .event()
+        .listener_max(1)
+        .create()
+        .unwrap_err();
+    assert_eq!(e, ServiceError::DirectoryFull(16));
+    assert_eq!(pool.services().len(), 16);
+    drop(held);
+    assert!(pool.services().is_empty());
+}
+
+#[test]
+fn one_senders_close_does_not_disconnect_the_other_in_the_same_process() {
+    let pool = Pool::create(&config()).unwrap();
+    let svc = pool.service("m2o").many_to_one::<u32>().create().unwrap();
+    let mut rx = svc.receiver().unwrap();
+    let mut a = svc.sender().unwrap();
+    let b = svc.sender().unwrap();
+    drop(b);
+    a.send(a.loan_with(&7).unwrap()).unwrap();
+    assert_eq!(*rx.recv().unwrap(), 7);
+    assert!(rx.has_sender());
+    drop(a);
+    assert_eq!(
+        rx.recv().unwrap_err(),
+        fbuf::service::RecvError::Disconnected
+    );
+}
+
+#[test]
+fn late_subscribers_get_the_history_and_lossy_ones_count_their_loss() {
+    let pool = Pool::create(&config()).unwrap();
+    let svc = pool
+        .service("ticks")
+        .publish_subscribe::<u64>()
+        .subscriber_max(2)
+        .capacity(4)
+        .history(3)
+        .create()
+        .unwrap();
+    let mut tx = svc.publisher().unwrap();
+    let mut lossy = svc.lossy_subscriber().unwrap();
+    for i in 0..10u64 {
+        assert_eq!(tx.send(tx.loan_with(&i).unwrap()).unwrap(), 1);
+    }
+    let kept: Vec<u64> = lossy.try_iter().map(|s| *s).collect();
+    assert_eq!(kept, [6, 7, 8, 9]);
+    assert_eq!(lossy.take_lost(), 6);
+    let mut late = svc.subscriber().unwrap();
+    tx.send(tx.loan_with(&10).unwrap()).unwrap();
+    let seen: Vec<u64> = late.try_iter().map(|s| *s).collect();
+    assert_eq!(seen, [7, 8, 9, 10]);
+}
+
+#[test]
+fn events_reach_a_listener_in_another_thread_and_its_eventfd() {
+    let pool = Pool::create(&config()).unwrap();
+    let svc = pool.service("reload").event().create().unwrap();
+    let listener = svc.listener().unwrap();
+    let fd = listener.notifier_fd().unwrap();
+    let notifier = svc.notifier();
+    assert!(listener.try_recv().is_empty());
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(notifier.notify(3), 1);
+        notifier.notify(5);
+    });
+    let mut poll = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let n = unsafe { libc::poll(poll.as_mut_ptr(), 1, 5000) };
+    assert_eq!(n, 1, "the eventfd became readable");
+    t.join().unwrap();
+    let got = listener.recv_timeout(Duration::from_secs(5)).unwrap();
+    let mut all = got.0;
+    all |= listener.try_recv().0;
+    assert_eq!(all, (1 << 3) | (1 << 5));
+    assert_eq!(
+        listener
+            .recv_timeout(Duration::from_millis(10))
+            .unwrap_err(),
+        fbuf::service::WaitError::Disconnected
+    );
+}
