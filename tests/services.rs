@@ -439,7 +439,7 @@ fn events_reach_a_listener_in_another_thread_and_its_eventfd() {
     let pool = Pool::create(&config()).unwrap();
     let svc = pool.service("reload").event().create().unwrap();
     let listener = svc.listener().unwrap();
-    let fd = listener.notifier_fd().unwrap();
+    let fd = listener.ready_fd().unwrap();
     let notifier = svc.notifier();
     assert!(listener.try_recv().is_empty());
     let t = std::thread::spawn(move || {

@@ -76,7 +76,7 @@ fn consumers_get_a_read_only_pool_and_cannot_allocate() {
         .pool
         .participants()
         .into_iter()
-        .map(|(_, _, r)| r)
+        .map(|p| p.role)
         .collect();
     assert_eq!(
         roles,

@@ -392,3 +392,17 @@ mod tests {
         assert_eq!(c.free_count(), 8);
     }
 }
+
+impl std::fmt::Debug for HeapClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapClass").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ClassSlots<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassSlots")
+            .field("slots", &self.states.len())
+            .finish_non_exhaustive()
+    }
+}

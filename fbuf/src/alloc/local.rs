@@ -152,3 +152,9 @@ impl LocalRefs {
         self.counts[i].load(Ordering::Relaxed)
     }
 }
+
+impl std::fmt::Debug for LocalRefs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRefs").finish_non_exhaustive()
+    }
+}

@@ -129,6 +129,7 @@ pub mod tokio_recv {
     use crate::pool::Buf;
 
     /// A receiver driven by tokio's reactor.
+    #[derive(Debug)]
     pub struct AsyncReceiver {
         rx: Receiver,
         fd: AsyncFd<Notifier>,
@@ -160,5 +161,13 @@ pub mod tokio_recv {
                 // now or notified again by the helper.
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("fd", &self.as_raw_fd())
+            .finish_non_exhaustive()
     }
 }

@@ -174,3 +174,9 @@ impl Drop for Lease {
         std::mem::forget(std::mem::take(&mut self.bufs));
     }
 }
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}

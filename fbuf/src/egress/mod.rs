@@ -426,3 +426,9 @@ fn read_some(src: BorrowedFd<'_>, into: &mut [u8]) -> Result<usize, EgressError>
 
 /// How long [`Lease`]'s drop waits before it gives up and leaks the buffers instead.
 pub const DROP_WAIT: Duration = Duration::from_secs(30);
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress").finish_non_exhaustive()
+    }
+}

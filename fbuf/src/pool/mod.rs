@@ -7,6 +7,7 @@
 
 mod buf;
 mod desc;
+#[doc(hidden)]
 pub mod participants;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -706,6 +707,7 @@ impl Pool {
     }
 
     /// The data mapping's start and length, for tests that check protection.
+    #[doc(hidden)]
     pub fn data_mapping(&self) -> (*mut u8, usize) {
         (self.shared.data.ptr(), self.shared.data.len())
     }
@@ -788,14 +790,30 @@ impl Pool {
         &self.shared
     }
 
-    /// Pids of the active participants, by id.
-    pub fn participants(&self) -> Vec<(u32, u32, Option<Role>)> {
+    /// The active participants, by id (read from the shared table: untrusted, a snapshot).
+    pub fn participants(&self) -> Vec<Participant> {
         (0..MAX_PARTICIPANTS)
             .map(|id| (id, self.shared.participant(id)))
             .filter(|(_, e)| e.is_active())
-            .map(|(id, e)| (id, e.pid(), e.role()))
+            .map(|(id, e)| Participant {
+                id,
+                pid: e.pid(),
+                role: e.role(),
+                alive: self.is_alive(id),
+            })
             .collect()
     }
+}
+
+/// One participant as the table shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Participant {
+    pub id: u32,
+    pub pid: u32,
+    /// `None` if the table holds a value that is no role (scribbled).
+    pub role: Option<Role>,
+    /// Whether its process holds its liveness lock now.
+    pub alive: bool,
 }
 
 impl std::fmt::Debug for Pool {

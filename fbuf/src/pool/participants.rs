@@ -124,3 +124,9 @@ impl<'a> Entry<'a> {
         Role::from_u32(self.words[2].load(Ordering::Acquire))
     }
 }
+
+impl std::fmt::Debug for Entry<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry").finish_non_exhaustive()
+    }
+}

@@ -75,3 +75,9 @@ impl<'a, T: Pod> Cells<'a, T> {
         )
     }
 }
+
+impl<T> std::fmt::Debug for Cells<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cells").finish_non_exhaustive()
+    }
+}

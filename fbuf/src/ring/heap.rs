@@ -269,3 +269,15 @@ mod tests {
         assert!(r.pop(&mut c2, &mut out).is_err());
     }
 }
+
+impl<T> std::fmt::Debug for SpscHeap<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpscHeap").finish_non_exhaustive()
+    }
+}
+
+impl<T> std::fmt::Debug for Ring<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").finish_non_exhaustive()
+    }
+}

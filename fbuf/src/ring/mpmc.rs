@@ -40,6 +40,7 @@ pub trait Track<T> {
 }
 
 /// No journal (heap rings, the owner's drain).
+#[derive(Debug)]
 pub struct NoTrack;
 
 impl<T> Track<T> for NoTrack {
@@ -366,5 +367,11 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                 return n.min(cap);
             }
         }
+    }
+}
+
+impl<T> std::fmt::Debug for MpmcRing<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpmcRing").finish_non_exhaustive()
     }
 }

@@ -250,3 +250,9 @@ impl ConsumerState {
         self.cached_tail = self.head;
     }
 }
+
+impl<T> std::fmt::Debug for SpscRing<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpscRing").finish_non_exhaustive()
+    }
+}

@@ -302,9 +302,10 @@ impl<T: Message + ?Sized> Receiver<T> {
         self.inner.has_sender()
     }
 
-    /// An eventfd that becomes readable when something is queued (for epoll, mio or tokio);
-    /// see [`crate::channel::Notifier`].
-    pub fn notifier(&self) -> std::io::Result<channel::Notifier> {
+    /// An eventfd that becomes readable when something is queued (for epoll, mio or tokio).
+    /// After `try_recv` says `Empty`, call [`super::ReadyFd::clear`], then try once more before
+    /// waiting on the fd.
+    pub fn ready_fd(&self) -> std::io::Result<super::ReadyFd> {
         self.inner.notifier()
     }
 }

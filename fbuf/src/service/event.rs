@@ -109,7 +109,7 @@ impl Listener {
     /// An eventfd readable while events are pending (for epoll, mio or tokio). After
     /// [`Listener::try_recv`] comes back empty, call `clear` on it, then try once more before
     /// waiting on the fd.
-    pub fn notifier_fd(&self) -> std::io::Result<channel::Notifier> {
+    pub fn ready_fd(&self) -> std::io::Result<super::ReadyFd> {
         self.inner.fd()
     }
 }

@@ -44,6 +44,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+pub use crate::channel::{Notifier as ReadyFd, RingStats, WaitStrategy};
 pub(crate) use directory::{Directory, SERVICE_UNIT};
 pub use directory::{Kind, MAX_NAME};
 pub use endpoints::{Publisher, Receiver, Sender, Subscriber};
@@ -59,6 +60,7 @@ use crate::channel;
 use crate::layout::UnitLayout;
 use crate::pool::Pool;
 use directory::{DirError, Entry, Spec};
+use sample::Carries;
 
 /// One-to-one: one [`Sender`], one [`Receiver`].
 pub struct Stream<T: ?Sized>(PhantomData<fn() -> Box<T>>);
@@ -67,10 +69,9 @@ pub struct ManyToOne<T: ?Sized>(PhantomData<fn() -> Box<T>>);
 /// One [`Publisher`], many [`Subscriber`]s.
 pub struct PublishSubscribe<T: ?Sized>(PhantomData<fn() -> Box<T>>);
 /// Many [`Client`]s, one [`Server`].
-pub struct RequestResponse<Req: ?Sized, Resp: ?Sized>(
-    PhantomData<(fn() -> Box<Req>, fn() -> Box<Resp>)>,
-);
+pub struct RequestResponse<Req: ?Sized, Resp: ?Sized>(PhantomData<(Carries<Req>, Carries<Resp>)>);
 /// [`Notifier`]s and [`Listener`]s of event bits.
+#[derive(Debug)]
 pub struct Event;
 
 /// A service kind, as a type.
@@ -182,7 +183,7 @@ pub struct ServiceInfo {
     /// Processes that hold the service open.
     pub users: usize,
     /// Each ring: queued descriptors, receiver and senders.
-    pub rings: Vec<channel::RingStats>,
+    pub rings: Vec<RingStats>,
 }
 
 impl<'p> ServiceBuilder<'p> {
@@ -609,5 +610,38 @@ impl Service<Event> {
         channel::event::EventListener::open(&self.handle.pool, &units)
             .map(|inner| Listener::new(inner, self.handle.clone()))
             .ok_or_else(|| EndpointError::Full(self.name().into(), "listener"))
+    }
+}
+
+impl<K> std::fmt::Debug for ServiceConfig<'_, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("rings", &self.rings)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! kind_debug {
+    ($($ty:ident),*) => {$(
+        impl<T: ?Sized> fmt::Debug for $ty<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}<{}>", stringify!($ty), std::any::type_name::<T>())
+            }
+        }
+    )*};
+}
+
+kind_debug!(Stream, ManyToOne, PublishSubscribe);
+
+impl<Req: ?Sized, Resp: ?Sized> fmt::Debug for RequestResponse<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "RequestResponse<{}, {}>",
+            std::any::type_name::<Req>(),
+            std::any::type_name::<Resp>()
+        )
     }
 }

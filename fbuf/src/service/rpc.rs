@@ -19,7 +19,7 @@ use super::error::{
     Fault, LoanError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
     TrySendError,
 };
-use super::sample::{Message, Sample, SampleMut, payload_offset};
+use super::sample::{Carries, Message, Sample, SampleMut, payload_offset};
 use crate::channel;
 
 /// Bytes of the routing header before a request's or response's payload.
@@ -46,7 +46,7 @@ pub struct Server<Req: Message + ?Sized, Resp: Message + ?Sized> {
     pub(crate) requests: channel::Receiver,
     pub(crate) replies: channel::Publisher,
     pub(crate) service: Arc<Handle>,
-    pub(crate) _t: PhantomData<(fn() -> Box<Req>, fn(Box<Resp>))>,
+    pub(crate) _t: PhantomData<(Carries<Req>, Carries<Resp>)>,
 }
 
 /// A request received by a [`Server`]: dereferences to the payload; answer it with
@@ -89,7 +89,7 @@ pub struct Client<Req: Message + ?Sized, Resp: Message + ?Sized> {
     pub(crate) next_seq: u64,
     pub(crate) unmatched: u64,
     pub(crate) service: Arc<Handle>,
-    pub(crate) _t: PhantomData<(fn(Box<Req>), fn() -> Box<Resp>)>,
+    pub(crate) _t: PhantomData<(Carries<Req>, Carries<Resp>)>,
 }
 
 /// A response received by a [`Client`]: the sequence number of the request it answers, and
@@ -353,6 +353,13 @@ impl<Req: bytemuck::Pod, Resp: Message + ?Sized> Client<Req, Resp> {
             payload_offset::<Req>(HEADER),
             std::mem::size_of::<Req>(),
         )
+    }
+
+    /// Loans a request buffer and copies `value` into it.
+    pub fn loan_with(&self, value: &Req) -> Result<SampleMut<Req>, LoanError> {
+        let mut s = self.loan()?;
+        *s = *value;
+        Ok(s)
     }
 
     /// Sends a copy of `request` and waits up to `timeout` for its response (responses to

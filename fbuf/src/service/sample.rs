@@ -55,6 +55,9 @@ impl Message for [u8] {
     }
 }
 
+/// A marker for "carries values of `T`" that keeps endpoints `Send` and `Sync` whatever `T`.
+pub(crate) type Carries<T> = fn() -> Box<T>;
+
 /// Where a service's payload starts in a buffer: request-response messages carry a 16-byte
 /// header first; the payload follows at its alignment.
 pub(crate) fn payload_offset<T: Message + ?Sized>(header: usize) -> usize {

@@ -89,3 +89,11 @@ impl DerefMut for Arena {
         &mut self.map[self.offset..self.offset + self.len]
     }
 }
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}

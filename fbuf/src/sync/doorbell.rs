@@ -162,6 +162,7 @@ impl<'a> Doorbell<'a> {
 
 /// The kernel's futex, for words in shared memory.
 #[cfg(not(loom))]
+#[derive(Debug)]
 pub struct SysFutex;
 
 #[cfg(not(loom))]
@@ -215,5 +216,11 @@ mod tests {
             assert!(t.elapsed() >= Duration::from_millis(30));
             assert!(t.elapsed() < Duration::from_secs(5));
         }
+    }
+}
+
+impl std::fmt::Debug for Doorbell<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbell").finish_non_exhaustive()
     }
 }

@@ -120,3 +120,9 @@ impl Arming {
         }
     }
 }
+
+impl std::fmt::Debug for Arming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arming").finish_non_exhaustive()
+    }
+}

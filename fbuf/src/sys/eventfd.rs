@@ -45,3 +45,9 @@ impl AsRawFd for Event {
         self.0.as_fd().as_raw_fd()
     }
 }
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event").finish_non_exhaustive()
+    }
+}

@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// What `fork` returned in this process.
+#[derive(Debug)]
 pub enum Forked {
     /// In the parent: the child's pid.
     Parent(i32),
