@@ -19,6 +19,8 @@ pub struct Publisher {
     units: Vec<(UnitLayout, u32)>,
     journal: Owned,
     strategy: WaitStrategy,
+    /// The rings the last publication reached, with their receiver words then.
+    reached: Vec<(usize, u64)>,
 }
 
 /// One subscriber of a broadcast channel.
@@ -68,7 +70,13 @@ impl Publisher {
             units,
             journal,
             strategy: WaitStrategy::default(),
+            reached: Vec::new(),
         })
+    }
+
+    /// The rings the last successful publication reached, and their receiver words then.
+    pub(crate) fn reached(&self) -> &[(usize, u64)] {
+        &self.reached
     }
 }
 
@@ -178,6 +186,9 @@ impl Publisher {
             .map(|(k, (u, id))| (k, *id, Unit::new(&self.pool, *u)))
             .filter(|(_, _, u)| u.has_live_receiver())
             .collect();
+        self.reached.clear();
+        self.reached
+            .extend(live.iter().map(|(k, _, u)| (*k, u.receiver_word())));
         if live
             .iter()
             .any(|(_, _, u)| !u.is_lossy() && !u.ring_has_room())
