@@ -1,7 +1,9 @@
 //! Inter-process benchmarks, all in one run so the ratios compare like with like on a noisy
 //! machine: ping-pong latency and streaming throughput at 64 B, 4 KiB, 64 KiB and 1 MiB over an
-//! fbuf channel, a Unix socket and a pipe, and the shared-memory spin floor (two processes handing
-//! one cache line back and forth). Every end is a separate process (`fbuf peer ...`).
+//! fbuf stream service (the API applications use), the low-level fbuf channel under it (the
+//! baseline: "service / channel" is what the service layer costs), a Unix socket and a pipe, and
+//! the shared-memory spin floor (two processes handing one cache line back and forth). Every end
+//! is a separate process (`fbuf peer ...`).
 //!
 //! Run: `cargo bench --bench ipc` (about a minute). Results: docs/benchmarks.md.
 
@@ -116,8 +118,13 @@ fn main() {
             },
         ],
         channels: vec![one; 12],
+        services: fbuf::ServiceLimits {
+            services: 8,
+            rings: 8,
+            ring_capacity: 1024,
+            reserved: 0,
+        },
         name: "fbuf-bench".into(),
-        ..Default::default()
     })
     .unwrap();
     let server = Server::start(pool.clone(), dir.join("pool.sock"), Policy::default()).unwrap();
@@ -161,6 +168,27 @@ fn main() {
             drop(server);
             r
         };
+        // The same over two stream services (the API applications use); the channel above is
+        // the low-level baseline, run beside it for the before/after ratio.
+        let service = {
+            let pool = PoolConfig::builder()
+                .class(size.next_power_of_two().max(64) as u32, 64)
+                .services(2)
+                .rings(2)
+                .ring_capacity(1024)
+                .name("fbuf-pp-svc")
+                .create()
+                .unwrap();
+            let sock = dir.join(format!("pps-{i}.sock"));
+            let server = Server::start(pool, &sock, Policy::default()).unwrap();
+            let sock = sock.display().to_string();
+            let pong = ready(peer(&["svc-pp-pong", &sock]));
+            let ping = ready(peer(&["svc-pp-ping", &sock, &s, n]));
+            let r = lat(&result(ping.wait_with_output().unwrap()));
+            pong.wait_with_output().unwrap();
+            drop(server);
+            r
+        };
         let unix = {
             let path = dir.join(format!("u-{i}")).display().to_string();
             let ping = ready(peer(&["pp-io-ping", &s, n, &path]));
@@ -189,7 +217,7 @@ fn main() {
             pong.wait_with_output().unwrap();
             r
         };
-        lat_rows.push((size, fbuf, unix, pipe));
+        lat_rows.push((size, fbuf, service, unix, pipe));
 
         eprintln!("{} streaming ...", human(size));
         let ch = i.to_string();
@@ -203,6 +231,17 @@ fn main() {
             "tput",
         ]));
         let f = result(rx.wait_with_output().unwrap());
+        let name = format!("tput/{i}");
+        let rx = ready(peer(&["svc-stream-rx", &socket, &name, "tput"]));
+        run(peer(&[
+            "svc-stream-tx",
+            &socket,
+            &name,
+            &s,
+            STREAM_MILLIS,
+            "tput",
+        ]));
+        let sv = result(rx.wait_with_output().unwrap());
         let path = dir.join(format!("s-{i}")).display().to_string();
         let tx = ready(peer(&["sock-tx", &path, &s, STREAM_MILLIS, "tput"]));
         let u = run(peer(&["sock-rx", &path, &s, "tput"]));
@@ -221,11 +260,11 @@ fn main() {
                 .unwrap(),
         );
         tx.wait_with_output().unwrap();
-        for (name, r) in [("fbuf", &f), ("unix", &u), ("pipe", &p)] {
+        for (name, r) in [("fbuf", &f), ("service", &sv), ("unix", &u), ("pipe", &p)] {
             assert_eq!(r["bad"], 0.0, "{name} {size}: corrupted messages");
         }
         let rate = |r: &HashMap<String, f64>| r["count"] / r["secs"];
-        tput_rows.push((size, rate(&f), rate(&u), rate(&p)));
+        tput_rows.push((size, rate(&f), rate(&sv), rate(&u), rate(&p)));
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
@@ -238,19 +277,22 @@ fn main() {
     );
     println!();
     println!(
-        "| size | fbuf | unix socket | pipe | fbuf / floor (p50) | socket / fbuf (p50) | pipe / fbuf (p50) |"
+        "| size | fbuf service | fbuf channel | unix socket | pipe | service / channel (p50) | service / floor (p50) | socket / service (p50) | pipe / service (p50) |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (size, f, u, p) in &lat_rows {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (size, c, f, u, p) in &lat_rows {
         println!(
-            "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2}x | {:.1}x | {:.1}x |",
+            "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.2}x | {:.2}x | {:.1}x | {:.1}x |",
             human(*size),
             f.0,
             f.1,
+            c.0,
+            c.1,
             u.0,
             u.1,
             p.0,
             p.1,
+            f.0 / c.0,
             f.0 / floor.0,
             u.0 / f.0,
             p.0 / f.0
@@ -262,16 +304,18 @@ fn main() {
     );
     println!();
     println!(
-        "| size | fbuf | unix socket | pipe | fbuf / socket | fbuf / pipe | fbuf payload GB/s |"
+        "| size | fbuf service | fbuf channel | unix socket | pipe | service / channel | service / socket | service / pipe | service payload GB/s |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (size, f, u, p) in &tput_rows {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (size, c, f, u, p) in &tput_rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.1}x | {:.1}x | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.1}x | {:.1}x | {:.1} |",
             human(*size),
             f,
+            c,
             u,
             p,
+            f / c,
             f / u,
             f / p,
             f * *size as f64 / 1e9

@@ -1,8 +1,8 @@
 //! `fbuf`: the command-line tool.
 //!
 //! With no arguments it runs the main job: a producer process and a consumer process on one pool
-//! stream messages of 64 B, 4 KiB and 1 MiB over an fbuf channel and, in the same run, over a Unix
-//! socket; every message is verified, and the table compares the two.
+//! stream messages of 64 B, 4 KiB and 1 MiB over an fbuf stream service and, in the same run,
+//! over a Unix socket; every message is verified, and the table compares the two.
 //! `fbuf chaos` is the crash-recovery soak (src/chaos.rs).
 //! `fbuf peer ...` runs one participant role (used by the main job, the benchmarks and the tests).
 
@@ -16,9 +16,8 @@ mod uring;
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
 
-use fbuf::layout::{ChannelSpec, ClassSpec, channel_kind};
+use fbuf::PoolConfig;
 use fbuf::session::{Policy, Server};
-use fbuf::{Pool, PoolConfig};
 
 const SIZES: [usize; 3] = [64, 4096, 1 << 20];
 
@@ -133,34 +132,17 @@ fn human(size: usize) -> String {
 fn main_job(millis: u64) -> Result<bool> {
     let dir = std::env::temp_dir().join(format!("fbuf-main-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let channels = vec![
-        ChannelSpec {
-            kind: channel_kind::ONE_TO_ONE,
-            capacity: 1024,
-            receivers: 1,
-            reserved: 0
-        };
-        2 * SIZES.len()
-    ];
-    let pool = Pool::create(&PoolConfig {
-        classes: vec![
-            ClassSpec {
-                slot_size: 64,
-                slot_count: 8192,
-            },
-            ClassSpec {
-                slot_size: 4096,
-                slot_count: 4096,
-            },
-            ClassSpec {
-                slot_size: 1 << 20,
-                slot_count: 128,
-            },
-        ],
-        channels,
-        name: "fbuf-main".into(),
-        ..Default::default()
-    })?;
+    // Each phase streams over its own stream service, created by the receiver when it starts
+    // and removed when both ends have gone, so its rings serve the next phase.
+    let pool = PoolConfig::builder()
+        .class(64, 8192)
+        .class(4096, 4096)
+        .class(1 << 20, 128)
+        .services(8)
+        .rings(8)
+        .ring_capacity(1024)
+        .name("fbuf-main")
+        .create()?;
     let server = Server::start(pool.clone(), dir.join("pool.sock"), Policy::default())?;
     let socket = server.path().display().to_string();
     let lat_millis = (millis / 2).max(200).to_string();
@@ -182,21 +164,22 @@ fn main_job(millis: u64) -> Result<bool> {
     for (i, &size) in SIZES.iter().enumerate() {
         let s = size.to_string();
         let mut run = |mode: &str, ch: usize, millis: &str| -> Result<(Figures, Figures)> {
-            progress(&format!("fbuf channel, {}, {mode}", human(size)));
+            progress(&format!("fbuf stream service, {}, {mode}", human(size)));
+            let service = format!("main/{size}/{mode}");
             let rx = spawn(
                 &[
-                    "stream-rx".into(),
+                    "svc-stream-rx".into(),
                     socket.clone(),
-                    ch.to_string(),
+                    service.clone(),
                     mode.into(),
                 ],
                 true,
             )?;
             let tx = spawn(
                 &[
-                    "stream-tx".into(),
+                    "svc-stream-tx".into(),
                     socket.clone(),
-                    ch.to_string(),
+                    service,
                     s.clone(),
                     millis.into(),
                     mode.into(),

@@ -92,6 +92,10 @@ pub fn main(args: &[String]) -> ExitCode {
         }
         "pp-io-pong" => crate::stream::pp_io_pong(num(1) as usize, args.get(2).map(String::as_str)),
         "pp-spin" => crate::stream::pp_spin(arg(1), arg(2), num(3)),
+        "svc-stream-tx" => crate::stream::svc_tx(arg(1), arg(2), num(3) as usize, num(4), arg(5)),
+        "svc-stream-rx" => crate::stream::svc_rx(arg(1), arg(2), arg(3)),
+        "svc-pp-ping" => crate::stream::svc_pp_ping(arg(1), num(2) as usize, num(3)),
+        "svc-pp-pong" => crate::stream::svc_pp_pong(arg(1)),
         "svc-pub" => crate::service_peers::publish(arg(1), arg(2), num(3), num(4)),
         "svc-sub" => crate::service_peers::subscribe(arg(1), arg(2), num(3)),
         "svc-server" => crate::service_peers::server(arg(1), arg(2), num(3)),

@@ -416,3 +416,165 @@ pub fn pp_spin(role: &str, file: &str, iters: u64) -> Res {
     }
     Ok(pp_report(&mut rtts))
 }
+
+/// The stream service of `fbuf peer svc-stream-*` and `svc-pp-*`: bytes, one-to-one.
+fn byte_stream(
+    pool: &fbuf::Pool,
+    name: &str,
+) -> Result<fbuf::Service<fbuf::service::Stream<[u8]>>, fbuf::ServiceError> {
+    pool.service(name)
+        .stream::<[u8]>()
+        .capacity(1024)
+        .open_or_create()
+}
+
+/// Loans `size` bytes, waiting for a slot like `Pool::alloc_timeout`.
+fn loan_bytes(
+    tx: &fbuf::service::Sender<[u8]>,
+    size: usize,
+) -> Result<fbuf::SampleMut<[u8]>, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tx.loan_bytes(size) {
+            Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. }))
+                if Instant::now() < deadline =>
+            {
+                std::hint::spin_loop()
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// `fbuf peer svc-stream-tx SOCKET NAME SIZE MILLIS MODE`: `stream-tx` through the service API.
+pub fn svc_tx(socket: &str, name: &str, size: usize, millis: u64, mode: &str) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = byte_stream(&pool, name)?;
+    let mut tx = svc.sender()?;
+    tx.set_wait_strategy(WaitStrategy::SpinThenSleep {
+        spins: 4000,
+        yields: 50,
+    });
+    let latency = mode == "lat";
+    let end = Instant::now() + Duration::from_millis(millis);
+    let mut seq = 0u64;
+    let mut batch = Vec::with_capacity(32);
+    let mut next_send = Instant::now();
+    let ten = Duration::from_secs(10);
+    while Instant::now() < end {
+        if latency {
+            next_send += Duration::from_micros(20);
+            busy_wait_until(next_send);
+            let mut b = loan_bytes(&tx, size)?;
+            stamp(&mut b, seq, true);
+            tx.send_timeout(b, ten)?;
+            seq += 1;
+            continue;
+        }
+        for _ in 0..1024 {
+            while batch.len() < 32 {
+                let mut b = loan_bytes(&tx, size)?;
+                stamp(&mut b, seq, false);
+                batch.push(b);
+                seq += 1;
+            }
+            if tx.send_batch(&mut batch)? == 0 {
+                let b = batch.remove(0);
+                tx.send_timeout(b, ten)?;
+            }
+        }
+    }
+    for b in batch.drain(..) {
+        tx.send_timeout(b, ten)?;
+    }
+    Ok(format!("sent={seq}"))
+}
+
+/// `fbuf peer svc-stream-rx SOCKET NAME MODE`: `stream-rx` through the service API.
+pub fn svc_rx(socket: &str, name: &str, mode: &str) -> Res {
+    use fbuf::service::TryRecvError;
+    let pool = session::join(socket, Role::Consumer)?;
+    let svc = byte_stream(&pool, name)?;
+    let mut rx = svc.receiver()?;
+    let latency = mode == "lat";
+    rx.set_wait_strategy(if latency {
+        WaitStrategy::BusySpin
+    } else {
+        WaitStrategy::default()
+    });
+    eprintln!("READY");
+    let mut tally = Tally::default();
+    let mut got = Vec::with_capacity(64);
+    loop {
+        match rx.recv_batch(&mut got, 64) {
+            Ok(_) => {
+                for b in got.drain(..) {
+                    tally.take(&b, latency);
+                }
+            }
+            Err(TryRecvError::Empty) => {
+                rx.wait_timeout(Duration::from_secs(10));
+            }
+            Err(TryRecvError::Disconnected) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(tally.report())
+}
+
+/// `fbuf peer svc-pp-ping SOCKET SIZE ITERS`: `pp-fbuf-ping` over two stream services.
+pub fn svc_pp_ping(socket: &str, size: usize, iters: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let (ping, pong) = (
+        byte_stream(&pool, "pp/ping")?,
+        byte_stream(&pool, "pp/pong")?,
+    );
+    let mut tx = ping.sender()?;
+    let mut rx = pong.receiver()?;
+    rx.set_wait_strategy(WaitStrategy::BusySpin);
+    eprintln!("READY");
+    let mut rtts = Vec::with_capacity(iters as usize);
+    let mut sink = 0u8;
+    for i in 0..iters + iters / 10 {
+        let t = now_ns();
+        let mut b = tx.loan_bytes(size)?;
+        b[0] = i as u8;
+        b[size - 1] = i as u8;
+        tx.try_send(b).map_err(|e| e.to_string())?;
+        let back = rx.recv_timeout(Duration::from_secs(10))?;
+        sink ^= back[0] ^ back[size - 1];
+        drop(back);
+        if i >= iters / 10 {
+            rtts.push(now_ns() - t);
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(pp_report(&mut rtts))
+}
+
+/// `fbuf peer svc-pp-pong SOCKET`: echoes `pp/ping` back on `pp/pong`, zero-copy (the received
+/// buffer itself is forwarded).
+pub fn svc_pp_pong(socket: &str) -> Res {
+    use fbuf::service::RecvError as SvcRecv;
+    let pool = session::join(socket, Role::Consumer)?;
+    let (ping, pong) = (
+        byte_stream(&pool, "pp/ping")?,
+        byte_stream(&pool, "pp/pong")?,
+    );
+    let mut rx = ping.receiver()?;
+    rx.set_wait_strategy(WaitStrategy::BusySpin);
+    eprintln!("READY");
+    let mut tx = pong.sender()?;
+    let mut n = 0u64;
+    loop {
+        match rx.recv() {
+            Ok(b) => {
+                std::hint::black_box(b[0] ^ b[b.len() - 1]);
+                tx.try_forward(b).map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            Err(SvcRecv::Disconnected) => return Ok(format!("echoed={n}")),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

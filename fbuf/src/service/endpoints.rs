@@ -208,6 +208,8 @@ macro_rules! receives {
 /// The sending end of a stream or many-to-one service.
 pub struct Sender<T: Message + ?Sized> {
     pub(crate) inner: channel::Sender,
+    /// Buffers of a batch on their way (kept to spare an allocation per batch).
+    pub(crate) scratch: Vec<Buf>,
     pub(crate) service: Arc<Handle>,
     pub(crate) _t: PhantomData<fn(Box<T>)>,
 }
@@ -215,6 +217,7 @@ pub struct Sender<T: Message + ?Sized> {
 /// The receiving end of a stream or many-to-one service.
 pub struct Receiver<T: Message + ?Sized> {
     pub(crate) inner: channel::Receiver,
+    pub(crate) scratch: Vec<Buf>,
     pub(crate) service: Arc<Handle>,
     pub(crate) _t: PhantomData<fn() -> Box<T>>,
 }
@@ -285,6 +288,50 @@ impl<T: Message + ?Sized> Sender<T> {
             .map_err(|e| failed::<T>(e, off).into())
     }
 
+    /// Forwards a received sample unchanged, without a copy (the slot's bytes are shared, not
+    /// written): if the ring has room; otherwise gives it back.
+    pub fn try_forward(&mut self, sample: Sample<T>) -> Result<(), TrySendError<Sample<T>>> {
+        let off = sample.offset;
+        self.inner.try_send(sample.buf).map_err(|e| match e {
+            ChanSend::Full(b) | ChanSend::Timeout(b) => TrySendError::Full(Sample::new(b, off)),
+            ChanSend::Disconnected(b) => TrySendError::Disconnected(Sample::new(b, off)),
+            ChanSend::Share(e, b) => {
+                TrySendError::Fault(Fault::Share(e), Some(Sample::new(b, off)))
+            }
+            ChanSend::Corrupted(b) => {
+                TrySendError::Fault(Fault::Corrupted, Some(Sample::new(b, off)))
+            }
+            ChanSend::Lost(e) => TrySendError::Fault(Fault::Lost(e), None),
+        })
+    }
+
+    /// Sends as many of `samples` (from the front) as the ring has room for, with one index
+    /// publication and at most one wake-up; returns how many went (0 when the ring is full:
+    /// `Full` is never returned). What was not sent stays in `samples`, in order.
+    pub fn send_batch(
+        &mut self,
+        samples: &mut Vec<SampleMut<T>>,
+    ) -> Result<usize, TrySendError<SampleMut<T>>> {
+        let off = samples.first().map_or(0, |s| s.offset);
+        let mut bufs = std::mem::take(&mut self.scratch);
+        bufs.extend(samples.drain(..).map(|s| s.into_buf().freeze()));
+        let r = self.inner.send_batch(&mut bufs);
+        // What did not go comes back writable (nobody else saw it).
+        for b in bufs.drain(..) {
+            match back(b, off) {
+                Some(s) => samples.push(s),
+                None => return Err(TrySendError::Fault(Fault::Corrupted, None)),
+            }
+        }
+        self.scratch = bufs;
+        r.map_err(|e| failed::<T>(e, off).into())
+    }
+
+    /// How waits for room spin, yield and sleep.
+    pub fn set_wait_strategy(&mut self, strategy: super::WaitStrategy) {
+        self.inner.set_wait_strategy(strategy);
+    }
+
     /// Whether a receiver is registered and alive.
     pub fn has_receiver(&self) -> bool {
         self.inner.has_receiver()
@@ -300,6 +347,43 @@ impl<T: Message + ?Sized> Receiver<T> {
     /// Whether a sender is registered and alive.
     pub fn has_sender(&self) -> bool {
         self.inner.has_sender()
+    }
+
+    /// Receives up to `max` queued samples into `out` with one index publication; returns how
+    /// many were taken (messages of the wrong size are dropped: if none passed, the first
+    /// fault is returned).
+    pub fn recv_batch(
+        &mut self,
+        out: &mut Vec<Sample<T>>,
+        max: usize,
+    ) -> Result<usize, TryRecvError> {
+        let mut bufs = std::mem::take(&mut self.scratch);
+        let r = self.inner.recv_batch(&mut bufs, max);
+        let mut fault = None;
+        let before = out.len();
+        for b in bufs.drain(..) {
+            match received::<T>(Ok(b), 0) {
+                Ok(s) => out.push(s),
+                Err(e) => fault = fault.or(Some(e)),
+            }
+        }
+        self.scratch = bufs;
+        match (r, fault) {
+            (Err(e), _) => Err(received::<T>(Err(e), 0).map(|_| ()).unwrap_err().into()),
+            (Ok(_), Some(e)) if out.len() == before => Err(e.into()),
+            (Ok(_), _) => Ok(out.len() - before),
+        }
+    }
+
+    /// Waits up to `timeout` until something is queued or every sender is gone; false on
+    /// timeout.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> bool {
+        self.inner.wait(Some(timeout))
+    }
+
+    /// How waits for data spin, yield and sleep.
+    pub fn set_wait_strategy(&mut self, strategy: super::WaitStrategy) {
+        self.inner.set_wait_strategy(strategy);
     }
 
     /// An eventfd that becomes readable when something is queued (for epoll, mio or tokio).

@@ -481,6 +481,7 @@ impl<K: PointToPoint> Service<K> {
             .map_err(self.err("sender"))?;
         Ok(Sender {
             inner,
+            scratch: Vec::new(),
             service: self.handle.clone(),
             _t: PhantomData,
         })
@@ -493,6 +494,7 @@ impl<K: PointToPoint> Service<K> {
             .map_err(self.err("receiver"))?;
         Ok(Receiver {
             inner,
+            scratch: Vec::new(),
             service: self.handle.clone(),
             _t: PhantomData,
         })
