@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,56 +129,9 @@ pub struct Options {
     pub secs: u64,
 }
 
-impl Options {
-    pub fn parse(args: &[String]) -> Result<Options, String> {
-        let mut o = Options {
-            kills: 300,
-            secs: 30,
-        };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = |name: &str| -> Result<u64, String> {
-                it.next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or(format!("{name} needs a whole number"))
-            };
-            match a.as_str() {
-                "--kills" => o.kills = value("--kills")?,
-                "--secs" => o.secs = value("--secs")?,
-                other => return Err(format!("unknown option {other}")),
-            }
-        }
-        if o.secs == 0 {
-            return Err("--secs must be at least 1".into());
-        }
-        Ok(o)
-    }
-}
-
-pub fn main(args: &[String]) -> ExitCode {
-    let opts = match Options::parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("fbuf chaos: {e}\nusage: fbuf chaos [--kills N] [--secs S]");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&opts) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("fbuf chaos: FAILED (see the table)");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("fbuf chaos: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn run(opts: &Options) -> Res<bool> {
+pub fn run(opts: &Options) -> Res<bool> {
     let dir = std::env::temp_dir().join(format!("fbuf-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("pool.sock").display().to_string();
@@ -243,6 +196,7 @@ fn run(opts: &Options) -> Res<bool> {
     let mut kills_by_kind: HashMap<Kind, u64> = HashMap::new();
     let mut rng = mix(std::process::id() as u64 ^ 0x5eed);
     let mut last_report = Instant::now();
+    let bar = crate::progress::seconds(opts.secs);
     while start.elapsed() < run_for {
         // Spread the kills evenly over the run, at jittered moments.
         let due = if opts.kills == 0 {
@@ -262,19 +216,17 @@ fn run(opts: &Options) -> Res<bool> {
         }
         rng = mix(rng);
         std::thread::sleep(Duration::from_micros(200 + rng % 3000));
-        if last_report.elapsed() >= Duration::from_secs(5) {
+        if last_report.elapsed() >= Duration::from_millis(250) {
             last_report = Instant::now();
             let t = tally.lock().unwrap();
-            eprintln!(
-                "  [{:>3}/{} s] kills {kills:>4}  deliveries {:>9}  duplicates {}  corrupt {}",
-                start.elapsed().as_secs(),
-                opts.secs,
-                t.deliveries,
-                t.duplicates,
-                t.corrupt
-            );
+            bar.set_position(start.elapsed().as_secs().min(opts.secs));
+            bar.set_message(format!(
+                "kills {kills}, deliveries {}, duplicates {}, corrupt {}",
+                t.deliveries, t.duplicates, t.corrupt
+            ));
         }
     }
+    bar.finish_and_clear();
     // Deliveries on every channel after the last kill show nothing hung (a replacement may take
     // a moment to join on a loaded machine: up to 10 s).
     let before_end = tally.lock().unwrap().per_channel;

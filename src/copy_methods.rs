@@ -101,15 +101,8 @@ fn usage() -> Usage {
 }
 
 fn page_cache() -> i64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("Cached:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+    // The one /proc parser (`fbuf::sys::process::proc_field`): the first number after the key.
+    fbuf::sys::process::proc_field(c"/proc/meminfo", b"Cached:").map_or(0, |kb| kb as i64) * 1024
 }
 
 /// A source and a method.
@@ -424,8 +417,10 @@ pub fn main(size: u64) -> Res<bool> {
         Run::Pool(Method::ZeroCopy),
     ];
     let mut rows = Vec::new();
+    let bar = crate::progress::steps(2 * runs.len() as u64);
     for dest in ["tcp", "unix"] {
         for run in runs {
+            bar.inc(1);
             if matches!(run, Run::FileZeroCopy | Run::Pool(Method::ZeroCopy)) && dest == "unix" {
                 rows.push(Row {
                     run: run.name(),
@@ -434,7 +429,7 @@ pub fn main(size: u64) -> Res<bool> {
                 });
                 continue;
             }
-            eprintln!("{:<26} -> {dest} ...", run.name());
+            bar.set_message(format!("{} -> {dest}", run.name()));
             // The receiver connects; we accept, send, and wait for its verdict.
             let acked = dest == "tcp"
                 && matches!(
@@ -495,6 +490,7 @@ pub fn main(size: u64) -> Res<bool> {
             rows.push(Row { run, dest, outcome });
         }
     }
+    bar.finish_and_clear();
     let _ = std::fs::remove_dir_all(&dir);
 
     let gb = size as f64 / 1e9;

@@ -6,15 +6,22 @@
 //! `fbuf chaos` is the crash-recovery soak (src/chaos.rs).
 //! `fbuf peer ...` runs one participant role (used by the main job, the benchmarks and the tests).
 
+mod bench;
 mod chaos;
+mod cli;
 mod copy_methods;
+mod histo;
 mod peer;
+mod progress;
 mod service_peers;
+mod spawn;
+mod stat;
 mod stream;
 mod uring;
 
-use std::io::{BufRead, BufReader, Lines};
-use std::process::{Child, ChildStderr, Command, ExitCode, Stdio};
+use std::process::ExitCode;
+
+use spawn::{finish, spawn};
 
 use fbuf::PoolConfig;
 use fbuf::session::{Policy, Server};
@@ -22,81 +29,58 @@ use fbuf::session::{Policy, Server};
 const SIZES: [usize; 3] = [64, 4096, 1 << 20];
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("peer") => peer::main(&args[1..]),
-        Some("chaos") => chaos::main(&args[1..]),
-        Some("copy-methods") => {
-            let size = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1 << 30);
-            match copy_methods::main(size) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(e) => {
-                    eprintln!("fbuf copy-methods: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    use clap::Parser;
+    let cli = cli::Cli::parse();
+    let report = |what: &str, r: Result<bool>| match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("fbuf {what}: FAILED (see the table)");
+            ExitCode::FAILURE
         }
-        None | Some("run") => {
-            match main_job(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2000)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => {
-                    eprintln!("fbuf: verification FAILED (see the table)");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("fbuf: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Err(e) => {
+            eprintln!("fbuf {what}: {e}");
+            ExitCode::FAILURE
         }
-        Some(_) => {
-            eprintln!(
-                "usage: fbuf [run [MILLIS_PER_PHASE]] | fbuf copy-methods [BYTES] | fbuf chaos [--kills N] [--secs S] | fbuf peer ROLE ..."
-            );
-            ExitCode::from(2)
+    };
+    match cli.cmd {
+        None => report("run", main_job(2000)),
+        Some(cli::Cmd::Run { phase }) => report("run", main_job(phase.as_millis() as u64)),
+        Some(cli::Cmd::Peer { args }) => peer::main(&args),
+        Some(cli::Cmd::Chaos { kills, secs }) => {
+            report("chaos", chaos::run(&chaos::Options { kills, secs }))
         }
+        Some(cli::Cmd::CopyMethods { bytes }) => report("copy-methods", copy_methods::main(bytes)),
+        Some(cli::Cmd::Stat { target, json }) => {
+            report("stat", stat::stat(&target, json).map(|()| true))
+        }
+        Some(cli::Cmd::Top {
+            target,
+            interval,
+            iterations,
+        }) => report(
+            "top",
+            stat::top(&target, interval, iterations).map(|()| true),
+        ),
+        Some(cli::Cmd::Bench {
+            sizes,
+            round_trips,
+            stream,
+            json,
+            plot,
+        }) => report(
+            "bench",
+            bench::run(&bench::Options {
+                sizes,
+                round_trips,
+                stream,
+                json,
+                plot,
+            }),
+        ),
     }
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-/// A spawned peer whose stderr we read: first its READY line (if any), then its RESULT.
-struct Running {
-    child: Child,
-    lines: Lines<BufReader<ChildStderr>>,
-}
-
-fn spawn(args: &[String], wait_ready: bool) -> Result<Running> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("peer")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
-    if wait_ready {
-        match lines.next() {
-            Some(Ok(l)) if l == "READY" => {}
-            other => return Err(format!("peer {args:?} did not get ready: {other:?}").into()),
-        }
-    }
-    Ok(Running { child, lines })
-}
-
-fn finish(mut r: Running) -> Result<std::collections::HashMap<String, String>> {
-    let text: Vec<String> = r.lines.by_ref().map_while(|l| l.ok()).collect();
-    let status = r.child.wait()?;
-    let line = text
-        .iter()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or_else(|| format!("peer failed ({status}): {}", text.join(" | ")))?;
-    Ok(line
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
 
 /// One measured run: figures from the receiver.
 struct Figures {
@@ -153,17 +137,16 @@ fn main_job(millis: u64) -> Result<bool> {
          whole) and verified by the receiver.",
         millis, lat_millis, 256
     );
-    let phases = SIZES.len() * 4;
-    let mut phase = 0;
-    let mut progress = |what: &str| {
-        phase += 1;
-        eprintln!("[{phase:>2}/{phases}] {what} ...");
+    let bar = progress::steps(SIZES.len() as u64 * 4);
+    let progress = |what: &str| {
+        bar.inc(1);
+        bar.set_message(what.to_string());
     };
     let mut rows = Vec::new();
     let mut all_good = true;
     for (i, &size) in SIZES.iter().enumerate() {
         let s = size.to_string();
-        let mut run = |mode: &str, ch: usize, millis: &str| -> Result<(Figures, Figures)> {
+        let run = |mode: &str, ch: usize, millis: &str| -> Result<(Figures, Figures)> {
             progress(&format!("fbuf stream service, {}, {mode}", human(size)));
             let service = format!("main/{size}/{mode}");
             let rx = spawn(
@@ -212,6 +195,7 @@ fn main_job(millis: u64) -> Result<bool> {
             .all(|f| f.bad == 0 && f.count > 0);
         rows.push((size, f_tput, u_tput, f_lat, u_lat));
     }
+    bar.finish_and_clear();
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 

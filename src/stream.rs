@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
+use crate::histo::Histo;
 use fbuf::channel::{RecvError, WaitStrategy};
 use fbuf::{Role, session};
 
@@ -78,7 +79,7 @@ struct Tally {
     next: u64,
     first: Option<Instant>,
     last: Option<Instant>,
-    latencies: Vec<u64>,
+    latencies: Histo,
 }
 
 impl Tally {
@@ -89,7 +90,7 @@ impl Tally {
         match check(buf) {
             Some((seq, sent)) if seq == self.next => {
                 if latency {
-                    self.latencies.push(now_ns().saturating_sub(sent));
+                    self.latencies.record(now_ns().saturating_sub(sent));
                 }
             }
             _ => self.bad += 1,
@@ -99,26 +100,17 @@ impl Tally {
         self.bytes += buf.len() as u64;
     }
 
-    fn report(mut self) -> String {
+    fn report(self) -> String {
         let secs = match (self.first, self.last) {
             (Some(a), Some(b)) => (b - a).as_secs_f64().max(1e-9),
             _ => 1.0,
         };
-        self.latencies.sort_unstable();
-        let pct = |p: f64| {
-            if self.latencies.is_empty() {
-                0
-            } else {
-                self.latencies[((self.latencies.len() - 1) as f64 * p) as usize]
-            }
-        };
+        // The histogram's own count is of latencies; the tally's of messages.
+        let lat = self.latencies.report();
+        let lat = lat.split_once(' ').map_or("", |(_, rest)| rest);
         format!(
-            "count={} bytes={} bad={} secs={secs:.4} p50_ns={} p99_ns={}",
-            self.count,
-            self.bytes,
-            self.bad,
-            pct(0.50),
-            pct(0.99)
+            "count={} bytes={} bad={} secs={secs:.4} {lat}",
+            self.count, self.bytes, self.bad
         )
     }
 }
@@ -262,17 +254,6 @@ fn read_stream(mut s: impl Read, size: usize, mode: &str) -> Res {
 
 // ---- ping-pong: one-way latency as half the round trip ---------------------------------------
 
-fn pp_report(rtts: &mut [u64]) -> String {
-    rtts.sort_unstable();
-    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize] as f64 / 2.0;
-    format!(
-        "count={} p50_ns={:.0} p99_ns={:.0}",
-        rtts.len(),
-        pct(0.5),
-        pct(0.99)
-    )
-}
-
 /// `fbuf peer pp-fbuf-ping SOCKET SIZE ITERS`: allocate, write the first and last byte, send on
 /// channel 0; wait for the echo on channel 1, read its first and last byte, release.
 pub fn pp_fbuf_ping(socket: &str, size: usize, iters: u64) -> Res {
@@ -281,7 +262,7 @@ pub fn pp_fbuf_ping(socket: &str, size: usize, iters: u64) -> Res {
     let mut rx = pool.receiver(1)?;
     rx.set_wait_strategy(WaitStrategy::BusySpin);
     eprintln!("READY");
-    let mut rtts = Vec::with_capacity(iters as usize);
+    let mut rtts = Histo::new();
     let mut sink = 0u8;
     for i in 0..iters + iters / 10 {
         let t = now_ns();
@@ -293,11 +274,11 @@ pub fn pp_fbuf_ping(socket: &str, size: usize, iters: u64) -> Res {
         sink ^= back[0] ^ back[size - 1];
         drop(back);
         if i >= iters / 10 {
-            rtts.push(now_ns() - t); // the first tenth warms up
+            rtts.record_rtt(now_ns() - t); // the first tenth warms up
         }
     }
     std::hint::black_box(sink);
-    Ok(pp_report(&mut rtts))
+    Ok(rtts.report())
 }
 
 /// `fbuf peer pp-fbuf-pong SOCKET`: echo every buffer from channel 0 back on channel 1, zero-copy
@@ -343,7 +324,7 @@ pub fn pp_io_ping(size: usize, iters: u64, path: Option<&str>) -> Res {
         ),
     };
     let mut buf = vec![0u8; size];
-    let mut rtts = Vec::with_capacity(iters as usize);
+    let mut rtts = Histo::new();
     for i in 0..iters + iters / 10 {
         let t = now_ns();
         buf[0] = i as u8;
@@ -352,10 +333,10 @@ pub fn pp_io_ping(size: usize, iters: u64, path: Option<&str>) -> Res {
         w.flush()?;
         r.read_exact(&mut buf)?;
         if i >= iters / 10 {
-            rtts.push(now_ns() - t);
+            rtts.record_rtt(now_ns() - t);
         }
     }
-    Ok(pp_report(&mut rtts))
+    Ok(rtts.report())
 }
 
 /// `fbuf peer pp-io-pong SIZE [PATH]`: echo SIZE-byte messages until end of file.
@@ -403,7 +384,7 @@ pub fn pp_spin(role: &str, file: &str, iters: u64) -> Res {
         }
         return Ok(format!("echoed={total}"));
     }
-    let mut rtts = Vec::with_capacity(iters as usize);
+    let mut rtts = Histo::new();
     for i in 0..total {
         let t = now_ns();
         word.store(2 * i + 1, Release);
@@ -411,10 +392,10 @@ pub fn pp_spin(role: &str, file: &str, iters: u64) -> Res {
             std::hint::spin_loop();
         }
         if i >= iters / 10 {
-            rtts.push(now_ns() - t);
+            rtts.record_rtt(now_ns() - t);
         }
     }
-    Ok(pp_report(&mut rtts))
+    Ok(rtts.report())
 }
 
 /// The stream service of `fbuf peer svc-stream-*` and `svc-pp-*`: bytes, one-to-one.
@@ -533,7 +514,7 @@ pub fn svc_pp_ping(socket: &str, size: usize, iters: u64) -> Res {
     let mut rx = pong.receiver()?;
     rx.set_wait_strategy(WaitStrategy::BusySpin);
     eprintln!("READY");
-    let mut rtts = Vec::with_capacity(iters as usize);
+    let mut rtts = Histo::new();
     let mut sink = 0u8;
     for i in 0..iters + iters / 10 {
         let t = now_ns();
@@ -545,11 +526,11 @@ pub fn svc_pp_ping(socket: &str, size: usize, iters: u64) -> Res {
         sink ^= back[0] ^ back[size - 1];
         drop(back);
         if i >= iters / 10 {
-            rtts.push(now_ns() - t);
+            rtts.record_rtt(now_ns() - t);
         }
     }
     std::hint::black_box(sink);
-    Ok(pp_report(&mut rtts))
+    Ok(rtts.report())
 }
 
 /// `fbuf peer svc-pp-pong SOCKET`: echoes `pp/ping` back on `pp/pong`, zero-copy (the received

@@ -36,6 +36,8 @@ pub mod channel;
 #[cfg(not(loom))]
 pub mod egress;
 #[cfg(not(loom))]
+pub mod inspect;
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub mod layout;
 #[cfg(not(loom))]

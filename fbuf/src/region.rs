@@ -134,13 +134,13 @@ impl Region {
         self.fd.as_fd()
     }
 
+    /// Atomics may also lie in a read-only mapping: the control region of an `Inspection`,
+    /// whose code only loads. The standard library allows atomic loads of at most 8 bytes from
+    /// read-only memory; a store there would fault (`SIGSEGV`) rather than change the pool.
     #[inline]
     fn check_words(&self, offset: usize, count: usize, align: usize) {
         let size = count.checked_mul(align).and_then(|b| offset.checked_add(b));
-        if !(self.writable
-            && offset.is_multiple_of(align)
-            && size.is_some_and(|end| end <= self.len()))
-        {
+        if !(offset.is_multiple_of(align) && size.is_some_and(|end| end <= self.len())) {
             self.bad_words(offset, count, align);
         }
     }
@@ -149,7 +149,7 @@ impl Region {
     #[inline(never)]
     fn bad_words(&self, offset: usize, count: usize, align: usize) -> ! {
         panic!(
-            "atomics at {offset}+{count}x{align} outside a writable {}-byte region: layout bug",
+            "atomics at {offset}+{count}x{align} outside the {}-byte region: layout bug",
             self.len()
         )
     }
@@ -158,7 +158,7 @@ impl Region {
     /// processes write.
     ///
     /// # Panics
-    /// If the words are not inside the mapping, aligned, and writable: offsets come from a
+    /// If the words are not inside the mapping and aligned: offsets come from a
     /// [`crate::layout::Layout`] computed locally, so that is a bug here, never peer input.
     #[inline]
     pub fn atomics_u64(&self, offset: usize, count: usize) -> &[AtomicU64] {

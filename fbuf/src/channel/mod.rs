@@ -114,7 +114,7 @@ pub enum RecvError {
     Corrupted,
 }
 
-fn kind_name(kind: u32) -> &'static str {
+pub(crate) fn kind_name(kind: u32) -> &'static str {
     match kind {
         channel_kind::ONE_TO_ONE => "one-to-one",
         channel_kind::MANY_TO_ONE => "many-to-one",
@@ -162,15 +162,25 @@ pub(crate) fn forget_participant(pool: &Pool, participant: u32) -> usize {
         .sum()
 }
 
-/// One ring of a service, as discovery reports it.
+/// One ring, as discovery and inspection report it (read without changing anything; the words
+/// are a peer's, so the figures are a snapshot, not a promise).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingStats {
+    /// Descriptors the ring holds.
+    pub capacity: usize,
     /// Descriptors queued now.
     pub queued: usize,
+    /// Descriptors ever pushed (the ring's tail position): rates are its differences.
+    pub pushed: u64,
     /// Whether a live receiver (subscriber, client, listener) holds the ring.
     pub receiver: bool,
     /// Live senders registered on the ring.
     pub senders: usize,
+    /// Sides asleep on the ring's doorbells (a receiver waiting for data, senders for room).
+    pub sleepers: u32,
+    /// Descriptors a lossy subscriber lost and has not been told of yet (pending event bits
+    /// for an event service's ring).
+    pub lost: u64,
 }
 
 /// What each of `units` holds now, read without changing anything.
@@ -179,13 +189,18 @@ pub(crate) fn unit_stats(pool: &Pool, units: &[crate::layout::UnitLayout]) -> Ve
         .iter()
         .map(|u| {
             let unit = Unit::new(pool, *u);
+            let (queued, pushed) = match unit.ring() {
+                unit::UnitRing::Spsc(r) => (r.len(), r.tail_pos()),
+                unit::UnitRing::Mpmc(r) => (r.len(), r.pushed()),
+            };
             RingStats {
-                queued: match unit.ring() {
-                    unit::UnitRing::Spsc(r) => r.len(),
-                    unit::UnitRing::Mpmc(r) => r.len(),
-                },
+                capacity: u.capacity,
+                queued,
+                pushed,
                 receiver: unit.has_live_receiver(),
                 senders: unit.live_senders(),
+                sleepers: unit.sleepers(),
+                lost: unit.posted(),
             }
         })
         .collect()

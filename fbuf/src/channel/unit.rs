@@ -250,6 +250,13 @@ impl<'a> Unit<'a> {
         self.words[2].swap(0, Ordering::AcqRel)
     }
 
+    /// Sides announced asleep on the two doorbells.
+    pub fn sleepers(&self) -> u32 {
+        self.data_bell[1]
+            .load(Ordering::Acquire)
+            .saturating_add(self.space_bell[1].load(Ordering::Acquire))
+    }
+
     /// The receiver registration word (changes when a new receiver takes the ring).
     pub fn receiver_word(&self) -> u64 {
         self.words[0].load(Ordering::Acquire)

@@ -419,6 +419,33 @@ impl Pool {
             return Err(AttachError::BadParticipant(participant));
         }
         let control = Region::attach(control, None, true).map_err(AttachError::Control)?;
+        Pool::attach_region(
+            control,
+            data,
+            participant,
+            writable_data,
+            membership.into(),
+            liveness,
+        )
+    }
+
+    /// A view of a pool through read-only mappings of both memfds, for inspection: any write
+    /// through it would fault, so looking cannot change the pool. It is no participant (its id
+    /// is out of range): only read-only queries may run on it.
+    pub(crate) fn attach_read_only(control: OwnedFd, data: OwnedFd) -> Result<Pool, AttachError> {
+        let control = Region::attach(control, None, false).map_err(AttachError::Control)?;
+        Pool::attach_region(control, data, MAX_PARTICIPANTS, false, None, None)
+    }
+
+    /// Validates the header of a mapped control region, then maps the data memfd.
+    fn attach_region(
+        control: Region,
+        data: OwnedFd,
+        participant: u32,
+        writable_data: bool,
+        membership: Option<OwnedFd>,
+        liveness: Option<OwnedFd>,
+    ) -> Result<Pool, AttachError> {
         if control.len() < HEADER_SIZE {
             return Err(AttachError::TooSmall);
         }
@@ -501,7 +528,7 @@ impl Pool {
             layout,
             participant,
             writable_data,
-            membership.into(),
+            membership,
             liveness,
         ))
     }

@@ -337,6 +337,14 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
         self.head.load(Ordering::Acquire)
     }
 
+    /// Values pushed so far (from the tail position: laps times capacity plus the index).
+    pub fn pushed(&self) -> u64 {
+        let tail = self.tail.load(Ordering::Acquire);
+        (tail / self.one_lap)
+            .wrapping_mul(self.capacity() as u64)
+            .wrapping_add(tail % self.one_lap)
+    }
+
     /// Whether the ring holds no values (snapshot).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -1,6 +1,7 @@
 //! The joiner's side of the handshake.
 
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -26,20 +27,39 @@ pub enum JoinError {
     Attach(#[from] AttachError),
 }
 
-/// Joins the pool served at `path` in `role`. The returned pool stays a participant for as long as
-/// any clone of it lives: the connection to the owner is its membership, and closing it (or
-/// dying) makes the owner release whatever this process still held.
-pub fn join(path: impl AsRef<Path>, role: Role) -> Result<Pool, JoinError> {
-    let path = path.as_ref();
+/// Asks the owner serving at `path` for a read-only look at its pool ([`Inspection`](crate::inspect::Inspection)): no
+/// participant is admitted, and nothing in the pool changes.
+pub fn inspect(path: impl AsRef<Path>) -> Result<crate::inspect::Inspection, JoinError> {
+    let (msg, mut fds, _) = request(path.as_ref(), &Message::Inspect)?;
+    match msg {
+        Message::Inspection { .. } => {
+            if fds.len() != 2 {
+                return Err(ProtocolError::FdCount { got: fds.len() }.into());
+            }
+            let data = fds.pop().expect("two fds");
+            let control = fds.pop().expect("two fds");
+            Ok(crate::inspect::Inspection::from_fds(control, data)?)
+        }
+        Message::Reject { reason } => Err(JoinError::Rejected(reason)),
+        other => Err(ProtocolError::Unexpected {
+            expected: "inspection",
+            got: other.name(),
+        }
+        .into()),
+    }
+}
+
+/// Sends `hello` to the owner at `path` and reads its one reply frame and the fds with it;
+/// returns them and the connection.
+fn request(path: &Path, hello: &Message) -> Result<(Message, Vec<OwnedFd>, UnixStream), JoinError> {
     let mut stream = UnixStream::connect(path).map_err(|source| JoinError::Connect {
         path: path.display().to_string(),
         source,
     })?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(&Message::Hello { role }.encode())?;
-
+    stream.write_all(&hello.encode())?;
     let mut frame = vec![0u8; HEADER_LEN + MAX_PAYLOAD];
-    let (mut got, mut fds) = fdpass::recv_with_fds(&stream, &mut frame)?;
+    let (mut got, fds) = fdpass::recv_with_fds(&stream, &mut frame)?;
     if got == 0 {
         return Err(ProtocolError::Truncated.into());
     }
@@ -60,7 +80,17 @@ pub fn join(path: impl AsRef<Path>, role: Role) -> Result<Pool, JoinError> {
     stream
         .read_exact(&mut frame[got..HEADER_LEN + len])
         .map_err(|_| ProtocolError::Truncated)?;
-    match Message::decode(&frame[..HEADER_LEN + len])? {
+    let msg = Message::decode(&frame[..HEADER_LEN + len])?;
+    stream.set_read_timeout(None)?;
+    Ok((msg, fds, stream))
+}
+
+/// Joins the pool served at `path` in `role`. The returned pool stays a participant for as long as
+/// any clone of it lives: the connection to the owner is its membership, and closing it (or
+/// dying) makes the owner release whatever this process still held.
+pub fn join(path: impl AsRef<Path>, role: Role) -> Result<Pool, JoinError> {
+    let (msg, mut fds, stream) = request(path.as_ref(), &Message::Hello { role })?;
+    match msg {
         Message::Welcome {
             participant,
             role: granted,
@@ -76,7 +106,6 @@ pub fn join(path: impl AsRef<Path>, role: Role) -> Result<Pool, JoinError> {
             if fds.len() != 3 {
                 return Err(ProtocolError::FdCount { got: fds.len() }.into());
             }
-            stream.set_read_timeout(None)?;
             let liveness = fds.pop().expect("three fds");
             let data = fds.pop().expect("three fds");
             let control = fds.pop().expect("three fds");

@@ -7,5 +7,5 @@ mod client;
 mod server;
 pub mod wire;
 
-pub use client::{JoinError, join};
+pub use client::{JoinError, inspect, join};
 pub use server::{AdmitError, Policy, ServeError, Server, ServerStats};

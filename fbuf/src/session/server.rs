@@ -114,6 +114,8 @@ pub struct ServerStats {
     pub recovered: AtomicUsize,
     /// Ring cells a dead participant left claimed, skipped or released by recovery.
     pub rings_repaired: AtomicUsize,
+    /// Inspectors (`fbuf stat`) handed read-only memfds.
+    pub inspected: AtomicUsize,
 }
 
 /// A running session server. Dropping it stops accepting and removes the socket file; admitted
@@ -354,6 +356,7 @@ impl EventLoop {
                 Step::Waiting => self.pending.push_back(p),
                 Step::Gone => {}
                 Step::Done(Ok(Message::Hello { role })) => self.finish(p, role),
+                Step::Done(Ok(Message::Inspect)) => self.inspect(p),
                 Step::Done(Ok(other)) => self.reject(
                     p.stream,
                     ProtocolError::Unexpected {
@@ -387,6 +390,38 @@ impl EventLoop {
                 });
             }
             Err(e) => self.reject(p.stream, e),
+        }
+    }
+
+    /// Hands an inspector (`fbuf stat`) read-only fds of both memfds, if its uid is allowed, and
+    /// closes the connection: it is no participant, takes no entry, and its look changes nothing.
+    fn inspect(&mut self, p: Pending) {
+        if !self.policy.allowed_uids.contains(&p.cred.uid) {
+            let e = AdmitError::Credentials {
+                uid: p.cred.uid,
+                pid: p.cred.pid,
+            };
+            return self.reject(p.stream, e);
+        }
+        let pool = self.pool.clone();
+        let fds = self.with_fds(|| {
+            Ok((
+                memfd::reopen_read_only(pool.control_fd())?,
+                memfd::reopen_read_only(pool.data_fd())?,
+            ))
+        });
+        let sent = fds.and_then(|(control, data)| {
+            let msg = Message::Inspection {
+                control_size: memfd::size(&control)?,
+                data_size: memfd::size(&data)?,
+            };
+            fdpass::send_with_fds(&p.stream, &msg.encode(), &[control.as_fd(), data.as_fd()])
+        });
+        match sent {
+            Ok(()) => {
+                self.stats.inspected.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.reject(p.stream, AdmitError::Io(e)),
         }
     }
 

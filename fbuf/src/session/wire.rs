@@ -23,6 +23,8 @@ pub const MAX_PAYLOAD: usize = 512;
 const KIND_HELLO: u16 = 1;
 const KIND_WELCOME: u16 = 2;
 const KIND_REJECT: u16 = 3;
+const KIND_INSPECT: u16 = 4;
+const KIND_INSPECTION: u16 = 5;
 
 /// A malformed or unexpected handshake message.
 #[derive(Debug, Error, PartialEq, Eq, Clone)]
@@ -66,6 +68,10 @@ pub enum Message {
     },
     /// Owner → joiner: refused, and why.
     Reject { reason: String },
+    /// Inspector → owner: "let me look" (`fbuf stat`): no participant is admitted.
+    Inspect,
+    /// Owner → inspector, with read-only control and data memfds attached.
+    Inspection { control_size: u64, data_size: u64 },
 }
 
 impl Message {
@@ -74,6 +80,8 @@ impl Message {
             Message::Hello { .. } => "hello",
             Message::Welcome { .. } => "welcome",
             Message::Reject { .. } => "reject",
+            Message::Inspect => "inspect",
+            Message::Inspection { .. } => "inspection",
         }
     }
 
@@ -98,6 +106,16 @@ impl Message {
                 let mut bytes = reason.as_bytes().to_vec();
                 bytes.truncate(MAX_PAYLOAD);
                 (KIND_REJECT, bytes)
+            }
+            Message::Inspect => (KIND_INSPECT, Vec::new()),
+            Message::Inspection {
+                control_size,
+                data_size,
+            } => {
+                let mut p = Vec::with_capacity(16);
+                p.extend_from_slice(&control_size.to_le_bytes());
+                p.extend_from_slice(&data_size.to_le_bytes());
+                (KIND_INSPECTION, p)
             }
         };
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -147,6 +165,17 @@ impl Message {
             KIND_REJECT => Ok(Message::Reject {
                 reason: String::from_utf8_lossy(payload).into_owned(),
             }),
+            KIND_INSPECT => {
+                exact(0)?;
+                Ok(Message::Inspect)
+            }
+            KIND_INSPECTION => {
+                exact(16)?;
+                Ok(Message::Inspection {
+                    control_size: u64_at(0),
+                    data_size: u64_at(8),
+                })
+            }
             other => Err(ProtocolError::UnknownKind(other)),
         }
     }

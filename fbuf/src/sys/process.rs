@@ -139,7 +139,7 @@ pub fn written_bytes() -> io::Result<u64> {
 }
 
 /// The first number after `key` in a small (at most 4 KiB) `/proc` file, e.g. `AnonPages:` of
-/// `/proc/meminfo` (kB there), read with raw `open`/`read` into a stack buffer and parsed by hand:
+/// `/proc/meminfo` (kB there), the key at the start of a line, read with raw `open`/`read` into a stack buffer and parsed by hand:
 /// no allocation, no lock (async-signal-safe). The project's one `/proc` number parser.
 pub fn proc_field(path: &std::ffi::CStr, key: &[u8]) -> io::Result<u64> {
     // SAFETY: open(2) with a NUL-terminated path and integer flags.
@@ -161,9 +161,9 @@ pub fn proc_field(path: &std::ffi::CStr, key: &[u8]) -> io::Result<u64> {
     // SAFETY: closes the fd opened above, once.
     unsafe { libc::close(fd) };
     let text = &buf[..len];
-    let at = text
-        .windows(key.len())
-        .position(|w| w == key)
+    // The key at the start of a line (`Cached:` must not match inside `SwapCached:`).
+    let at = (0..text.len())
+        .find(|&i| text[i..].starts_with(key) && (i == 0 || text[i - 1] == b'\n'))
         .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     let digits = text[at + key.len()..]
         .iter()
