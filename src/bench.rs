@@ -125,7 +125,9 @@ fn measure(o: &Options, dir: &std::path::Path) -> Res<(Latency, Vec<Cell>)> {
     finish(pong)?;
     bar.inc(1);
 
-    // One class per size asked for, each about 64 MiB of slots (between 64 and 8192 of them).
+    // One class per size asked for. Streaming gets about 64 MiB of slots per class (64 to 8192
+    // of them); ping-pong a pool of its own with 64 slots per class, reused round after round as
+    // in a steady state (thousands of fresh slots would measure first-touch page faults).
     let mut slot_sizes: Vec<u32> = o
         .sizes
         .iter()
@@ -133,28 +135,34 @@ fn measure(o: &Options, dir: &std::path::Path) -> Res<(Latency, Vec<Cell>)> {
         .collect();
     slot_sizes.sort_unstable();
     slot_sizes.dedup();
-    let pool = slot_sizes
-        .iter()
-        .fold(fbuf::PoolConfig::builder(), |b, &size| {
-            b.class(size, ((64 << 20) / size).clamp(64, 8192))
-        })
-        .services(4)
-        .rings(4)
-        .ring_capacity(1024)
-        .name("fbuf-cli-bench")
-        .create()?;
-    let sock = dir.join("pool.sock");
-    let _server = fbuf::session::Server::start(pool, &sock, Default::default())?;
-    let sock = sock.display().to_string();
+    let serve = |name: &str, count: &dyn Fn(u32) -> u32| -> Res<(fbuf::session::Server, String)> {
+        let pool = slot_sizes
+            .iter()
+            .fold(fbuf::PoolConfig::builder(), |b, &size| {
+                b.class(size, count(size))
+            })
+            .services(4)
+            .rings(4)
+            .ring_capacity(1024)
+            .name(name)
+            .create()?;
+        let sock = dir.join(format!("{name}.sock"));
+        let server = fbuf::session::Server::start(pool, &sock, Default::default())?;
+        Ok((server, sock.display().to_string()))
+    };
+    let (_stream_server, sock) = serve("fbuf-cli-bench", &|size| {
+        ((64 << 20) / size).clamp(64, 8192)
+    })?;
+    let (_pp_server, pp_sock) = serve("fbuf-cli-bench-pp", &|_| 64)?;
 
     let mut cells = Vec::new();
     for (i, &size) in o.sizes.iter().enumerate() {
         let sz = size.to_string();
         let mut lat = Vec::new();
         bar.set_message(format!("{} ping-pong, fbuf", human(size as usize)));
-        let pong = spawn(&[s("svc-pp-pong"), sock.clone()], true)?;
+        let pong = spawn(&[s("svc-pp-pong"), pp_sock.clone()], true)?;
         let ping = spawn(
-            &[s("svc-pp-ping"), sock.clone(), sz.clone(), rt.clone()],
+            &[s("svc-pp-ping"), pp_sock.clone(), sz.clone(), rt.clone()],
             true,
         )?;
         lat.push(Latency::from(&finish(ping)?));

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
@@ -87,16 +87,18 @@ struct Usage {
 }
 
 fn usage() -> Usage {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_THREAD: this thread only; `ru` is a valid out-pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    use nix::sys::resource::{UsageWho, getrusage};
+    use nix::sys::time::TimeValLike;
+    // RUSAGE_THREAD: this thread only. It cannot fail for the calling thread.
+    let Ok(ru) = getrusage(UsageWho::RUSAGE_THREAD) else {
+        return Usage::default();
+    };
+    let t = |tv: nix::sys::time::TimeVal| tv.num_microseconds() as f64 / 1e6;
     Usage {
-        user: t(ru.ru_utime),
-        sys: t(ru.ru_stime),
-        vcsw: ru.ru_nvcsw,
-        ivcsw: ru.ru_nivcsw,
+        user: t(ru.user_time()),
+        sys: t(ru.system_time()),
+        vcsw: ru.voluntary_context_switches(),
+        ivcsw: ru.involuntary_context_switches(),
     }
 }
 
@@ -144,22 +146,12 @@ impl Run {
 fn write_counted(sock: BorrowedFd<'_>, mut bytes: &[u8], calls: &mut u64) -> Res<()> {
     while !bytes.is_empty() {
         *calls += 1;
-        // SAFETY: write(2) reads `bytes.len()` bytes from a live slice.
-        let n = unsafe {
-            libc::write(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-            )
+        let n = match nix::unistd::write(sock, bytes) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.into());
-        }
-        bytes = &bytes[n as usize..];
+        bytes = &bytes[n..];
     }
     Ok(())
 }
@@ -449,8 +441,12 @@ pub fn main(size: u64) -> Res<bool> {
             };
             if !matches!(run, Run::Pool(_)) {
                 // Cold cache for every file run, so page-cache growth shows what each method adds.
-                // SAFETY: posix_fadvise takes an fd and integers.
-                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                let _ = nix::fcntl::posix_fadvise(
+                    &file,
+                    0,
+                    0,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
             }
             let cache0 = page_cache();
             let u0 = usage();

@@ -499,8 +499,7 @@ fn send_hold(socket: &str, ch: usize, n: u64) -> Res {
 }
 
 fn nix_uid() -> u32 {
-    // SAFETY: geteuid takes nothing and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
@@ -510,27 +509,19 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 fn serve(socket: &str, nofile: u64, signals: bool) -> Res {
     use std::io::BufRead;
     if nofile > 0 {
-        let lim = libc::rlimit {
-            rlim_cur: nofile,
-            rlim_max: nofile,
-        };
-        // SAFETY: setrlimit reads the struct on our stack.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        use nix::sys::resource::{Resource, setrlimit};
+        setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile)?;
     }
     if signals {
-        // SAFETY: a zeroed sigaction is valid; the handler is an async-signal-safe no-op, and
-        // sa_flags without SA_RESTART is the point: interrupted calls return EINTR.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = ignore_signal as *const () as usize;
-            sa.sa_flags = 0;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-        }
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        // Without SA_RESTART, which is the point: interrupted calls return EINTR.
+        let sa = SigAction::new(
+            SigHandler::Handler(ignore_signal),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler is an async-signal-safe no-op.
+        unsafe { sigaction(Signal::SIGUSR1, &sa) }?;
     }
     let pool = fbuf::Pool::create(&fbuf::PoolConfig {
         channels: vec![fbuf::layout::ChannelSpec {

@@ -59,6 +59,7 @@ pub fn map_private_anon(len: usize, huge_pages: bool) -> io::Result<memmap2::Mma
 /// not re-form it on its own soon; the next fork then copies 512 times more page-table entries.
 /// Contents are unchanged; this only changes how the range is mapped.
 pub fn collapse(ptr: *const u8, len: usize) -> io::Result<()> {
+    // Raw: nix's `MmapAdvise` has no MADV_COLLAPSE.
     // SAFETY: madvise with MADV_COLLAPSE reads no memory through the pointer and changes no
     // contents; a range that is not (wholly) mapped makes it fail with an error, nothing more.
     let rc = unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_COLLAPSE) };

@@ -5,7 +5,7 @@
 //! - fork(2), pidfd_open(2), poll(2), waitpid(2), kill(2), _exit(2), prctl(2), proc(5)
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 /// What `fork` returned in this process.
@@ -25,17 +25,18 @@ pub enum Forked {
 /// allocator's, which glibc resets in its fork handlers), and must leave with [`exit_now`], never
 /// by returning into code that expects the other threads.
 pub unsafe fn fork() -> io::Result<Forked> {
+    use nix::unistd::ForkResult;
     // SAFETY: the caller accepts the post-fork restrictions above.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(pid)),
-    }
+    Ok(match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => Forked::Child,
+        ForkResult::Parent { child } => Forked::Parent(child.as_raw()),
+    })
 }
 
 /// `_exit(code)`: leaves at once, without destructors or `atexit` handlers (which could touch
 /// state the parent's other threads own).
 pub fn exit_now(code: i32) -> ! {
+    // Raw: nix has no `_exit`, and std's `exit` runs what must not run here.
     // SAFETY: _exit takes no pointers and never returns.
     unsafe { libc::_exit(code) }
 }
@@ -44,13 +45,8 @@ pub fn exit_now(code: i32) -> ! {
 /// the parent *thread* that forked it) dies. If the parent, whose pid was `parent`, died before
 /// this call, the signal would never come, so the caller leaves at once instead.
 pub fn die_with_parent(parent: u32) -> io::Result<()> {
-    let sig = libc::SIGKILL as libc::c_ulong;
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: getppid takes nothing and cannot fail.
-    if unsafe { libc::getppid() } as u32 != parent {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
         exit_now(137);
     }
     Ok(())
@@ -58,32 +54,24 @@ pub fn die_with_parent(parent: u32) -> io::Result<()> {
 
 /// `pidfd_open(pid, 0)`: an fd that becomes readable when the process exits.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes integers and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just created this fd for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(io::ErrorKind::InvalidInput)?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// `poll` for readability with a timeout (`None`: forever). Returns whether it is readable.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
-        // SAFETY: one valid pollfd on our stack for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n >= 0 {
-            return Ok(n > 0);
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        // A signal comes back as "not readable": look again until the deadline.
+        if super::poll::readable(&[fd], left)?[0] {
+            return Ok(true);
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(false);
         }
     }
 }
@@ -97,25 +85,20 @@ pub enum Exit {
 
 /// `waitpid(pid, WNOHANG)`: the exit if the child has ended (and reaps it).
 pub fn try_reap(pid: i32) -> io::Result<Option<Exit>> {
-    let mut status = 0;
-    // SAFETY: waitpid writes one int into `status`.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    match r {
-        -1 => Err(io::Error::last_os_error()),
-        0 => Ok(None),
-        _ if libc::WIFEXITED(status) => Ok(Some(Exit::Code(libc::WEXITSTATUS(status)))),
-        _ if libc::WIFSIGNALED(status) => Ok(Some(Exit::Signal(libc::WTERMSIG(status)))),
-        _ => Ok(None),
-    }
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    Ok(
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))? {
+            WaitStatus::Exited(_, code) => Some(Exit::Code(code)),
+            WaitStatus::Signaled(_, sig, _) => Some(Exit::Signal(sig as i32)),
+            _ => None,
+        },
+    )
 }
 
 /// `kill(pid, SIGKILL)`.
 pub fn kill(pid: i32) -> io::Result<()> {
-    // SAFETY: kill takes integers.
-    if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    use nix::sys::signal::{Signal, kill};
+    Ok(kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL)?)
 }
 
 /// `Private_Dirty` of `/proc/self/smaps_rollup`, in bytes: in a forked child, the pages that are
@@ -138,28 +121,28 @@ pub fn written_bytes() -> io::Result<u64> {
     proc_field(c"/proc/self/io", b"wchar:")
 }
 
-/// The first number after `key` in a small (at most 4 KiB) `/proc` file, e.g. `AnonPages:` of
-/// `/proc/meminfo` (kB there), the key at the start of a line, read with raw `open`/`read` into a stack buffer and parsed by hand:
-/// no allocation, no lock (async-signal-safe). The project's one `/proc` number parser.
+/// The first number after `key` (at the start of a line) in a small (at most 4 KiB) `/proc`
+/// file, e.g. `AnonPages:` of `/proc/meminfo` (kB there), read into a stack buffer and parsed by
+/// hand: no allocation, no lock (async-signal-safe). The project's one `/proc` number parser.
 pub fn proc_field(path: &std::ffi::CStr, key: &[u8]) -> io::Result<u64> {
-    // SAFETY: open(2) with a NUL-terminated path and integer flags.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use nix::fcntl::{OFlag, open};
+    // nix takes the `CStr` as it is and `read` is one system call: nothing here allocates.
+    let fd = open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
     while len < buf.len() {
-        // SAFETY: reads at most the rest of `buf`, a live stack array, from the fd opened above.
-        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
-        if n > 0 {
-            len += n as usize;
-        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
+        match nix::unistd::read(&fd, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
         }
     }
-    // SAFETY: closes the fd opened above, once.
-    unsafe { libc::close(fd) };
+    drop(fd);
     let text = &buf[..len];
     // The key at the start of a line (`Cached:` must not match inside `SwapCached:`).
     let at = (0..text.len())

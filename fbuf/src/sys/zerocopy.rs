@@ -7,19 +7,11 @@
 //!   Documentation/networking/msg_zerocopy.rst
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// From linux/errqueue.h (not in the libc crate).
 const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
 const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
-
-fn cvt(r: isize) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
-    }
-}
 
 /// `sendfile(out, in, &offset, len)`: returns the bytes sent (may be short).
 pub fn sendfile(
@@ -29,8 +21,12 @@ pub fn sendfile(
     len: usize,
 ) -> io::Result<usize> {
     let mut off = offset as libc::off_t;
-    // SAFETY: both fds are open for the call; `off` is a valid in/out pointer on our stack.
-    cvt(unsafe { libc::sendfile(out.as_raw_fd(), input.as_raw_fd(), &mut off, len) })
+    Ok(nix::sys::sendfile::sendfile(
+        out,
+        input,
+        Some(&mut off),
+        len,
+    )?)
 }
 
 /// `splice(in, &offset or NULL, out, NULL, len, SPLICE_F_MOVE)`.
@@ -41,22 +37,16 @@ pub fn splice(
     len: usize,
 ) -> io::Result<usize> {
     let mut off = offset.unwrap_or(0) as libc::loff_t;
-    let off_ptr = if offset.is_some() {
-        &mut off as *mut libc::loff_t
-    } else {
-        std::ptr::null_mut()
-    };
-    // SAFETY: fds are open; `off_ptr` is null or points to `off` on our stack.
-    cvt(unsafe {
-        libc::splice(
-            input.as_raw_fd(),
-            off_ptr,
-            out.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE,
-        )
-    })
+    let off = offset.is_some().then_some(&mut off);
+    use nix::fcntl::SpliceFFlags;
+    Ok(nix::fcntl::splice(
+        input,
+        off,
+        out,
+        None,
+        len,
+        SpliceFFlags::SPLICE_F_MOVE,
+    )?)
 }
 
 /// `vmsplice(pipe, [bytes], 0)`: maps user pages into a pipe without copying. Not `SPLICE_F_GIFT`:
@@ -66,28 +56,26 @@ pub fn splice(
 /// The bytes at `ptr..ptr+len` must stay mapped and unchanged until the pipe's reader has consumed
 /// them (the kernel reads them then, not now).
 pub unsafe fn vmsplice(pipe: BorrowedFd<'_>, ptr: *const u8, len: usize) -> io::Result<usize> {
-    let iov = libc::iovec {
-        iov_base: ptr as *mut libc::c_void,
-        iov_len: len,
-    };
-    // SAFETY: one iovec describing memory the caller keeps valid as documented above.
-    cvt(unsafe { libc::vmsplice(pipe.as_raw_fd(), &iov, 1, 0) })
+    // SAFETY: the caller keeps `ptr..ptr+len` mapped and unchanged while the slice lives and
+    // until the pipe's reader consumed it (this function's contract).
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+    let iov = [std::io::IoSlice::new(bytes)];
+    // SAFETY: as above: the pages stay valid until the pipe's reader consumed them.
+    Ok(unsafe { nix::fcntl::vmsplice(pipe, &iov, nix::fcntl::SpliceFFlags::empty()) }?)
 }
 
 /// `pipe2(O_CLOEXEC)` with its capacity raised to `size` where allowed (`F_SETPIPE_SZ`).
 pub fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just created these fds for us.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: fcntl with integers; failure (above /proc/sys/fs/pipe-max-size) keeps the default.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Failure (above /proc/sys/fs/pipe-max-size) keeps the default capacity.
+    let _ = nix::fcntl::fcntl(
+        &w,
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(size.min(i32::MAX as usize) as i32),
+    );
     Ok((r, w))
 }
 
+/// Raw: neither nix nor rustix wraps `SIOCOUTQ`, and one helper serves both requests.
 fn ioctl_int(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: these requests write one int into `n`.
@@ -110,6 +98,7 @@ pub fn pipe_bytes(pipe: BorrowedFd<'_>) -> io::Result<usize> {
 
 /// `setsockopt(SO_ZEROCOPY, 1)`.
 pub fn enable_zerocopy(sock: BorrowedFd<'_>) -> io::Result<()> {
+    // Raw: neither nix nor rustix wraps SO_ZEROCOPY.
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads one int from `one`.
     let r = unsafe {
@@ -134,15 +123,11 @@ pub fn enable_zerocopy(sock: BorrowedFd<'_>) -> io::Result<()> {
 /// # Safety
 /// The bytes must stay mapped and unchanged until the completion for this call arrives.
 pub unsafe fn send_zerocopy(sock: BorrowedFd<'_>, ptr: *const u8, len: usize) -> io::Result<usize> {
-    // SAFETY: the caller keeps the bytes valid until completion, as documented above.
-    cvt(unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            ptr.cast(),
-            len,
-            libc::MSG_ZEROCOPY | libc::MSG_NOSIGNAL,
-        )
-    })
+    use nix::sys::socket::MsgFlags;
+    // SAFETY: the caller keeps the bytes mapped and unchanged until completion (see above).
+    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+    let flags = MsgFlags::from_bits_retain(libc::MSG_ZEROCOPY) | MsgFlags::MSG_NOSIGNAL;
+    Ok(nix::sys::socket::send(sock.as_raw_fd(), bytes, flags)?)
 }
 
 /// A range of `MSG_ZEROCOPY` send calls the kernel is done with.
@@ -157,48 +142,25 @@ pub struct Completion {
 
 /// Reads one completion from the socket's error queue without blocking (`MSG_ERRQUEUE`).
 pub fn read_completion(sock: BorrowedFd<'_>) -> io::Result<Option<Completion>> {
-    let mut control = [0u64; 16];
-    // SAFETY: an all-zero msghdr is valid; we point it at our control buffer.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: `msg` describes valid memory for the duration of the call.
-    let r = unsafe {
-        libc::recvmsg(
-            sock.as_raw_fd(),
-            &mut msg,
-            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-        )
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+    let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+    let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut [], Some(&mut cmsg), flags) {
+        Ok(m) => m,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    // SAFETY: CMSG_* walk the control buffer the kernel filled, within `msg_controllen`.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let level = (*cmsg).cmsg_level;
-            let ty = (*cmsg).cmsg_type;
-            if (level == libc::SOL_IP && ty == libc::IP_RECVERR)
-                || (level == libc::SOL_IPV6 && ty == libc::IPV6_RECVERR)
-            {
-                let err = libc::CMSG_DATA(cmsg)
-                    .cast::<libc::sock_extended_err>()
-                    .read_unaligned();
-                if err.ee_origin == SO_EE_ORIGIN_ZEROCOPY {
-                    return Ok(Some(Completion {
-                        first: err.ee_info,
-                        last: err.ee_data,
-                        copied: err.ee_code == SO_EE_CODE_ZEROCOPY_COPIED,
-                    }));
-                }
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::Ipv4RecvErr(err, _) | ControlMessageOwned::Ipv6RecvErr(err, _) =
+            c
+        {
+            if err.ee_origin == SO_EE_ORIGIN_ZEROCOPY {
+                return Ok(Some(Completion {
+                    first: err.ee_info,
+                    last: err.ee_data,
+                    copied: err.ee_code == SO_EE_CODE_ZEROCOPY_COPIED,
+                }));
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
     Ok(None)
@@ -227,41 +189,21 @@ pub fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
     if fmt != libc::S_IFSOCK {
         return Ok(FdKind::Other);
     }
-    // SAFETY: an all-zero sockaddr_storage is valid; getpeername fills at most `len` bytes.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of_val(&addr) as libc::socklen_t;
-    // SAFETY: as above.
-    if unsafe {
-        libc::getpeername(
-            fd.as_raw_fd(),
-            (&mut addr as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(match addr.ss_family as libc::c_int {
-        libc::AF_UNIX => FdKind::UnixStream,
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a =
-                unsafe { *(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            FdKind::TcpSocket {
-                loopback: u32::from_be(a.sin_addr.s_addr) >> 24 == 127,
-            }
+    let addr: nix::sys::socket::SockaddrStorage = nix::sys::socket::getpeername(fd.as_raw_fd())?;
+    Ok(if addr.as_unix_addr().is_some() {
+        FdKind::UnixStream
+    } else if let Some(a) = addr.as_sockaddr_in() {
+        FdKind::TcpSocket {
+            loopback: a.ip().is_loopback(),
         }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a =
-                unsafe { *(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            let v4_loop = ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback());
-            FdKind::TcpSocket {
-                loopback: ip.is_loopback() || v4_loop,
-            }
+    } else if let Some(a) = addr.as_sockaddr_in6() {
+        let ip = a.ip();
+        let v4_loop = ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback());
+        FdKind::TcpSocket {
+            loopback: ip.is_loopback() || v4_loop,
         }
-        _ => FdKind::Other,
+    } else {
+        FdKind::Other
     })
 }
 
