@@ -149,9 +149,7 @@ fn stat_json_matches_the_pools_own_counts_and_the_look_changes_nothing() {
 }
 
 fn owner_uid() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    fbuf::sys::process::proc_field(c"/proc/self/status", b"Uid:").unwrap()
 }
 
 #[test]
