@@ -1,0 +1,562 @@
+//! `fbuf-compare`: fbuf against iceoryx2 (publish-subscribe), a Unix socket, and the raw
+//! shared-memory floors (one cache line handed back and forth; a bare SPSC ring of 16-byte
+//! values), measured in one run with interleaved rounds, every end a separate process, both
+//! sides busy-polling. It prints the table of issue 13 and the targets' ratios.
+//!
+//! ```sh
+//! cargo run --release -p fbuf-compare -- [ROUNDS] [STREAM_MILLIS]    # default 5 rounds, 300 ms
+//! ```
+//!
+//! Latency: 64-byte ping-pong, one way = half the round trip, the median of each round's p50.
+//! Rate: 64-byte messages streamed for STREAM_MILLIS, counted by the receiver; fbuf one message
+//! per call and 32 per call; the raw ring publishes every value (one per call) and, batched,
+//! every 32. Medians over rounds, so one noisy round does not decide.
+
+mod raw;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use fbuf::service::{TryRecvError, WaitStrategy};
+use fbuf::{PoolConfig, Role, session};
+use iceoryx2::prelude::*;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const SIZE: usize = 64;
+const ROUND_TRIPS: u64 = 20_000;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = if args.first().map(String::as_str) == Some("role") {
+        role(&args[1..]).map(|line| {
+            println!("RESULT {line}");
+        })
+    } else {
+        let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+        orchestrate(num(0, 5).max(1), num(1, 300).max(10))
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fbuf-compare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---- the orchestrator ------------------------------------------------------------------------
+
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `fbuf-compare role ARGS`; returns when it printed READY (if asked to wait).
+fn spawn(args: &[&str], ready: bool) -> Res<Peer> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("role")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    if ready {
+        let out = child.stdout.as_mut().ok_or("no stdout")?;
+        let mut line = Vec::new();
+        let mut b = [0u8];
+        while out.read(&mut b)? == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        if line != b"READY" {
+            return Err(
+                format!("{args:?} did not start: {}", String::from_utf8_lossy(&line)).into(),
+            );
+        }
+    }
+    Ok(Peer(child))
+}
+
+/// Waits for the peer and returns the number after `key=` on its RESULT line.
+fn result(mut p: Peer, key: &str) -> Res<f64> {
+    let mut text = String::new();
+    p.0.stdout
+        .take()
+        .ok_or("no stdout")?
+        .read_to_string(&mut text)?;
+    let status = p.0.wait()?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(|| format!("peer failed ({status}): {text}"))?;
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .ok_or_else(|| format!("no {key} in {line}").into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
+    let dir = std::env::temp_dir().join(format!("fbuf-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let pool = PoolConfig::builder()
+        .class(64, 4096)
+        .services(8)
+        .rings(8)
+        .ring_capacity(1024)
+        .name("fbuf-compare")
+        .create()?;
+    let sock = dir.join("pool.sock");
+    let _server = fbuf::session::Server::start(pool, &sock, Default::default())?;
+    let sock = sock.to_str().ok_or("path")?.to_owned();
+    let file = |name: &str| -> Res<String> {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0u8; 1 << 16])?;
+        Ok(p.to_str().ok_or("path")?.to_owned())
+    };
+    let (spin, ring) = (file("spin")?, file("ring")?);
+    let rt = ROUND_TRIPS.to_string();
+    let ms = millis.to_string();
+    let names = ["spin floor", "fbuf", "iceoryx2", "unix socket"];
+    let rates = [
+        "raw ring 1/call",
+        "fbuf 1/call",
+        "fbuf 32/call",
+        "iceoryx2",
+        "unix socket",
+        "raw ring 32/call",
+    ];
+    let mut lat: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut rate: Vec<Vec<f64>> = vec![Vec::new(); rates.len()];
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds} ...", round + 1);
+        let unix = dir
+            .join(format!("u{round}"))
+            .to_str()
+            .ok_or("path")?
+            .to_owned();
+        let ice_tag = format!("{}-{round}", std::process::id());
+        // Latency, each transport in turn.
+        let pong = spawn(&["spin-pong", &spin, &rt], true)?;
+        lat[0].push(result(spawn(&["spin-ping", &spin, &rt], false)?, "p50_ns")?);
+        drop(pong);
+        let pong = spawn(&["fbuf-pong", &sock], true)?;
+        lat[1].push(result(spawn(&["fbuf-ping", &sock, &rt], false)?, "p50_ns")?);
+        drop(pong);
+        let pong = spawn(&["ice-pong", &ice_tag], true)?;
+        lat[2].push(result(
+            spawn(&["ice-ping", &ice_tag, &rt], false)?,
+            "p50_ns",
+        )?);
+        drop(pong);
+        let pong = spawn(&["unix-pong", &unix], true)?;
+        lat[3].push(result(spawn(&["unix-ping", &unix, &rt], false)?, "p50_ns")?);
+        drop(pong);
+        // Rate, each transport in turn.
+        for (k, batch) in [(0, "1"), (5, "32")] {
+            let rx = spawn(&["ring-rx", &ring], true)?;
+            let tx = spawn(&["ring-tx", &ring, &ms, batch], false)?;
+            rate[k].push(result(rx, "rate")?);
+            drop(tx);
+        }
+        for (k, mode) in [(1, "1"), (2, "32")] {
+            let name = format!("compare/stream{round}/{mode}");
+            let rx = spawn(&["fbuf-rx", &sock, &name], true)?;
+            let tx = spawn(&["fbuf-tx", &sock, &name, &ms, mode], false)?;
+            rate[k].push(result(rx, "rate")?);
+            drop(tx);
+        }
+        let rx = spawn(&["ice-rx", &ice_tag], true)?;
+        let tx = spawn(&["ice-tx", &ice_tag, &ms], false)?;
+        rate[3].push(result(rx, "rate")?);
+        drop(tx);
+        let path = format!("{unix}s");
+        let rx = spawn(&["unix-rx", &path], true)?;
+        let tx = spawn(&["unix-tx", &path, &ms], false)?;
+        rate[4].push(result(rx, "rate")?);
+        drop(tx);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let lat: Vec<f64> = lat.into_iter().map(median).collect();
+    let rate: Vec<f64> = rate.into_iter().map(median).collect();
+    println!("## 64 B, one way (p50, ns; median of {rounds} interleaved rounds)\n");
+    println!("| {} |", names.join(" | "));
+    println!("|{}", "---|".repeat(names.len()));
+    println!(
+        "| {} |\n",
+        lat.iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("## 64 B streaming, messages per second (median of {rounds} rounds of {millis} ms)\n");
+    println!("| {} |", rates.join(" | "));
+    println!("|{}", "---|".repeat(rates.len()));
+    println!(
+        "| {} |\n",
+        rate.iter()
+            .map(|v| format!("{:.2} M", v / 1e6))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let (f, floor, ice) = (lat[1], lat[0], lat[2]);
+    println!("## Targets (issue 13)\n");
+    println!("| target | measured | |");
+    println!("|---|---|---|");
+    println!(
+        "| latency <= 2x spin floor | {:.2}x ({f:.0} / {floor:.0} ns) | {} |",
+        f / floor,
+        verdict(f <= 2.0 * floor)
+    );
+    println!(
+        "| latency <= 0.5x iceoryx2 | {:.2}x ({f:.0} / {ice:.0} ns) | {} |",
+        f / ice,
+        verdict(f <= 0.5 * ice)
+    );
+    println!(
+        "| batched rate >= 0.5x raw ring (one per call) | {:.2}x ({:.2} M / {:.2} M) | {} |",
+        rate[2] / rate[0],
+        rate[2] / 1e6,
+        rate[0] / 1e6,
+        verdict(rate[2] >= 0.5 * rate[0])
+    );
+    println!(
+        "| (batched rate vs raw ring batched) | {:.2}x ({:.2} M / {:.2} M) | |",
+        rate[2] / rate[5],
+        rate[2] / 1e6,
+        rate[5] / 1e6
+    );
+    println!(
+        "| one-per-call rate >= 0.25x raw ring (one per call) | {:.2}x ({:.2} M / {:.2} M) | {} |",
+        rate[1] / rate[0],
+        rate[1] / 1e6,
+        rate[0] / 1e6,
+        verdict(rate[1] >= 0.25 * rate[0])
+    );
+    println!(
+        "| (for reference) one-per-call rate vs iceoryx2 | {:.2}x | |",
+        rate[1] / rate[3]
+    );
+    Ok(())
+}
+
+// ---- the roles -------------------------------------------------------------------------------
+
+fn role(args: &[String]) -> Res<String> {
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let n = |i: usize| -> Res<u64> { Ok(a(i).parse()?) };
+    match a(0) {
+        "spin-ping" => raw::spin(a(1), true, n(2)?),
+        "spin-pong" => raw::spin(a(1), false, n(2)?),
+        "ring-tx" => raw::ring_tx(a(1), n(2)?, n(3)?),
+        "ring-rx" => raw::ring_rx(a(1)),
+        "fbuf-ping" => fbuf_ping(a(1), n(2)?),
+        "fbuf-pong" => fbuf_pong(a(1)),
+        "fbuf-tx" => fbuf_tx(a(1), a(2), n(3)?, n(4)? as usize),
+        "fbuf-rx" => fbuf_rx(a(1), a(2)),
+        "ice-ping" => ice_ping(a(1), n(2)?),
+        "ice-pong" => ice_pong(a(1)),
+        "ice-tx" => ice_tx(a(1), n(2)?),
+        "ice-rx" => ice_rx(a(1)),
+        "unix-ping" => unix_ping(a(1), n(2)?),
+        "unix-pong" => unix_pong(a(1)),
+        "unix-tx" => unix_tx(a(1), n(2)?),
+        "unix-rx" => unix_rx(a(1)),
+        other => Err(format!("unknown role {other:?}").into()),
+    }
+}
+
+fn ready() {
+    println!("READY");
+    let _ = std::io::stdout().flush();
+}
+
+/// One-way p50 from round trips (the first tenth warms up).
+fn p50(mut rtts: Vec<u64>) -> String {
+    rtts.sort_unstable();
+    format!("p50_ns={}", rtts[rtts.len() / 2] / 2)
+}
+
+fn stream(pool: &fbuf::Pool, name: &str) -> Res<fbuf::Service<fbuf::service::Stream<[u8]>>> {
+    Ok(pool
+        .service(name)
+        .stream::<[u8]>()
+        .capacity(1024)
+        .open_or_create()?)
+}
+
+fn fbuf_ping(sock: &str, iters: u64) -> Res<String> {
+    let pool = session::join(sock, Role::Producer)?;
+    let mut tx = stream(&pool, "compare/ping")?.sender()?;
+    let mut rx = stream(&pool, "compare/pong")?.receiver()?;
+    rx.set_wait_strategy(WaitStrategy::BusySpin);
+    let mut rtts = Vec::with_capacity(iters as usize);
+    for i in 0..iters + iters / 10 {
+        let t = Instant::now();
+        let mut b = tx.loan_bytes(SIZE)?;
+        b[0] = i as u8;
+        tx.try_send(b).map_err(|e| e.to_string())?;
+        let back = rx.recv()?;
+        std::hint::black_box(back[0]);
+        drop(back);
+        if i >= iters / 10 {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(p50(rtts))
+}
+
+fn fbuf_pong(sock: &str) -> Res<String> {
+    let pool = session::join(sock, Role::Consumer)?;
+    let mut rx = stream(&pool, "compare/ping")?.receiver()?;
+    let mut tx = stream(&pool, "compare/pong")?.sender()?;
+    rx.set_wait_strategy(WaitStrategy::BusySpin);
+    ready();
+    while let Ok(b) = rx.recv() {
+        tx.try_forward(b).map_err(|e| e.to_string())?;
+    }
+    Ok(String::new())
+}
+
+fn fbuf_tx(sock: &str, name: &str, millis: u64, per_call: usize) -> Res<String> {
+    let pool = session::join(sock, Role::Producer)?;
+    let mut tx = stream(&pool, name)?.sender()?;
+    tx.set_wait_strategy(WaitStrategy::BusySpin);
+    let end = Instant::now() + Duration::from_millis(millis);
+    let mut batch = Vec::with_capacity(per_call);
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        for _ in 0..64 {
+            while batch.len() < per_call {
+                match tx.loan_bytes(SIZE) {
+                    Ok(mut b) => {
+                        b[..8].copy_from_slice(&seq.to_le_bytes());
+                        seq += 1;
+                        batch.push(b);
+                    }
+                    Err(_) => break, // every slot is queued: send what we have
+                }
+            }
+            if per_call == 1 {
+                if let Some(b) = batch.pop() {
+                    tx.send(b).map_err(|e| e.to_string())?;
+                }
+            } else {
+                tx.send_batch(&mut batch).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(format!("sent={seq}"))
+}
+
+fn fbuf_rx(sock: &str, name: &str) -> Res<String> {
+    let pool = session::join(sock, Role::Consumer)?;
+    let mut rx = stream(&pool, name)?.receiver()?;
+    rx.set_wait_strategy(WaitStrategy::BusySpin);
+    ready();
+    let mut got = Vec::with_capacity(64);
+    let (mut count, mut first, mut last, mut next) = (0u64, None, Instant::now(), 0u64);
+    loop {
+        match rx.recv_batch(&mut got, 64) {
+            Ok(_) => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                for b in got.drain(..) {
+                    let seq = u64::from_le_bytes(b[..8].try_into()?);
+                    if seq != next {
+                        return Err(format!("got message {seq}, expected {next}").into());
+                    }
+                    next += 1;
+                    count += 1;
+                }
+            }
+            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(TryRecvError::Disconnected) if count > 0 => break,
+            Err(TryRecvError::Disconnected) => std::hint::spin_loop(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let secs = first.map_or(1.0, |f| (last - f).as_secs_f64()).max(1e-9);
+    Ok(format!("count={count} rate={:.0}", count as f64 / secs))
+}
+
+type IceService =
+    iceoryx2::service::port_factory::publish_subscribe::PortFactory<ipc::Service, [u8; SIZE], ()>;
+
+fn ice_service(node: &Node<ipc::Service>, name: &str) -> Res<IceService> {
+    Ok(node
+        .service_builder(&name.try_into()?)
+        .publish_subscribe::<[u8; SIZE]>()
+        .enable_safe_overflow(false)
+        .subscriber_max_buffer_size(1024)
+        .history_size(0)
+        .open_or_create()?)
+}
+
+fn ice_ping(tag: &str, iters: u64) -> Res<String> {
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let ping = ice_service(&node, &format!("compare/{tag}/ping"))?;
+    let pong = ice_service(&node, &format!("compare/{tag}/pong"))?;
+    let publisher = ping.publisher_builder().create()?;
+    let subscriber = pong.subscriber_builder().buffer_size(1024).create()?;
+    let mut rtts = Vec::with_capacity(iters as usize);
+    for i in 0..iters + iters / 10 {
+        let t = Instant::now();
+        let s = publisher.loan_uninit()?;
+        s.write_payload([i as u8; SIZE]).send()?;
+        let back = loop {
+            if let Some(s) = subscriber.receive()? {
+                break s;
+            }
+            std::hint::spin_loop();
+        };
+        std::hint::black_box(back.payload()[0]);
+        drop(back);
+        if i >= iters / 10 {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(p50(rtts))
+}
+
+fn ice_pong(tag: &str) -> Res<String> {
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let ping = ice_service(&node, &format!("compare/{tag}/ping"))?;
+    let pong = ice_service(&node, &format!("compare/{tag}/pong"))?;
+    let subscriber = ping.subscriber_builder().buffer_size(1024).create()?;
+    let publisher = pong.publisher_builder().create()?;
+    ready();
+    // Ends when the orchestrator kills it.
+    loop {
+        if let Some(s) = subscriber.receive()? {
+            let payload = *s.payload();
+            drop(s);
+            publisher.loan_uninit()?.write_payload(payload).send()?;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn ice_tx(tag: &str, millis: u64) -> Res<String> {
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let svc = ice_service(&node, &format!("compare/{tag}/stream"))?;
+    let publisher = svc
+        .publisher_builder()
+        .max_loaned_samples(4)
+        .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+        .create()?;
+    use iceoryx2::port::update_connections::UpdateConnections;
+    while publisher.update_connections().is_ok()
+        && svc.dynamic_config().number_of_subscribers() == 0
+    {
+        std::hint::spin_loop();
+    }
+    let end = Instant::now() + Duration::from_millis(millis);
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        for _ in 0..64 {
+            let mut p = [0u8; SIZE];
+            p[..8].copy_from_slice(&seq.to_le_bytes());
+            publisher.loan_uninit()?.write_payload(p).send()?;
+            seq += 1;
+        }
+    }
+    Ok(format!("sent={seq}"))
+}
+
+fn ice_rx(tag: &str) -> Res<String> {
+    let node = NodeBuilder::new().create::<ipc::Service>()?;
+    let svc = ice_service(&node, &format!("compare/{tag}/stream"))?;
+    let subscriber = svc.subscriber_builder().buffer_size(1024).create()?;
+    ready();
+    let (mut count, mut first, mut last, mut idle) = (0u64, None, Instant::now(), Instant::now());
+    loop {
+        match subscriber.receive()? {
+            Some(s) => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                idle = now;
+                std::hint::black_box(s.payload()[0]);
+                count += 1;
+            }
+            // The publisher's departure is not signalled to a polling subscriber: 100 ms of
+            // silence after data ends the run.
+            None if count > 0 && idle.elapsed() > Duration::from_millis(100) => break,
+            None => std::hint::spin_loop(),
+        }
+    }
+    let secs = first.map_or(1.0, |f| (last - f).as_secs_f64()).max(1e-9);
+    Ok(format!("count={count} rate={:.0}", count as f64 / secs))
+}
+
+fn unix_ping(path: &str, iters: u64) -> Res<String> {
+    let mut s = UnixStream::connect(path)?;
+    let mut buf = [0u8; SIZE];
+    let mut rtts = Vec::with_capacity(iters as usize);
+    for i in 0..iters + iters / 10 {
+        let t = Instant::now();
+        buf[0] = i as u8;
+        s.write_all(&buf)?;
+        s.read_exact(&mut buf)?;
+        if i >= iters / 10 {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    Ok(p50(rtts))
+}
+
+fn unix_pong(path: &str) -> Res<String> {
+    let l = UnixListener::bind(path)?;
+    ready();
+    let (mut s, _) = l.accept()?;
+    let mut buf = [0u8; SIZE];
+    while s.read_exact(&mut buf).is_ok() {
+        s.write_all(&buf)?;
+    }
+    Ok(String::new())
+}
+
+fn unix_tx(path: &str, millis: u64) -> Res<String> {
+    let mut s = UnixStream::connect(path)?;
+    let end = Instant::now() + Duration::from_millis(millis);
+    let mut seq = 0u64;
+    let mut buf = [0u8; SIZE];
+    while Instant::now() < end {
+        for _ in 0..64 {
+            buf[..8].copy_from_slice(&seq.to_le_bytes());
+            s.write_all(&buf)?;
+            seq += 1;
+        }
+    }
+    Ok(format!("sent={seq}"))
+}
+
+fn unix_rx(path: &str) -> Res<String> {
+    let l = UnixListener::bind(path)?;
+    ready();
+    let (mut s, _) = l.accept()?;
+    let mut buf = [0u8; SIZE];
+    let (mut count, mut first, mut last) = (0u64, None, Instant::now());
+    while s.read_exact(&mut buf).is_ok() {
+        let now = Instant::now();
+        first.get_or_insert(now);
+        last = now;
+        count += 1;
+    }
+    let secs = first.map_or(1.0, |f| (last - f).as_secs_f64()).max(1e-9);
+    Ok(format!("count={count} rate={:.0}", count as f64 / secs))
+}
