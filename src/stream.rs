@@ -412,11 +412,13 @@ fn loan_bytes(
     tx: &fbuf::service::Sender<[u8]>,
     size: usize,
 ) -> Result<fbuf::SampleMut<[u8]>, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The clock is read only once the class is exhausted.
+    let mut deadline = None;
     loop {
         match tx.loan_bytes(size) {
             Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. }))
-                if Instant::now() < deadline =>
+                if *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(10))
+                    > Instant::now() =>
             {
                 std::hint::spin_loop()
             }

@@ -36,7 +36,7 @@ use crate::alloc::MAX_PARTICIPANTS;
 /// "FBUFPOOL" in little-endian: the control region's first word once the pool is ready.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FBUFPOOL");
 /// The layout version this build writes and accepts.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Most size classes a pool can have.
 pub const MAX_CLASSES: usize = 16;
 /// Bytes reserved for the header at the start of the control region.
@@ -378,17 +378,22 @@ impl Layout {
 }
 
 /// Places one ring unit of `cap` cells at or after `control`; returns it and the new end.
+///
+/// Every word another side writes on the fast path gets a 128-byte aligned pair of cache lines
+/// of its own: CPUs fetch lines in aligned pairs (the adjacent-line prefetcher), so head and tail
+/// one line apart would still bounce between the two cores as one unit.
 fn unit_at(control: usize, cap: usize, mpmc: bool) -> Result<(UnitLayout, usize), LayoutError> {
-    let base = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
-    let stamps_offset = base + 7 * LINE;
+    const PAIR: usize = 2 * LINE;
+    let base = align_up(control, PAIR).ok_or(LayoutError::TooLarge)?;
+    let stamps_offset = base + 6 * PAIR;
     let values_offset = stamps_offset + if mpmc { cap * 8 } else { 0 };
     let unit = UnitLayout {
         endpoint_offset: base,
-        senders_offset: base + LINE,
-        data_bell_offset: base + 3 * LINE,
-        space_bell_offset: base + 4 * LINE,
-        head_offset: base + 5 * LINE,
-        tail_offset: base + 6 * LINE,
+        senders_offset: base + PAIR,
+        data_bell_offset: base + 2 * PAIR,
+        space_bell_offset: base + 3 * PAIR,
+        head_offset: base + 4 * PAIR,
+        tail_offset: base + 5 * PAIR,
         stamps_offset,
         values_offset,
         capacity: cap,

@@ -280,7 +280,11 @@ impl Publisher {
         buf: Buf,
         timeout: Option<Duration>,
     ) -> Result<usize, SendError> {
-        self.publish_deadline(buf, deadline(timeout))
+        // The clock is read only if a subscriber is full.
+        match self.try_publish(buf) {
+            Err(SendError::Full(b)) => self.publish_deadline(b, deadline(timeout)),
+            other => other,
+        }
     }
 
     /// Publishes `buf`, waiting until `deadline` for every non-lossy subscriber to have room.
@@ -340,7 +344,10 @@ impl Subscriber {
 
     /// Receives one buffer, waiting up to `timeout`.
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        self.reader.recv_deadline(deadline(timeout))
+        match self.reader.try_recv() {
+            Err(RecvError::Empty) => self.reader.recv_deadline(deadline(timeout)),
+            other => other,
+        }
     }
 
     /// Receives one buffer, waiting until `deadline`.

@@ -143,7 +143,11 @@ impl Sender {
 
     /// Sends `buf`, waiting up to `timeout` for room (`None`: forever, unless the receiver goes).
     pub fn send_timeout(&mut self, buf: Buf, timeout: Option<Duration>) -> Result<(), SendError> {
-        self.send_deadline(buf, deadline(timeout))
+        // The clock is read only if the ring is full.
+        match self.try_send(buf) {
+            Err(SendError::Full(b)) => self.send_deadline(b, deadline(timeout)),
+            other => other,
+        }
     }
 
     /// Sends `buf`, waiting until `deadline` for room (`None`: forever, unless the receiver goes).
@@ -329,7 +333,11 @@ impl Receiver {
     /// Receives one buffer, waiting up to `timeout` (`None`: until one arrives or every sender
     /// is gone).
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        self.reader.recv_deadline(deadline(timeout))
+        // The clock is read only if nothing is queued.
+        match self.reader.try_recv() {
+            Err(RecvError::Empty) => self.reader.recv_deadline(deadline(timeout)),
+            other => other,
+        }
     }
 
     /// Receives one buffer, waiting until `deadline` (`None`: until one arrives or every sender

@@ -596,6 +596,11 @@ impl Pool {
     /// (a consumer on another core usually frees one within microseconds), then yielding, then
     /// sleeping in growing steps of at most a millisecond.
     pub fn alloc_timeout(&self, len: usize, timeout: Duration) -> Result<BufMut, AllocError> {
+        // The clock is read only once the class is exhausted.
+        match self.alloc(len) {
+            Err(AllocError::Exhausted { .. }) => {}
+            other => return other,
+        }
         let deadline = Instant::now() + timeout;
         let mut round = 0u32;
         loop {

@@ -259,13 +259,19 @@ impl<T: Message + ?Sized> Sender<T> {
         self.send_at(sample, None).map_err(Into::into)
     }
 
-    /// Sends `sample`, waiting up to `timeout` for room.
+    /// Sends `sample`, waiting up to `timeout` for room. The clock is read only if the ring is
+    /// full.
     pub fn send_timeout(
         &mut self,
         sample: SampleMut<T>,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError<SampleMut<T>>> {
-        self.send_at(sample, Some(Instant::now() + timeout))
+        match self.try_send(sample) {
+            Err(TrySendError::Full(s)) => self.send_at(s, Some(Instant::now() + timeout)),
+            Err(TrySendError::Disconnected(s)) => Err(SendTimeoutError::Disconnected(s)),
+            Err(TrySendError::Fault(f, s)) => Err(SendTimeoutError::Fault(f, s)),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Sends `sample`, waiting until `deadline` for room.
@@ -428,13 +434,18 @@ impl<T: Message + ?Sized> Publisher<T> {
         self.send_at(sample, None)
     }
 
-    /// Publishes `sample`, waiting up to `timeout`.
+    /// Publishes `sample`, waiting up to `timeout`. The clock is read only if a subscriber is
+    /// full.
     pub fn send_timeout(
         &mut self,
         sample: SampleMut<T>,
         timeout: Duration,
     ) -> Result<usize, PublishTimeoutError<SampleMut<T>>> {
-        self.send_at(sample, Some(Instant::now() + timeout))
+        match self.try_send(sample) {
+            Err(TryPublishError::Full(s)) => self.send_at(s, Some(Instant::now() + timeout)),
+            Err(TryPublishError::Fault(f, s)) => Err(PublishTimeoutError::Fault(f, s)),
+            Ok(n) => Ok(n),
+        }
     }
 
     /// Publishes `sample`, waiting until `deadline`.

@@ -156,7 +156,13 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
 
     /// Receives a request, waiting up to `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Request<Req>, RecvTimeoutError> {
-        self.recv_deadline(Instant::now() + timeout)
+        // The clock is read only if nothing is queued.
+        match self.try_recv() {
+            Err(TryRecvError::Empty) => self.recv_deadline(Instant::now() + timeout),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Fault(f)) => Err(RecvTimeoutError::Fault(f)),
+            Ok(r) => Ok(r),
+        }
     }
 
     /// Receives a request, waiting until `deadline`.
@@ -328,7 +334,12 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
 
     /// Receives a response, waiting up to `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Response<Resp>, RecvTimeoutError> {
-        self.recv_deadline(Instant::now() + timeout)
+        match self.try_recv() {
+            Err(TryRecvError::Empty) => self.recv_deadline(Instant::now() + timeout),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Fault(f)) => Err(RecvTimeoutError::Fault(f)),
+            Ok(r) => Ok(r),
+        }
     }
 
     /// Receives a response, waiting until `deadline`.
