@@ -344,10 +344,7 @@ impl Subscriber {
 
     /// Receives one buffer, waiting up to `timeout`.
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        match self.reader.try_recv() {
-            Err(RecvError::Empty) => self.reader.recv_deadline(deadline(timeout)),
-            other => other,
-        }
+        self.reader.recv_timeout(timeout)
     }
 
     /// Receives one buffer, waiting until `deadline`.

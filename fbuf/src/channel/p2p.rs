@@ -333,11 +333,7 @@ impl Receiver {
     /// Receives one buffer, waiting up to `timeout` (`None`: until one arrives or every sender
     /// is gone).
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
-        // The clock is read only if nothing is queued.
-        match self.reader.try_recv() {
-            Err(RecvError::Empty) => self.reader.recv_deadline(deadline(timeout)),
-            other => other,
-        }
+        self.reader.recv_timeout(timeout)
     }
 
     /// Receives one buffer, waiting until `deadline` (`None`: until one arrives or every sender

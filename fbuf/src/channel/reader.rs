@@ -90,6 +90,15 @@ impl RingReader {
         r
     }
 
+    /// Receives one buffer, waiting up to `timeout` (`None`: until one arrives or every sender
+    /// is gone). The clock is read only if nothing is queued.
+    pub(super) fn recv_timeout(&mut self, timeout: Option<Duration>) -> Result<Buf, RecvError> {
+        match self.try_recv() {
+            Err(RecvError::Empty) => self.recv_deadline(deadline(timeout)),
+            other => other,
+        }
+    }
+
     pub(super) fn recv_deadline(
         &mut self,
         deadline: Option<std::time::Instant>,
