@@ -136,6 +136,9 @@ pub struct ServiceConfig<'p, K> {
     capacity: u32,
     rings: u32,
     history: u32,
+    /// A payload size and alignment that byte endpoints declare for a typed service (a bridge
+    /// carrying `Frame`s as bytes), instead of "bytes of any length".
+    layout: Option<(u32, u32)>,
     _k: PhantomData<K>,
 }
 
@@ -201,6 +204,7 @@ impl<'p> ServiceBuilder<'p> {
                 .min(256),
             rings,
             history: 0,
+            layout: None,
             _k: PhantomData,
         }
     }
@@ -237,6 +241,17 @@ impl<K> ServiceConfig<'_, K> {
     /// Descriptors each ring holds (a power of two, at most the pool's ring capacity).
     pub fn capacity(mut self, n: u32) -> Self {
         self.capacity = n;
+        self
+    }
+}
+
+impl ServiceConfig<'_, PublishSubscribe<[u8]>> {
+    /// Opens or creates the service as one of `size`-byte payloads aligned to `align`, with
+    /// byte endpoints: for programs that carry another program's typed samples as bytes (the
+    /// Zenoh bridge), so that typed endpoints of both can meet on one service. Sizes are still
+    /// checked: a sample of another length is refused by name.
+    pub fn payload_layout(mut self, size: u32, align: u32) -> Self {
+        self.layout = Some((size, align));
         self
     }
 }
@@ -311,13 +326,18 @@ impl<K: ServiceKind> ServiceConfig<'_, K> {
             });
         }
         let size32 = |s: Option<usize>| s.map_or(0, |s| s.min(u32::MAX as usize) as u32);
+        let (size, align) = match self.layout {
+            Some((size, align)) if align.is_power_of_two() && align <= 64 => (size, align),
+            Some((_, align)) => return Err(ServiceError::OverAligned(align as usize)),
+            None => (size32(size), align as u32),
+        };
         Ok(Spec {
             kind: K::KIND,
             capacity: self.capacity,
             rings: self.rings,
-            size: size32(size),
+            size,
             reply_size: size32(reply),
-            align: align as u32,
+            align,
             history: self.history,
         })
     }

@@ -356,6 +356,13 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
     }
 }
 
+impl<Resp: Message + ?Sized> Client<[u8], Resp> {
+    /// Loans a request buffer for `len` bytes.
+    pub fn loan_bytes(&self, len: usize) -> Result<SampleMut<[u8]>, LoanError> {
+        loan(&self.service.pool, HEADER, len)
+    }
+}
+
 impl<Req: bytemuck::Pod, Resp: Message + ?Sized> Client<Req, Resp> {
     /// Loans a request buffer for one `Req`.
     pub fn loan(&self) -> Result<SampleMut<Req>, LoanError> {

@@ -1,0 +1,286 @@
+//! `fbuf-bridge`: carries fbuf services between hosts over Zenoh.
+//!
+//! ```sh
+//! # host A: export the local publish-subscribe service camera/left as key fbuf/camera/left
+//! fbuf-bridge --socket /run/a.sock --listen tcp/10.0.0.1:7447 --export camera/left
+//! # host B: import it as a local service of the same name; subscribers there use fbuf as usual
+//! fbuf-bridge --socket /run/b.sock --connect tcp/10.0.0.1:7447 --import camera/left
+//! ```
+//!
+//! - **Out without a copy**: an exported sample is handed to Zenoh as `bytes::Bytes` owning the
+//!   received pool buffer (`Bytes::from_owner`), so the slot is held, like an egress lease, until
+//!   Zenoh lets go of it; its bytes are not copied in user space on the way out.
+//! - **In with one copy**: an imported sample's bytes are copied once, from Zenoh's buffers into a
+//!   slot loaned from the local pool, and published.
+//! - **Backpressure stays backpressure**: the exporter is a subscriber without loss (a slow
+//!   network holds the local publisher back) and publishes with `CongestionControl::Block`; the
+//!   importer publishes with the blocking `send`. A lossy subscriber on the importing side stays
+//!   lossy and is told its loss count by its own service.
+//! - **Going away shows**: an exporter declares a Zenoh liveliness token per key; the importer
+//!   drops its local publisher when the token goes (its subscribers see `Disconnected`) and opens
+//!   it again when a restarted exporter brings it back (they resume). A killed bridge is a dead
+//!   participant of its pool: the owner recovers its slots and rings like any other's.
+//! - **Request-response across**: `--export-rr NAME` answers Zenoh queries on the key by calling
+//!   the local service NAME as a client; `--import-rr KEY` serves a local service by querying the
+//!   key. Replies are matched to requests on both sides.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use fbuf::service::{RecvTimeoutError, Subscriber};
+use fbuf::{Role, session};
+use zenoh::Wait;
+use zenoh::qos::CongestionControl;
+
+mod roles;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Carries fbuf services between hosts over Zenoh.
+#[derive(Parser, Debug)]
+#[command(name = "fbuf-bridge", version)]
+struct Cli {
+    /// The local pool's session socket.
+    #[arg(long)]
+    socket: Option<String>,
+    /// Zenoh endpoints to listen on (e.g. tcp/0.0.0.0:7447).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Zenoh endpoints to connect to (e.g. tcp/10.0.0.1:7447).
+    #[arg(long)]
+    connect: Vec<String>,
+    /// Export a local publish-subscribe service: NAME or NAME=KEY (default key fbuf/NAME).
+    #[arg(long)]
+    export: Vec<String>,
+    /// Import a key as a local publish-subscribe service: NAME or NAME=KEY.
+    #[arg(long)]
+    import: Vec<String>,
+    /// Answer queries on a key by calling a local request-response service: NAME or NAME=KEY.
+    #[arg(long)]
+    export_rr: Vec<String>,
+    /// Serve a local request-response service by querying a key: NAME or NAME=KEY.
+    #[arg(long)]
+    import_rr: Vec<String>,
+    /// Payload layout of typed services, SIZE:ALIGN (bytes of any length without it).
+    #[arg(long)]
+    layout: Option<String>,
+    /// Test roles (internal).
+    #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
+    role: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = if cli.role.is_empty() {
+        run(&cli)
+    } else {
+        roles::run(&cli.role)
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fbuf-bridge: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `NAME` or `NAME=KEY`.
+fn name_key(spec: &str) -> (String, String) {
+    match spec.split_once('=') {
+        Some((n, k)) => (n.to_owned(), k.to_owned()),
+        None => (spec.to_owned(), format!("fbuf/{spec}")),
+    }
+}
+
+fn liveliness_key(key: &str) -> String {
+    format!("fbuf-live/{key}")
+}
+
+/// A peer-mode Zenoh session on exactly the given endpoints (no multicast scouting: traffic
+/// goes only where it is told to).
+fn open_zenoh(listen: &[String], connect: &[String]) -> Res<zenoh::Session> {
+    let mut config = zenoh::Config::default();
+    let json = |v: &[String]| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|e| format!("{e:?}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    config.insert_json5("mode", "\"peer\"")?;
+    config.insert_json5("scouting/multicast/enabled", "false")?;
+    config.insert_json5("listen/endpoints", &json(listen))?;
+    config.insert_json5("connect/endpoints", &json(connect))?;
+    // Keep retrying a peer that is not up yet, or went away, for as long as we run.
+    config.insert_json5("connect/timeout_ms", "-1")?;
+    config.insert_json5("connect/exit_on_failure", "false")?;
+    Ok(zenoh::open(config).wait()?)
+}
+
+fn layout(cli: &Cli) -> Res<Option<(u32, u32)>> {
+    let Some(l) = &cli.layout else {
+        return Ok(None);
+    };
+    let (s, a) = l.split_once(':').ok_or("--layout is SIZE:ALIGN")?;
+    Ok(Some((s.parse()?, a.parse()?)))
+}
+
+type ByteService = fbuf::Service<fbuf::service::PublishSubscribe<[u8]>>;
+
+fn pubsub(pool: &fbuf::Pool, name: &str, layout: Option<(u32, u32)>) -> Res<ByteService> {
+    let b = pool.service(name).publish_subscribe::<[u8]>();
+    let b = match layout {
+        Some((size, align)) => b.payload_layout(size, align),
+        None => b,
+    };
+    Ok(b.open_or_create()?)
+}
+
+fn run(cli: &Cli) -> Res<()> {
+    let socket = cli.socket.as_deref().ok_or("--socket is needed")?;
+    let pool = session::join(socket, Role::Producer)?;
+    let z = open_zenoh(&cli.listen, &cli.connect)?;
+    let layout = layout(cli)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for spec in &cli.export {
+        let (name, key) = name_key(spec);
+        let svc = pubsub(&pool, &name, layout)?;
+        let sub = svc.subscriber()?;
+        let publisher = z
+            .declare_publisher(key.clone())
+            .congestion_control(CongestionControl::Block)
+            .wait()?;
+        let token = z.liveliness().declare_token(liveliness_key(&key)).wait()?;
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let _token = token;
+            export(sub, &publisher, &stop)
+        }));
+        eprintln!("fbuf-bridge: exporting {name} as {key}");
+    }
+    for spec in &cli.import {
+        let (name, key) = name_key(spec);
+        let svc = pubsub(&pool, &name, layout)?;
+        let z = z.clone();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || import(&z, &svc, &key, &stop)));
+        eprintln!("fbuf-bridge: importing {spec}");
+    }
+    for spec in &cli.export_rr {
+        let (name, key) = name_key(spec);
+        let svc = pool
+            .service(&name)
+            .request_response::<[u8], [u8]>()
+            .open_or_create()?;
+        let z = z.clone();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            crate::rr::export(&z, &svc, &key, &stop)
+        }));
+    }
+    for spec in &cli.import_rr {
+        let (name, key) = name_key(spec);
+        let svc = pool
+            .service(&name)
+            .request_response::<[u8], [u8]>()
+            .open_or_create()?;
+        let z = z.clone();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            crate::rr::import(&z, &svc, &key, &stop)
+        }));
+    }
+    println!("READY");
+    // The bridge runs until killed or until a direction fails.
+    for t in threads {
+        if let Ok(Err(e)) = t.join() {
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Owns a received pool buffer on Zenoh's behalf: the slot stays held until Zenoh drops it.
+pub(crate) struct PoolBytes(pub(crate) fbuf::Sample<[u8]>);
+
+impl AsRef<[u8]> for PoolBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+fn export(
+    mut sub: Subscriber<[u8]>,
+    publisher: &zenoh::pubsub::Publisher<'_>,
+    stop: &AtomicBool,
+) -> Res<()> {
+    while !stop.load(Ordering::Relaxed) {
+        match sub.recv_timeout(Duration::from_millis(100)) {
+            Ok(sample) => {
+                // No copy: Zenoh gets a view of the slot and drops it when it is done.
+                let bytes = bytes::Bytes::from_owner(PoolBytes(sample));
+                publisher.put(zenoh::bytes::ZBytes::from(bytes)).wait()?;
+            }
+            // No local publisher (yet, or any more): keep listening for the next one.
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn import(z: &zenoh::Session, svc: &ByteService, key: &str, stop: &AtomicBool) -> Res<()> {
+    let sub = z.declare_subscriber(key).wait()?;
+    let alive = z
+        .liveliness()
+        .declare_subscriber(liveliness_key(key))
+        .history(true)
+        .wait()?;
+    let mut publisher = None;
+    while !stop.load(Ordering::Relaxed) {
+        // The exporter's liveliness: publish locally only while it is there.
+        while let Ok(Some(change)) = alive.try_recv() {
+            publisher = match change.kind() {
+                zenoh::sample::SampleKind::Put => Some(svc.publisher()?),
+                zenoh::sample::SampleKind::Delete => None, // our subscribers see Disconnected
+            };
+        }
+        let Some(sample) = sub.recv_timeout(Duration::from_millis(20))? else {
+            continue;
+        };
+        let Some(p) = publisher.as_mut() else {
+            continue; // data before the token: the next one will come with it
+        };
+        let payload = sample.payload();
+        let mut buf = loop {
+            match p.loan_bytes(payload.len()) {
+                Ok(b) => break b,
+                // Every slot held by readers still reading: wait for one.
+                Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. })) => {
+                    std::thread::yield_now()
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The one copy: from Zenoh's buffers into the slot.
+        let mut at = 0;
+        for slice in payload.slices() {
+            buf[at..at + slice.len()].copy_from_slice(slice);
+            at += slice.len();
+        }
+        p.send(buf)
+            .map_err(|e| format!("publishing locally: {e}"))?;
+    }
+    Ok(())
+}
+
+mod rr;
