@@ -119,7 +119,7 @@ fn open_zenoh(listen: &[String], connect: &[String]) -> Res<zenoh::Session> {
     // Keep retrying a peer that is not up yet, or went away, for as long as we run.
     config.insert_json5("connect/timeout_ms", "-1")?;
     config.insert_json5("connect/exit_on_failure", "false")?;
-    Ok(zenoh::open(config).wait()?)
+    zenoh::open(config).wait()
 }
 
 fn layout(cli: &Cli) -> Res<Option<(u32, u32)>> {
