@@ -1,0 +1,358 @@
+//! Two pools, two bridges, real processes: a publisher on side A, subscribers on side B, every
+//! byte verified; request-response across; a bridge SIGKILLed mid-stream; and the same across
+//! two network namespaces joined by a veth pair (as root; skipped loudly where unavailable).
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use fbuf::session::{Policy, Server};
+use fbuf::{Pool, PoolConfig};
+
+const BRIDGE: &str = env!("CARGO_BIN_EXE_fbuf-bridge");
+
+/// A pool of this test process, served on a socket of its own.
+struct Side {
+    pool: Pool,
+    server: Server,
+    socket: String,
+}
+
+fn side(name: &str) -> Side {
+    static N: AtomicU16 = AtomicU16::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fbuf-bridge-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = PoolConfig::builder()
+        .class(4096, 256)
+        .class(1 << 20, 16)
+        .name(name)
+        .create()
+        .unwrap();
+    let path = dir.join("pool.sock");
+    let server = Server::start(pool.clone(), &path, Policy::default()).unwrap();
+    Side {
+        pool,
+        server,
+        socket: path.display().to_string(),
+    }
+}
+
+impl Side {
+    /// Waits until every admitted participant was retired and every slot is back.
+    fn settles(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.server.stats();
+            let all_retired =
+                s.retired.load(Ordering::SeqCst) == s.admitted.load(Ordering::SeqCst);
+            if all_retired && self.pool.free_count() == self.pool.slot_count() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pool did not settle: {} of {} slots free, {:?}",
+                self.pool.free_count(),
+                self.pool.slot_count(),
+                s
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A process killed when the test lets go of it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Starts `prefix... fbuf-bridge args...`; waits for its READY line.
+    fn start(prefix: &[&str], args: &[&str]) -> Proc {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BRIDGE);
+                c
+            }
+            None => Command::new(BRIDGE),
+        };
+        let mut child = cmd
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap() > 0 {
+            if line.trim() == "READY" {
+                return Proc(child);
+            }
+            line.clear();
+        }
+        panic!("{args:?} ended before READY");
+    }
+
+    /// Waits for the RESULT line; returns its pairs.
+    fn result(mut self) -> std::collections::HashMap<String, String> {
+        let mut text = String::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        let status = self.0.wait().unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .unwrap_or_else(|| panic!("no RESULT ({status}): {text}"));
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+/// A loopback port for this test.
+fn port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn exporter(a: &Side, listen: &str, what: &[&str]) -> Proc {
+    let mut args = vec!["--socket", &a.socket, "--listen", listen];
+    args.extend_from_slice(what);
+    Proc::start(&[], &args)
+}
+
+fn importer(b: &Side, connect: &str, what: &[&str]) -> Proc {
+    let mut args = vec!["--socket", &b.socket, "--connect", connect];
+    args.extend_from_slice(what);
+    Proc::start(&[], &args)
+}
+
+#[test]
+fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
+    let (a, b) = (side("bridge-a"), side("bridge-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let bridge_a = exporter(&a, &ep, &["--export", "camera/left"]);
+    let bridge_b = importer(&b, &ep, &["--import", "camera/left"]);
+    let subs: Vec<Proc> = (0..2)
+        .map(|_| {
+            Proc::start(
+                &[],
+                &["--role", "sub", &b.socket, "camera/left", "3000"],
+            )
+        })
+        .collect();
+    // 4 KiB and 1 MiB frames, interleaved by two runs.
+    let publisher = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "camera/left", "3000", "4096", "0"],
+    );
+    let sent = publisher.result();
+    assert_eq!(sent["sent"], "3000");
+    for s in subs {
+        let r = s.result();
+        assert_eq!(
+            (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
+            ("3000", "0", "0"),
+            "{r:?}"
+        );
+    }
+    let big_sub = Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "40"]);
+    let big = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "camera/left", "40", "1048576", "0"],
+    );
+    assert_eq!(big.result()["sent"], "40");
+    let r = big_sub.result();
+    assert_eq!((r["count"].as_str(), r["bad"].as_str()), ("40", "0"), "{r:?}");
+    drop((bridge_a, bridge_b));
+    a.settles();
+    b.settles();
+}
+
+#[test]
+fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
+    let (a, b) = (side("kill-a"), side("kill-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let bridge_a = exporter(&a, &ep, &["--export", "ticks"]);
+    let bridge_b = importer(&b, &ep, &["--import", "ticks"]);
+    let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100000"]);
+    // 1 ms between frames: the kill lands mid-stream.
+    let publisher = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "ticks", "4000", "4096", "1000"],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    drop(bridge_b); // SIGKILL
+    let r = sub.result();
+    assert_eq!(r["disconnected"], "1", "the subscriber was told: {r:?}");
+    assert_eq!((r["bad"].as_str(), r["gaps"].as_str()), ("0", "0"), "{r:?}");
+    assert!(r["count"].parse::<u64>().unwrap() > 10, "{r:?}");
+    // A restarted importer: a new subscriber gets the rest of the stream.
+    let bridge_b = importer(&b, &ep, &["--import", "ticks"]);
+    let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "200"]);
+    let r = sub.result();
+    assert_eq!(
+        (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
+        ("200", "0", "0"),
+        "{r:?}"
+    );
+    // Now the exporter dies: the importing side's subscriber is told too (liveliness).
+    let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(bridge_a);
+    let r = sub.result();
+    assert_eq!(r["disconnected"], "1", "told of the exporter's death: {r:?}");
+    drop((publisher, bridge_b));
+    a.settles();
+    b.settles();
+}
+
+#[test]
+fn request_response_round_trips_across_the_bridges() {
+    let (a, b) = (side("rr-a"), side("rr-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
+    let bridge_a = exporter(&a, &ep, &["--export-rr", "control"]);
+    let bridge_b = importer(&b, &ep, &["--import-rr", "control"]);
+    let clients: Vec<Proc> = (0..2)
+        .map(|_| {
+            Proc::start_later(&["--role", "rr-client", &b.socket, "control", "200", "4096"])
+        })
+        .collect();
+    for c in clients {
+        let r = c.result();
+        assert_eq!((r["ok"].as_str(), r["bad"].as_str()), ("200", "0"), "{r:?}");
+    }
+    drop((server, bridge_a, bridge_b));
+    a.settles();
+    b.settles();
+}
+
+impl Proc {
+    /// Starts a role that prints no READY.
+    fn start_later(args: &[&str]) -> Proc {
+        Proc(
+            Command::new(BRIDGE)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// Two network namespaces joined by a veth pair, removed when dropped.
+struct Netns {
+    names: [String; 2],
+}
+
+impl Netns {
+    fn create() -> Option<Netns> {
+        let tag = std::process::id() % 10_000;
+        let names = [format!("fbufA{tag}"), format!("fbufB{tag}")];
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !ip(&["netns", "add", &names[0]]) {
+            return None;
+        }
+        let ns = Netns { names };
+        let (a, b) = (&ns.names[0], &ns.names[1]);
+        let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+        let ok = ip(&["netns", "add", b])
+            && ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])
+            && ip(&["link", "set", &va, "netns", a])
+            && ip(&["link", "set", &vb, "netns", b])
+            && ip(&["-n", a, "addr", "add", "10.77.0.1/24", "dev", &va])
+            && ip(&["-n", b, "addr", "add", "10.77.0.2/24", "dev", &vb])
+            && ip(&["-n", a, "link", "set", &va, "up"])
+            && ip(&["-n", b, "link", "set", &vb, "up"])
+            && ip(&["-n", a, "link", "set", "lo", "up"])
+            && ip(&["-n", b, "link", "set", "lo", "up"]);
+        ok.then_some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            // Deleting a namespace deletes its end of the veth, and the pair with it.
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+#[test]
+fn across_two_network_namespaces_joined_by_a_veth_pair() {
+    let Some(ns) = Netns::create() else {
+        eprintln!(
+            "SKIPPED across_two_network_namespaces_joined_by_a_veth_pair: cannot create network \
+             namespaces here (needs root and iproute2)"
+        );
+        return;
+    };
+    let (a, b) = (side("ns-a"), side("ns-b"));
+    // The pools' Unix sockets are paths, reachable from any network namespace; the bridges talk
+    // over the veth pair only.
+    let bridge_a = Proc::start(
+        &["ip", "netns", "exec", &ns.names[0]],
+        &[
+            "--socket",
+            &a.socket,
+            "--listen",
+            "tcp/10.77.0.1:7447",
+            "--export",
+            "camera/left",
+        ],
+    );
+    let bridge_b = Proc::start(
+        &["ip", "netns", "exec", &ns.names[1]],
+        &[
+            "--socket",
+            &b.socket,
+            "--connect",
+            "tcp/10.77.0.1:7447",
+            "--import",
+            "camera/left",
+        ],
+    );
+    let subs: Vec<Proc> = (0..2)
+        .map(|_| Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "1000"]))
+        .collect();
+    let publisher = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "camera/left", "1000", "65536", "0"],
+    );
+    assert_eq!(publisher.result()["sent"], "1000");
+    for s in subs {
+        let r = s.result();
+        assert_eq!(
+            (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
+            ("1000", "0", "0"),
+            "{r:?}"
+        );
+    }
+    drop((bridge_a, bridge_b));
+    a.settles();
+    b.settles();
+}
