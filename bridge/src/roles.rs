@@ -40,6 +40,12 @@ pub fn run(args: &[String]) -> Res<()> {
         "sub" => subscribe(a(1), a(2), n(3)?, a(4) == "lossy")?,
         "rr-server" => rr_server(a(1), a(2))?,
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
+        "zpub" => zenoh_pub(a(1), a(2), n(3)?, n(4)? as usize)?,
+        "zsub" => zenoh_sub(a(1), a(2), n(3)?)?,
+        "zping" => zenoh_ping(a(1), n(2)?, n(3)? as usize)?,
+        "zpong" => zenoh_pong(a(1))?,
+        "ping" => fbuf_ping(a(1), n(2)?, n(3)? as usize)?,
+        "pong" => fbuf_pong(a(1))?,
         other => return Err(format!("unknown role {other:?}").into()),
     };
     println!("RESULT {line}");
@@ -204,4 +210,179 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
         "ok={ok} bad={bad} p50_us={}",
         rtts.get(rtts.len() / 2).copied().unwrap_or(0)
     ))
+}
+
+// ---- the benchmark's roles: Zenoh alone, and fbuf ping-pong through two pairs of bridges ----
+
+fn zenoh(listen: Option<&str>, connect: Option<&str>) -> Res<zenoh::Session> {
+    let v = |e: Option<&str>| e.map(|e| vec![e.to_owned()]).unwrap_or_default();
+    super::open_zenoh(&v(listen), &v(connect))
+}
+
+/// Zenoh alone: puts `count` frames of `size` bytes on `key` (listening on `ep`), each built in
+/// a fresh buffer as a Zenoh application would.
+fn zenoh_pub(ep: &str, key: &str, count: u64, size: usize) -> Res<String> {
+    use zenoh::Wait;
+    let z = zenoh(Some(ep), None)?;
+    let publisher = z
+        .declare_publisher(key.to_owned())
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()?;
+    let mut matched = publisher.matching_status().wait()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matched.matching() {
+        if Instant::now() > deadline {
+            return Err("no zenoh subscriber came".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        matched = publisher.matching_status().wait()?;
+    }
+    println!("READY");
+    let start = Instant::now();
+    for seq in 0..count {
+        let mut v = vec![0u8; size];
+        fill(&mut v, seq);
+        publisher.put(v).wait()?;
+    }
+    Ok(format!(
+        "sent={count} secs={:.4}",
+        start.elapsed().as_secs_f64()
+    ))
+}
+
+/// Zenoh alone: receives `count` frames on `key` (connecting to `ep`), every byte checked.
+fn zenoh_sub(ep: &str, key: &str, count: u64) -> Res<String> {
+    use zenoh::Wait;
+    let z = zenoh(None, Some(ep))?;
+    let sub = z.declare_subscriber(key.to_owned()).wait()?;
+    println!("READY");
+    let (mut got, mut bad, mut first, mut end) = (0u64, 0u64, None, Instant::now());
+    while got < count {
+        let Some(s) = sub.recv_timeout(Duration::from_secs(30))? else {
+            break;
+        };
+        let now = Instant::now();
+        first.get_or_insert(now);
+        end = now;
+        if check(&s.payload().to_bytes()).is_none() {
+            bad += 1;
+        }
+        got += 1;
+    }
+    let secs = first.map_or(0.0, |f| (end - f).as_secs_f64());
+    Ok(format!("count={got} bad={bad} secs={secs:.4}"))
+}
+
+/// Zenoh alone: `count` round trips of `size` bytes on ping/pong keys (listening on `ep`).
+fn zenoh_ping(ep: &str, count: u64, size: usize) -> Res<String> {
+    use zenoh::Wait;
+    let z = zenoh(Some(ep), None)?;
+    let publisher = z
+        .declare_publisher("bench/ping")
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()?;
+    let sub = z.declare_subscriber("bench/pong").wait()?;
+    while !publisher.matching_status().wait()?.matching() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("READY");
+    let mut rtts = Vec::with_capacity(count as usize);
+    for i in 0..count + count / 10 {
+        let mut v = vec![0u8; size];
+        fill(&mut v, i);
+        let t = Instant::now();
+        publisher.put(v).wait()?;
+        sub.recv_timeout(Duration::from_secs(10))?
+            .ok_or("pong lost")?;
+        if i >= count / 10 {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    rtts.sort_unstable();
+    Ok(format!("p50_ns={}", rtts[rtts.len() / 2] / 2))
+}
+
+fn zenoh_pong(ep: &str) -> Res<String> {
+    use zenoh::Wait;
+    let z = zenoh(None, Some(ep))?;
+    let sub = z.declare_subscriber("bench/ping").wait()?;
+    let publisher = z
+        .declare_publisher("bench/pong")
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()?;
+    println!("READY");
+    while let Ok(s) = sub.recv() {
+        publisher.put(s.payload().clone()).wait()?;
+    }
+    Ok(String::new())
+}
+
+/// fbuf ping: publishes on `bench/ping`, waits for the echo on `bench/pong`, both through the
+/// bridges; `count` round trips of `size` bytes.
+fn fbuf_ping(socket: &str, count: u64, size: usize) -> Res<String> {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut tx = pool
+        .service("bench/ping")
+        .publish_subscribe::<[u8]>()
+        .open_or_create()?
+        .publisher()?;
+    let mut rx = pool
+        .service("bench/pong")
+        .publish_subscribe::<[u8]>()
+        .open_or_create()?
+        .subscriber()?;
+    println!("READY");
+    while tx.subscribers() == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut rtts = Vec::with_capacity(count as usize);
+    let mut i = 0u64;
+    // The first frames may be lost while the far side's bridge opens its publisher: retry.
+    while i < count + count / 10 {
+        let mut b = tx.loan_bytes(size)?;
+        fill(&mut b, i);
+        let t = Instant::now();
+        tx.send_timeout(b, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        match rx.recv_timeout(Duration::from_millis(if i == 0 { 200 } else { 10_000 })) {
+            Ok(back) => {
+                std::hint::black_box(back.bytes()[0]);
+            }
+            Err(RecvTimeoutError::Timeout) if i == 0 => continue,
+            Err(e) => return Err(format!("round trip {i}: {e}").into()),
+        }
+        if i >= count / 10 {
+            rtts.push(t.elapsed().as_nanos() as u64);
+        }
+        i += 1;
+    }
+    rtts.sort_unstable();
+    Ok(format!("p50_ns={}", rtts[rtts.len() / 2] / 2))
+}
+
+/// fbuf pong: echoes `bench/ping` back on `bench/pong`, forwarding the received buffer.
+fn fbuf_pong(socket: &str) -> Res<String> {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut rx = pool
+        .service("bench/ping")
+        .publish_subscribe::<[u8]>()
+        .open_or_create()?
+        .subscriber()?;
+    let mut tx = pool
+        .service("bench/pong")
+        .publish_subscribe::<[u8]>()
+        .open_or_create()?
+        .publisher()?;
+    println!("READY");
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(s) => {
+                // Echoed without a copy, as the Zenoh pong does.
+                tx.forward_timeout(s, Duration::from_secs(10))
+                    .map_err(|e| e.to_string())?;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

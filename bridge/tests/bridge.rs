@@ -48,8 +48,7 @@ impl Side {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let s = self.server.stats();
-            let all_retired =
-                s.retired.load(Ordering::SeqCst) == s.admitted.load(Ordering::SeqCst);
+            let all_retired = s.retired.load(Ordering::SeqCst) == s.admitted.load(Ordering::SeqCst);
             if all_retired && self.pool.free_count() == self.pool.slot_count() {
                 return;
             }
@@ -149,17 +148,20 @@ fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
     let bridge_a = exporter(&a, &ep, &["--export", "camera/left"]);
     let bridge_b = importer(&b, &ep, &["--import", "camera/left"]);
     let subs: Vec<Proc> = (0..2)
-        .map(|_| {
-            Proc::start(
-                &[],
-                &["--role", "sub", &b.socket, "camera/left", "3000"],
-            )
-        })
+        .map(|_| Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "3000"]))
         .collect();
     // 4 KiB and 1 MiB frames, interleaved by two runs.
     let publisher = Proc::start(
         &[],
-        &["--role", "pub", &a.socket, "camera/left", "3000", "4096", "0"],
+        &[
+            "--role",
+            "pub",
+            &a.socket,
+            "camera/left",
+            "3000",
+            "4096",
+            "0",
+        ],
     );
     let sent = publisher.result();
     assert_eq!(sent["sent"], "3000");
@@ -174,11 +176,23 @@ fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
     let big_sub = Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "40"]);
     let big = Proc::start(
         &[],
-        &["--role", "pub", &a.socket, "camera/left", "40", "1048576", "0"],
+        &[
+            "--role",
+            "pub",
+            &a.socket,
+            "camera/left",
+            "40",
+            "1048576",
+            "0",
+        ],
     );
     assert_eq!(big.result()["sent"], "40");
     let r = big_sub.result();
-    assert_eq!((r["count"].as_str(), r["bad"].as_str()), ("40", "0"), "{r:?}");
+    assert_eq!(
+        (r["count"].as_str(), r["bad"].as_str()),
+        ("40", "0"),
+        "{r:?}"
+    );
     drop((bridge_a, bridge_b));
     a.settles();
     b.settles();
@@ -216,7 +230,10 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
     std::thread::sleep(Duration::from_millis(300));
     drop(bridge_a);
     let r = sub.result();
-    assert_eq!(r["disconnected"], "1", "told of the exporter's death: {r:?}");
+    assert_eq!(
+        r["disconnected"], "1",
+        "told of the exporter's death: {r:?}"
+    );
     drop((publisher, bridge_b));
     a.settles();
     b.settles();
@@ -230,9 +247,7 @@ fn request_response_round_trips_across_the_bridges() {
     let bridge_a = exporter(&a, &ep, &["--export-rr", "control"]);
     let bridge_b = importer(&b, &ep, &["--import-rr", "control"]);
     let clients: Vec<Proc> = (0..2)
-        .map(|_| {
-            Proc::start_later(&["--role", "rr-client", &b.socket, "control", "200", "4096"])
-        })
+        .map(|_| Proc::start_later(&["--role", "rr-client", &b.socket, "control", "200", "4096"]))
         .collect();
     for c in clients {
         let r = c.result();
@@ -341,7 +356,15 @@ fn across_two_network_namespaces_joined_by_a_veth_pair() {
         .collect();
     let publisher = Proc::start(
         &[],
-        &["--role", "pub", &a.socket, "camera/left", "1000", "65536", "0"],
+        &[
+            "--role",
+            "pub",
+            &a.socket,
+            "camera/left",
+            "1000",
+            "65536",
+            "0",
+        ],
     );
     assert_eq!(publisher.result()["sent"], "1000");
     for s in subs {

@@ -401,6 +401,11 @@ impl<T: Message + ?Sized> Receiver<T> {
 }
 
 impl<T: Message + ?Sized> Subscriber<T> {
+    /// How waits for samples spin, yield and sleep.
+    pub fn set_wait_strategy(&mut self, strategy: super::WaitStrategy) {
+        self.inner.set_wait_strategy(strategy);
+    }
+
     /// Samples this (lossy) subscriber lost since the last call.
     pub fn take_lost(&self) -> u64 {
         self.inner.take_lost()
@@ -472,6 +477,32 @@ impl<T: Message + ?Sized> Publisher<T> {
             }
             Failed::Fault(e, t) => PublishTimeoutError::Fault(e, t),
         })
+    }
+
+    /// Publishes a received sample unchanged, without a copy, waiting up to `timeout` while a
+    /// subscriber without loss is full; returns how many subscribers it reached. On failure the
+    /// sample comes back (read-only, as it was received).
+    pub fn forward_timeout(
+        &mut self,
+        sample: Sample<T>,
+        timeout: Duration,
+    ) -> Result<usize, PublishTimeoutError<Sample<T>>> {
+        let off = sample.offset;
+        let deadline = Some(Instant::now() + timeout);
+        self.inner
+            .publish_deadline(sample.buf, deadline)
+            .map_err(|e| match e {
+                ChanSend::Full(b) | ChanSend::Timeout(b) | ChanSend::Disconnected(b) => {
+                    PublishTimeoutError::Timeout(Sample::new(b, off))
+                }
+                ChanSend::Share(e, b) => {
+                    PublishTimeoutError::Fault(Fault::Share(e), Some(Sample::new(b, off)))
+                }
+                ChanSend::Corrupted(b) => {
+                    PublishTimeoutError::Fault(Fault::Corrupted, Some(Sample::new(b, off)))
+                }
+                ChanSend::Lost(e) => PublishTimeoutError::Fault(Fault::Lost(e), None),
+            })
     }
 
     /// Live subscribers now.

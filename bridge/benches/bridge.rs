@@ -1,0 +1,177 @@
+//! The bridge against Zenoh alone, carrying the same bytes over the same loopback TCP, in one
+//! run: messages per second (a publisher streaming `COUNT` frames to a subscriber) and one-way
+//! latency (half a ping-pong round trip) at 4 KiB, 64 KiB and 1 MiB.
+//!
+//! - Zenoh alone: a Zenoh publisher process and a Zenoh subscriber process (each frame built in
+//!   a fresh buffer, as a Zenoh application would).
+//! - Through the bridge: an fbuf publisher on pool A, `fbuf-bridge` exporting, `fbuf-bridge`
+//!   importing into pool B, an fbuf subscriber there; for latency the echo goes back through a
+//!   second pair of directions of the same two bridges.
+//!
+//! Run: `cargo bench -p fbuf-zenoh --bench bridge`. Results: docs/benchmarks.md.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BRIDGE: &str = env!("CARGO_BIN_EXE_fbuf-bridge");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str], ready: bool) -> Proc {
+    let mut child = Command::new(BRIDGE)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn fbuf-bridge");
+    if ready {
+        let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap() > 0 && line.trim() != "READY" {
+            line.clear();
+        }
+        assert_eq!(line.trim(), "READY", "{args:?} did not start");
+    }
+    Proc(child)
+}
+
+fn result(mut p: Proc, key: &str) -> f64 {
+    let mut text = String::new();
+    p.0.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT: {text}"));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fbuf-bridge-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = |name: &str| {
+        let p = fbuf::PoolConfig::builder()
+            .class(4096, 512)
+            .class(64 << 10, 256)
+            .class(1 << 20, 64)
+            .name(name)
+            .create()
+            .unwrap();
+        let sock = dir.join(format!("{name}.sock"));
+        let server = fbuf::session::Server::start(p, &sock, Default::default()).unwrap();
+        (server, sock.display().to_string())
+    };
+    let (_sa, a) = pool("bench-a");
+    let (_sb, b) = pool("bench-b");
+    let mut rows = Vec::new();
+    for (size, count, rtts) in [
+        (4096usize, 20_000u64, 2000u64),
+        (64 << 10, 5000, 1000),
+        (1 << 20, 400, 200),
+    ] {
+        let (sz, n, rt) = (size.to_string(), count.to_string(), rtts.to_string());
+        eprintln!("{size} B ...");
+        // Zenoh alone.
+        let ep = format!("tcp/127.0.0.1:{}", port());
+        let key = format!("bench/alone/{size}");
+        let sub = start(&["--role", "zsub", &ep, &key, &n], false);
+        let publisher = start(&["--role", "zpub", &ep, &key, &n, &sz], false);
+        let z_secs = result(sub, "secs");
+        drop(publisher);
+        let ep = format!("tcp/127.0.0.1:{}", port());
+        let pong = start(&["--role", "zpong", &ep], false);
+        let z_lat = result(start(&["--role", "zping", &ep, &rt, &sz], false), "p50_ns");
+        drop(pong);
+        // Through the bridges.
+        let ep = format!("tcp/127.0.0.1:{}", port());
+        let name = format!("bench/stream/{size}");
+        let bridge_a = start(
+            &[
+                "--socket",
+                &a,
+                "--listen",
+                &ep,
+                "--export",
+                &name,
+                "--export",
+                "bench/ping",
+                "--import",
+                "bench/pong",
+            ],
+            true,
+        );
+        let bridge_b = start(
+            &[
+                "--socket",
+                &b,
+                "--connect",
+                &ep,
+                "--import",
+                &name,
+                "--import",
+                "bench/ping",
+                "--export",
+                "bench/pong",
+            ],
+            true,
+        );
+        let sub = start(&["--role", "sub", &b, &name, &n], true);
+        let publisher = start(&["--role", "pub", &a, &name, &n, &sz, "0"], true);
+        let b_secs = result(sub, "secs");
+        drop(publisher);
+        let pong = start(&["--role", "pong", &b], true);
+        let b_lat = result(start(&["--role", "ping", &a, &rt, &sz], false), "p50_ns");
+        drop((pong, bridge_a, bridge_b));
+        rows.push((
+            size,
+            count as f64 / z_secs,
+            count as f64 / b_secs,
+            z_lat,
+            b_lat,
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (size, zr, br, zl, bl) in rows {
+        println!(
+            "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x |",
+            size >> 10,
+            zr,
+            br,
+            br / zr,
+            zl / 1e3,
+            bl / 1e3,
+            bl / zl
+        );
+    }
+}
