@@ -26,21 +26,23 @@ impl Drop for Proc {
 }
 
 fn start(args: &[&str], ready: bool) -> Proc {
-    let mut child = Command::new(BRIDGE)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn fbuf-bridge");
+    let mut p = Proc(
+        Command::new(BRIDGE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fbuf-bridge"),
+    );
     if ready {
-        let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+        let mut out = BufReader::new(p.0.stdout.as_mut().unwrap());
         let mut line = String::new();
         while out.read_line(&mut line).unwrap() > 0 && line.trim() != "READY" {
             line.clear();
         }
         assert_eq!(line.trim(), "READY", "{args:?} did not start");
     }
-    Proc(child)
+    p
 }
 
 fn result(mut p: Proc, key: &str) -> f64 {

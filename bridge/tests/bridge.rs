@@ -85,17 +85,19 @@ impl Proc {
             }
             None => Command::new(BRIDGE),
         };
-        let mut child = cmd
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+        // Owned by a `Proc` at once: killed and reaped even if the wait below fails.
+        let mut p = Proc(
+            cmd.args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = BufReader::new(p.0.stdout.as_mut().unwrap());
         let mut line = String::new();
         while out.read_line(&mut line).unwrap() > 0 {
             if line.trim() == "READY" {
-                return Proc(child);
+                return p;
             }
             line.clear();
         }
