@@ -10,7 +10,7 @@
 //!
 //! Run: `cargo bench -p fbuf-zenoh --bench bridge`. Results: docs/benchmarks.md.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -35,12 +35,17 @@ fn start(args: &[&str], ready: bool) -> Proc {
             .expect("spawn fbuf-bridge"),
     );
     if ready {
-        let mut out = BufReader::new(p.0.stdout.as_mut().unwrap());
-        let mut line = String::new();
-        while out.read_line(&mut line).unwrap() > 0 && line.trim() != "READY" {
-            line.clear();
+        // Byte by byte: a buffered reader could swallow the RESULT line that follows at once.
+        let out = p.0.stdout.as_mut().unwrap();
+        let (mut line, mut byte) = (Vec::new(), [0u8]);
+        while out.read(&mut byte).unwrap() == 1 && !(byte[0] == b'\n' && line == b"READY") {
+            if byte[0] == b'\n' {
+                line.clear();
+            } else {
+                line.push(byte[0]);
+            }
         }
-        assert_eq!(line.trim(), "READY", "{args:?} did not start");
+        assert_eq!(line, b"READY", "{args:?} did not start");
     }
     p
 }

@@ -261,15 +261,25 @@ fn import(z: &zenoh::Session, svc: &ByteService, key: &str, stop: &AtomicBool) -
             continue; // data before the token: the next one will come with it
         };
         let payload = sample.payload();
-        let mut buf = loop {
+        let Some(mut buf) = (loop {
             match p.loan_bytes(payload.len()) {
-                Ok(b) => break b,
+                Ok(b) => break Some(b),
                 // Every slot held by readers still reading: wait for one.
                 Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. })) => {
                     std::thread::yield_now()
                 }
-                Err(e) => return Err(e.into()),
+                // A remote message this pool cannot hold (larger than its largest slot) is
+                // dropped and said, not allowed to stop the bridge.
+                Err(e) => {
+                    eprintln!(
+                        "fbuf-bridge: dropped a {}-byte message on {key}: {e}",
+                        payload.len()
+                    );
+                    break None;
+                }
             }
+        }) else {
+            continue;
         };
         // The one copy: from Zenoh's buffers into the slot.
         let mut at = 0;

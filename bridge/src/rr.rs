@@ -33,14 +33,20 @@ pub fn export(z: &zenoh::Session, svc: &ByteRr, key: &str, stop: &AtomicBool) ->
         };
         let empty = zenoh::bytes::ZBytes::default();
         let payload = query.payload().unwrap_or(&empty);
-        let mut req = loop {
+        let Some(mut req) = (loop {
             match client.loan_bytes(payload.len()) {
-                Ok(b) => break b,
+                Ok(b) => break Some(b),
                 Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. })) => {
                     std::thread::yield_now()
                 }
-                Err(e) => return Err(e.into()),
+                // Too large for this pool: refused to the asker, the bridge serves on.
+                Err(e) => {
+                    query.reply_err(format!("request refused: {e}")).wait()?;
+                    break None;
+                }
             }
+        }) else {
+            continue;
         };
         fill(&mut req, payload);
         let seq = client
@@ -91,7 +97,9 @@ pub fn import(z: &zenoh::Session, svc: &ByteRr, key: &str, stop: &AtomicBool) ->
             continue;
         };
         let payload = sample.payload();
-        let mut resp = server.loan_bytes(payload.len())?;
+        let Ok(mut resp) = server.loan_bytes(payload.len()) else {
+            continue; // too large for this pool: the client's call times out
+        };
         fill(&mut resp, payload);
         // A client that left does not stop the bridge.
         let _ = server.respond_timeout(&req, resp, CALL_TIMEOUT);

@@ -2,7 +2,7 @@
 //! byte verified; request-response across; a bridge SIGKILLed mid-stream; and the same across
 //! two network namespaces joined by a veth pair (as root; skipped loudly where unavailable).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +20,11 @@ struct Side {
 }
 
 fn side(name: &str) -> Side {
+    side_with(name, 1 << 20)
+}
+
+/// A side whose largest slot holds `largest` bytes.
+fn side_with(name: &str, largest: u32) -> Side {
     static N: AtomicU16 = AtomicU16::new(0);
     let dir = std::env::temp_dir().join(format!(
         "fbuf-bridge-{}-{}",
@@ -29,7 +34,7 @@ fn side(name: &str) -> Side {
     std::fs::create_dir_all(&dir).unwrap();
     let pool = PoolConfig::builder()
         .class(4096, 256)
-        .class(1 << 20, 16)
+        .class(largest.max(8192), 16)
         .name(name)
         .create()
         .unwrap();
@@ -93,13 +98,17 @@ impl Proc {
                 .spawn()
                 .unwrap(),
         );
-        let mut out = BufReader::new(p.0.stdout.as_mut().unwrap());
-        let mut line = String::new();
-        while out.read_line(&mut line).unwrap() > 0 {
-            if line.trim() == "READY" {
+        // Byte by byte: a buffered reader could swallow the RESULT line that follows at once.
+        let out = p.0.stdout.as_mut().unwrap();
+        let (mut line, mut byte) = (Vec::new(), [0u8]);
+        while out.read(&mut byte).unwrap() == 1 {
+            if byte[0] != b'\n' {
+                line.push(byte[0]);
+            } else if line == b"READY" {
                 return p;
+            } else {
+                line.clear();
             }
-            line.clear();
         }
         panic!("{args:?} ended before READY");
     }
@@ -380,4 +389,30 @@ fn across_two_network_namespaces_joined_by_a_veth_pair() {
     drop((bridge_a, bridge_b));
     a.settles();
     b.settles();
+}
+
+#[test]
+fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
+    let (a, b) = (side("big-a"), side_with("big-b", 8192));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let _bridge_a = exporter(&a, &ep, &["--export", "mixed"]);
+    let _bridge_b = importer(&b, &ep, &["--import", "mixed"]);
+    let sub = Proc::start(&[], &["--role", "sub", &b.socket, "mixed", "100"]);
+    // 1 MiB frames: pool B's largest slot is 8 KiB, so its bridge must drop them.
+    let big = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "mixed", "3", "1048576", "0"],
+    );
+    assert_eq!(big.result()["sent"], "3");
+    let small = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "mixed", "100", "4096", "0"],
+    );
+    assert_eq!(small.result()["sent"], "100");
+    let r = sub.result();
+    assert_eq!(
+        (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
+        ("100", "0", "0"),
+        "the small frames all came through: {r:?}"
+    );
 }
