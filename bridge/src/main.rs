@@ -57,6 +57,12 @@ struct Cli {
     /// Import a key as a local publish-subscribe service: NAME or NAME=KEY.
     #[arg(long)]
     import: Vec<String>,
+    /// Export a local stream service (the bridge is its receiver): NAME or NAME=KEY.
+    #[arg(long)]
+    export_stream: Vec<String>,
+    /// Import a key as a local stream service (the bridge is its sender): NAME or NAME=KEY.
+    #[arg(long)]
+    import_stream: Vec<String>,
     /// Answer queries on a key by calling a local request-response service: NAME or NAME=KEY.
     #[arg(long)]
     export_rr: Vec<String>,
@@ -151,26 +157,42 @@ fn run(cli: &Cli) -> Res<()> {
     for spec in &cli.export {
         let (name, key) = name_key(spec);
         let svc = pubsub(&pool, &name, layout)?;
-        let sub = svc.subscriber()?;
-        let publisher = z
-            .declare_publisher(key.clone())
-            .congestion_control(CongestionControl::Block)
-            .wait()?;
-        let token = z.liveliness().declare_token(liveliness_key(&key)).wait()?;
-        let stop = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            let _token = token;
-            export(sub, &publisher, &stop)
-        }));
+        threads.push(spawn_export(
+            &z,
+            svc.subscriber()?,
+            key.clone(),
+            stop.clone(),
+        )?);
         eprintln!("fbuf-bridge: exporting {name} as {key}");
+    }
+    for spec in &cli.export_stream {
+        let (name, key) = name_key(spec);
+        let svc = pool.service(&name).stream::<[u8]>().open_or_create()?;
+        threads.push(spawn_export(
+            &z,
+            svc.receiver()?,
+            key.clone(),
+            stop.clone(),
+        )?);
+        eprintln!("fbuf-bridge: exporting stream {name} as {key}");
     }
     for spec in &cli.import {
         let (name, key) = name_key(spec);
         let svc = pubsub(&pool, &name, layout)?;
-        let z = z.clone();
-        let stop = stop.clone();
-        threads.push(std::thread::spawn(move || import(&z, &svc, &key, &stop)));
+        let (z, stop) = (z.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            import(&z, || Ok(svc.publisher()?), &key, &stop)
+        }));
         eprintln!("fbuf-bridge: importing {spec}");
+    }
+    for spec in &cli.import_stream {
+        let (name, key) = name_key(spec);
+        let svc = pool.service(&name).stream::<[u8]>().open_or_create()?;
+        let (z, stop) = (z.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            import(&z, || Ok(svc.sender()?), &key, &stop)
+        }));
+        eprintln!("fbuf-bridge: importing stream {spec}");
     }
     for spec in &cli.export_rr {
         let (name, key) = name_key(spec);
@@ -216,19 +238,78 @@ impl AsRef<[u8]> for PoolBytes {
     }
 }
 
+/// Where an export takes its samples: a subscriber, or a stream's receiver.
+trait Source: Send {
+    fn next(&mut self, timeout: Duration) -> Result<fbuf::Sample<[u8]>, RecvTimeoutError>;
+}
+
+impl Source for Subscriber<[u8]> {
+    fn next(&mut self, timeout: Duration) -> Result<fbuf::Sample<[u8]>, RecvTimeoutError> {
+        self.recv_timeout(timeout)
+    }
+}
+
+impl Source for fbuf::service::Receiver<[u8]> {
+    fn next(&mut self, timeout: Duration) -> Result<fbuf::Sample<[u8]>, RecvTimeoutError> {
+        self.recv_timeout(timeout)
+    }
+}
+
+/// Where an import puts its samples: a publisher, or a stream's sender.
+trait Sink {
+    fn loan(&self, len: usize) -> Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError>;
+    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String>;
+}
+
+impl Sink for fbuf::service::Publisher<[u8]> {
+    fn loan(&self, len: usize) -> Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError> {
+        self.loan_bytes(len)
+    }
+    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String> {
+        self.send(s).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+impl Sink for fbuf::service::Sender<[u8]> {
+    fn loan(&self, len: usize) -> Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError> {
+        self.loan_bytes(len)
+    }
+    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String> {
+        self.send(s).map_err(|e| e.to_string())
+    }
+}
+
+/// Starts exporting `source` on `key`.
+fn spawn_export(
+    z: &zenoh::Session,
+    mut source: impl Source + 'static,
+    key: String,
+    stop: Arc<AtomicBool>,
+) -> Res<std::thread::JoinHandle<Res<()>>> {
+    let publisher = z
+        .declare_publisher(key.clone())
+        .congestion_control(CongestionControl::Block)
+        .wait()?;
+    let token = z.liveliness().declare_token(liveliness_key(&key)).wait()?;
+    Ok(std::thread::spawn(move || {
+        let _token = token;
+        export(&mut source, &publisher, &stop)
+    }))
+}
+
 fn export(
-    mut sub: Subscriber<[u8]>,
+    source: &mut impl Source,
     publisher: &zenoh::pubsub::Publisher<'_>,
     stop: &AtomicBool,
 ) -> Res<()> {
     while !stop.load(Ordering::Relaxed) {
-        match sub.recv_timeout(Duration::from_millis(100)) {
+        match source.next(Duration::from_millis(100)) {
             Ok(sample) => {
                 // No copy: Zenoh gets a view of the slot and drops it when it is done.
                 let bytes = bytes::Bytes::from_owner(PoolBytes(sample));
                 publisher.put(zenoh::bytes::ZBytes::from(bytes)).wait()?;
             }
-            // No local publisher (yet, or any more): keep listening for the next one.
+            // No local sender (yet, or any more): keep listening for the next one.
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -238,7 +319,13 @@ fn export(
     Ok(())
 }
 
-fn import(z: &zenoh::Session, svc: &ByteService, key: &str, stop: &AtomicBool) -> Res<()> {
+/// Imports `key`: `open` makes the local sink while the exporter's liveliness token is there.
+fn import<S: Sink>(
+    z: &zenoh::Session,
+    open: impl Fn() -> Res<S>,
+    key: &str,
+    stop: &AtomicBool,
+) -> Res<()> {
     let sub = z.declare_subscriber(key).wait()?;
     let alive = z
         .liveliness()
@@ -250,7 +337,7 @@ fn import(z: &zenoh::Session, svc: &ByteService, key: &str, stop: &AtomicBool) -
         // The exporter's liveliness: publish locally only while it is there.
         while let Ok(Some(change)) = alive.try_recv() {
             publisher = match change.kind() {
-                zenoh::sample::SampleKind::Put => Some(svc.publisher()?),
+                zenoh::sample::SampleKind::Put => Some(open()?),
                 zenoh::sample::SampleKind::Delete => None, // our subscribers see Disconnected
             };
         }
@@ -262,7 +349,7 @@ fn import(z: &zenoh::Session, svc: &ByteService, key: &str, stop: &AtomicBool) -
         };
         let payload = sample.payload();
         let Some(mut buf) = (loop {
-            match p.loan_bytes(payload.len()) {
+            match p.loan(payload.len()) {
                 Ok(b) => break Some(b),
                 // Every slot held by readers still reading: wait for one.
                 Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. })) => {
@@ -287,8 +374,7 @@ fn import(z: &zenoh::Session, svc: &ByteService, key: &str, stop: &AtomicBool) -
             buf[at..at + slice.len()].copy_from_slice(slice);
             at += slice.len();
         }
-        p.send(buf)
-            .map_err(|e| format!("publishing locally: {e}"))?;
+        p.put(buf).map_err(|e| format!("publishing locally: {e}"))?;
     }
     Ok(())
 }

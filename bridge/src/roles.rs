@@ -40,6 +40,8 @@ pub fn run(args: &[String]) -> Res<()> {
         "sub" => subscribe(a(1), a(2), n(3)?, a(4) == "lossy")?,
         "rr-server" => rr_server(a(1), a(2))?,
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
+        "stream-tx" => stream_tx(a(1), a(2), n(3)?, n(4)? as usize)?,
+        "stream-rx" => stream_rx(a(1), a(2), n(3)?)?,
         "zpub" => zenoh_pub(a(1), a(2), n(3)?, n(4)? as usize)?,
         "zsub" => zenoh_sub(a(1), a(2), n(3)?)?,
         "zping" => zenoh_ping(a(1), n(2)?, n(3)? as usize)?,
@@ -210,6 +212,58 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
         "ok={ok} bad={bad} p50_us={}",
         rtts.get(rtts.len() / 2).copied().unwrap_or(0)
     ))
+}
+
+/// Sends `count` frames of `size` bytes on a stream service, once its receiver is there.
+fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut tx = svc.sender()?;
+    println!("READY");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tx.has_receiver() {
+        if Instant::now() > deadline {
+            return Err("no receiver came".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for seq in 0..count {
+        let mut b = loop {
+            match tx.loan_bytes(size) {
+                Ok(b) => break b,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        fill(&mut b, seq);
+        tx.send_timeout(b, Duration::from_secs(30))
+            .map_err(|e| format!("send {seq}: {e}"))?;
+    }
+    Ok(format!("sent={count}"))
+}
+
+/// Receives `count` frames from a stream service, every byte and the order checked.
+fn stream_rx(socket: &str, name: &str, count: u64) -> Res<String> {
+    let pool = session::join(socket, Role::Consumer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut rx = svc.receiver()?;
+    println!("READY");
+    let (mut got, mut bad, mut out_of_order) = (0u64, 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got < count && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(s) => {
+                match check(s.bytes()) {
+                    Some(seq) if seq == got => {}
+                    Some(_) => out_of_order += 1,
+                    None => bad += 1,
+                }
+                got += 1;
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(format!("count={got} bad={bad} out_of_order={out_of_order}"))
 }
 
 // ---- the benchmark's roles: Zenoh alone, and fbuf ping-pong through two pairs of bridges ----

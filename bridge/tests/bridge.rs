@@ -416,3 +416,37 @@ fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
         "the small frames all came through: {r:?}"
     );
 }
+
+#[test]
+fn a_stream_service_crosses_in_order() {
+    let (a, b) = (side("stream-a"), side("stream-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let _bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
+    let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let rx = Proc::start(
+        &[],
+        &["--role", "stream-rx", &b.socket, "log/batches", "2000"],
+    );
+    let tx = Proc::start(
+        &[],
+        &[
+            "--role",
+            "stream-tx",
+            &a.socket,
+            "log/batches",
+            "2000",
+            "8192",
+        ],
+    );
+    assert_eq!(tx.result()["sent"], "2000");
+    let r = rx.result();
+    assert_eq!(
+        (
+            r["count"].as_str(),
+            r["bad"].as_str(),
+            r["out_of_order"].as_str()
+        ),
+        ("2000", "0", "0"),
+        "{r:?}"
+    );
+}
