@@ -219,14 +219,26 @@ fn run(cli: &Cli) -> Res<()> {
         }));
     }
     println!("READY");
-    // The bridge runs until killed or until a direction fails.
-    for t in threads {
-        if let Ok(Err(e)) = t.join() {
-            stop.store(true, Ordering::Relaxed);
-            return Err(e);
+    // The bridge runs until killed or until a direction fails: whichever ends first, with an
+    // error, ends the bridge (its pool then retires it; its peers see it gone).
+    loop {
+        if let Some(i) = threads.iter().position(|t| t.is_finished()) {
+            let outcome = threads.swap_remove(i).join();
+            match outcome {
+                Ok(Err(e)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Err(_) => return Err("a bridge direction panicked".into()),
+                Ok(Ok(())) if threads.is_empty() => return Ok(()),
+                Ok(Ok(())) => {}
+            }
         }
+        if threads.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 /// Owns a received pool buffer on Zenoh's behalf: the slot stays held until Zenoh drops it.
