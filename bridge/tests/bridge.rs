@@ -245,7 +245,21 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
         r["disconnected"], "1",
         "told of the exporter's death: {r:?}"
     );
-    drop((publisher, bridge_b));
+    // A restarted exporter: the importer reconnects and far subscribers receive again.
+    drop(publisher);
+    let bridge_a = exporter(&a, &ep, &["--export", "ticks"]);
+    let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "40"]);
+    let publisher = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "ticks", "400", "4096", "25000"],
+    );
+    let r = sub.result();
+    assert_eq!(
+        (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
+        ("40", "0", "0"),
+        "after the exporter's restart: {r:?}"
+    );
+    drop((publisher, bridge_a, bridge_b));
     a.settles();
     b.settles();
 }
