@@ -194,29 +194,24 @@ fn run(cli: &Cli) -> Res<()> {
         }));
         eprintln!("fbuf-bridge: importing stream {spec}");
     }
-    for spec in &cli.export_rr {
-        let (name, key) = name_key(spec);
-        let svc = pool
-            .service(&name)
-            .request_response::<[u8], [u8]>()
-            .open_or_create()?;
-        let z = z.clone();
-        let stop = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            crate::rr::export(&z, &svc, &key, &stop)
-        }));
-    }
-    for spec in &cli.import_rr {
-        let (name, key) = name_key(spec);
-        let svc = pool
-            .service(&name)
-            .request_response::<[u8], [u8]>()
-            .open_or_create()?;
-        let z = z.clone();
-        let stop = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            crate::rr::import(&z, &svc, &key, &stop)
-        }));
+    // Request-response: a queryable in front of a local server (export), or a local server in
+    // front of Zenoh queries (import).
+    for (specs, exporting) in [(&cli.export_rr, true), (&cli.import_rr, false)] {
+        for spec in specs {
+            let (name, key) = name_key(spec);
+            let svc = pool
+                .service(&name)
+                .request_response::<[u8], [u8]>()
+                .open_or_create()?;
+            let (z, stop) = (z.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                if exporting {
+                    crate::rr::export(&z, &svc, &key, &stop)
+                } else {
+                    crate::rr::import(&z, &svc, &key, &stop)
+                }
+            }));
+        }
     }
     println!("READY");
     // The bridge runs until killed or until a direction fails: whichever ends first, with an

@@ -9,6 +9,17 @@ use fbuf::{Role, session};
 
 use super::Res;
 
+/// The publish-subscribe service of bytes called `name`.
+fn bytes_service(
+    pool: &fbuf::Pool,
+    name: &str,
+) -> Res<fbuf::Service<fbuf::service::PublishSubscribe<[u8]>>> {
+    Ok(pool
+        .service(name)
+        .publish_subscribe::<[u8]>()
+        .open_or_create()?)
+}
+
 /// The byte at `i` of frame `seq`.
 fn byte(seq: u64, i: usize) -> u8 {
     (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8 ^ (i as u8).wrapping_mul(31)
@@ -57,10 +68,7 @@ pub fn run(args: &[String]) -> Res<()> {
 /// Publishes `count` frames of `size` bytes, `gap_us` apart, once a subscriber is there.
 fn publish(socket: &str, name: &str, count: u64, size: usize, gap_us: u64) -> Res<String> {
     let pool = session::join(socket, Role::Producer)?;
-    let svc = pool
-        .service(name)
-        .publish_subscribe::<[u8]>()
-        .open_or_create()?;
+    let svc = bytes_service(&pool, name)?;
     let mut tx = svc.publisher()?;
     println!("READY");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -95,10 +103,7 @@ fn publish(socket: &str, name: &str, count: u64, size: usize, gap_us: u64) -> Re
 /// publisher is gone (after having received something).
 fn subscribe(socket: &str, name: &str, count: u64, lossy: bool) -> Res<String> {
     let pool = session::join(socket, Role::Consumer)?;
-    let svc = pool
-        .service(name)
-        .publish_subscribe::<[u8]>()
-        .open_or_create()?;
+    let svc = bytes_service(&pool, name)?;
     let mut rx = if lossy {
         svc.lossy_subscriber()?
     } else {
@@ -375,16 +380,8 @@ fn zenoh_pong(ep: &str) -> Res<String> {
 /// bridges; `count` round trips of `size` bytes.
 fn fbuf_ping(socket: &str, count: u64, size: usize) -> Res<String> {
     let pool = session::join(socket, Role::Producer)?;
-    let mut tx = pool
-        .service("bench/ping")
-        .publish_subscribe::<[u8]>()
-        .open_or_create()?
-        .publisher()?;
-    let mut rx = pool
-        .service("bench/pong")
-        .publish_subscribe::<[u8]>()
-        .open_or_create()?
-        .subscriber()?;
+    let mut tx = bytes_service(&pool, "bench/ping")?.publisher()?;
+    let mut rx = bytes_service(&pool, "bench/pong")?.subscriber()?;
     println!("READY");
     while tx.subscribers() == 0 {
         std::thread::sleep(Duration::from_millis(2));
@@ -417,16 +414,8 @@ fn fbuf_ping(socket: &str, count: u64, size: usize) -> Res<String> {
 /// fbuf pong: echoes `bench/ping` back on `bench/pong`, forwarding the received buffer.
 fn fbuf_pong(socket: &str) -> Res<String> {
     let pool = session::join(socket, Role::Producer)?;
-    let mut rx = pool
-        .service("bench/ping")
-        .publish_subscribe::<[u8]>()
-        .open_or_create()?
-        .subscriber()?;
-    let mut tx = pool
-        .service("bench/pong")
-        .publish_subscribe::<[u8]>()
-        .open_or_create()?
-        .publisher()?;
+    let mut rx = bytes_service(&pool, "bench/ping")?.subscriber()?;
+    let mut tx = bytes_service(&pool, "bench/pong")?.publisher()?;
     println!("READY");
     loop {
         match rx.recv_timeout(Duration::from_secs(60)) {
