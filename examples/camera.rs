@@ -73,13 +73,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = server.respond_with(&req, &status);
             answered += 1;
         }
-        let mut frame = loop {
-            match publisher.loan() {
-                Ok(f) => break f,
-                // Every slot is held by viewers still reading: wait for one to come back.
-                Err(_) => std::thread::yield_now(),
-            }
-        };
+        // Waits while every slot is held by viewers still reading.
+        let mut frame = publisher.loan_timeout(Duration::from_secs(10))?;
         frame.paint(seq, exposure);
         if publisher.send_timeout(frame, Duration::from_secs(10))? > 0 {
             sent += 1;

@@ -67,14 +67,21 @@ pub struct Answer {
 
 const WAIT: Duration = Duration::from_secs(30);
 
-pub fn publish(socket: &str, name: &str, count: u64, subs: u64) -> Res {
-    let pool = session::join(socket, Role::Producer)?;
-    let svc = pool
-        .service(name)
+/// The frames service both sides open (whichever comes first creates it).
+fn frames(
+    pool: &fbuf::Pool,
+    name: &str,
+) -> Result<fbuf::Service<fbuf::service::PublishSubscribe<Frame>>, fbuf::ServiceError> {
+    pool.service(name)
         .publish_subscribe::<Frame>()
         .subscriber_max(8)
         .capacity(64)
-        .open_or_create()?;
+        .open_or_create()
+}
+
+pub fn publish(socket: &str, name: &str, count: u64, subs: u64) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = frames(&pool, name)?;
     let mut tx = svc.publisher()?;
     let deadline = Instant::now() + WAIT;
     while (tx.subscribers() as u64) < subs {
@@ -85,38 +92,16 @@ pub fn publish(socket: &str, name: &str, count: u64, subs: u64) -> Res {
     }
     let mut reached = 0;
     for seq in 0..count {
-        let mut f = loan_blocking(&tx)?;
+        let mut f = tx.loan_timeout(WAIT)?;
         f.fill(seq);
         reached += tx.send_timeout(f, WAIT)?;
     }
     Ok(format!("sent={count} reached={reached}"))
 }
 
-/// Loans a frame, waiting for a slot while subscribers still hold them all.
-fn loan_blocking(
-    tx: &fbuf::service::Publisher<Frame>,
-) -> Result<fbuf::SampleMut<Frame>, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match tx.loan() {
-            Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. }))
-                if Instant::now() < deadline =>
-            {
-                std::thread::yield_now()
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
 pub fn subscribe(socket: &str, name: &str, count: u64) -> Res {
     let pool = session::join(socket, Role::Consumer)?;
-    let svc = pool
-        .service(name)
-        .publish_subscribe::<Frame>()
-        .subscriber_max(8)
-        .capacity(64)
-        .open_or_create()?;
+    let svc = frames(&pool, name)?;
     let mut rx = svc.subscriber()?;
     eprintln!("READY");
     let (mut got, mut bad, mut out_of_order, mut last) = (0u64, 0u64, 0u64, None);

@@ -407,26 +407,6 @@ fn byte_stream(
         .open_or_create()
 }
 
-/// Loans `size` bytes, waiting for a slot like `Pool::alloc_timeout`.
-fn loan_bytes(
-    tx: &fbuf::service::Sender<[u8]>,
-    size: usize,
-) -> Result<fbuf::SampleMut<[u8]>, Box<dyn std::error::Error>> {
-    // The clock is read only once the class is exhausted.
-    let mut deadline = None;
-    loop {
-        match tx.loan_bytes(size) {
-            Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. }))
-                if *deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(10))
-                    > Instant::now() =>
-            {
-                std::hint::spin_loop()
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
 /// `fbuf peer svc-stream-tx SOCKET NAME SIZE MILLIS MODE`: `stream-tx` through the service API.
 pub fn svc_tx(socket: &str, name: &str, size: usize, millis: u64, mode: &str) -> Res {
     let pool = session::join(socket, Role::Producer)?;
@@ -446,7 +426,7 @@ pub fn svc_tx(socket: &str, name: &str, size: usize, millis: u64, mode: &str) ->
         if latency {
             next_send += Duration::from_micros(20);
             busy_wait_until(next_send);
-            let mut b = loan_bytes(&tx, size)?;
+            let mut b = tx.loan_bytes_timeout(size, ten)?;
             stamp(&mut b, seq, true);
             tx.send_timeout(b, ten)?;
             seq += 1;
@@ -454,7 +434,7 @@ pub fn svc_tx(socket: &str, name: &str, size: usize, millis: u64, mode: &str) ->
         }
         for _ in 0..1024 {
             while batch.len() < 32 {
-                let mut b = loan_bytes(&tx, size)?;
+                let mut b = tx.loan_bytes_timeout(size, ten)?;
                 stamp(&mut b, seq, false);
                 batch.push(b);
                 seq += 1;

@@ -36,6 +36,9 @@ use zenoh::qos::CongestionControl;
 
 mod roles;
 
+/// How long a loan waits while every slot is held by local readers still reading.
+pub(crate) const LOAN_WAIT: Duration = Duration::from_secs(30);
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Carries fbuf services between hosts over Zenoh.
@@ -270,7 +273,7 @@ trait Sink {
 
 impl Sink for fbuf::service::Publisher<[u8]> {
     fn loan(&self, len: usize) -> Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError> {
-        self.loan_bytes(len)
+        self.loan_bytes_timeout(len, LOAN_WAIT)
     }
     fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String> {
         self.send(s).map(|_| ()).map_err(|e| e.to_string())
@@ -279,7 +282,7 @@ impl Sink for fbuf::service::Publisher<[u8]> {
 
 impl Sink for fbuf::service::Sender<[u8]> {
     fn loan(&self, len: usize) -> Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError> {
-        self.loan_bytes(len)
+        self.loan_bytes_timeout(len, LOAN_WAIT)
     }
     fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String> {
         self.send(s).map_err(|e| e.to_string())
@@ -355,25 +358,18 @@ fn import<S: Sink>(
             continue; // data before the token: the next one will come with it
         };
         let payload = sample.payload();
-        let Some(mut buf) = (loop {
-            match p.loan(payload.len()) {
-                Ok(b) => break Some(b),
-                // Every slot held by readers still reading: wait for one.
-                Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. })) => {
-                    std::thread::yield_now()
-                }
-                // A remote message this pool cannot hold (larger than its largest slot) is
-                // dropped and said, not allowed to stop the bridge.
-                Err(e) => {
-                    eprintln!(
-                        "fbuf-bridge: dropped a {}-byte message on {key}: {e}",
-                        payload.len()
-                    );
-                    break None;
-                }
+        // Waits while every slot is held by readers still reading. A remote message this pool
+        // cannot hold (larger than its largest slot) is dropped and said, not allowed to stop
+        // the bridge.
+        let mut buf = match p.loan(payload.len()) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!(
+                    "fbuf-bridge: dropped a {}-byte message on {key}: {e}",
+                    payload.len()
+                );
+                continue;
             }
-        }) else {
-            continue;
         };
         // The one copy: from Zenoh's buffers into the slot.
         let mut at = 0;

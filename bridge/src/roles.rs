@@ -80,12 +80,7 @@ fn publish(socket: &str, name: &str, count: u64, size: usize, gap_us: u64) -> Re
     }
     let start = Instant::now();
     for seq in 0..count {
-        let mut b = loop {
-            match tx.loan_bytes(size) {
-                Ok(b) => break b,
-                Err(_) => std::thread::yield_now(),
-            }
-        };
+        let mut b = tx.loan_bytes_timeout(size, super::LOAN_WAIT)?;
         fill(&mut b, seq);
         tx.send_timeout(b, Duration::from_secs(30))
             .map_err(|e| format!("publish {seq}: {e}"))?;
@@ -233,12 +228,7 @@ fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
         std::thread::sleep(Duration::from_millis(2));
     }
     for seq in 0..count {
-        let mut b = loop {
-            match tx.loan_bytes(size) {
-                Ok(b) => break b,
-                Err(_) => std::thread::yield_now(),
-            }
-        };
+        let mut b = tx.loan_bytes_timeout(size, super::LOAN_WAIT)?;
         fill(&mut b, seq);
         tx.send_timeout(b, Duration::from_secs(30))
             .map_err(|e| format!("send {seq}: {e}"))?;

@@ -33,20 +33,14 @@ pub fn export(z: &zenoh::Session, svc: &ByteRr, key: &str, stop: &AtomicBool) ->
         };
         let empty = zenoh::bytes::ZBytes::default();
         let payload = query.payload().unwrap_or(&empty);
-        let Some(mut req) = (loop {
-            match client.loan_bytes(payload.len()) {
-                Ok(b) => break Some(b),
-                Err(fbuf::service::LoanError::Alloc(fbuf::AllocError::Exhausted { .. })) => {
-                    std::thread::yield_now()
-                }
-                // Too large for this pool: refused to the asker, the bridge serves on.
-                Err(e) => {
-                    query.reply_err(format!("request refused: {e}")).wait()?;
-                    break None;
-                }
+        let mut req = match client.loan_bytes_timeout(payload.len(), super::LOAN_WAIT) {
+            Ok(b) => b,
+            // Too large for this pool (or no slot came back): refused to the asker, the bridge
+            // serves on.
+            Err(e) => {
+                query.reply_err(format!("request refused: {e}")).wait()?;
+                continue;
             }
-        }) else {
-            continue;
         };
         fill(&mut req, payload);
         let seq = client

@@ -134,6 +134,15 @@ impl Proc {
     }
 }
 
+/// A subscriber's report: `count` frames arrived, every byte right, none skipped.
+fn every_frame(r: &std::collections::HashMap<String, String>, count: &str) {
+    assert_eq!(
+        (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
+        (count, "0", "0"),
+        "{r:?}"
+    );
+}
+
 /// A loopback port for this test.
 fn port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -178,11 +187,7 @@ fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
     assert_eq!(sent["sent"], "3000");
     for s in subs {
         let r = s.result();
-        assert_eq!(
-            (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
-            ("3000", "0", "0"),
-            "{r:?}"
-        );
+        every_frame(&r, "3000");
     }
     let big_sub = Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "40"]);
     let big = Proc::start(
@@ -231,11 +236,7 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
     let bridge_b = importer(&b, &ep, &["--import", "ticks"]);
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "200"]);
     let r = sub.result();
-    assert_eq!(
-        (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
-        ("200", "0", "0"),
-        "{r:?}"
-    );
+    every_frame(&r, "200");
     // Now the exporter dies: the importing side's subscriber is told too (liveliness).
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100000"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -254,11 +255,7 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
         &["--role", "pub", &a.socket, "ticks", "400", "4096", "25000"],
     );
     let r = sub.result();
-    assert_eq!(
-        (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
-        ("40", "0", "0"),
-        "after the exporter's restart: {r:?}"
-    );
+    every_frame(&r, "40");
     drop((publisher, bridge_a, bridge_b));
     a.settles();
     b.settles();
@@ -394,11 +391,7 @@ fn across_two_network_namespaces_joined_by_a_veth_pair() {
     assert_eq!(publisher.result()["sent"], "1000");
     for s in subs {
         let r = s.result();
-        assert_eq!(
-            (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
-            ("1000", "0", "0"),
-            "{r:?}"
-        );
+        every_frame(&r, "1000");
     }
     drop((bridge_a, bridge_b));
     a.settles();
@@ -424,11 +417,7 @@ fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
     );
     assert_eq!(small.result()["sent"], "100");
     let r = sub.result();
-    assert_eq!(
-        (r["count"].as_str(), r["bad"].as_str(), r["gaps"].as_str()),
-        ("100", "0", "0"),
-        "the small frames all came through: {r:?}"
-    );
+    every_frame(&r, "100");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::alloc::{MAX_PARTICIPANTS, SlotState};
 use crate::channel::RingStats;
 use crate::pool::{AttachError, Pool, Role};
-use crate::service::{Kind, ServiceInfo};
+use crate::service::ServiceInfo;
 
 /// A read-only view of a live pool.
 #[derive(Debug)]
@@ -192,16 +192,6 @@ impl Inspection {
             services,
             channels,
         }
-    }
-
-    /// The services now (as [`Pool::services`]).
-    pub fn services(&self) -> Vec<ServiceInfo> {
-        self.pool.services()
-    }
-
-    /// The service kinds' names, for printing.
-    pub fn kind_name(kind: Kind) -> &'static str {
-        kind.name()
     }
 }
 

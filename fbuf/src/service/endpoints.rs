@@ -125,9 +125,13 @@ pub(crate) fn loan<T: Message + ?Sized>(
     pool: &Pool,
     offset: usize,
     len: usize,
+    wait: Option<Duration>,
 ) -> Result<SampleMut<T>, LoanError> {
     let total = offset.checked_add(len).ok_or(LoanError::TooLarge { len })?;
-    let buf = pool.alloc(total)?;
+    let buf = match wait {
+        None => pool.alloc(total)?,
+        Some(t) => pool.alloc_timeout(total, t)?,
+    };
     Ok(SampleMut::new(buf, offset))
 }
 
@@ -137,7 +141,18 @@ macro_rules! loans {
             /// Loans a slot for one `T`, to write in place and send. Its bytes are whatever the
             /// slot held before: write every field.
             pub fn loan(&self) -> Result<SampleMut<T>, LoanError> {
-                loan(&self.service.pool, 0, std::mem::size_of::<T>())
+                loan(&self.service.pool, 0, std::mem::size_of::<T>(), None)
+            }
+
+            /// Like `loan`, waiting up to `timeout` while every slot of the class is held
+            /// (receivers still reading).
+            pub fn loan_timeout(&self, timeout: Duration) -> Result<SampleMut<T>, LoanError> {
+                loan(
+                    &self.service.pool,
+                    0,
+                    std::mem::size_of::<T>(),
+                    Some(timeout),
+                )
             }
 
             /// Loans a slot and copies `value` into it.
@@ -151,7 +166,16 @@ macro_rules! loans {
         impl $ty<[u8]> {
             /// Loans a slot for `len` bytes.
             pub fn loan_bytes(&self, len: usize) -> Result<SampleMut<[u8]>, LoanError> {
-                loan(&self.service.pool, 0, len)
+                loan(&self.service.pool, 0, len, None)
+            }
+
+            /// Like `loan_bytes`, waiting up to `timeout` while every slot of the class is held.
+            pub fn loan_bytes_timeout(
+                &self,
+                len: usize,
+                timeout: Duration,
+            ) -> Result<SampleMut<[u8]>, LoanError> {
+                loan(&self.service.pool, 0, len, Some(timeout))
             }
         }
     };

@@ -31,13 +31,6 @@ pub enum ServiceError {
         expected_align: u32,
         found_align: u32,
     },
-    #[error("service {name:?}: {what} is {found}, this opener asked for {asked}")]
-    Incompatible {
-        name: String,
-        what: &'static str,
-        asked: u32,
-        found: u32,
-    },
     #[error("{what} must be {rule}, not {value}")]
     BadConfig {
         what: &'static str,
@@ -73,8 +66,6 @@ pub enum EndpointError {
     NoJournal,
     #[error("service {0:?}'s ring words are inconsistent (corrupted by a peer?)")]
     Corrupted(String),
-    #[error("a process receives from one ring once: {0:?} already has this process as receiver")]
-    AlreadyReceiving(String),
 }
 
 impl EndpointError {

@@ -235,6 +235,7 @@ impl<Req: Message + ?Sized, Resp: bytemuck::Pod> Server<Req, Resp> {
             &self.service.pool,
             payload_offset::<Resp>(HEADER),
             std::mem::size_of::<Resp>(),
+            None,
         )
     }
 
@@ -255,7 +256,16 @@ impl<Req: Message + ?Sized, Resp: bytemuck::Pod> Server<Req, Resp> {
 impl<Req: Message + ?Sized> Server<Req, [u8]> {
     /// Loans a response buffer for `len` bytes.
     pub fn loan_bytes(&self, len: usize) -> Result<SampleMut<[u8]>, LoanError> {
-        loan(&self.service.pool, HEADER, len)
+        loan(&self.service.pool, HEADER, len, None)
+    }
+
+    /// Like `loan_bytes`, waiting up to `timeout` while every slot of the class is held.
+    pub fn loan_bytes_timeout(
+        &self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<SampleMut<[u8]>, LoanError> {
+        loan(&self.service.pool, HEADER, len, Some(timeout))
     }
 }
 
@@ -359,7 +369,16 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
 impl<Resp: Message + ?Sized> Client<[u8], Resp> {
     /// Loans a request buffer for `len` bytes.
     pub fn loan_bytes(&self, len: usize) -> Result<SampleMut<[u8]>, LoanError> {
-        loan(&self.service.pool, HEADER, len)
+        loan(&self.service.pool, HEADER, len, None)
+    }
+
+    /// Like `loan_bytes`, waiting up to `timeout` while every slot of the class is held.
+    pub fn loan_bytes_timeout(
+        &self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<SampleMut<[u8]>, LoanError> {
+        loan(&self.service.pool, HEADER, len, Some(timeout))
     }
 }
 
@@ -370,6 +389,7 @@ impl<Req: bytemuck::Pod, Resp: Message + ?Sized> Client<Req, Resp> {
             &self.service.pool,
             payload_offset::<Req>(HEADER),
             std::mem::size_of::<Req>(),
+            None,
         )
     }
 
