@@ -102,6 +102,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "svc-client" => crate::service_peers::client(arg(1), arg(2), num(3), num(4)),
         "svc-churn" => crate::service_peers::churn(arg(1), arg(2), num(3)),
         "svc-hold" => crate::service_peers::hold(arg(1), arg(2)),
+        "svc-flood" => crate::service_peers::flood(arg(1), arg(2)),
         "svc-list" => crate::service_peers::list(arg(1)),
         _ => usage(),
     };
@@ -300,6 +301,11 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
     // And channel 0 carries every buffer once more, sender and receiver in this process.
     let mut tx = pool.sender(0)?;
     let mut rx = pool.receiver(0)?;
+    // And a stream service, through the typed API applications use (opened before strict mode:
+    // opening takes the directory lock and may sleep).
+    let svc = pool.service("fast-path").stream::<u64>().create()?;
+    let mut stx = svc.sender()?;
+    let mut srx = svc.receiver()?;
     let msg = b"fast-path ok\n";
     // SAFETY: prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) takes no pointers. Afterwards this thread
     // only runs the loop below, `write` and `_exit`; nothing in it allocates from the heap.
@@ -320,8 +326,14 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
         }
         let Ok(got) = rx.try_recv() else { break };
         sum += u64::from(got[0]);
+        let Ok(s) = stx.loan_with(&i) else { break };
+        if stx.try_send(s).is_err() {
+            break;
+        }
+        let Ok(v) = srx.try_recv() else { break };
+        sum += *v;
     }
-    let ok = sum == (0..rounds).map(|i| u64::from(i as u8)).sum::<u64>();
+    let ok = sum == (0..rounds).map(|i| u64::from(i as u8) + i).sum::<u64>();
     // SAFETY: write(2) of a static buffer to stdout, then the raw exit syscall (exit_group, what
     // `std::process::exit` uses, is forbidden in strict mode).
     unsafe {

@@ -7,6 +7,7 @@
 //! fbuf peer svc-client SOCKET NAME COUNT TAG   COUNT calls, every answer verified
 //! fbuf peer svc-churn SOCKET PREFIX ROUNDS     create, use and remove a stream service per round
 //! fbuf peer svc-hold SOCKET NAME               open a stream service's sender, say READY, wait
+//! fbuf peer svc-flood SOCKET NAME              send (pid, seq) on a many-to-one service until killed
 //! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
 //! ```
 
@@ -193,6 +194,31 @@ pub fn churn(socket: &str, prefix: &str, rounds: u64) -> Res {
         .filter(|s| s.name.starts_with(prefix))
         .count();
     Ok(format!("rounds={rounds} bad={bad} left={left}"))
+}
+
+/// Sends `(pid, seq)` on a many-to-one service as fast as it can, until killed: the victim of
+/// the services' crash test.
+pub fn flood(socket: &str, name: &str) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool
+        .service(name)
+        .many_to_one::<[u64; 2]>()
+        .capacity(64)
+        .open_or_create()?;
+    let mut tx = svc.sender()?;
+    eprintln!("READY");
+    let pid = u64::from(std::process::id());
+    // Batches of 32: a kill then lands often between lending a batch and pushing it.
+    let (mut seq, mut batch) = (0u64, Vec::with_capacity(32));
+    loop {
+        while batch.len() < 32 {
+            batch.push(tx.loan_with(&[pid, seq])?);
+            seq += 1;
+        }
+        if tx.send_batch(&mut batch).map_err(|e| e.to_string())? == 0 {
+            std::thread::yield_now();
+        }
+    }
 }
 
 pub fn hold(socket: &str, name: &str) -> Res {

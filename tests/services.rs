@@ -270,6 +270,12 @@ fn a_lock_left_by_a_dead_holder_is_taken_over_and_half_work_repaired() {
         .stream::<u64>()
         .create()
         .unwrap();
+    // The half-created entry was freed by the repair, so the new service took it (next
+    // generation, live); unrepaired, it would stay CREATING and leak.
+    assert_eq!(
+        attacker.word(entries as usize).load(Ordering::SeqCst),
+        (6 << 32) | 2
+    );
     let mut tx = svc.sender().unwrap();
     let mut rx = svc.receiver().unwrap();
     tx.send(tx.loan_with(&42).unwrap()).unwrap();
@@ -466,4 +472,111 @@ fn events_reach_a_listener_in_another_thread_and_its_eventfd() {
             .unwrap_err(),
         fbuf::service::WaitError::Disconnected
     );
+}
+
+#[test]
+fn a_lock_held_by_a_live_peer_gives_busy_not_a_hang_and_is_taken_over_once_it_dies() {
+    let owner = Owner::new(config());
+    let attacker = common::Attacker::new(&owner.pool, &config());
+    let (lock, _) = directory_words();
+    let mut holder = KillOnDrop(
+        peer(&["hold", &owner.socket(), "1"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(holder.0.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "READY 1");
+    // The live peer (participant 1) "holds" the directory lock: word = epoch << 32 | id + 1.
+    let layout = fbuf::layout::Layout::compute(&config().classes, &[], config().services).unwrap();
+    let entry = layout.participants_offset + fbuf::layout::PARTICIPANT_ENTRY_SIZE;
+    let epoch = attacker.word(entry + 8).load(Ordering::SeqCst) >> 32;
+    attacker
+        .word(lock as usize)
+        .store((epoch << 32) | 2, Ordering::SeqCst);
+    let t = Instant::now();
+    let e = owner
+        .pool
+        .service("x")
+        .stream::<u64>()
+        .create()
+        .unwrap_err();
+    assert_eq!(e, ServiceError::DirectoryBusy);
+    assert!(t.elapsed() < Duration::from_secs(10), "the wait ended");
+    // Once the holder is dead, the next change takes the lock over at once.
+    holder.0.kill().unwrap();
+    holder.0.wait().unwrap();
+    let t = Instant::now();
+    assert!(owner.pool.service("x").stream::<u64>().create().is_ok());
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn senders_killed_mid_send_on_a_service_lose_nothing() {
+    let owner = Owner::new(config());
+    let svc = owner
+        .pool
+        .service("sink")
+        .many_to_one::<[u64; 2]>()
+        .capacity(64)
+        .create()
+        .unwrap();
+    let mut rx = svc.receiver().unwrap();
+    let mut last = std::collections::HashMap::<u64, u64>::new();
+    let (mut got, mut disorder) = (0u64, 0u64);
+    let mut drain = |rx: &mut fbuf::service::Receiver<[u64; 2]>, until: Instant| {
+        while Instant::now() < until {
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(s) => {
+                    let [pid, seq] = *s;
+                    if last.insert(pid, seq).is_some_and(|prev| seq != prev + 1) {
+                        disorder += 1;
+                    }
+                    got += 1;
+                }
+                Err(fbuf::service::RecvTimeoutError::Timeout) => {}
+                Err(fbuf::service::RecvTimeoutError::Disconnected) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    // Two senders at a time, each killed with SIGKILL a few ms into its flood, 160 times.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..80 {
+        let victims: Vec<KillOnDrop> = (0..2)
+            .map(|_| {
+                let mut p = KillOnDrop(
+                    peer(&["svc-flood", &owner.socket(), "sink"])
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                );
+                let mut line = String::new();
+                BufReader::new(p.0.stderr.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                assert_eq!(line.trim(), "READY");
+                p
+            })
+            .collect();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        drain(&mut rx, Instant::now() + Duration::from_millis(1 + rng % 6));
+        drop(victims); // SIGKILL, mid-send most likely
+    }
+    // Whatever the dead left in the ring arrives; the owner recovers the rest.
+    owner.wait_retired(160);
+    drain(&mut rx, Instant::now() + Duration::from_millis(300));
+    assert_eq!(disorder, 0, "a duplicate or a skipped message");
+    assert!(got > 160, "the senders sent ({got})");
+    drop(rx);
+    drop(svc);
+    wait_until("every slot back", || {
+        owner.pool.free_count() == owner.pool.slot_count()
+    });
+    assert!(owner.pool.services().is_empty());
 }
