@@ -547,13 +547,13 @@ impl<T: Message + ?Sized> Publisher<T> {
     ) -> Result<usize, Failed<SampleMut<T>>> {
         match r {
             Ok(n) => {
-                // The rings this reached have had this sample: no replay for them later.
-                for &(k, word) in self.inner.reached() {
-                    if let Some(seen) = self.seen.get_mut(k) {
-                        *seen = word;
-                    }
-                }
                 if let Some(b) = keep {
+                    // The rings this reached have had this sample: no replay for them later.
+                    for &(k, word) in self.inner.reached() {
+                        if let Some(seen) = self.seen.get_mut(k) {
+                            *seen = word;
+                        }
+                    }
                     if self.history.len() == self.service.entry.spec.history as usize {
                         self.history.pop_front();
                     }
