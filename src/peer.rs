@@ -16,6 +16,8 @@
 //! fbuf peer subscribe SOCKET CH COUNT   subscribe to CH, receive and verify COUNT buffers
 //! fbuf peer recv-hold SOCKET CH         open CH's receiver, say READY, wait to be killed
 //! fbuf peer send-hold SOCKET CH N       send N buffers on CH, say READY, wait to be killed
+//! fbuf peer send-same SOCKET CH N LEN   send one buffer of LEN pattern bytes N times on CH (each
+//!                                       send lends it again), say READY, wait to be killed
 //! fbuf peer snap-orphan                 fork a snapshot child that never ends, print its pid, exit
 //! fbuf peer serve   SOCKET NOFILE SIGNALS  own a pool (channel 0: one-to-one) and serve it; with
 //!                                       NOFILE > 0 under that fd limit, with SIGNALS = 1 with a
@@ -66,6 +68,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "subscribe" => subscribe(arg(1), num(2) as usize, num(3)),
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
         "send-hold" => send_hold(arg(1), num(2) as usize, num(3)),
+        "send-same" => send_same(arg(1), num(2) as usize, num(3), num(4) as usize),
         "snap-orphan" => snap_orphan(),
         "serve" => serve(arg(1), num(2), num(3) == 1),
         "hold-size" => hold_size(arg(1), num(2), num(3) as usize),
@@ -102,6 +105,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "svc-client" => crate::service_peers::client(arg(1), arg(2), num(3), num(4)),
         "svc-churn" => crate::service_peers::churn(arg(1), arg(2), num(3)),
         "svc-hold" => crate::service_peers::hold(arg(1), arg(2)),
+        "svc-census" => crate::service_peers::census(arg(1), arg(2)),
         "svc-flood" => crate::service_peers::flood(arg(1), arg(2)),
         "svc-list" => crate::service_peers::list(arg(1)),
         _ => usage(),
@@ -271,6 +275,28 @@ fn churn(socket: &str, millis: u64, seed: u64) -> Res {
     Ok(format!("ops={ops} exhausted={exhausted}"))
 }
 
+/// The byte at `i` of a `send-same` buffer.
+pub fn same_pattern(i: usize) -> u8 {
+    (i.wrapping_mul(7).wrapping_add(3) % 251) as u8
+}
+
+fn send_same(socket: &str, ch: usize, n: u64, len: usize) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut tx = pool.sender(ch)?;
+    let mut buf = pool.alloc(len)?;
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = same_pattern(i);
+    }
+    let buf = buf.freeze();
+    for _ in 0..n {
+        tx.try_send(buf.clone()).map_err(|e| e.to_string())?;
+    }
+    eprintln!("READY {}", buf.desc().slot);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn hold(socket: &str, n: u64) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     let held: Vec<_> = (0..n).map(|_| pool.alloc(100)).collect::<Result<_, _>>()?;
@@ -294,7 +320,7 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
         fbuf::Pool::attach(
             pool.control_fd().try_clone_to_owned()?,
             pool.data_fd().try_clone_to_owned()?,
-            fbuf::alloc::MAX_PARTICIPANTS - 1,
+            pool.max_participants() - 1,
             false,
         )
     }?;

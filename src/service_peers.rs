@@ -9,6 +9,8 @@
 //! fbuf peer svc-hold SOCKET NAME               open a stream service's sender, say READY, wait
 //! fbuf peer svc-flood SOCKET NAME              send (pid, seq) on a many-to-one service until killed
 //! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
+//! fbuf peer svc-census SOCKET NAME             hold a buffer, send (id, pid, slot) on a many-to-one
+//!                                              service, say READY, wait to be killed
 //! ```
 
 use std::time::{Duration, Instant};
@@ -219,6 +221,26 @@ pub fn flood(socket: &str, name: &str) -> Res {
             std::thread::yield_now();
         }
     }
+}
+
+/// One participant of many: holds a buffer of its own (so recovery has something to reclaim for
+/// its id) and reports `(participant id, pid, held slot)` on a many-to-one service.
+pub fn census(socket: &str, name: &str) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let held = pool.alloc(64)?;
+    let svc = pool.service(name).many_to_one::<[u64; 3]>().open()?;
+    let mut tx = svc.sender()?;
+    let report = [
+        u64::from(pool.participant()),
+        u64::from(std::process::id()),
+        u64::from(held.desc().slot),
+    ];
+    tx.send_timeout(tx.loan_with(&report)?, Duration::from_secs(20))
+        .map_err(|e| format!("send: {e}"))?;
+    eprintln!("READY");
+    std::thread::sleep(Duration::from_secs(3600));
+    drop(held);
+    Ok(String::new())
 }
 
 pub fn hold(socket: &str, name: &str) -> Res {

@@ -170,7 +170,7 @@ proptest! {
                     DescError::BadSlot { .. } => true,
                     DescError::LenTooLong { .. } => true,
                     DescError::Stale { expected, .. } => expected == generation,
-                    DescError::NotInFlight | DescError::NotHeld => true,
+                    DescError::NotInFlight | DescError::NotHeld | DescError::Busy { .. } => true,
                 };
                 prop_assert!(named, "{:?} for {:?}", e, forged);
             }

@@ -245,7 +245,13 @@ fn a_service_whose_last_user_is_killed_goes_with_it() {
 
 /// The directory lock word and entry 0's state word, as a hostile peer would write them.
 fn directory_words() -> (u64, u64) {
-    let l = fbuf::layout::Layout::compute(&config().classes, &[], config().services).unwrap();
+    let l = fbuf::layout::Layout::compute(
+        &config().classes,
+        &[],
+        config().services,
+        config().max_participants,
+    )
+    .unwrap();
     (
         l.services.lock_offset as u64,
         l.services.entries_offset as u64,
@@ -491,7 +497,13 @@ fn a_lock_held_by_a_live_peer_gives_busy_not_a_hang_and_is_taken_over_once_it_di
         .unwrap();
     assert_eq!(line.trim(), "READY 1");
     // The live peer (participant 1) "holds" the directory lock: word = epoch << 32 | id + 1.
-    let layout = fbuf::layout::Layout::compute(&config().classes, &[], config().services).unwrap();
+    let layout = fbuf::layout::Layout::compute(
+        &config().classes,
+        &[],
+        config().services,
+        config().max_participants,
+    )
+    .unwrap();
     let entry = layout.participants_offset + fbuf::layout::PARTICIPANT_ENTRY_SIZE;
     let epoch = attacker.word(entry + 8).load(Ordering::SeqCst) >> 32;
     attacker

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 
 use thiserror::Error;
 
-use crate::alloc::{MAX_PARTICIPANTS, SlotState};
+use crate::alloc::SlotState;
 use crate::channel::RingStats;
 use crate::pool::{AttachError, Pool, Role};
 use crate::service::ServiceInfo;
@@ -130,7 +130,8 @@ impl Inspection {
     pub fn stat(&self) -> PoolStat {
         let s = self.pool.shared();
         let layout = s.layout();
-        let mut holdings = vec![0usize; MAX_PARTICIPANTS as usize];
+        let active: Vec<u32> = self.pool.participants().iter().map(|p| p.id).collect();
+        let mut holdings = vec![0usize; layout.max_participants as usize];
         let classes = (0..layout.classes.len())
             .map(|c| {
                 let class = s.class(c);
@@ -146,8 +147,8 @@ impl Inspection {
                     stat.free += usize::from(st.is_free());
                     stat.held += usize::from(st.holders() != 0);
                     stat.in_flight += st.in_flight() as usize;
-                    for (p, h) in holdings.iter_mut().enumerate() {
-                        *h += usize::from(st.is_held_by(p as u32));
+                    for &p in &active {
+                        holdings[p as usize] += usize::from(class.is_held_by(slot, p));
                     }
                 }
                 stat

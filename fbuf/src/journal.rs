@@ -419,6 +419,7 @@ pub fn lend(
                 return (Ok(()), count);
             }
             match s.class.hand_off_n(s.slot, s.generation, s.me, n) {
+                Err(SlotError::Died) => (Ok(()), count),
                 Ok(()) => {
                     set_all(State::Lent);
                     (Ok(()), 0)
@@ -438,6 +439,9 @@ pub fn lend(
             }
             // The holding and the lend into flight together (bit cleared, in flight + n + 1).
             if let Err(e) = s.class.hand_off_n(s.slot, s.generation, s.me, n + 1) {
+                if e == SlotError::Died {
+                    return (Ok(()), count);
+                }
                 set_all(State::New);
                 return (Err(e), count);
             }
@@ -480,6 +484,9 @@ pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), Slot
                 return (Ok(()), count);
             }
             if let Err(err) = s.class.step_aside(s.slot, s.generation, s.me) {
+                if err == SlotError::Died {
+                    return (Ok(()), count);
+                }
                 j.set(e, State::Done);
                 return (Err(err), count);
             }

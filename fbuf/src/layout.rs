@@ -6,7 +6,7 @@
 //! +--------------------------------------------------------------+ 0
 //! | magic (u64, written last)  | HeaderFields (Pod)              |
 //! +--------------------------------------------------------------+ 4096
-//! | participant table: MAX_PARTICIPANTS entries of 64 B          |
+//! | participant table: max_participants entries of 64 B          |
 //! +--------------------------------------------------------------+
 //! | recovery journals: journal::PER_PARTICIPANT per participant  |
 //! +--------------------------------------------------------------+
@@ -15,6 +15,7 @@
 //! | service rings: `service_rings` ring units of equal capacity   |
 //! +--------------------------------------------------------------+ per class, 64-B aligned:
 //! | cursor (u32) | slot states (u64 each)                       |
+//! | holdings: one bitmap row per participant (row_words each)    |
 //! +--------------------------------------------------------------+
 //!
 //! data memfd (read-write for producers, read-only for consumers)
@@ -31,12 +32,12 @@
 use bytemuck::{Pod, Zeroable};
 use thiserror::Error;
 
-use crate::alloc::MAX_PARTICIPANTS;
+use crate::alloc::{PARTICIPANT_LIMIT, row_words};
 
 /// "FBUFPOOL" in little-endian: the control region's first word once the pool is ready.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FBUFPOOL");
 /// The layout version this build writes and accepts.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Most size classes a pool can have.
 pub const MAX_CLASSES: usize = 16;
 /// Bytes reserved for the header at the start of the control region.
@@ -184,6 +185,8 @@ pub struct ClassLayout {
     /// Offsets in the control region.
     pub cursor_offset: usize,
     pub states_offset: usize,
+    /// Participant `p`'s holdings row starts at `holdings_offset + p * row_words(slot_count) * 8`.
+    pub holdings_offset: usize,
     /// Offset of slot 0 in the data region.
     pub data_offset: usize,
 }
@@ -209,6 +212,8 @@ pub struct Layout {
     pub classes: Vec<ClassLayout>,
     pub channels: Vec<ChannelLayout>,
     pub services: ServiceLayout,
+    /// Participants the pool has room for (ids `0..max_participants`).
+    pub max_participants: u32,
     pub participants_offset: usize,
     /// Journal `k` of participant `p` is at `journals_offset + (p * PER_PARTICIPANT + k) *
     /// JOURNAL_SIZE`.
@@ -245,8 +250,12 @@ pub enum LayoutError {
         "channel {channel}: capacity {capacity} is not a power of two between 1 and {MAX_RING_CAPACITY}"
     )]
     BadRingCapacity { channel: usize, capacity: u32 },
-    #[error("channel {channel}: {receivers} receivers; a broadcast has 1 to {} and other kinds exactly 1", MAX_PARTICIPANTS - 1)]
+    #[error(
+        "channel {channel}: {receivers} receivers; a broadcast has 1 to max_participants - 1 and other kinds exactly 1"
+    )]
     BadReceivers { channel: usize, receivers: u32 },
+    #[error("max_participants {0} is not between 2 and {PARTICIPANT_LIMIT}")]
+    BadParticipants(u32),
     #[error("channel {channel}: reserved field is {value:#x}, must be zero")]
     ReservedNotZero { channel: usize, value: u32 },
     #[error("service limits: {0}")]
@@ -258,12 +267,18 @@ fn align_up(x: usize, to: usize) -> Option<usize> {
 }
 
 impl Layout {
-    /// Computes the layout of a pool with these classes and channels, or says which is wrong.
+    /// Computes the layout of a pool with these classes and channels, room for
+    /// `max_participants` participants, or says which is wrong.
     pub fn compute(
         specs: &[ClassSpec],
         channels: &[ChannelSpec],
         services: ServiceLimits,
+        max_participants: u32,
     ) -> Result<Layout, LayoutError> {
+        if !(2..=PARTICIPANT_LIMIT).contains(&max_participants) {
+            return Err(LayoutError::BadParticipants(max_participants));
+        }
+        let participants = max_participants as usize;
         if specs.is_empty() {
             return Err(LayoutError::NoClasses);
         }
@@ -290,10 +305,10 @@ impl Layout {
             }
         }
         let participants_offset = HEADER_SIZE;
-        let journals_offset =
-            participants_offset + MAX_PARTICIPANTS as usize * PARTICIPANT_ENTRY_SIZE;
-        let mut control = journals_offset
-            + MAX_PARTICIPANTS as usize * crate::journal::PER_PARTICIPANT * JOURNAL_SIZE;
+        // Bounded above (2^15 participants, 2^24 slots per class, 16 classes), so no overflow.
+        let journals_offset = participants_offset + participants * PARTICIPANT_ENTRY_SIZE;
+        let mut control =
+            journals_offset + participants * crate::journal::PER_PARTICIPANT * JOURNAL_SIZE;
         let mut data = 0usize;
         let mut first_slot = 0usize;
         let mut classes = Vec::with_capacity(specs.len());
@@ -302,7 +317,9 @@ impl Layout {
             // Counts and sizes are bounded above, so the control part cannot overflow.
             let cursor_offset = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
             let states_offset = cursor_offset + LINE;
-            control = states_offset + count * 8;
+            let holdings_offset =
+                align_up(states_offset + count * 8, 2 * LINE).ok_or(LayoutError::TooLarge)?;
+            control = holdings_offset + participants * row_words(count) * 8;
             // Slots of 4 KiB and more start on a page, so egress can hand whole pages to the
             // kernel; smaller ones are cache-line aligned because the size is a power of two ≥ 64.
             let data_offset = align_up(data, PAGE).ok_or(LayoutError::TooLarge)?;
@@ -317,16 +334,18 @@ impl Layout {
                 first_slot,
                 cursor_offset,
                 states_offset,
+                holdings_offset,
                 data_offset,
             });
             first_slot += count;
         }
-        let (channels, control) = lay_out_channels(channels, control)?;
-        let (services, control) = lay_out_services(services, control)?;
+        let (channels, control) = lay_out_channels(channels, control, max_participants)?;
+        let (services, control) = lay_out_services(services, control, max_participants)?;
         Ok(Layout {
             classes,
             channels,
             services,
+            max_participants,
             participants_offset,
             journals_offset,
             control_size: align_up(control, PAGE).ok_or(LayoutError::TooLarge)?,
@@ -335,9 +354,15 @@ impl Layout {
         })
     }
 
-    /// The layout of a pool with these classes and no channels.
+    /// The layout of a pool with these classes, no channels or services, and the default room
+    /// for participants.
     pub fn compute_classes(specs: &[ClassSpec]) -> Result<Layout, LayoutError> {
-        Layout::compute(specs, &[], ServiceLimits::zeroed())
+        Layout::compute(
+            specs,
+            &[],
+            ServiceLimits::zeroed(),
+            crate::alloc::DEFAULT_MAX_PARTICIPANTS,
+        )
     }
 
     /// The header fields that describe this layout.
@@ -361,7 +386,7 @@ impl Layout {
         HeaderFields {
             version: VERSION,
             class_count: self.classes.len() as u32,
-            max_participants: MAX_PARTICIPANTS,
+            max_participants: self.max_participants,
             channel_count: self.channels.len() as u32,
             control_size: self.control_size as u64,
             data_size: self.data_size as u64,
@@ -382,18 +407,27 @@ impl Layout {
 /// Every word another side writes on the fast path gets a 128-byte aligned pair of cache lines
 /// of its own: CPUs fetch lines in aligned pairs (the adjacent-line prefetcher), so head and tail
 /// one line apart would still bounce between the two cores as one unit.
-fn unit_at(control: usize, cap: usize, mpmc: bool) -> Result<(UnitLayout, usize), LayoutError> {
+///
+/// The senders table has a word per participant the pool has room for.
+fn unit_at(
+    control: usize,
+    cap: usize,
+    mpmc: bool,
+    participants: u32,
+) -> Result<(UnitLayout, usize), LayoutError> {
     const PAIR: usize = 2 * LINE;
     let base = align_up(control, PAIR).ok_or(LayoutError::TooLarge)?;
-    let stamps_offset = base + 6 * PAIR;
+    let senders = (participants as usize * 4).div_ceil(PAIR) * PAIR;
+    let bells = base + PAIR + senders;
+    let stamps_offset = bells + 4 * PAIR;
     let values_offset = stamps_offset + if mpmc { cap * 8 } else { 0 };
     let unit = UnitLayout {
         endpoint_offset: base,
         senders_offset: base + PAIR,
-        data_bell_offset: base + 2 * PAIR,
-        space_bell_offset: base + 3 * PAIR,
-        head_offset: base + 4 * PAIR,
-        tail_offset: base + 5 * PAIR,
+        data_bell_offset: bells,
+        space_bell_offset: bells + PAIR,
+        head_offset: bells + 2 * PAIR,
+        tail_offset: bells + 3 * PAIR,
         stamps_offset,
         values_offset,
         capacity: cap,
@@ -406,6 +440,7 @@ fn unit_at(control: usize, cap: usize, mpmc: bool) -> Result<(UnitLayout, usize)
 fn lay_out_services(
     limits: ServiceLimits,
     control: usize,
+    participants: u32,
 ) -> Result<(ServiceLayout, usize), LayoutError> {
     if limits.reserved != 0 {
         return Err(LayoutError::BadServiceLimits("reserved field is not zero"));
@@ -432,10 +467,10 @@ fn lay_out_services(
     let lock_offset = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
     let entries_offset = lock_offset + LINE;
     let refs_offset = entries_offset + limits.services as usize * SERVICE_ENTRY_SIZE;
-    let mut control = refs_offset + MAX_PARTICIPANTS as usize * REFS_PER_PARTICIPANT * 8;
+    let mut control = refs_offset + participants as usize * REFS_PER_PARTICIPANT * 8;
     let mut units = Vec::with_capacity(limits.rings as usize);
     for _ in 0..limits.rings {
-        let (unit, end) = unit_at(control, limits.ring_capacity as usize, true)?;
+        let (unit, end) = unit_at(control, limits.ring_capacity as usize, true, participants)?;
         units.push(unit);
         control = end;
     }
@@ -455,6 +490,7 @@ fn lay_out_services(
 fn lay_out_channels(
     specs: &[ChannelSpec],
     mut control: usize,
+    participants: u32,
 ) -> Result<(Vec<ChannelLayout>, usize), LayoutError> {
     if specs.len() > MAX_CHANNELS {
         return Err(LayoutError::TooManyChannels(specs.len()));
@@ -479,7 +515,7 @@ fn lay_out_channels(
             });
         }
         let max_receivers = if s.kind == channel_kind::BROADCAST {
-            MAX_PARTICIPANTS - 1
+            participants - 1
         } else {
             1
         };
@@ -492,8 +528,8 @@ fn lay_out_channels(
         let cap = s.capacity as usize;
         let mut units = Vec::with_capacity(s.receivers as usize);
         for _ in 0..s.receivers {
-            // Bounded above (16 channels x 23 units x 2^20 cells x 24 B), so no overflow.
-            let (unit, end) = unit_at(control, cap, mpmc)?;
+            // Bounded above (16 channels x 2^15 units x 2^20 cells x 24 B), so no overflow.
+            let (unit, end) = unit_at(control, cap, mpmc, participants)?;
             units.push(unit);
             control = end;
         }
@@ -573,21 +609,21 @@ mod tests {
             reserved: 0,
         };
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(9, 8, 1)], ServiceLimits::zeroed()),
+            Layout::compute(&[spec(256, 1)], &[ch(9, 8, 1)], ServiceLimits::zeroed(), 64),
             Err(LayoutError::BadChannelKind {
                 channel: 0,
                 kind: 9
             })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(1, 6, 1)], ServiceLimits::zeroed()),
+            Layout::compute(&[spec(256, 1)], &[ch(1, 6, 1)], ServiceLimits::zeroed(), 64),
             Err(LayoutError::BadRingCapacity {
                 channel: 0,
                 capacity: 6
             })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(1, 8, 2)], ServiceLimits::zeroed()),
+            Layout::compute(&[spec(256, 1)], &[ch(1, 8, 2)], ServiceLimits::zeroed(), 64),
             Err(LayoutError::BadReceivers {
                 channel: 0,
                 receivers: 2
@@ -597,6 +633,7 @@ mod tests {
             &[spec(256, 1)],
             &[ch(1, 8, 1), ch(3, 4, 3)],
             ServiceLimits::zeroed(),
+            64,
         )
         .unwrap();
         assert_eq!(l.channels[1].units.len(), 3);

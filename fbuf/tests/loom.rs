@@ -48,6 +48,7 @@ fn seed_from_env() {
         Some(4) => Bug::RelaxedSpscPublish,
         Some(5) => Bug::ClearWithoutArming,
         Some(6) => Bug::RecoveryIgnoresJournal,
+        Some(7) => Bug::RecoveryLeavesMarkers,
         _ => Bug::None,
     };
     seeded::set(bug);
@@ -219,7 +220,7 @@ fn local_last_release_vs_import() {
         );
         assert_eq!(local.count(0), 1);
         assert!(
-            c.state(0).unwrap().is_held_by(0),
+            c.is_held_by(0, 0),
             "one handle left, so the bit must be set"
         );
     });
@@ -546,7 +547,8 @@ fn local_hand_off_vs_import() {
         );
         let s = c.state(0).unwrap();
         assert_eq!(local.count(0), 1, "the imported handle");
-        assert!(s.is_held_by(0), "a handle exists, so the bit is set");
+        assert!(c.is_held_by(0, 0), "a handle exists, so the bit is set");
+        assert_eq!(s.holders(), 1, "and the holder is counted once");
         assert_eq!(s.in_flight(), 1, "the handed-off descriptor is in flight");
     });
 }
@@ -708,8 +710,9 @@ struct ModelEnv<'a> {
 
 impl Recoverer for ModelEnv<'_> {
     fn held(&self, e: [u64; 2]) -> Option<bool> {
-        let s = self.class.slots().state(e[0] as usize)?;
-        Some(s.is_held_by(DEAD))
+        let c = self.class.slots();
+        c.state(e[0] as usize)?;
+        Some(c.is_held_by(e[0] as usize, DEAD))
     }
     fn discard(&mut self, e: [u64; 2]) -> bool {
         let ok = self
@@ -776,6 +779,8 @@ fn recover_and_check(
         mpmc,
         refused: 0,
     };
+    // Steps the dead participant left marked are finished first, as `channel::recover` does.
+    env.class.slots().settle(DEAD);
     let rec = Journal::new(words).read();
     recover_record(&rec, env);
     env.class.slots().reclaim(DEAD);
@@ -809,7 +814,7 @@ fn recover_and_check(
 }
 
 /// Steps a death model tries: enough to pass every journaled step of the operation.
-const MAX_STEPS: usize = 6;
+const MAX_STEPS: usize = 10;
 
 /// A sender that holds a slot sends it by move into an SPSC ring, dying after `steps` journaled
 /// steps; a live receiver takes whatever arrives. Recovery then accounts for the slot exactly.
@@ -1219,6 +1224,22 @@ fn seeded_recovery_ignoring_the_journal_is_caught() {
         assert!(
             caught(Bug::RecoveryIgnoresJournal, model),
             "{model} missed a recovery that ignores the journal"
+        );
+    }
+}
+
+/// A death between a marked step's CAS and its holding bit is only recovered if recovery settles
+/// the marker first: without it, recovery believes the bit as it was before the step.
+#[test]
+fn seeded_recovery_leaving_markers_is_caught() {
+    let _g = serial();
+    for model in [
+        "death_at_every_step_of_a_send",
+        "death_at_every_step_of_a_receive",
+    ] {
+        assert!(
+            caught(Bug::RecoveryLeavesMarkers, model),
+            "{model} missed recovery that ignores markers"
         );
     }
 }

@@ -1,9 +1,16 @@
 //! Lock-free slot allocation for one size class, over slot storage that is generic (a heap array
 //! for unit tests and loom, the mapped region in production).
 //!
-//! The algorithm: each slot's state word ([`SlotState`]) is the only truth about it, and every
-//! transition is one compare-and-swap on that word, so a participant that dies between two steps
-//! can never leave a slot half-owned.
+//! The algorithm: each slot's state word ([`SlotState`]) counts its holders and its descriptors in
+//! flight, and each participant's holdings row says which slots it holds. A step that changes
+//! only the counts is one compare-and-swap on the word. A step that also flips the caller's
+//! holding bit (allocate, release, hand off, take) is three writes: the CAS with the caller's
+//! marker in the word, the bit, and a store that removes the marker. Nobody else changes a marked
+//! word, so a participant that dies anywhere in a step leaves either no trace (the CAS did not
+//! happen) or a marker that says what is left ([`ClassSlots::settle`]): a slot is never left
+//! half-owned, whatever instruction the death hit. An earlier version kept one holder bit per
+//! participant in the word itself, which capped a pool at 24 participants and a slot at 255
+//! descriptors in flight; the rows lift both caps (docs/architecture.md).
 //!
 //! Allocation is next-fit: a shared cursor names the slot after the last one allocated, and the
 //! allocator claims the first free slot from there by CAS. In streaming use slots come back in
@@ -11,16 +18,25 @@
 //! one CAS, O(1). The scan is O(n) only when the class is nearly exhausted. An earlier version kept
 //! a bitmap of free hints; allocators clearing and releasers setting bits in the same words made
 //! those words bounce between cores on every message, and dropping the bitmap nearly doubled the
-//! 64-byte message rate between two processes (docs/benchmarks.md). Freeing is then just the state
-//! word's transition: nothing else to publish, nothing a crash can leave half-done.
+//! 64-byte message rate between two processes (docs/benchmarks.md).
 //!
-//! Nothing here makes a system call, and no value read from shared memory is used as an index
-//! without a bounds check: a hostile peer can scribble on these words and cause wrong answers
-//! (which the descriptor checks above this layer report) but not a panic or an out-of-bounds access.
+//! Nothing here makes a system call on the fast path (waiting out another participant's marker
+//! reads the clock and yields, after spinning), and no value read from shared memory is used as
+//! an index without a bounds check: a hostile peer can scribble on these words and cause wrong
+//! answers (which the descriptor checks above this layer report) or a bounded wait, but not a
+//! panic, a hang or an out-of-bounds access.
 
-use super::state::{MAX_IN_FLIGHT, SlotState};
+use super::state::{MAX_HOLDERS, MAX_IN_FLIGHT, SlotState};
+use crate::sync::death;
 use crate::sync::seeded::{self, Bug};
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
+
+/// Words of one participant's holdings bitmap for a class of `slots` slots: one bit per slot,
+/// rounded up to a 128-byte pair of cache lines so that two participants' rows never share a
+/// line (each writes its own on every receive and release).
+pub const fn row_words(slots: usize) -> usize {
+    slots.div_ceil(64).div_ceil(16) * 16
+}
 
 /// The shared words of one size class.
 pub struct ClassSlots<'a> {
@@ -29,6 +45,14 @@ pub struct ClassSlots<'a> {
     /// The slot after the last one allocated: where the next search starts. Only a starting
     /// point (taken modulo the slot count), so a garbage value costs a longer search, no more.
     cursor: &'a AtomicU32,
+    /// One bitmap per participant, [`row_words`] words each: bit `s` of participant `p`'s row
+    /// is set while `p` holds slot `s`. Written only by `p` while it lives (its threads take
+    /// turns per slot through its handle counts), and by whoever recovers it after it died.
+    holdings: &'a [AtomicU64],
+    /// Loom only: the marker window as a lock, so that a waiter blocks instead of spinning (loom
+    /// cannot explore spin-waits among three threads: each yield is a branch). Production spins.
+    #[cfg(loom)]
+    gate: Option<&'a loom::sync::Mutex<()>>,
 }
 
 /// Why a descriptor was not accepted by the slot it names.
@@ -38,16 +62,45 @@ pub enum SlotError {
     Stale { expected: u32, found: u32 },
     /// The descriptor claims to be in flight but the slot has no descriptor in flight.
     NotInFlight,
-    /// The caller claims to hold the slot but its holder bit is clear.
+    /// The caller claims to hold the slot but its holding bit is clear (or it has no row).
     NotHeld,
-    /// Lending more descriptors of this slot than its in-flight counter can hold.
+    /// The caller takes a descriptor as its first handle, but its holding bit is already set.
+    AlreadyHeld,
+    /// Lending more descriptors of this slot than its in-flight count can hold (or taking it
+    /// as more holders than its holder count can hold).
     TooManyInFlight,
+    /// Participant `by` stayed in the middle of a step on this slot for as long as we waited
+    /// (it is stopped, or dead and not yet recovered, or the word was scribbled on).
+    Busy { by: u32 },
+    /// Loom's death models only: this thread's death budget ran out inside the step.
+    Died,
 }
 
+/// How long a step waits for another participant's marker to go: a marker lasts two stores, so
+/// it outlives a few spins only if its holder was preempted, and this long only if it stopped or
+/// died (recovery then settles it) or the word was scribbled on.
+#[cfg(not(loom))]
+const MARK_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// Spins before the wait yields (loom: each spin is a yield already).
+const SPINS: u32 = if cfg!(loom) { 1 } else { 100 };
+
 impl<'a> ClassSlots<'a> {
-    /// A view over `states` (one word per slot) and `cursor`.
-    pub fn new(states: &'a [AtomicU64], cursor: &'a AtomicU32) -> Self {
-        ClassSlots { states, cursor }
+    /// A view over `states` (one word per slot), `cursor` and `holdings` (the participants'
+    /// bitmaps, [`row_words`] words each).
+    pub fn new(states: &'a [AtomicU64], cursor: &'a AtomicU32, holdings: &'a [AtomicU64]) -> Self {
+        ClassSlots {
+            states,
+            cursor,
+            holdings,
+            #[cfg(loom)]
+            gate: None,
+        }
+    }
+
+    /// Loom only: holds the marker gate (if any) while a marked step runs.
+    #[cfg(loom)]
+    fn enter(&self) -> Option<loom::sync::MutexGuard<'a, ()>> {
+        self.gate.map(|g| g.lock().unwrap())
     }
 
     /// Number of slots.
@@ -67,11 +120,41 @@ impl<'a> ClassSlots<'a> {
             .map(|s| SlotState(s.load(Ordering::Acquire)))
     }
 
+    /// The word of `holder`'s row with slot `slot`'s bit, and the bit, if both exist.
+    fn bit(&self, slot: usize, holder: u32) -> Option<(&'a AtomicU64, u64)> {
+        if slot >= self.states.len() {
+            return None;
+        }
+        let w = (holder as usize)
+            .checked_mul(row_words(self.states.len()))?
+            .checked_add(slot / 64)?;
+        self.holdings.get(w).map(|word| (word, 1u64 << (slot % 64)))
+    }
+
+    /// Whether `holder`'s holding bit for `slot` is set.
+    pub fn is_held_by(&self, slot: usize, holder: u32) -> bool {
+        self.bit(slot, holder)
+            .is_some_and(|(w, m)| w.load(Ordering::Acquire) & m != 0)
+    }
+
+    /// How many slots of this class `holder` holds.
+    pub fn holdings(&self, holder: u32) -> usize {
+        let n = row_words(self.states.len());
+        let start = (holder as usize).saturating_mul(n);
+        self.holdings
+            .get(start..start.saturating_add(n))
+            .map_or(0, |row| {
+                row.iter()
+                    .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
+                    .sum()
+            })
+    }
+
     /// Claims a free slot for `holder`; returns `(slot, generation)`, or `None` if every slot is
-    /// taken.
+    /// taken (or `holder` has no row).
     pub fn alloc(&self, holder: u32) -> Option<(usize, u32)> {
         let n = self.states.len();
-        if n == 0 {
+        if n == 0 || self.bit(0, holder).is_none() {
             return None;
         }
         let start = self.cursor.load(Ordering::Relaxed) as usize % n;
@@ -86,33 +169,78 @@ impl<'a> ClassSlots<'a> {
         None
     }
 
-    /// One CAS from free to allocated-by-`holder`, with the generation bumped.
+    /// One CAS from free to allocated-and-marked, with the generation bumped; then the holding
+    /// bit, then the marker goes.
     fn try_claim(&self, slot: usize, holder: u32) -> Option<u32> {
         let word = &self.states[slot];
+        let (bits, mask) = self.bit(slot, holder)?;
         let cur = SlotState(word.load(Ordering::Relaxed));
         if !cur.is_free() {
             return None;
         }
+        #[cfg(loom)]
+        let _gate = self.enter();
         let generation = if seeded::active(Bug::NoGenerationBump) {
             cur.generation()
         } else {
-            cur.generation().wrapping_add(1)
+            cur.next_generation()
         };
-        // SYNC POINT (claim): Acquire pairs with the Release of every earlier holder's `release`
-        // and `discard` (one release sequence of RMWs on this word), so whatever they did with the
-        // slot's bytes happens-before what the new owner writes.
+        let next = SlotState::allocated(generation);
+        // SYNC POINT (claim): Acquire pairs with the Release of the last holder's unmarking store
+        // (or discard), so whatever it did with the slot's bytes happens-before the new owner's.
         word.compare_exchange(
             cur.0,
-            SlotState::allocated(generation, holder).0,
+            next.marked(holder, true).0,
             Ordering::Acquire,
             Ordering::Relaxed,
         )
-        .ok()
-        .map(|_| generation)
+        .ok()?;
+        bits.fetch_or(mask, Ordering::Relaxed);
+        // SYNC POINT (unmark): Release, so whoever sees the word unmarked sees our bit set.
+        word.store(next.0, Ordering::Release);
+        Some(generation)
+    }
+
+    /// Loads `word`, waiting while another participant's marker is on it (a step in progress:
+    /// two stores long). Gives up with `Busy` if the marker stays.
+    fn unmarked(&self, word: &AtomicU64) -> Result<SlotState, SlotError> {
+        let mut cur = SlotState(word.load(Ordering::Relaxed));
+        let mut round = 0u32;
+        #[cfg(not(loom))]
+        let mut deadline = None;
+        while let Some((by, _)) = cur.marker() {
+            round += 1;
+            if round < SPINS {
+                spin_hint();
+            } else {
+                // The clock is read only once spinning did not do (a system call at most here,
+                // never on the fast path).
+                #[cfg(not(loom))]
+                {
+                    let now = std::time::Instant::now();
+                    if now > *deadline.get_or_insert(now + MARK_WAIT) {
+                        return Err(SlotError::Busy { by });
+                    }
+                    std::thread::yield_now();
+                }
+                // Loom: wait for the marked step to end by taking its gate; a marker still there
+                // after that was left by a death.
+                #[cfg(loom)]
+                {
+                    if round > SPINS + 1 {
+                        return Err(SlotError::Busy { by });
+                    }
+                    drop(self.enter());
+                }
+            }
+            cur = SlotState(word.load(Ordering::Relaxed));
+        }
+        Ok(cur)
     }
 
     /// Applies `step` to `slot`'s state word by CAS until it succeeds or `step` refuses; the
-    /// generation is checked first. Returns the new state.
+    /// generation is checked first. A step that does not change the caller's holding bit.
+    /// Returns the new state.
     fn update(
         &self,
         slot: usize,
@@ -121,7 +249,7 @@ impl<'a> ClassSlots<'a> {
         step: impl Fn(SlotState) -> Result<SlotState, SlotError>,
     ) -> Result<SlotState, SlotError> {
         let word = self.states.get(slot).ok_or(SlotError::NotInFlight)?;
-        let mut cur = SlotState(word.load(Ordering::Relaxed));
+        let mut cur = self.unmarked(word)?;
         loop {
             if cur.generation() != generation {
                 return Err(SlotError::Stale {
@@ -134,28 +262,127 @@ impl<'a> ClassSlots<'a> {
                 Ok(_) => return Ok(next),
                 Err(seen) => cur = SlotState(seen),
             }
+            if cur.is_marked() {
+                cur = self.unmarked(word)?;
+            }
         }
     }
 
+    /// [`ClassSlots::update`] for a step that also sets `holder`'s bit to `bit_after`: the word
+    /// is CASed with `holder`'s marker, the bit flipped, the marker removed. A death anywhere in
+    /// between leaves the marker, which [`ClassSlots::settle`] finishes. Returns the new state.
+    fn update_marked(
+        &self,
+        slot: usize,
+        generation: u32,
+        holder: u32,
+        bit_after: bool,
+        step: impl Fn(SlotState) -> Result<SlotState, SlotError>,
+    ) -> Result<SlotState, SlotError> {
+        let (bits, mask) = self.bit(slot, holder).ok_or(SlotError::NotHeld)?;
+        let word = &self.states[slot];
+        let mut cur = self.unmarked(word)?;
+        #[cfg(loom)]
+        let _gate = self.enter();
+        let next = loop {
+            if cur.generation() != generation {
+                return Err(SlotError::Stale {
+                    expected: generation,
+                    found: cur.generation(),
+                });
+            }
+            let next = step(cur)?;
+            // SYNC POINT (marked step): AcqRel: Release pairs with the Acquire of whoever takes
+            // what this step lends or frees; Acquire with the previous step's Release.
+            match word.compare_exchange_weak(
+                cur.0,
+                next.marked(holder, bit_after).0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break next,
+                Err(seen) => cur = SlotState(seen),
+            }
+            if cur.is_marked() {
+                cur = self.unmarked(word)?;
+            }
+        };
+        if death::cut() {
+            return Err(SlotError::Died);
+        }
+        if bit_after {
+            bits.fetch_or(mask, Ordering::Relaxed);
+        } else {
+            bits.fetch_and(!mask, Ordering::Relaxed);
+        }
+        if death::cut() {
+            return Err(SlotError::Died);
+        }
+        // SYNC POINT (unmark): Release: whoever sees the word unmarked (the next claimer of a
+        // freed slot above all) sees everything this step and the ones before it did. Nobody
+        // else changes a marked word, so a plain store does.
+        word.store(next.0, Ordering::Release);
+        Ok(next)
+    }
+
+    /// Finishes every step `holder` (which died) left marked: sets its bit as the marker says
+    /// and removes the marker. Recovery runs this before it asks which slots `holder` held.
+    /// Returns how many it finished.
+    pub fn settle(&self, holder: u32) -> usize {
+        let mut settled = 0;
+        if seeded::active(Bug::RecoveryLeavesMarkers) {
+            // Only the marker goes; the bit stays as the step found it.
+            for word in self.states.iter() {
+                let cur = SlotState(word.load(Ordering::Acquire));
+                if cur.marker().is_some_and(|(by, _)| by == holder) {
+                    word.store(cur.unmarked().0, Ordering::Release);
+                }
+            }
+            return 0;
+        }
+        for (slot, word) in self.states.iter().enumerate() {
+            let cur = SlotState(word.load(Ordering::Acquire));
+            let Some((by, bit_after)) = cur.marker() else {
+                continue;
+            };
+            if by != holder {
+                continue;
+            }
+            if let Some((bits, mask)) = self.bit(slot, holder) {
+                if bit_after {
+                    bits.fetch_or(mask, Ordering::Relaxed);
+                } else {
+                    bits.fetch_and(!mask, Ordering::Relaxed);
+                }
+            }
+            settled += usize::from(
+                word.compare_exchange(cur.0, cur.unmarked().0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok(),
+            );
+        }
+        settled
+    }
+
     /// Records `n` more descriptors of `slot` in flight. The caller, `holder`, holds the slot in
-    /// generation `generation`.
+    /// generation `generation` (its bit stays set).
     pub fn lend(&self, slot: usize, generation: u32, holder: u32, n: u32) -> Result<(), SlotError> {
+        if !self.is_held_by(slot, holder) {
+            return Err(SlotError::NotHeld);
+        }
         // SYNC POINT (lend): Release pairs with the Acquire in `take_lent`, so the bytes the
         // lender wrote are visible to the process that takes the descriptor.
         self.update(slot, generation, Ordering::Release, |cur| {
-            if !cur.is_held_by(holder) {
-                Err(SlotError::NotHeld)
-            } else if cur.in_flight() + n > MAX_IN_FLIGHT {
+            if cur.in_flight() + n > MAX_IN_FLIGHT {
                 Err(SlotError::TooManyInFlight)
             } else {
-                Ok(cur.plus_in_flight(n))
+                Ok(cur.with_in_flight(cur.in_flight() + n))
             }
         })
         .map(|_| ())
     }
 
-    /// Turns `holder`'s holding of `slot` into one in-flight descriptor, in one CAS: a send by
-    /// move, for a process giving away its last handle (instead of lending, then releasing).
+    /// Turns `holder`'s holding of `slot` into one in-flight descriptor: a send by move, for a
+    /// process giving away its last handle (instead of lending, then releasing).
     pub fn hand_off(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
         self.hand_off_n(slot, generation, holder, 1)
     }
@@ -164,13 +391,14 @@ impl<'a> ClassSlots<'a> {
     /// alive): the first half of an import by a process that already holds the slot, whose second
     /// half is [`ClassSlots::take_lent`] with `add_holder`.
     pub fn step_aside(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
-        self.update(slot, generation, Ordering::AcqRel, |cur| {
-            if !cur.is_held_by(holder) {
-                Err(SlotError::NotHeld)
-            } else if cur.in_flight() == 0 {
+        if !self.is_held_by(slot, holder) {
+            return Err(SlotError::NotHeld);
+        }
+        self.update_marked(slot, generation, holder, false, |cur| {
+            if cur.in_flight() == 0 || cur.holders() == 0 {
                 Err(SlotError::NotInFlight)
             } else {
-                Ok(cur.without_holder(holder))
+                Ok(cur.with_holders(cur.holders() - 1))
             }
         })
         .map(|_| ())
@@ -179,21 +407,26 @@ impl<'a> ClassSlots<'a> {
     /// Sets `holder`'s bit again on a slot of generation `generation` that is not free: undoes a
     /// [`ClassSlots::step_aside`] whose second half failed (a peer took the descriptor).
     pub fn rejoin(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
-        self.update(slot, generation, Ordering::AcqRel, |cur| {
+        if self.is_held_by(slot, holder) {
+            return Ok(());
+        }
+        self.update_marked(slot, generation, holder, true, |cur| {
             if cur.is_free() {
                 Err(SlotError::NotInFlight)
+            } else if cur.holders() == MAX_HOLDERS {
+                Err(SlotError::TooManyInFlight)
             } else {
-                Ok(cur.with_holder(holder))
+                Ok(cur.with_holders(cur.holders() + 1))
             }
         })
         .map(|_| ())
     }
 
-    /// Moves `holder`'s holding into `n` descriptors in flight in one CAS: a send by move of the
-    /// process's last handle to `n` receivers. With `n + 1` it is also the first half of a lend by
-    /// a process that keeps other handles (the holding and the lend go into flight together;
-    /// [`ClassSlots::take_lent`] with `add_holder` takes the holding back): flipping the bit both
-    /// ways is what lets recovery tell which half a dead lender reached (see `journal`).
+    /// Moves `holder`'s holding into `n` descriptors in flight in one marked step: a send by move
+    /// of the process's last handle to `n` receivers. With `n + 1` it is also the first half of a
+    /// lend by a process that keeps other handles (the holding and the lend go into flight
+    /// together; [`ClassSlots::take_lent`] with `add_holder` takes the holding back): flipping the
+    /// bit both ways is what lets recovery tell which half a dead lender reached (see `journal`).
     pub fn hand_off_n(
         &self,
         slot: usize,
@@ -201,22 +434,22 @@ impl<'a> ClassSlots<'a> {
         holder: u32,
         n: u32,
     ) -> Result<(), SlotError> {
-        // SYNC POINT (hand-off): Release, like `lend`: pairs with the Acquire in `take_lent`.
-        self.update(slot, generation, Ordering::Release, |cur| {
-            if !cur.is_held_by(holder) {
+        if !self.is_held_by(slot, holder) {
+            return Err(SlotError::NotHeld);
+        }
+        // SYNC POINT (hand-off): Release (in `update_marked`), like `lend`.
+        self.update_marked(slot, generation, holder, false, |cur| {
+            if cur.holders() == 0 {
                 Err(SlotError::NotHeld)
             } else if cur.in_flight() + n > MAX_IN_FLIGHT {
                 Err(SlotError::TooManyInFlight)
             } else {
-                Ok(cur.plus_in_flight(n).without_holder(holder))
+                Ok(cur
+                    .with_in_flight(cur.in_flight() + n)
+                    .with_holders(cur.holders() - 1))
             }
         })
         .map(|_| ())
-    }
-
-    /// Whether `holder`'s bit is set on `slot` (recovery's question about a dead participant).
-    pub fn is_held_by(&self, slot: usize, holder: u32) -> bool {
-        self.state(slot).is_some_and(|s| s.is_held_by(holder))
     }
 
     /// Turns one in-flight descriptor of `slot` into a holding of `holder`. `add_holder` is false
@@ -228,17 +461,38 @@ impl<'a> ClassSlots<'a> {
         holder: u32,
         add_holder: bool,
     ) -> Result<(), SlotError> {
-        // SYNC POINT (take): Acquire pairs with the Release in `lend`; Release orders the
-        // taker's journal before it.
+        let held = self
+            .bit(slot, holder)
+            .ok_or(SlotError::NotHeld)
+            .map(|(w, m)| w.load(Ordering::Relaxed) & m != 0)?;
+        if add_holder {
+            if held {
+                return Err(SlotError::AlreadyHeld);
+            }
+            // SYNC POINT (take): Acquire (in `update_marked`) pairs with the Release in `lend`.
+            return self
+                .update_marked(slot, generation, holder, true, |cur| {
+                    if cur.in_flight() == 0 {
+                        Err(SlotError::NotInFlight)
+                    } else if cur.holders() == MAX_HOLDERS {
+                        Err(SlotError::TooManyInFlight)
+                    } else {
+                        Ok(cur
+                            .with_in_flight(cur.in_flight() - 1)
+                            .with_holders(cur.holders() + 1))
+                    }
+                })
+                .map(|_| ());
+        }
+        if !held {
+            return Err(SlotError::NotHeld);
+        }
+        // SYNC POINT (take, already holding): Acquire pairs with the Release in `lend`.
         self.update(slot, generation, Ordering::AcqRel, |cur| {
             if cur.in_flight() == 0 {
                 Err(SlotError::NotInFlight)
-            } else if add_holder {
-                Ok(cur.minus_one_in_flight().with_holder(holder))
-            } else if cur.is_held_by(holder) {
-                Ok(cur.minus_one_in_flight())
             } else {
-                Err(SlotError::NotHeld)
+                Ok(cur.with_in_flight(cur.in_flight() - 1))
             }
         })
         .map(|_| ())
@@ -252,29 +506,42 @@ impl<'a> ClassSlots<'a> {
             if cur.in_flight() == 0 {
                 Err(SlotError::NotInFlight)
             } else {
-                Ok(cur.minus_one_in_flight())
+                Ok(cur.with_in_flight(cur.in_flight() - 1))
             }
         })?;
         Ok(next.is_free())
     }
 
-    /// Clears `holder`'s bit on `slot`. Returns whether this freed the slot.
+    /// Drops `holder`'s holding of `slot` (clears its bit, one holder fewer). Returns whether
+    /// this freed the slot; false too if `holder` did not hold it or the step could not be made
+    /// (`Busy`: then nothing changed, and the holding stays until `holder` is reclaimed).
     pub fn release(&self, slot: usize, holder: u32) -> bool {
-        let Some(word) = self.states.get(slot) else {
+        if !self.is_held_by(slot, holder) {
+            return false;
+        }
+        let Some(generation) = self.state(slot).map(SlotState::generation) else {
             return false;
         };
-        // SYNC POINT (release): Release pairs with the Acquire of the next `try_claim`: everything
-        // this holder did with the slot's bytes happens-before the next owner's writes.
-        let prev = SlotState(word.fetch_and(!(1u64 << holder), Ordering::Release));
-        let now = prev.without_holder(holder);
-        prev.is_held_by(holder) && now.is_free()
+        // SYNC POINT (release): Release (in `update_marked`) pairs with the Acquire of the next
+        // `try_claim`: everything this holder did with the slot's bytes happens-before the next
+        // owner's writes.
+        self.update_marked(slot, generation, holder, false, |cur| {
+            if cur.holders() == 0 {
+                Err(SlotError::NotHeld)
+            } else {
+                Ok(cur.with_holders(cur.holders() - 1))
+            }
+        })
+        .is_ok_and(|next| next.is_free())
     }
 
-    /// Releases every slot `holder` holds (it died). Returns `(released, freed)` counts.
+    /// Releases every slot `holder` holds (it died), after finishing the steps it left marked.
+    /// Returns `(released, freed)` counts.
     pub fn reclaim(&self, holder: u32) -> (usize, usize) {
+        self.settle(holder);
         let (mut released, mut freed) = (0, 0);
         for slot in 0..self.states.len() {
-            if SlotState(self.states[slot].load(Ordering::Relaxed)).is_held_by(holder) {
+            if self.is_held_by(slot, holder) {
                 released += 1;
                 freed += usize::from(self.release(slot, holder));
             }
@@ -295,20 +562,38 @@ impl<'a> ClassSlots<'a> {
 pub struct HeapClass {
     states: Box<[AtomicU64]>,
     cursor: AtomicU32,
+    holdings: Box<[AtomicU64]>,
+    #[cfg(loom)]
+    gate: loom::sync::Mutex<()>,
 }
 
 impl HeapClass {
-    /// A class of `slots` free slots.
+    /// A class of `slots` free slots for participants 0 to 3.
     pub fn new(slots: usize) -> Self {
+        HeapClass::with_participants(slots, 4)
+    }
+
+    /// A class of `slots` free slots for participants 0 to `participants - 1`.
+    pub fn with_participants(slots: usize, participants: usize) -> Self {
+        let words = row_words(slots) * participants;
         HeapClass {
             states: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             cursor: AtomicU32::new(0),
+            holdings: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            #[cfg(loom)]
+            gate: loom::sync::Mutex::new(()),
         }
     }
 
     /// The algorithm's view of this storage.
     pub fn slots(&self) -> ClassSlots<'_> {
-        ClassSlots::new(&self.states, &self.cursor)
+        #[allow(unused_mut)]
+        let mut c = ClassSlots::new(&self.states, &self.cursor, &self.holdings);
+        #[cfg(loom)]
+        {
+            c.gate = Some(&self.gate);
+        }
+        c
     }
 }
 
@@ -379,7 +664,7 @@ mod tests {
 
     #[test]
     fn reclaim_releases_only_the_dead_holder() {
-        let heap = HeapClass::new(8);
+        let heap = HeapClass::with_participants(8, 8);
         let c = heap.slots();
         let (a, _) = c.alloc(5).unwrap();
         let (b, gb) = c.alloc(5).unwrap();
@@ -387,9 +672,87 @@ mod tests {
         c.take_lent(b, gb, 6, true).unwrap();
         assert_eq!(c.reclaim(5), (2, 1));
         assert!(c.state(a).unwrap().is_free());
-        assert!(c.state(b).unwrap().is_held_by(6));
+        assert!(c.is_held_by(b, 6));
+        assert!(!c.is_held_by(b, 5));
         assert!(c.release(b, 6));
         assert_eq!(c.free_count(), 8);
+    }
+
+    #[test]
+    fn hundreds_of_holders_and_thousands_in_flight() {
+        let heap = HeapClass::with_participants(3, 1000);
+        let c = heap.slots();
+        let (s, g) = c.alloc(999).unwrap();
+        c.lend(s, g, 999, 4000).unwrap();
+        for p in 0..999 {
+            c.take_lent(s, g, p, true).unwrap();
+        }
+        let st = c.state(s).unwrap();
+        assert_eq!((st.holders(), st.in_flight()), (1000, 3001));
+        assert_eq!(c.holdings(500), 1);
+        assert_eq!(
+            c.take_lent(s, g, 500, true),
+            Err(SlotError::AlreadyHeld),
+            "a first handle for a slot already held"
+        );
+        for _ in 0..3001 {
+            assert!(!c.discard(s, g).unwrap());
+        }
+        assert_eq!(
+            c.discard(s, g),
+            Err(SlotError::NotInFlight),
+            "no descriptor is left"
+        );
+        for p in 0..999 {
+            assert!(!c.release(s, p), "participant 999 still holds it");
+        }
+        assert!(c.release(s, 999), "the last holder frees it");
+        assert_eq!(c.free_count(), 3);
+        assert_eq!(c.lend(s, g, 999, 1), Err(SlotError::NotHeld));
+        let (s, g) = c.alloc(0).unwrap();
+        assert_eq!(
+            c.lend(s, g, 0, MAX_IN_FLIGHT + 1),
+            Err(SlotError::TooManyInFlight),
+            "the count does not wrap"
+        );
+    }
+
+    #[test]
+    fn a_marker_left_by_a_death_is_settled_by_recovery() {
+        let heap = HeapClass::with_participants(2, 4);
+        let c = heap.slots();
+        let (s, g) = c.alloc(1).unwrap();
+        // Participant 1 dies inside a release: the word is CASed (marked, one reference fewer),
+        // its bit still set.
+        let word = &heap.states[s];
+        word.store(
+            SlotState::allocated(g).with_holders(0).marked(1, false).0,
+            Ordering::Relaxed,
+        );
+        assert!(c.is_held_by(s, 1));
+        assert_eq!(c.free_count(), 1, "a marked slot is not free");
+        assert_eq!(c.alloc(2).map(|(slot, _)| slot), Some(1 - s));
+        assert_eq!(
+            c.discard(s, g),
+            Err(SlotError::Busy { by: 1 }),
+            "a step waits for the marker, then gives up"
+        );
+        assert_eq!(c.reclaim(1), (0, 0), "the release had happened");
+        assert!(!c.is_held_by(s, 1));
+        assert!(c.state(s).unwrap().is_free());
+    }
+
+    #[test]
+    fn a_holder_without_a_row_gets_an_error() {
+        let heap = HeapClass::with_participants(2, 2);
+        let c = heap.slots();
+        assert_eq!(c.alloc(2), None);
+        let (s, g) = c.alloc(0).unwrap();
+        c.lend(s, g, 0, 1).unwrap();
+        assert_eq!(c.take_lent(s, g, 7, true), Err(SlotError::NotHeld));
+        assert_eq!(c.discard(s, g), Ok(false));
+        assert!(!c.release(s, 7));
+        assert_eq!(c.holdings(u32::MAX), 0);
     }
 }
 

@@ -4,6 +4,9 @@ pub mod class;
 pub mod local;
 pub mod state;
 
-pub use class::{ClassSlots, HeapClass, SlotError};
+pub use class::{ClassSlots, HeapClass, SlotError, row_words};
 pub use local::LocalRefs;
-pub use state::{MAX_IN_FLIGHT, MAX_PARTICIPANTS, SlotState};
+pub use state::{MAX_HOLDERS, MAX_IN_FLIGHT, PARTICIPANT_LIMIT, SlotState};
+
+/// Participants a pool has room for unless its configuration says otherwise.
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 64;

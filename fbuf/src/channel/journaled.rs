@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use super::unit::{Unit, UnitRing};
-use crate::alloc::MAX_PARTICIPANTS;
 pub(crate) use crate::journal::EntryTrack;
 pub use crate::journal::Recovered;
 use crate::journal::{self, EntryRing, Journal, Op, Recoverer, State};
@@ -49,10 +48,14 @@ impl Drop for Owned {
 /// descriptors are skipped.
 pub(crate) fn recover(pool: &Pool, dead: u32) -> Recovered {
     let mut total = Recovered::default();
-    if dead >= MAX_PARTICIPANTS {
+    let s = pool.shared();
+    if dead >= s.max_participants() {
         return total;
     }
-    let s = pool.shared();
+    // Steps it died in the middle of are finished first, so its holding bits say what it held.
+    for c in 0..s.layout().classes.len() {
+        s.class(c).settle(dead);
+    }
     let mut env = Env { pool, dead };
     for k in 0..journal::PER_PARTICIPANT {
         let j = s.journal(dead, k);
@@ -128,7 +131,7 @@ impl Recoverer for Env<'_> {
 /// Whether a live participant's journal says it is claiming or holds position `pos` of `unit`.
 fn live_claim(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
     let s = pool.shared();
-    (0..MAX_PARTICIPANTS)
+    (0..s.max_participants())
         .filter(|&p| p != dead && s.participant(p).is_active())
         .flat_map(|p| (0..journal::PER_PARTICIPANT).map(move |k| (p, k)))
         .any(|(p, k)| {
@@ -157,7 +160,9 @@ pub struct Reaped {
 /// holdings and frees its table entry. `None` if that participant is not there any more or
 /// someone else is retiring it (the owner, or another survivor).
 pub(crate) fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
-    if id >= MAX_PARTICIPANTS || !pool.shared().participant(id).begin_recovery(epoch) {
+    if id >= pool.shared().max_participants()
+        || !pool.shared().participant(id).begin_recovery(epoch)
+    {
         return None;
     }
     let recovered = recover(pool, id);
@@ -185,7 +190,7 @@ pub(crate) fn reap_dead(pool: &Pool) {
         return;
     }
     let s = pool.shared();
-    for id in (0..MAX_PARTICIPANTS).filter(|&id| id != s.me()) {
+    for id in (0..s.max_participants()).filter(|&id| id != s.me()) {
         let entry = s.participant(id);
         if entry.is_active() && !pool.is_alive(id) {
             reap(pool, id, entry.epoch());

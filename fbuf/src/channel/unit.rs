@@ -2,7 +2,6 @@
 //! doorbells. A one-to-one or many-to-one channel is one unit; a broadcast channel is one unit per
 //! subscriber.
 
-use crate::alloc::MAX_PARTICIPANTS;
 use crate::layout::{DESC_WORDS, UnitLayout};
 use crate::pool::{Desc, Pool};
 use crate::ring::{ConsumerState, MpmcRing, SpscRing, Stuck};
@@ -40,7 +39,10 @@ impl<'a> Unit<'a> {
         Unit {
             pool,
             words: c.atomics_u64(layout.endpoint_offset, 4),
-            senders: c.atomics_u32(layout.senders_offset, MAX_PARTICIPANTS as usize),
+            senders: c.atomics_u32(
+                layout.senders_offset,
+                pool.shared().max_participants() as usize,
+            ),
             data_bell: c.atomics_u32(layout.data_bell_offset, 2),
             space_bell: c.atomics_u32(layout.space_bell_offset, 2),
             layout,
@@ -76,7 +78,9 @@ impl<'a> Unit<'a> {
     }
 
     fn alive(&self, id: u32, epoch: u32) -> bool {
-        id < MAX_PARTICIPANTS && epoch != 0 && self.pool.shared().participant(id).is_alive(epoch)
+        id < self.pool.shared().max_participants()
+            && epoch != 0
+            && self.pool.shared().participant(id).is_alive(epoch)
     }
 
     fn me(&self) -> (u32, u32) {
@@ -187,13 +191,13 @@ impl<'a> Unit<'a> {
 
     /// Whether a live sender is registered.
     pub fn has_live_sender(&self) -> bool {
-        (0..MAX_PARTICIPANTS)
+        (0..self.senders.len() as u32)
             .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
     }
 
     /// How many live senders are registered.
     pub fn live_senders(&self) -> usize {
-        (0..MAX_PARTICIPANTS)
+        (0..self.senders.len() as u32)
             .filter(|&id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
             .count()
     }

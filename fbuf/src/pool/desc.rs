@@ -64,9 +64,13 @@ pub enum DescError {
     #[error("descriptor is not in flight (already taken, discarded, or forged)")]
     NotInFlight,
     #[error(
-        "this process's holding of the slot is missing from its state word (corrupted by a peer?)"
+        "this process's holding of the slot does not match its holdings row (corrupted by a peer?)"
     )]
     NotHeld,
+    #[error(
+        "participant {by} stayed in the middle of a step on this slot (stopped, or died and not yet recovered)"
+    )]
+    Busy { by: u32 },
 }
 
 impl DescError {
@@ -74,7 +78,10 @@ impl DescError {
         match e {
             SlotError::Stale { expected, found } => DescError::Stale { expected, found },
             SlotError::NotInFlight | SlotError::TooManyInFlight => DescError::NotInFlight,
-            SlotError::NotHeld => DescError::NotHeld,
+            SlotError::NotHeld | SlotError::AlreadyHeld => DescError::NotHeld,
+            SlotError::Busy { by } => DescError::Busy { by },
+            // Loom's death models only: a dead thread's result is never looked at.
+            SlotError::Died => DescError::NotInFlight,
         }
     }
 }

@@ -20,7 +20,7 @@ pub use buf::{Buf, BufMut};
 pub use desc::{Desc, DescError};
 pub use participants::Role;
 
-use crate::alloc::{ClassSlots, LocalRefs, MAX_PARTICIPANTS};
+use crate::alloc::{ClassSlots, DEFAULT_MAX_PARTICIPANTS, LocalRefs, row_words};
 use crate::journal::{self, Journal, SlotRef};
 use crate::layout::{
     ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CHANNELS,
@@ -44,6 +44,10 @@ pub struct PoolConfig {
     pub services: ServiceLimits,
     /// Name of the memfds (shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`).
     pub name: String,
+    /// Participants the pool has room for at once, the owner included (2 to 32 767). Each costs
+    /// control memory (a table entry, journals, a holdings row per class, a word per ring),
+    /// touched only once the id is used.
+    pub max_participants: u32,
 }
 
 /// The shape of a fixed channel (low-level API).
@@ -120,6 +124,12 @@ impl PoolBuilder {
         self
     }
 
+    /// Participants the pool has room for at once, the owner included (2 to 32 767).
+    pub fn max_participants(mut self, n: u32) -> Self {
+        self.config.max_participants = n;
+        self
+    }
+
     /// The memfds' name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -183,6 +193,7 @@ impl Default for PoolConfig {
             channels: vec![],
             services: ServiceLimits::default(),
             name: "fbuf-pool".into(),
+            max_participants: DEFAULT_MAX_PARTICIPANTS,
         }
     }
 }
@@ -223,8 +234,8 @@ pub enum AttachError {
         header: u64,
         computed: u64,
     },
-    #[error("participant id {0} is out of range (at most {MAX_PARTICIPANTS} participants)")]
-    BadParticipant(u32),
+    #[error("participant id {id} is out of range (the pool has room for {max} participants)")]
+    BadParticipant { id: u32, max: u32 },
     #[error("header's {field} {index} is not zero (reserved)")]
     ReservedNotZero { field: &'static str, index: usize },
 }
@@ -344,7 +355,12 @@ impl Pool {
     /// magic word last, so a pool seen half-made reads as "not ready". The caller is participant 0,
     /// a producer.
     pub fn create(config: &PoolConfig) -> Result<Pool, PoolCreateError> {
-        let layout = Layout::compute(&config.classes, &config.channels, config.services)?;
+        let layout = Layout::compute(
+            &config.classes,
+            &config.channels,
+            config.services,
+            config.max_participants,
+        )?;
         let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
         // Consumers get a read-only fd; mode 0400 keeps them (when of another uid) from reopening
@@ -415,9 +431,6 @@ impl Pool {
         membership: impl Into<Option<OwnedFd>>,
         liveness: Option<OwnedFd>,
     ) -> Result<Pool, AttachError> {
-        if participant >= MAX_PARTICIPANTS {
-            return Err(AttachError::BadParticipant(participant));
-        }
         let control = Region::attach(control, None, true).map_err(AttachError::Control)?;
         Pool::attach_region(
             control,
@@ -434,7 +447,7 @@ impl Pool {
     /// is out of range): only read-only queries may run on it.
     pub(crate) fn attach_read_only(control: OwnedFd, data: OwnedFd) -> Result<Pool, AttachError> {
         let control = Region::attach(control, None, false).map_err(AttachError::Control)?;
-        Pool::attach_region(control, data, MAX_PARTICIPANTS, false, None, None)
+        Pool::attach_region(control, data, u32::MAX, false, None, None)
     }
 
     /// Validates the header of a mapped control region, then maps the data memfd.
@@ -496,7 +509,15 @@ impl Pool {
             &header.classes[..count],
             &header.channels[..channels],
             header.services,
+            header.max_participants,
         )?;
+        // `u32::MAX` is the read-only inspector, no participant.
+        if participant != u32::MAX && participant >= layout.max_participants {
+            return Err(AttachError::BadParticipant {
+                id: participant,
+                max: layout.max_participants,
+            });
+        }
         let check = |field, header: u64, computed: usize| {
             if header == computed as u64 {
                 Ok(())
@@ -513,11 +534,6 @@ impl Pool {
             "control memfd size",
             control.len() as u64,
             layout.control_size,
-        )?;
-        check(
-            "max_participants",
-            header.max_participants as u64,
-            MAX_PARTICIPANTS as usize,
         )?;
         let data = Region::attach(data, Some(layout.data_size as u64), writable_data)
             .map_err(AttachError::Data)?;
@@ -673,7 +689,7 @@ impl Pool {
     /// duty (never public: freeing a live participant's slots would alias them).
     pub(crate) fn reclaim(&self, participant: u32) -> Reclaimed {
         let mut r = Reclaimed::default();
-        if participant >= MAX_PARTICIPANTS {
+        if participant >= self.shared.layout.max_participants {
             return r;
         }
         for c in 0..self.shared.layout.classes.len() {
@@ -748,7 +764,7 @@ impl Pool {
     /// open file description of the control memfd, which the joiner is to keep: `None` if the
     /// table is full. Owner only.
     pub(crate) fn admit(&self, pid: u32, role: Role) -> Option<std::io::Result<(u32, OwnedFd)>> {
-        for id in 1..MAX_PARTICIPANTS {
+        for id in 1..self.shared.layout.max_participants {
             let entry = self.shared.participant(id);
             if !entry.claim(pid, role) {
                 continue;
@@ -778,7 +794,7 @@ impl Pool {
         if id == s.me {
             return true;
         }
-        if id >= MAX_PARTICIPANTS {
+        if id >= s.layout.max_participants {
             return false;
         }
         let fd = s.liveness.as_ref().map_or(s.control.fd(), |f| f.as_fd());
@@ -822,9 +838,14 @@ impl Pool {
         &self.shared
     }
 
+    /// Participants this pool has room for at once (its ids are below this).
+    pub fn max_participants(&self) -> u32 {
+        self.shared.layout.max_participants
+    }
+
     /// The active participants, by id (read from the shared table: untrusted, a snapshot).
     pub fn participants(&self) -> Vec<Participant> {
-        (0..MAX_PARTICIPANTS)
+        (0..self.shared.layout.max_participants)
             .map(|id| (id, self.shared.participant(id)))
             .filter(|(_, e)| e.is_active())
             .map(|(id, e)| Participant {
@@ -868,6 +889,11 @@ impl Shared {
         &self.control
     }
 
+    /// Participants the pool has room for (ids below this).
+    pub(crate) fn max_participants(&self) -> u32 {
+        self.layout.max_participants
+    }
+
     pub(crate) fn me(&self) -> u32 {
         self.me
     }
@@ -890,6 +916,10 @@ impl Shared {
         ClassSlots::new(
             self.control.atomics_u64(c.states_offset, c.slot_count),
             &self.control.atomics_u32(c.cursor_offset, 1)[0],
+            self.control.atomics_u64(
+                c.holdings_offset,
+                self.layout.max_participants as usize * row_words(c.slot_count),
+            ),
         )
     }
 

@@ -25,7 +25,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::alloc::MAX_PARTICIPANTS;
 use crate::layout::{REFS_PER_PARTICIPANT, SERVICE_ENTRY_SIZE, ServiceLayout, UnitLayout};
 use crate::pool::Pool;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -180,7 +179,7 @@ impl<'p> Directory<'p> {
     /// Whether the participant named by lock word `holder` has died (or the word is garbage).
     fn holder_dead(&self, holder: u64) -> bool {
         let (id, epoch) = ((holder & 0xffff_ffff) as u32, (holder >> 32) as u32);
-        if id == 0 || id > MAX_PARTICIPANTS {
+        if id == 0 || id > self.pool.shared().max_participants() {
             return true;
         }
         let entry = self.pool.shared().participant(id - 1);
@@ -348,7 +347,7 @@ impl<'p> Directory<'p> {
     /// How many reference rows name `(index, generation)`: the processes using the service.
     pub fn users(&self, index: u32, generation: u32) -> usize {
         let want = ref_word(index, generation);
-        (0..MAX_PARTICIPANTS)
+        (0..self.pool.shared().max_participants())
             .filter(|&p| {
                 self.refs(p)
                     .iter()
@@ -361,7 +360,7 @@ impl<'p> Directory<'p> {
     /// entry is freed, so that a newcomer reusing the id keeps its own). No lock is needed: only
     /// the participant writes its row while it lives.
     pub fn clear_refs(&self, participant: u32) {
-        if participant < MAX_PARTICIPANTS {
+        if participant < self.pool.shared().max_participants() {
             for r in self.refs(participant) {
                 r.store(0, Ordering::Release);
             }
@@ -534,7 +533,7 @@ fn reset_unit(pool: &Pool, u: &UnitLayout) {
     for w in c.atomics_u64(u.endpoint_offset, 4) {
         w.store(0, Ordering::Relaxed);
     }
-    for w in c.atomics_u32(u.senders_offset, MAX_PARTICIPANTS as usize) {
+    for w in c.atomics_u32(u.senders_offset, pool.shared().max_participants() as usize) {
         w.store(0, Ordering::Relaxed);
     }
     let zero32 = |w: &AtomicU32| w.store(0, Ordering::Relaxed);

@@ -45,6 +45,9 @@ pub mod seeded {
         /// Recovery reads no journal: a dead participant's pending steps are neither finished
         /// nor undone.
         RecoveryIgnoresJournal = 6,
+        /// Recovery leaves a dead participant's markers: the holding bit of a step it died in
+        /// the middle of stays as it was before the step.
+        RecoveryLeavesMarkers = 7,
     }
 
     #[cfg(loom)]
