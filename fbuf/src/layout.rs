@@ -15,7 +15,7 @@
 //! | service rings: `service_rings` ring units of equal capacity   |
 //! +--------------------------------------------------------------+ per class, 64-B aligned:
 //! | cursor (u32) | slot states (u64 each)                       |
-//! | holdings: one bitmap row per participant (row_words each)    |
+//! | holdings: one row per participant, a byte per slot           |
 //! +--------------------------------------------------------------+
 //!
 //! data memfd (read-write for producers, read-only for consumers)
@@ -32,7 +32,7 @@
 use bytemuck::{Pod, Zeroable};
 use thiserror::Error;
 
-use crate::alloc::{PARTICIPANT_LIMIT, row_words};
+use crate::alloc::{PARTICIPANT_LIMIT, row_bytes};
 
 /// "FBUFPOOL" in little-endian: the control region's first word once the pool is ready.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FBUFPOOL");
@@ -185,7 +185,7 @@ pub struct ClassLayout {
     /// Offsets in the control region.
     pub cursor_offset: usize,
     pub states_offset: usize,
-    /// Participant `p`'s holdings row starts at `holdings_offset + p * row_words(slot_count) * 8`.
+    /// Participant `p`'s holdings row starts at `holdings_offset + p * row_bytes(slot_count)`.
     pub holdings_offset: usize,
     /// Offset of slot 0 in the data region.
     pub data_offset: usize,
@@ -319,7 +319,7 @@ impl Layout {
             let states_offset = cursor_offset + LINE;
             let holdings_offset =
                 align_up(states_offset + count * 8, 2 * LINE).ok_or(LayoutError::TooLarge)?;
-            control = holdings_offset + participants * row_words(count) * 8;
+            control = holdings_offset + participants * row_bytes(count);
             // Slots of 4 KiB and more start on a page, so egress can hand whole pages to the
             // kernel; smaller ones are cache-line aligned because the size is a power of two ≥ 64.
             let data_offset = align_up(data, PAGE).ok_or(LayoutError::TooLarge)?;

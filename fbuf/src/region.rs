@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use memmap2::MmapRaw;
 use thiserror::Error;
 
-use crate::sync::{AtomicU32, AtomicU64};
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64};
 use crate::sys::memfd::{self, REQUIRED_SEALS};
 use crate::sys::mmap;
 
@@ -175,6 +175,13 @@ impl Region {
         self.check_words(offset, count, 4);
         // SAFETY: as in `atomics_u64`, with 4-byte size and alignment.
         unsafe { std::slice::from_raw_parts(self.ptr().add(offset).cast::<AtomicU32>(), count) }
+    }
+
+    /// `count` atomic bytes at `offset`.
+    pub fn atomics_u8(&self, offset: usize, count: usize) -> &[AtomicU8] {
+        self.check_words(offset, count, 1);
+        // SAFETY: as in `atomics_u64`, with 1-byte size and alignment.
+        unsafe { std::slice::from_raw_parts(self.ptr().add(offset).cast::<AtomicU8>(), count) }
     }
 }
 

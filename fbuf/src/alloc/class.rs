@@ -29,13 +29,14 @@
 use super::state::{MAX_HOLDERS, MAX_IN_FLIGHT, SlotState};
 use crate::sync::death;
 use crate::sync::seeded::{self, Bug};
-use crate::sync::{AtomicU32, AtomicU64, Ordering, spin_hint};
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, spin_hint};
 
-/// Words of one participant's holdings bitmap for a class of `slots` slots: one bit per slot,
-/// rounded up to a 128-byte pair of cache lines so that two participants' rows never share a
-/// line (each writes its own on every receive and release).
-pub const fn row_words(slots: usize) -> usize {
-    slots.div_ceil(64).div_ceil(16) * 16
+/// Bytes of one participant's holdings row for a class of `slots` slots: one byte per slot (a
+/// plain store sets or clears it: a bit would need a locked read-modify-write, a full fence, on
+/// every send and receive), rounded up to a 128-byte pair of cache lines so that two
+/// participants' rows never share a line.
+pub const fn row_bytes(slots: usize) -> usize {
+    slots.div_ceil(128) * 128
 }
 
 /// The shared words of one size class.
@@ -45,10 +46,10 @@ pub struct ClassSlots<'a> {
     /// The slot after the last one allocated: where the next search starts. Only a starting
     /// point (taken modulo the slot count), so a garbage value costs a longer search, no more.
     cursor: &'a AtomicU32,
-    /// One bitmap per participant, [`row_words`] words each: bit `s` of participant `p`'s row
-    /// is set while `p` holds slot `s`. Written only by `p` while it lives (its threads take
-    /// turns per slot through its handle counts), and by whoever recovers it after it died.
-    holdings: &'a [AtomicU64],
+    /// One row per participant, [`row_bytes`] bytes each: byte `s` of participant `p`'s row is
+    /// 1 while `p` holds slot `s`. Written only by `p` while it lives (its threads take turns
+    /// per slot through its handle counts), and by whoever recovers it after it died.
+    holdings: &'a [AtomicU8],
     /// Loom only: the marker window as a lock, so that a waiter blocks instead of spinning (loom
     /// cannot explore spin-waits among three threads: each yield is a branch). Production spins.
     #[cfg(loom)]
@@ -86,8 +87,8 @@ const SPINS: u32 = if cfg!(loom) { 1 } else { 100 };
 
 impl<'a> ClassSlots<'a> {
     /// A view over `states` (one word per slot), `cursor` and `holdings` (the participants'
-    /// bitmaps, [`row_words`] words each).
-    pub fn new(states: &'a [AtomicU64], cursor: &'a AtomicU32, holdings: &'a [AtomicU64]) -> Self {
+    /// rows, [`row_bytes`] bytes each).
+    pub fn new(states: &'a [AtomicU64], cursor: &'a AtomicU32, holdings: &'a [AtomicU8]) -> Self {
         ClassSlots {
             states,
             cursor,
@@ -120,33 +121,33 @@ impl<'a> ClassSlots<'a> {
             .map(|s| SlotState(s.load(Ordering::Acquire)))
     }
 
-    /// The word of `holder`'s row with slot `slot`'s bit, and the bit, if both exist.
-    fn bit(&self, slot: usize, holder: u32) -> Option<(&'a AtomicU64, u64)> {
+    /// `holder`'s byte for slot `slot`, if both exist.
+    fn bit(&self, slot: usize, holder: u32) -> Option<&'a AtomicU8> {
         if slot >= self.states.len() {
             return None;
         }
-        let w = (holder as usize)
-            .checked_mul(row_words(self.states.len()))?
-            .checked_add(slot / 64)?;
-        self.holdings.get(w).map(|word| (word, 1u64 << (slot % 64)))
+        let i = (holder as usize)
+            .checked_mul(row_bytes(self.states.len()))?
+            .checked_add(slot)?;
+        self.holdings.get(i)
     }
 
-    /// Whether `holder`'s holding bit for `slot` is set.
+    /// Whether `holder`'s holding byte for `slot` is set.
     pub fn is_held_by(&self, slot: usize, holder: u32) -> bool {
         self.bit(slot, holder)
-            .is_some_and(|(w, m)| w.load(Ordering::Acquire) & m != 0)
+            .is_some_and(|b| b.load(Ordering::Acquire) != 0)
     }
 
     /// How many slots of this class `holder` holds.
     pub fn holdings(&self, holder: u32) -> usize {
-        let n = row_words(self.states.len());
+        let n = row_bytes(self.states.len());
         let start = (holder as usize).saturating_mul(n);
         self.holdings
             .get(start..start.saturating_add(n))
             .map_or(0, |row| {
                 row.iter()
-                    .map(|w| w.load(Ordering::Relaxed).count_ones() as usize)
-                    .sum()
+                    .filter(|b| b.load(Ordering::Relaxed) != 0)
+                    .count()
             })
     }
 
@@ -173,7 +174,7 @@ impl<'a> ClassSlots<'a> {
     /// bit, then the marker goes.
     fn try_claim(&self, slot: usize, holder: u32) -> Option<u32> {
         let word = &self.states[slot];
-        let (bits, mask) = self.bit(slot, holder)?;
+        let bit = self.bit(slot, holder)?;
         let cur = SlotState(word.load(Ordering::Relaxed));
         if !cur.is_free() {
             return None;
@@ -195,7 +196,7 @@ impl<'a> ClassSlots<'a> {
             Ordering::Relaxed,
         )
         .ok()?;
-        bits.fetch_or(mask, Ordering::Relaxed);
+        bit.store(1, Ordering::Relaxed);
         // SYNC POINT (unmark): Release, so whoever sees the word unmarked sees our bit set.
         word.store(next.0, Ordering::Release);
         Some(generation)
@@ -279,7 +280,7 @@ impl<'a> ClassSlots<'a> {
         bit_after: bool,
         step: impl Fn(SlotState) -> Result<SlotState, SlotError>,
     ) -> Result<SlotState, SlotError> {
-        let (bits, mask) = self.bit(slot, holder).ok_or(SlotError::NotHeld)?;
+        let bit = self.bit(slot, holder).ok_or(SlotError::NotHeld)?;
         let word = &self.states[slot];
         let mut cur = self.unmarked(word)?;
         #[cfg(loom)]
@@ -310,11 +311,7 @@ impl<'a> ClassSlots<'a> {
         if death::cut() {
             return Err(SlotError::Died);
         }
-        if bit_after {
-            bits.fetch_or(mask, Ordering::Relaxed);
-        } else {
-            bits.fetch_and(!mask, Ordering::Relaxed);
-        }
+        bit.store(u8::from(bit_after), Ordering::Relaxed);
         if death::cut() {
             return Err(SlotError::Died);
         }
@@ -348,12 +345,8 @@ impl<'a> ClassSlots<'a> {
             if by != holder {
                 continue;
             }
-            if let Some((bits, mask)) = self.bit(slot, holder) {
-                if bit_after {
-                    bits.fetch_or(mask, Ordering::Relaxed);
-                } else {
-                    bits.fetch_and(!mask, Ordering::Relaxed);
-                }
+            if let Some(bit) = self.bit(slot, holder) {
+                bit.store(u8::from(bit_after), Ordering::Relaxed);
             }
             settled += usize::from(
                 word.compare_exchange(cur.0, cur.unmarked().0, Ordering::AcqRel, Ordering::Relaxed)
@@ -464,7 +457,7 @@ impl<'a> ClassSlots<'a> {
         let held = self
             .bit(slot, holder)
             .ok_or(SlotError::NotHeld)
-            .map(|(w, m)| w.load(Ordering::Relaxed) & m != 0)?;
+            .map(|b| b.load(Ordering::Relaxed) != 0)?;
         if add_holder {
             if held {
                 return Err(SlotError::AlreadyHeld);
@@ -562,7 +555,7 @@ impl<'a> ClassSlots<'a> {
 pub struct HeapClass {
     states: Box<[AtomicU64]>,
     cursor: AtomicU32,
-    holdings: Box<[AtomicU64]>,
+    holdings: Box<[AtomicU8]>,
     #[cfg(loom)]
     gate: loom::sync::Mutex<()>,
 }
@@ -575,11 +568,11 @@ impl HeapClass {
 
     /// A class of `slots` free slots for participants 0 to `participants - 1`.
     pub fn with_participants(slots: usize, participants: usize) -> Self {
-        let words = row_words(slots) * participants;
+        let bytes = row_bytes(slots) * participants;
         HeapClass {
             states: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             cursor: AtomicU32::new(0),
-            holdings: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            holdings: (0..bytes).map(|_| AtomicU8::new(0)).collect(),
             #[cfg(loom)]
             gate: loom::sync::Mutex::new(()),
         }

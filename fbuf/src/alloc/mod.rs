@@ -4,7 +4,7 @@ pub mod class;
 pub mod local;
 pub mod state;
 
-pub use class::{ClassSlots, HeapClass, SlotError, row_words};
+pub use class::{ClassSlots, HeapClass, SlotError, row_bytes};
 pub use local::LocalRefs;
 pub use state::{MAX_HOLDERS, MAX_IN_FLIGHT, PARTICIPANT_LIMIT, SlotState};
 

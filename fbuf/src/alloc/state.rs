@@ -10,7 +10,7 @@
 //!
 //! * `holders` counts the participants holding the slot (however many handles each one's threads
 //!   have: that count is process-private, see [`super::local`]). *Who* they are is not in this
-//!   word: each participant has a holdings bitmap of its own, one bit per slot (see
+//!   word: each participant has a holdings row of its own, one byte per slot (see
 //!   [`super::class`]), which only it writes while it lives. A 64-bit word has no room for a bit
 //!   per participant once there are hundreds of them.
 //! * `in flight` counts descriptors lent out (sent) and not yet taken by a receiver or discarded.

@@ -20,7 +20,7 @@ pub use buf::{Buf, BufMut};
 pub use desc::{Desc, DescError};
 pub use participants::Role;
 
-use crate::alloc::{ClassSlots, DEFAULT_MAX_PARTICIPANTS, LocalRefs, row_words};
+use crate::alloc::{ClassSlots, DEFAULT_MAX_PARTICIPANTS, LocalRefs, row_bytes};
 use crate::journal::{self, Journal, SlotRef};
 use crate::layout::{
     ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CHANNELS,
@@ -916,9 +916,9 @@ impl Shared {
         ClassSlots::new(
             self.control.atomics_u64(c.states_offset, c.slot_count),
             &self.control.atomics_u32(c.cursor_offset, 1)[0],
-            self.control.atomics_u64(
+            self.control.atomics_u8(
                 c.holdings_offset,
-                self.layout.max_participants as usize * row_words(c.slot_count),
+                self.layout.max_participants as usize * row_bytes(c.slot_count),
             ),
         )
     }
