@@ -145,7 +145,7 @@ impl Inspection {
                 for slot in 0..class.len() {
                     let st = class.state(slot).unwrap_or(SlotState(0));
                     stat.free += usize::from(st.is_free());
-                    stat.held += usize::from(st.holders() != 0);
+                    stat.held += usize::from(st.all_holders() != 0);
                     stat.in_flight += st.in_flight() as usize;
                     for &p in &active {
                         holdings[p as usize] += usize::from(class.is_held_by(slot, p));

@@ -405,6 +405,7 @@ pub struct SlotRef<'a, 'b> {
 /// process's handles to it: by move if it is the last one (one CAS), else by the two-step dance.
 /// Each step is journaled so that recovery can tell, from the holder bit, how far it got. On
 /// error nothing was lent and the handle is kept.
+#[inline]
 pub fn lend(
     j: &Journal<'_>,
     entries: std::ops::Range<usize>,
@@ -467,6 +468,7 @@ pub fn lend(
 
 /// Imports the descriptor of entry `e` (in flight, ours to take) as one more handle of this
 /// process, journaled like [`lend`]. On error the entry is done (nothing was taken).
+#[inline]
 pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), SlotError> {
     s.local.locked(s.index, |count| {
         if count == 0 {

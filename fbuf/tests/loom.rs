@@ -548,7 +548,7 @@ fn local_hand_off_vs_import() {
         let s = c.state(0).unwrap();
         assert_eq!(local.count(0), 1, "the imported handle");
         assert!(c.is_held_by(0, 0), "a handle exists, so the bit is set");
-        assert_eq!(s.holders(), 1, "and the holder is counted once");
+        assert_eq!(s.all_holders(), 1, "and the holder is counted once");
         assert_eq!(s.in_flight(), 1, "the handed-off descriptor is in flight");
     });
 }
@@ -772,6 +772,7 @@ fn recover_and_check(
     spsc: Option<&SpscHeap<[u64; 2]>>,
     mpmc: &[Ring<[u64; 2]>],
     words: &[fbuf::sync::AtomicU64],
+    live_holding: Option<usize>,
 ) {
     let env = &mut ModelEnv {
         class,
@@ -784,6 +785,12 @@ fn recover_and_check(
     let rec = Journal::new(words).read();
     recover_record(&rec, env);
     env.class.slots().reclaim(DEAD);
+    // A live co-holder lets go after recovery settled the dead one's markers (before, its
+    // release waits on a marker nobody will remove but recovery).
+    if let Some(slot) = live_holding {
+        assert!(env.class.slots().is_held_by(slot, LIVE));
+        env.class.slots().release(slot, LIVE);
+    }
     let mut drained = Vec::new();
     if let Some(r) = env.spsc {
         let ring = r.ring();
@@ -809,7 +816,10 @@ fn recover_and_check(
     assert_eq!(
         env.class.slots().free_count(),
         env.class.slots().len(),
-        "a slot leaked"
+        "a slot leaked: {:?}, dead holds {}, live holds {}",
+        env.class.slots().state(0),
+        env.class.slots().is_held_by(0, DEAD),
+        env.class.slots().is_held_by(0, LIVE),
     );
 }
 
@@ -818,12 +828,23 @@ const MAX_STEPS: usize = 10;
 
 /// A sender that holds a slot sends it by move into an SPSC ring, dying after `steps` journaled
 /// steps; a live receiver takes whatever arrives. Recovery then accounts for the slot exactly.
-fn spsc_send_death(steps: usize, handles: u32) {
+///
+/// With `co_holder`, a live participant allocated the slot (and owns it in the word) and the
+/// sender holds it second, in its row: its steps are then the marked ones.
+fn spsc_send_death(steps: usize, handles: u32, co_holder: bool) {
     loom::model(move || {
         let class = Arc::new(HeapClass::new(1));
         let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
         let words = Arc::new(journal_words());
-        let (slot, generation) = class.slots().alloc(DEAD).unwrap();
+        let (slot, generation) = if co_holder {
+            let c = class.slots();
+            let (slot, generation) = c.alloc(LIVE).unwrap();
+            c.lend(slot, generation, LIVE, 1).unwrap();
+            c.take_lent(slot, generation, DEAD, true).unwrap();
+            (slot, generation)
+        } else {
+            class.slots().alloc(DEAD).unwrap()
+        };
         let v = [slot as u64, u64::from(generation)];
         let sender = {
             let (class, ring, words) = (class.clone(), ring.clone(), words.clone());
@@ -855,13 +876,16 @@ fn spsc_send_death(steps: usize, handles: u32) {
             })
         };
         sender.join().unwrap();
-        recover_and_check(&class, Some(&*ring), &[], &words);
+        recover_and_check(&class, Some(&*ring), &[], &words, co_holder.then_some(slot));
     });
 }
 
 /// A receiver pops a descriptor from an SPSC ring and imports it, dying after `steps` journaled
 /// steps (before or after publishing the head, before or after taking the slot).
-fn spsc_recv_death(steps: usize, holding: bool) {
+///
+/// With `co_holder`, the live sender keeps holding the slot (it owns it in the word), so the
+/// receiver's holdings are in its row and its steps are the marked ones.
+fn spsc_recv_death(steps: usize, holding: bool, co_holder: bool) {
     loom::model(move || {
         let class = Arc::new(HeapClass::new(1));
         let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
@@ -870,10 +894,12 @@ fn spsc_recv_death(steps: usize, holding: bool) {
         let v = [slot as u64, u64::from(generation)];
         // With `holding`, the receiver already holds the slot (an earlier descriptor of it), so
         // its import is the two-step one.
-        class
-            .slots()
-            .hand_off_n(slot, generation, LIVE, 1 + u32::from(holding))
-            .unwrap();
+        let n = 1 + u32::from(holding);
+        if co_holder {
+            class.slots().lend(slot, generation, LIVE, n).unwrap();
+        } else {
+            class.slots().hand_off_n(slot, generation, LIVE, n).unwrap();
+        }
         if holding {
             class
                 .slots()
@@ -911,7 +937,7 @@ fn spsc_recv_death(steps: usize, holding: bool) {
             })
         };
         receiver.join().unwrap();
-        recover_and_check(&class, Some(&*ring), &[], &words);
+        recover_and_check(&class, Some(&*ring), &[], &words, co_holder.then_some(slot));
     });
 }
 
@@ -967,7 +993,7 @@ fn mpmc_push_death(steps: usize) {
         };
         dying.join().unwrap();
         live.join().unwrap();
-        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words);
+        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words, None);
         // The ring is usable: a push and a pop go through.
         ring.push([7, 7]).unwrap();
         assert_eq!(ring.pop(), Some([7, 7]));
@@ -1013,7 +1039,7 @@ fn mpmc_pop_death(steps: usize) {
             })
         };
         receiver.join().unwrap();
-        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words);
+        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words, None);
         ring.push([7, 7]).unwrap();
         assert_eq!(ring.pop(), Some([7, 7]));
     });
@@ -1055,7 +1081,7 @@ fn spsc_send_batch_death(steps: usize) {
             })
         };
         sender.join().unwrap();
-        recover_and_check(&class, Some(&*ring), &[], &words);
+        recover_and_check(&class, Some(&*ring), &[], &words, None);
     });
 }
 
@@ -1103,7 +1129,7 @@ fn spsc_recv_batch_death(steps: usize) {
             })
         };
         receiver.join().unwrap();
-        recover_and_check(&class, Some(&*ring), &[], &words);
+        recover_and_check(&class, Some(&*ring), &[], &words, None);
     });
 }
 
@@ -1145,7 +1171,7 @@ fn publish_death(steps: usize) {
             })
         };
         publisher.join().unwrap();
-        recover_and_check(&class, None, &rings[..], &words);
+        recover_and_check(&class, None, &rings[..], &words, None);
         for r in rings.iter() {
             r.push([7, 7]).unwrap();
             assert_eq!(r.pop(), Some([7, 7]));
@@ -1177,8 +1203,10 @@ fn death_at_every_step_of_a_send() {
     let _g = serial();
     seed_from_env();
     for steps in 0..MAX_STEPS {
-        spsc_send_death(steps, 1);
-        spsc_send_death(steps, 2);
+        spsc_send_death(steps, 1, false);
+        spsc_send_death(steps, 2, false);
+        spsc_send_death(steps, 1, true);
+        spsc_send_death(steps, 2, true);
     }
 }
 
@@ -1187,8 +1215,10 @@ fn death_at_every_step_of_a_receive() {
     let _g = serial();
     seed_from_env();
     for steps in 0..MAX_STEPS {
-        spsc_recv_death(steps, false);
-        spsc_recv_death(steps, true);
+        spsc_recv_death(steps, false, false);
+        spsc_recv_death(steps, true, false);
+        spsc_recv_death(steps, false, true);
+        spsc_recv_death(steps, true, true);
     }
 }
 

@@ -132,27 +132,47 @@ impl<'a> ClassSlots<'a> {
         self.holdings.get(i)
     }
 
-    /// Whether `holder`'s holding byte for `slot` is set.
+    /// Whether `holder` holds `slot`: it is the slot's owner, or its row byte is set.
     pub fn is_held_by(&self, slot: usize, holder: u32) -> bool {
+        self.state(slot).is_some_and(|s| s.owner() == Some(holder)) || self.in_row(slot, holder)
+    }
+
+    /// Whether `holder` holds `slot` whose word reads `cur`: the row byte is read only when
+    /// `holder` is not the owner.
+    #[inline(always)]
+    fn holds(&self, cur: SlotState, slot: usize, holder: u32) -> bool {
+        cur.owner() == Some(holder) || self.in_row(slot, holder)
+    }
+
+    /// Whether `holder`'s row byte for `slot` is set.
+    fn in_row(&self, slot: usize, holder: u32) -> bool {
         self.bit(slot, holder)
             .is_some_and(|b| b.load(Ordering::Acquire) != 0)
     }
 
-    /// How many slots of this class `holder` holds.
+    /// How many slots of this class `holder` holds (as owner or in its row).
     pub fn holdings(&self, holder: u32) -> usize {
         let n = row_bytes(self.states.len());
         let start = (holder as usize).saturating_mul(n);
-        self.holdings
+        let in_row = self
+            .holdings
             .get(start..start.saturating_add(n))
             .map_or(0, |row| {
                 row.iter()
                     .filter(|b| b.load(Ordering::Relaxed) != 0)
                     .count()
-            })
+            });
+        let owned = self
+            .states
+            .iter()
+            .filter(|w| SlotState(w.load(Ordering::Relaxed)).owner() == Some(holder))
+            .count();
+        in_row + owned
     }
 
-    /// Claims a free slot for `holder`; returns `(slot, generation)`, or `None` if every slot is
-    /// taken (or `holder` has no row).
+    /// Claims a free slot for `holder` (as its owner); returns `(slot, generation)`, or `None` if
+    /// every slot is taken (or `holder` has no row).
+    #[inline]
     pub fn alloc(&self, holder: u32) -> Option<(usize, u32)> {
         let n = self.states.len();
         if n == 0 || self.bit(0, holder).is_none() {
@@ -170,40 +190,34 @@ impl<'a> ClassSlots<'a> {
         None
     }
 
-    /// One CAS from free to allocated-and-marked, with the generation bumped; then the holding
-    /// bit, then the marker goes.
+    /// One CAS from free to owned by `holder`, with the generation bumped.
+    #[inline]
     fn try_claim(&self, slot: usize, holder: u32) -> Option<u32> {
         let word = &self.states[slot];
-        let bit = self.bit(slot, holder)?;
         let cur = SlotState(word.load(Ordering::Relaxed));
         if !cur.is_free() {
             return None;
         }
-        #[cfg(loom)]
-        let _gate = self.enter();
         let generation = if seeded::active(Bug::NoGenerationBump) {
             cur.generation()
         } else {
             cur.next_generation()
         };
-        let next = SlotState::allocated(generation);
-        // SYNC POINT (claim): Acquire pairs with the Release of the last holder's unmarking store
-        // (or discard), so whatever it did with the slot's bytes happens-before the new owner's.
+        // SYNC POINT (claim): Acquire pairs with the Release of every earlier holder's release
+        // and discard (one release sequence of RMWs and unmarking stores on this word), so
+        // whatever they did with the slot's bytes happens-before what the new owner writes.
         word.compare_exchange(
             cur.0,
-            next.marked(holder, true).0,
+            SlotState::allocated(generation, holder).0,
             Ordering::Acquire,
             Ordering::Relaxed,
         )
-        .ok()?;
-        bit.store(1, Ordering::Relaxed);
-        // SYNC POINT (unmark): Release, so whoever sees the word unmarked sees our bit set.
-        word.store(next.0, Ordering::Release);
-        Some(generation)
+        .ok()
+        .map(|_| generation)
     }
 
-    /// Loads `word`, waiting while another participant's marker is on it (a step in progress:
-    /// two stores long). Gives up with `Busy` if the marker stays.
+    /// Loads `word`, waiting while another participant's marker is on it (a row-holder step in
+    /// progress: two stores long). Gives up with `Busy` if the marker stays.
     fn unmarked(&self, word: &AtomicU64) -> Result<SlotState, SlotError> {
         let mut cur = SlotState(word.load(Ordering::Relaxed));
         let mut round = 0u32;
@@ -240,74 +254,77 @@ impl<'a> ClassSlots<'a> {
     }
 
     /// Applies `step` to `slot`'s state word by CAS until it succeeds or `step` refuses; the
-    /// generation is checked first. A step that does not change the caller's holding bit.
-    /// Returns the new state.
-    fn update(
+    /// generation is checked first (when given). `step` returns the next state and, for a
+    /// row-holder step of `holder`, the value its row byte takes: then the word is CASed with
+    /// `holder`'s marker, the byte written, and the marker removed (see
+    /// [`ClassSlots::marked_step`]). Returns the new state.
+    ///
+    /// Inlined: for an owner's step (the common case) this is one load and one CAS.
+    #[inline(always)]
+    fn transition(
         &self,
         slot: usize,
-        generation: u32,
+        generation: Option<u32>,
+        holder: u32,
         success: Ordering,
-        step: impl Fn(SlotState) -> Result<SlotState, SlotError>,
+        step: impl Fn(SlotState) -> Result<(SlotState, Option<bool>), SlotError>,
     ) -> Result<SlotState, SlotError> {
         let word = self.states.get(slot).ok_or(SlotError::NotInFlight)?;
-        let mut cur = self.unmarked(word)?;
+        let mut cur = SlotState(word.load(Ordering::Relaxed));
         loop {
-            if cur.generation() != generation {
+            if cur.is_marked() {
+                cur = self.unmarked(word)?;
+            }
+            if let Some(expected) = generation
+                && cur.generation() != expected
+            {
                 return Err(SlotError::Stale {
-                    expected: generation,
+                    expected,
                     found: cur.generation(),
                 });
             }
-            let next = step(cur)?;
-            match word.compare_exchange_weak(cur.0, next.0, success, Ordering::Relaxed) {
-                Ok(_) => return Ok(next),
-                Err(seen) => cur = SlotState(seen),
-            }
-            if cur.is_marked() {
-                cur = self.unmarked(word)?;
+            let (next, row) = step(cur)?;
+            let outcome = match row {
+                None => word
+                    .compare_exchange_weak(cur.0, next.0, success, Ordering::Relaxed)
+                    .map(|_| next)
+                    .map_err(SlotState),
+                Some(bit_after) => self.marked_step(slot, holder, cur, next, bit_after)?,
+            };
+            match outcome {
+                Ok(next) => return Ok(next),
+                Err(seen) => cur = seen,
             }
         }
     }
 
-    /// [`ClassSlots::update`] for a step that also sets `holder`'s bit to `bit_after`: the word
-    /// is CASed with `holder`'s marker, the bit flipped, the marker removed. A death anywhere in
-    /// between leaves the marker, which [`ClassSlots::settle`] finishes. Returns the new state.
-    fn update_marked(
+    /// A row-holder step: CAS `cur` to `next` with `holder`'s marker, write its row byte, store
+    /// `next` unmarked. Nobody else changes a marked word, so a death anywhere in between leaves
+    /// the marker, which [`ClassSlots::settle`] finishes. `Ok(Err(seen))` if the CAS lost.
+    #[cold]
+    #[inline(never)]
+    fn marked_step(
         &self,
         slot: usize,
-        generation: u32,
         holder: u32,
+        cur: SlotState,
+        next: SlotState,
         bit_after: bool,
-        step: impl Fn(SlotState) -> Result<SlotState, SlotError>,
-    ) -> Result<SlotState, SlotError> {
-        let bit = self.bit(slot, holder).ok_or(SlotError::NotHeld)?;
+    ) -> Result<Result<SlotState, SlotState>, SlotError> {
         let word = &self.states[slot];
-        let mut cur = self.unmarked(word)?;
+        let bit = self.bit(slot, holder).ok_or(SlotError::NotHeld)?;
         #[cfg(loom)]
         let _gate = self.enter();
-        let next = loop {
-            if cur.generation() != generation {
-                return Err(SlotError::Stale {
-                    expected: generation,
-                    found: cur.generation(),
-                });
-            }
-            let next = step(cur)?;
-            // SYNC POINT (marked step): AcqRel: Release pairs with the Acquire of whoever takes
-            // what this step lends or frees; Acquire with the previous step's Release.
-            match word.compare_exchange_weak(
-                cur.0,
-                next.marked(holder, bit_after).0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break next,
-                Err(seen) => cur = SlotState(seen),
-            }
-            if cur.is_marked() {
-                cur = self.unmarked(word)?;
-            }
-        };
+        // SYNC POINT (marked step): AcqRel, like the unmarked steps it stands for (Release pairs
+        // with whoever takes what it lends or frees, Acquire with the step before).
+        if let Err(seen) = word.compare_exchange(
+            cur.0,
+            next.marked(holder, bit_after).0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            return Ok(Err(SlotState(seen)));
+        }
         if death::cut() {
             return Err(SlotError::Died);
         }
@@ -319,30 +336,25 @@ impl<'a> ClassSlots<'a> {
         // freed slot above all) sees everything this step and the ones before it did. Nobody
         // else changes a marked word, so a plain store does.
         word.store(next.0, Ordering::Release);
-        Ok(next)
+        Ok(Ok(next))
     }
 
-    /// Finishes every step `holder` (which died) left marked: sets its bit as the marker says
-    /// and removes the marker. Recovery runs this before it asks which slots `holder` held.
+    /// Finishes every step `holder` (which died) left marked: sets its row byte as the marker
+    /// says and removes the marker. Recovery runs this before it asks which slots `holder` held.
     /// Returns how many it finished.
     pub fn settle(&self, holder: u32) -> usize {
         let mut settled = 0;
-        if seeded::active(Bug::RecoveryLeavesMarkers) {
-            // Only the marker goes; the bit stays as the step found it.
-            for word in self.states.iter() {
-                let cur = SlotState(word.load(Ordering::Acquire));
-                if cur.marker().is_some_and(|(by, _)| by == holder) {
-                    word.store(cur.unmarked().0, Ordering::Release);
-                }
-            }
-            return 0;
-        }
         for (slot, word) in self.states.iter().enumerate() {
             let cur = SlotState(word.load(Ordering::Acquire));
             let Some((by, bit_after)) = cur.marker() else {
                 continue;
             };
             if by != holder {
+                continue;
+            }
+            if seeded::active(Bug::RecoveryLeavesMarkers) {
+                // Only the marker goes; the byte stays as the step found it.
+                word.store(cur.unmarked().0, Ordering::Release);
                 continue;
             }
             if let Some(bit) = self.bit(slot, holder) {
@@ -356,19 +368,41 @@ impl<'a> ClassSlots<'a> {
         settled
     }
 
-    /// Records `n` more descriptors of `slot` in flight. The caller, `holder`, holds the slot in
-    /// generation `generation` (its bit stays set).
-    pub fn lend(&self, slot: usize, generation: u32, holder: u32, n: u32) -> Result<(), SlotError> {
-        if !self.is_held_by(slot, holder) {
-            return Err(SlotError::NotHeld);
+    /// `cur` with one more holder, `holder`: the owner field if it is free, else a row byte.
+    fn plus_holder(cur: SlotState, holder: u32) -> Result<(SlotState, Option<bool>), SlotError> {
+        if cur.owner().is_none() {
+            Ok((cur.with_owner(Some(holder)), None))
+        } else if cur.holders() == MAX_HOLDERS {
+            Err(SlotError::TooManyInFlight)
+        } else {
+            Ok((cur.with_holders(cur.holders() + 1), Some(true)))
         }
+    }
+
+    /// `cur` without `holder`'s holding: the owner field if it is the owner, else its row byte.
+    fn minus_holder(cur: SlotState, holder: u32) -> Result<(SlotState, Option<bool>), SlotError> {
+        if cur.owner() == Some(holder) {
+            Ok((cur.with_owner(None), None))
+        } else if cur.holders() == 0 {
+            Err(SlotError::NotHeld)
+        } else {
+            Ok((cur.with_holders(cur.holders() - 1), Some(false)))
+        }
+    }
+
+    /// Records `n` more descriptors of `slot` in flight. The caller, `holder`, holds the slot in
+    /// generation `generation` (and keeps holding it).
+    #[inline]
+    pub fn lend(&self, slot: usize, generation: u32, holder: u32, n: u32) -> Result<(), SlotError> {
         // SYNC POINT (lend): Release pairs with the Acquire in `take_lent`, so the bytes the
         // lender wrote are visible to the process that takes the descriptor.
-        self.update(slot, generation, Ordering::Release, |cur| {
-            if cur.in_flight() + n > MAX_IN_FLIGHT {
+        self.transition(slot, Some(generation), holder, Ordering::Release, |cur| {
+            if !self.holds(cur, slot, holder) {
+                Err(SlotError::NotHeld)
+            } else if cur.in_flight() + n > MAX_IN_FLIGHT {
                 Err(SlotError::TooManyInFlight)
             } else {
-                Ok(cur.with_in_flight(cur.in_flight() + n))
+                Ok((cur.with_in_flight(cur.in_flight() + n), None))
             }
         })
         .map(|_| ())
@@ -376,50 +410,51 @@ impl<'a> ClassSlots<'a> {
 
     /// Turns `holder`'s holding of `slot` into one in-flight descriptor: a send by move, for a
     /// process giving away its last handle (instead of lending, then releasing).
+    #[inline]
     pub fn hand_off(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
         self.hand_off_n(slot, generation, holder, 1)
     }
 
-    /// Clears `holder`'s bit on a slot it holds that has a descriptor in flight (so the slot stays
+    /// Gives up `holder`'s holding of a slot that has a descriptor in flight (so the slot stays
     /// alive): the first half of an import by a process that already holds the slot, whose second
     /// half is [`ClassSlots::take_lent`] with `add_holder`.
+    #[inline]
     pub fn step_aside(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
-        if !self.is_held_by(slot, holder) {
-            return Err(SlotError::NotHeld);
-        }
-        self.update_marked(slot, generation, holder, false, |cur| {
-            if cur.in_flight() == 0 || cur.holders() == 0 {
+        self.transition(slot, Some(generation), holder, Ordering::AcqRel, |cur| {
+            if !self.holds(cur, slot, holder) {
+                Err(SlotError::NotHeld)
+            } else if cur.in_flight() == 0 {
                 Err(SlotError::NotInFlight)
             } else {
-                Ok(cur.with_holders(cur.holders() - 1))
+                Self::minus_holder(cur, holder)
             }
         })
         .map(|_| ())
     }
 
-    /// Sets `holder`'s bit again on a slot of generation `generation` that is not free: undoes a
+    /// Holds a slot of generation `generation` that is not free again: undoes a
     /// [`ClassSlots::step_aside`] whose second half failed (a peer took the descriptor).
     pub fn rejoin(&self, slot: usize, generation: u32, holder: u32) -> Result<(), SlotError> {
         if self.is_held_by(slot, holder) {
             return Ok(());
         }
-        self.update_marked(slot, generation, holder, true, |cur| {
+        self.transition(slot, Some(generation), holder, Ordering::AcqRel, |cur| {
             if cur.is_free() {
                 Err(SlotError::NotInFlight)
-            } else if cur.holders() == MAX_HOLDERS {
-                Err(SlotError::TooManyInFlight)
             } else {
-                Ok(cur.with_holders(cur.holders() + 1))
+                Self::plus_holder(cur, holder)
             }
         })
         .map(|_| ())
     }
 
-    /// Moves `holder`'s holding into `n` descriptors in flight in one marked step: a send by move
-    /// of the process's last handle to `n` receivers. With `n + 1` it is also the first half of a
-    /// lend by a process that keeps other handles (the holding and the lend go into flight
-    /// together; [`ClassSlots::take_lent`] with `add_holder` takes the holding back): flipping the
-    /// bit both ways is what lets recovery tell which half a dead lender reached (see `journal`).
+    /// Moves `holder`'s holding into `n` descriptors in flight in one step: a send by move of the
+    /// process's last handle to `n` receivers. With `n + 1` it is also the first half of a lend
+    /// by a process that keeps other handles (the holding and the lend go into flight together;
+    /// [`ClassSlots::take_lent`] with `add_holder` takes the holding back): giving the holding up
+    /// and taking it back is what lets recovery tell which half a dead lender reached (see
+    /// `journal`). For the owner this is one CAS.
+    #[inline]
     pub fn hand_off_n(
         &self,
         slot: usize,
@@ -427,26 +462,24 @@ impl<'a> ClassSlots<'a> {
         holder: u32,
         n: u32,
     ) -> Result<(), SlotError> {
-        if !self.is_held_by(slot, holder) {
-            return Err(SlotError::NotHeld);
-        }
-        // SYNC POINT (hand-off): Release (in `update_marked`), like `lend`.
-        self.update_marked(slot, generation, holder, false, |cur| {
-            if cur.holders() == 0 {
+        // SYNC POINT (hand-off): Release, like `lend`.
+        self.transition(slot, Some(generation), holder, Ordering::Release, |cur| {
+            if !self.holds(cur, slot, holder) {
                 Err(SlotError::NotHeld)
             } else if cur.in_flight() + n > MAX_IN_FLIGHT {
                 Err(SlotError::TooManyInFlight)
             } else {
-                Ok(cur
-                    .with_in_flight(cur.in_flight() + n)
-                    .with_holders(cur.holders() - 1))
+                let (next, row) = Self::minus_holder(cur, holder)?;
+                Ok((next.with_in_flight(cur.in_flight() + n), row))
             }
         })
         .map(|_| ())
     }
 
-    /// Turns one in-flight descriptor of `slot` into a holding of `holder`. `add_holder` is false
-    /// when the caller's process already holds the slot (its bit is set and stays set).
+    /// Turns one in-flight descriptor of `slot` into a holding of `holder` (its owner if the
+    /// slot has none: one CAS). `add_holder` is false when the caller's process already holds
+    /// the slot (it stays a holder once; the descriptor is consumed).
+    #[inline]
     pub fn take_lent(
         &self,
         slot: usize,
@@ -454,38 +487,24 @@ impl<'a> ClassSlots<'a> {
         holder: u32,
         add_holder: bool,
     ) -> Result<(), SlotError> {
-        let held = self
-            .bit(slot, holder)
-            .ok_or(SlotError::NotHeld)
-            .map(|b| b.load(Ordering::Relaxed) != 0)?;
-        if add_holder {
-            if held {
-                return Err(SlotError::AlreadyHeld);
-            }
-            // SYNC POINT (take): Acquire (in `update_marked`) pairs with the Release in `lend`.
-            return self
-                .update_marked(slot, generation, holder, true, |cur| {
-                    if cur.in_flight() == 0 {
-                        Err(SlotError::NotInFlight)
-                    } else if cur.holders() == MAX_HOLDERS {
-                        Err(SlotError::TooManyInFlight)
-                    } else {
-                        Ok(cur
-                            .with_in_flight(cur.in_flight() - 1)
-                            .with_holders(cur.holders() + 1))
-                    }
-                })
-                .map(|_| ());
-        }
-        if !held {
+        if self.bit(slot, holder).is_none() {
             return Err(SlotError::NotHeld);
         }
-        // SYNC POINT (take, already holding): Acquire pairs with the Release in `lend`.
-        self.update(slot, generation, Ordering::AcqRel, |cur| {
+        // SYNC POINT (take): Acquire pairs with the Release in `lend` and `hand_off_n`.
+        self.transition(slot, Some(generation), holder, Ordering::AcqRel, |cur| {
+            let held = self.holds(cur, slot, holder);
             if cur.in_flight() == 0 {
                 Err(SlotError::NotInFlight)
+            } else if add_holder {
+                if held {
+                    return Err(SlotError::AlreadyHeld);
+                }
+                let (next, row) = Self::plus_holder(cur, holder)?;
+                Ok((next.with_in_flight(cur.in_flight() - 1), row))
+            } else if held {
+                Ok((cur.with_in_flight(cur.in_flight() - 1), None))
             } else {
-                Ok(cur.with_in_flight(cur.in_flight() - 1))
+                Err(SlotError::NotHeld)
             }
         })
         .map(|_| ())
@@ -493,36 +512,31 @@ impl<'a> ClassSlots<'a> {
 
     /// Drops one in-flight descriptor without taking it (a ring drained after a death, a receiver
     /// that refuses a message). Returns whether this freed the slot.
+    #[inline]
     pub fn discard(&self, slot: usize, generation: u32) -> Result<bool, SlotError> {
         // SYNC POINT (discard): Release, like `release`, so the next claim sees a finished slot.
-        let next = self.update(slot, generation, Ordering::Release, |cur| {
+        let next = self.transition(slot, Some(generation), u32::MAX, Ordering::Release, |cur| {
             if cur.in_flight() == 0 {
                 Err(SlotError::NotInFlight)
             } else {
-                Ok(cur.with_in_flight(cur.in_flight() - 1))
+                Ok((cur.with_in_flight(cur.in_flight() - 1), None))
             }
         })?;
         Ok(next.is_free())
     }
 
-    /// Drops `holder`'s holding of `slot` (clears its bit, one holder fewer). Returns whether
-    /// this freed the slot; false too if `holder` did not hold it or the step could not be made
-    /// (`Busy`: then nothing changed, and the holding stays until `holder` is reclaimed).
+    /// Drops `holder`'s holding of `slot`. Returns whether this freed the slot; false too if
+    /// `holder` did not hold it or the step could not be made (`Busy`: then nothing changed, and
+    /// the holding stays until `holder` is reclaimed).
+    #[inline]
     pub fn release(&self, slot: usize, holder: u32) -> bool {
-        if !self.is_held_by(slot, holder) {
-            return false;
-        }
-        let Some(generation) = self.state(slot).map(SlotState::generation) else {
-            return false;
-        };
-        // SYNC POINT (release): Release (in `update_marked`) pairs with the Acquire of the next
-        // `try_claim`: everything this holder did with the slot's bytes happens-before the next
-        // owner's writes.
-        self.update_marked(slot, generation, holder, false, |cur| {
-            if cur.holders() == 0 {
+        // SYNC POINT (release): Release pairs with the Acquire of the next `try_claim`:
+        // everything this holder did with the slot's bytes happens-before the next owner's.
+        self.transition(slot, None, holder, Ordering::Release, |cur| {
+            if !self.holds(cur, slot, holder) {
                 Err(SlotError::NotHeld)
             } else {
-                Ok(cur.with_holders(cur.holders() - 1))
+                Self::minus_holder(cur, holder)
             }
         })
         .is_ok_and(|next| next.is_free())
@@ -672,23 +686,37 @@ mod tests {
     }
 
     #[test]
-    fn hundreds_of_holders_and_thousands_in_flight() {
-        let heap = HeapClass::with_participants(3, 1000);
+    fn hundreds_of_holders_and_hundreds_in_flight() {
+        let heap = HeapClass::with_participants(3, 600);
         let c = heap.slots();
-        let (s, g) = c.alloc(999).unwrap();
-        c.lend(s, g, 999, 4000).unwrap();
-        for p in 0..999 {
+        let (s, g) = c.alloc(599).unwrap();
+        assert_eq!(
+            c.state(s).unwrap().owner(),
+            Some(599),
+            "the allocator owns it"
+        );
+        assert_eq!(c.holdings(599), 1);
+        c.lend(s, g, 599, 900).unwrap();
+        for p in 0..500 {
             c.take_lent(s, g, p, true).unwrap();
         }
         let st = c.state(s).unwrap();
-        assert_eq!((st.holders(), st.in_flight()), (1000, 3001));
-        assert_eq!(c.holdings(500), 1);
         assert_eq!(
-            c.take_lent(s, g, 500, true),
+            (st.owner(), st.holders(), st.in_flight()),
+            (Some(599), 500, 400)
+        );
+        assert!(c.is_held_by(s, 250) && c.holdings(250) == 1);
+        assert_eq!(
+            c.take_lent(s, g, 250, true),
             Err(SlotError::AlreadyHeld),
             "a first handle for a slot already held"
         );
-        for _ in 0..3001 {
+        // The owner gives its holding up: the next taker becomes the owner, in one CAS.
+        assert!(!c.release(s, 599));
+        c.take_lent(s, g, 598, true).unwrap();
+        assert_eq!(c.state(s).unwrap().owner(), Some(598));
+        assert!(!c.in_row(s, 598), "an owner has no row byte");
+        for _ in 0..399 {
             assert!(!c.discard(s, g).unwrap());
         }
         assert_eq!(
@@ -696,12 +724,11 @@ mod tests {
             Err(SlotError::NotInFlight),
             "no descriptor is left"
         );
-        for p in 0..999 {
-            assert!(!c.release(s, p), "participant 999 still holds it");
+        for p in (0..500).chain([598]) {
+            assert_eq!(c.release(s, p), p == 598, "freed by the last holder only");
         }
-        assert!(c.release(s, 999), "the last holder frees it");
         assert_eq!(c.free_count(), 3);
-        assert_eq!(c.lend(s, g, 999, 1), Err(SlotError::NotHeld));
+        assert_eq!(c.lend(s, g, 598, 1), Err(SlotError::NotHeld));
         let (s, g) = c.alloc(0).unwrap();
         assert_eq!(
             c.lend(s, g, 0, MAX_IN_FLIGHT + 1),
@@ -714,25 +741,28 @@ mod tests {
     fn a_marker_left_by_a_death_is_settled_by_recovery() {
         let heap = HeapClass::with_participants(2, 4);
         let c = heap.slots();
-        let (s, g) = c.alloc(1).unwrap();
-        // Participant 1 dies inside a release: the word is CASed (marked, one reference fewer),
-        // its bit still set.
+        let (s, g) = c.alloc(0).unwrap();
+        c.lend(s, g, 0, 1).unwrap();
+        c.take_lent(s, g, 1, true).unwrap();
+        assert!(c.in_row(s, 1), "the second holder is in its row");
+        // Participant 1 dies inside its release: the word is CASed (marked, one holder fewer),
+        // its row byte still set.
         let word = &heap.states[s];
         word.store(
-            SlotState::allocated(g).with_holders(0).marked(1, false).0,
+            SlotState::allocated(g, 0).marked(1, false).0,
             Ordering::Relaxed,
         );
         assert!(c.is_held_by(s, 1));
-        assert_eq!(c.free_count(), 1, "a marked slot is not free");
         assert_eq!(c.alloc(2).map(|(slot, _)| slot), Some(1 - s));
         assert_eq!(
-            c.discard(s, g),
+            c.lend(s, g, 0, 1),
             Err(SlotError::Busy { by: 1 }),
             "a step waits for the marker, then gives up"
         );
         assert_eq!(c.reclaim(1), (0, 0), "the release had happened");
         assert!(!c.is_held_by(s, 1));
-        assert!(c.state(s).unwrap().is_free());
+        assert!(c.release(s, 0), "and the owner frees it");
+        assert_eq!(c.free_count(), 1);
     }
 
     #[test]

@@ -72,6 +72,7 @@ impl LocalRefs {
     /// Runs `f` with the slot's count locked (no other thread of this process changes the count
     /// or the holder bit meanwhile): `f` gets the count and returns its result and the new count.
     /// For the multi-step lends and imports that recovery must be able to read off the bit.
+    #[inline]
     pub fn locked<R>(&self, i: usize, f: impl FnOnce(u32) -> (R, u32)) -> R {
         let count = &self.counts[i];
         loop {
@@ -95,6 +96,7 @@ impl LocalRefs {
     /// process flips the holder bit meanwhile (a journaled lend's two-step dance clears it for a
     /// moment: an `again` that needs the bit must not see that). If either fails, the count is
     /// as it was before.
+    #[inline]
     pub fn acquire<E>(
         &self,
         i: usize,
@@ -113,6 +115,7 @@ impl LocalRefs {
     }
 
     /// Drops a handle. `last` runs (and must clear the holder bit) when it was the last one.
+    #[inline]
     pub fn release(&self, i: usize, last: impl FnOnce()) {
         let count = &self.counts[i];
         loop {

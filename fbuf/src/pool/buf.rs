@@ -185,8 +185,8 @@ impl Buf {
                 && state.is_some_and(|s| {
                     s.generation() == d.generation
                         && s.in_flight() == 0
-                        && s.holders() == 1
-                        && class.is_held_by(d.slot as usize, shared.me)
+                        && s.holders() == 0
+                        && s.owner() == Some(shared.me)
                 });
             (alone, count)
         });

@@ -44,7 +44,7 @@ pub struct PoolConfig {
     pub services: ServiceLimits,
     /// Name of the memfds (shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`).
     pub name: String,
-    /// Participants the pool has room for at once, the owner included (2 to 32 767). Each costs
+    /// Participants the pool has room for at once, the owner included (2 to 4 095). Each costs
     /// control memory (a table entry, journals, a holdings row per class, a word per ring),
     /// touched only once the id is used.
     pub max_participants: u32,
@@ -124,7 +124,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Participants the pool has room for at once, the owner included (2 to 32 767).
+    /// Participants the pool has room for at once, the owner included (2 to 4 095).
     pub fn max_participants(mut self, n: u32) -> Self {
         self.config.max_participants = n;
         self
