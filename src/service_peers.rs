@@ -9,8 +9,9 @@
 //! fbuf peer svc-hold SOCKET NAME               open a stream service's sender, say READY, wait
 //! fbuf peer svc-flood SOCKET NAME              send (pid, seq) on a many-to-one service until killed
 //! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
-//! fbuf peer svc-census SOCKET NAME             hold a buffer, send (id, pid, slot) on a many-to-one
-//!                                              service, say READY, wait to be killed
+//! fbuf peer svc-census SOCKET NAME             hold a buffer, subscribe to NAME-roll, say READY,
+//!                                              take and keep one roll sample, send (id, pid,
+//!                                              slot, roll value) on the many-to-one NAME, wait
 //! ```
 
 use std::time::{Duration, Instant};
@@ -223,23 +224,32 @@ pub fn flood(socket: &str, name: &str) -> Res {
     }
 }
 
-/// One participant of many: holds a buffer of its own (so recovery has something to reclaim for
-/// its id) and reports `(participant id, pid, held slot)` on a many-to-one service.
+/// One participant of many: holds a buffer of its own (its slot's owner), subscribes to the
+/// `NAME-roll` publish-subscribe service and keeps the one sample published there (so every
+/// participant holds that one slot at once: all but one in their rows), and reports
+/// `(participant id, pid, own slot, roll value)` on the many-to-one service `NAME`.
 pub fn census(socket: &str, name: &str) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     let held = pool.alloc(64)?;
-    let svc = pool.service(name).many_to_one::<[u64; 3]>().open()?;
+    let roll = pool
+        .service(&format!("{name}-roll"))
+        .publish_subscribe::<u64>()
+        .open()?;
+    let mut sub = roll.subscriber()?;
+    let svc = pool.service(name).many_to_one::<[u64; 4]>().open()?;
     let mut tx = svc.sender()?;
+    eprintln!("READY");
+    let sample = sub.recv_timeout(Duration::from_secs(60))?;
     let report = [
         u64::from(pool.participant()),
         u64::from(std::process::id()),
         u64::from(held.desc().slot),
+        *sample,
     ];
     tx.send_timeout(tx.loan_with(&report)?, Duration::from_secs(20))
         .map_err(|e| format!("send: {e}"))?;
-    eprintln!("READY");
     std::thread::sleep(Duration::from_secs(3600));
-    drop(held);
+    drop((held, sample));
     Ok(String::new())
 }
 

@@ -37,8 +37,8 @@ fn two_hundred_fifty_six_participants_join_one_pool_and_all_come_back() {
         PoolConfig::builder()
             .class(64, 1024)
             .max_participants(PEERS as u32 + 8)
-            .services(2)
-            .rings(2)
+            .services(4)
+            .rings(PEERS as u32 + 4)
             .ring_capacity(512)
             .name("participants-test")
             .build(),
@@ -46,11 +46,19 @@ fn two_hundred_fifty_six_participants_join_one_pool_and_all_come_back() {
     let pool = &owner.pool;
     let svc = pool
         .service("census")
-        .many_to_one::<[u64; 3]>()
+        .many_to_one::<[u64; 4]>()
         .capacity(512)
         .create()
         .unwrap();
     let mut rx = svc.receiver().unwrap();
+    let roll = pool
+        .service("census-roll")
+        .publish_subscribe::<u64>()
+        .subscriber_max(PEERS as u32)
+        .capacity(1)
+        .create()
+        .unwrap();
+    let mut publisher = roll.publisher().unwrap();
     let mut peers = Vec::with_capacity(PEERS);
     let mut pids = std::collections::HashSet::new();
     for _ in 0..PEERS {
@@ -64,17 +72,22 @@ fn two_hundred_fifty_six_participants_join_one_pool_and_all_come_back() {
         assert_eq!(first_line(&mut p), "READY");
         peers.push(p);
     }
+    // One sample to all 256 subscribers: one slot, 256 descriptors in flight, then 256 holders
+    // (the first taker owns it in the word, the other 255 hold it in their rows).
+    const ROLL: u64 = 0x5eed_f00d;
+    let reached = publisher
+        .send_timeout(publisher.loan_with(&ROLL).unwrap(), Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(reached, PEERS);
     let mut ids = std::collections::HashSet::new();
     let mut slots = std::collections::HashSet::new();
     for _ in 0..PEERS {
-        let report = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-        let [id, pid, slot] = *report;
-        assert!(
-            pids.contains(&pid),
-            "a report from pid {pid}, no peer of ours"
-        );
+        let report = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let [id, pid, slot, roll] = *report;
+        assert!(pids.contains(&pid), "a report from pid {pid}, no peer of ours");
         assert!(ids.insert(id), "participant id {id} given twice");
         assert!(slots.insert(slot), "slot {slot} held by two participants");
+        assert_eq!(roll, ROLL, "the published sample's bytes");
     }
     assert_eq!(ids.len(), PEERS);
     assert!(
@@ -83,26 +96,26 @@ fn two_hundred_fifty_six_participants_join_one_pool_and_all_come_back() {
     );
     assert_eq!(pool.participants().len(), PEERS + 1);
     assert!(pool.participants().iter().all(|p| p.alive));
-    // Each peer holds one slot of its own (its report's slot went back after we read it).
-    assert_eq!(pool.free_count(), pool.slot_count() - PEERS);
+    // Each peer holds one slot of its own and the roll's slot with all the others.
+    assert_eq!(pool.free_count(), pool.slot_count() - PEERS - 1);
     let stat = fbuf::session::inspect(owner.socket()).unwrap().stat();
-    assert_eq!(stat.classes[0].held, PEERS);
-    assert_eq!(stat.classes[0].in_flight, 0);
-    let held: usize = stat.participants.iter().map(|p| p.holdings).sum();
-    assert_eq!(held, PEERS, "every holding is in its participant's row");
+    assert_eq!(stat.classes[0].held, PEERS + 1);
+    assert_eq!(stat.classes[0].in_flight, 0, "every roll descriptor was taken");
     assert!(
         stat.participants
             .iter()
             .filter(|p| p.id != 0)
-            .all(|p| p.holdings == 1)
+            .all(|p| p.holdings == 2),
+        "each peer: its own slot and the roll's"
     );
 
-    // All killed at once: the owner retires every one of them, their slots come back.
+    // All killed at once: the owner retires every one of them, their slots come back, the roll's
+    // only after its 256th holder is gone.
     drop(peers);
     owner.wait_retired(PEERS);
     wait_until("every slot back", || pool.free_count() == pool.slot_count());
     assert_eq!(pool.participants().len(), 1);
-    assert_eq!(owner.released_on_retire(), PEERS);
+    assert_eq!(owner.released_on_retire(), 2 * PEERS);
 
     // And the ids are there to be taken again.
     let mut p = KillOnDrop(
@@ -111,8 +124,11 @@ fn two_hundred_fifty_six_participants_join_one_pool_and_all_come_back() {
             .unwrap(),
     );
     assert_eq!(first_line(&mut p), "READY");
+    publisher
+        .send_timeout(publisher.loan_with(&7).unwrap(), Duration::from_secs(20))
+        .unwrap();
     let report = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    assert_eq!(report[1], u64::from(p.id()));
+    assert_eq!((report[1], report[3]), (u64::from(p.id()), 7));
 }
 
 #[test]
