@@ -84,7 +84,10 @@ fn two_hundred_fifty_six_participants_join_one_pool_and_all_come_back() {
     for _ in 0..PEERS {
         let report = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         let [id, pid, slot, roll] = *report;
-        assert!(pids.contains(&pid), "a report from pid {pid}, no peer of ours");
+        assert!(
+            pids.contains(&pid),
+            "a report from pid {pid}, no peer of ours"
+        );
         assert!(ids.insert(id), "participant id {id} given twice");
         assert!(slots.insert(slot), "slot {slot} held by two participants");
         assert_eq!(roll, ROLL, "the published sample's bytes");
@@ -100,7 +103,10 @@ fn two_hundred_fifty_six_participants_join_one_pool_and_all_come_back() {
     assert_eq!(pool.free_count(), pool.slot_count() - PEERS - 1);
     let stat = fbuf::session::inspect(owner.socket()).unwrap().stat();
     assert_eq!(stat.classes[0].held, PEERS + 1);
-    assert_eq!(stat.classes[0].in_flight, 0, "every roll descriptor was taken");
+    assert_eq!(
+        stat.classes[0].in_flight, 0,
+        "every roll descriptor was taken"
+    );
     assert!(
         stat.participants
             .iter()

@@ -146,11 +146,11 @@ fn multicast_release() {
                 let class = class.clone();
                 thread::spawn(move || {
                     class.slots().take_lent(slot, generation, me, true).unwrap();
-                    class.slots().release(slot, me)
+                    class.slots().release_held(slot, me)
                 })
             })
             .collect();
-        let mut frees = usize::from(class.slots().release(slot, 0));
+        let mut frees = usize::from(class.slots().release_held(slot, 0));
         for r in receivers {
             frees += usize::from(r.join().unwrap());
         }
@@ -211,7 +211,7 @@ fn local_last_release_vs_import() {
         let importer = spawn_import(&class, &local, slot, generation);
         let c = class.slots();
         local.release(0, || {
-            c.release(slot, 0);
+            c.release_held(slot, 0);
         });
         let imported = importer.join().unwrap();
         assert!(
@@ -567,7 +567,7 @@ fn reclaim_vs_live_release() {
             let class = class.clone();
             thread::spawn(move || class.slots().reclaim(1))
         };
-        let live = usize::from(class.slots().release(slot, 2));
+        let live = usize::from(class.slots().release_held(slot, 2));
         let (released, freed_by_owner) = owner.join().unwrap();
         assert_eq!(released, 1, "the dead participant held one slot");
         assert_eq!(live + freed_by_owner, 1, "freed exactly once");
@@ -868,7 +868,7 @@ fn spsc_send_death(steps: usize, handles: u32, co_holder: bool) {
                         // The sender lives on and drops its other handle.
                         if handles > 1 {
                             local.release(0, || {
-                                c.release(slot, DEAD);
+                                c.release_held(slot, DEAD);
                             });
                         }
                     }

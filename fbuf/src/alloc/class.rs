@@ -334,9 +334,10 @@ impl<'a> ClassSlots<'a> {
         }
         // SYNC POINT (unmark): Release: whoever sees the word unmarked (the next claimer of a
         // freed slot above all) sees everything this step and the ones before it did. Nobody
-        // else changes a marked word, so a plain store does.
-        word.store(next.0, Ordering::Release);
-        Ok(Ok(next))
+        // else CASes a marked word, but its owner may give its holding up meanwhile (one
+        // `fetch_sub`, see `release_held`), so the marker goes by `fetch_and`, keeping that.
+        let prev = word.fetch_and(!SlotState::MARKER, Ordering::Release);
+        Ok(Ok(SlotState(prev).unmarked()))
     }
 
     /// Finishes every step `holder` (which died) left marked: sets its row byte as the marker
@@ -352,18 +353,15 @@ impl<'a> ClassSlots<'a> {
             if by != holder {
                 continue;
             }
-            if seeded::active(Bug::RecoveryLeavesMarkers) {
-                // Only the marker goes; the byte stays as the step found it.
-                word.store(cur.unmarked().0, Ordering::Release);
-                continue;
-            }
-            if let Some(bit) = self.bit(slot, holder) {
+            if !seeded::active(Bug::RecoveryLeavesMarkers)
+                && let Some(bit) = self.bit(slot, holder)
+            {
                 bit.store(u8::from(bit_after), Ordering::Relaxed);
             }
-            settled += usize::from(
-                word.compare_exchange(cur.0, cur.unmarked().0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok(),
-            );
+            // The marker of a dead participant stays until this: only an owner's `fetch_sub`
+            // can change the word meanwhile, and it leaves the marker alone.
+            word.fetch_and(!SlotState::MARKER, Ordering::AcqRel);
+            settled += 1;
         }
         settled
     }
@@ -492,16 +490,17 @@ impl<'a> ClassSlots<'a> {
         }
         // SYNC POINT (take): Acquire pairs with the Release in `lend` and `hand_off_n`.
         self.transition(slot, Some(generation), holder, Ordering::AcqRel, |cur| {
-            let held = self.holds(cur, slot, holder);
             if cur.in_flight() == 0 {
                 Err(SlotError::NotInFlight)
             } else if add_holder {
-                if held {
+                // Our handle count says we hold no handle; a row byte left set (a release that
+                // gave up on a stopped peer's marker) must not become a second holding.
+                if self.holds(cur, slot, holder) {
                     return Err(SlotError::AlreadyHeld);
                 }
                 let (next, row) = Self::plus_holder(cur, holder)?;
                 Ok((next.with_in_flight(cur.in_flight() - 1), row))
-            } else if held {
+            } else if self.holds(cur, slot, holder) {
                 Ok((cur.with_in_flight(cur.in_flight() - 1), None))
             } else {
                 Err(SlotError::NotHeld)
@@ -540,6 +539,30 @@ impl<'a> ClassSlots<'a> {
             }
         })
         .is_ok_and(|next| next.is_free())
+    }
+
+    /// Drops a holding the caller's handle count vouches for: the process holds `slot`. An owner
+    /// gives it up with one `fetch_sub` of its owner field (no load first: the line is fetched
+    /// once, for writing; only the owner clears the field and nobody sets it while it is set, so
+    /// nothing else can change it meanwhile). A row holder takes [`ClassSlots::release`]'s
+    /// marked step. Returns whether this freed the slot.
+    #[inline]
+    pub fn release_held(&self, slot: usize, holder: u32) -> bool {
+        let (Some(word), Some(byte)) = (self.states.get(slot), self.bit(slot, holder)) else {
+            return false;
+        };
+        if byte.load(Ordering::Relaxed) != 0 || holder >= super::state::PARTICIPANT_LIMIT {
+            return self.release(slot, holder);
+        }
+        let bits = SlotState::owner_bits(holder);
+        // SYNC POINT (release): Release, as in `release`.
+        let prev = SlotState(word.fetch_sub(bits, Ordering::Release));
+        if prev.owner() != Some(holder) {
+            // Not ours after all (a scribbled word, or a caller's bug): put back what we took.
+            word.fetch_add(bits, Ordering::Relaxed);
+            return false;
+        }
+        SlotState(prev.0 - bits).is_free()
     }
 
     /// Releases every slot `holder` holds (it died), after finishing the steps it left marked.

@@ -56,6 +56,15 @@ const GEN_MASK: u32 = (1 << GENERATION_BITS) - 1;
 pub struct SlotState(pub u64);
 
 impl SlotState {
+    /// The marker's bits: `word & !MARKER` is the word without its marker.
+    pub const MARKER: u64 = MARK_MASK;
+
+    /// The owner field's value for `owner` (below [`PARTICIPANT_LIMIT`]), in place: what an
+    /// owner subtracts from the word to give its holding up.
+    pub const fn owner_bits(owner: u32) -> u64 {
+        (owner as u64 + 1) << OWNER_SHIFT
+    }
+
     /// The state of a free slot whose last life had generation `generation` (taken modulo
     /// 2^[`GENERATION_BITS`]).
     pub const fn free(generation: u32) -> Self {

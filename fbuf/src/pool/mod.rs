@@ -1002,7 +1002,7 @@ impl Shared {
         let c = &self.layout.classes[d.class as usize];
         let slots = self.class(d.class as usize);
         self.local.release(c.first_slot + d.slot as usize, || {
-            slots.release(d.slot as usize, self.me);
+            slots.release_held(d.slot as usize, self.me);
         });
     }
 }
