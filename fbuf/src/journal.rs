@@ -6,7 +6,11 @@
 //! between any two of them. Each descriptor of the operation is an *entry* of the journal whose
 //! state says which steps are done; the state is written before each shared step and after it.
 //! The step itself is never ambiguous to the recoverer, because every slot-state step a
-//! participant takes flips its own holder bit, which only it changes while it lives:
+//! participant takes flips its own *holding* ("the bit" below): the slot's owner field naming it,
+//! or its own row byte, which only it changes while it lives. An owner's step changes the field
+//! and the counts in one CAS; a row holder's step is marked until its byte is written, and
+//! recovery settles a dead participant's markers first (`ClassSlots::settle`), so the bit it
+//! reads is the one the step left:
 //!
 //! - a send by move (`Lending(Lend::Move)`) clears the bit as it adds the in-flight count;
 //! - a lend while other handles remain (`Lend::DanceA` → `Lend::DanceB`) first moves the
@@ -23,7 +27,7 @@
 //! or pop records the position it is about to claim before its CAS and that it won after it, and
 //! the claimed cell's stamp says whether it was published or released.
 //!
-//! [`entry_outcome`] turns an entry's state and the holder bit into what recovery must do, and
+//! [`entry_outcome`] turns an entry's state and the holding bit into what recovery must do, and
 //! [`recover_record`] applies it with what only the ring can say; the channel layer supplies the
 //! pool and its rings ([`Recoverer`]). Loom models in `tests/loom.rs` kill a thread at every step
 //! of a send, a receive, a batch, a publish and an MPMC push and pop, and check that recovery
@@ -113,7 +117,7 @@ pub enum State {
     /// Out of the ring, in flight, ours to import.
     Popped,
     Importing(Import),
-    /// Imported (our holder bit has it) or dropped: nothing left to do.
+    /// Imported (our holding has it) or dropped: nothing left to do.
     Done,
 }
 
@@ -319,7 +323,7 @@ impl<'a> Journal<'a> {
     }
 }
 
-/// What recovery does for one entry, given the dead participant's holder bit on the entry's slot.
+/// What recovery does for one entry, given whether the dead participant holds the entry's slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// In-flight counts of the slot to drop.
@@ -403,7 +407,7 @@ pub struct SlotRef<'a, 'b> {
 
 /// Lends the slot to entries `entries` of `j` (one in-flight count each) and gives up one of this
 /// process's handles to it: by move if it is the last one (one CAS), else by the two-step dance.
-/// Each step is journaled so that recovery can tell, from the holder bit, how far it got. On
+/// Each step is journaled so that recovery can tell, from the holding, how far it got. On
 /// error nothing was lent and the handle is kept.
 #[inline]
 pub fn lend(
@@ -579,7 +583,7 @@ pub enum EntryRing<'r, 'a> {
 
 /// What recovery needs from the pool around the journal.
 pub trait Recoverer {
-    /// Whether the dead participant's holder bit is set on the slot entry value `e` names;
+    /// Whether the dead participant holds the slot entry value `e` names (its markers settled);
     /// `None` if `e` names no slot (a garbage entry: skipped).
     fn held(&self, e: [u64; 2]) -> Option<bool>;
     /// Drops one in-flight count of the slot `e` names; false if the slot refused.

@@ -1,19 +1,19 @@
-//! Process-private handle counts, one per slot, that decide when this process's holder bit is set
+//! Process-private handle counts, one per slot, that decide when this process's holding is set
 //! and cleared.
 //!
-//! A participant owns one holder bit per slot however many handles its threads have. The first
+//! A participant owns one holding per slot however many handles its threads have. The first
 //! handle sets the bit, the last clears it. The 0→1 and 1→0 transitions must not interleave (a
 //! late "clear" after another thread's "set" would drop a holding that still has a handle), so each
 //! transition runs with the count word set to `TRANSITION` (bit 31); other threads of this process wait
 //! for the one shared-memory RMW the transition does. Counts between 1 and 2³¹ change by plain CAS.
 //!
 //! This memory is private to the process: no peer can touch it, and it dies with the process
-//! (the survivors then clear the dead participant's bits; see `ClassSlots::reclaim`).
+//! (the survivors then release the dead participant's holdings; see `ClassSlots::reclaim`).
 
 use crate::sync::seeded::{self, Bug};
 use crate::sync::{AtomicU32, Ordering, spin_hint};
 
-/// The count word while a thread sets or clears the holder bit.
+/// The count word while a thread sets or clears the holding.
 const TRANSITION: u32 = 1 << 31;
 
 /// One handle count per slot of the pool.
@@ -31,7 +31,7 @@ impl LocalRefs {
 
     /// Records the handle of a slot this process has just allocated (its bit is already set).
     /// Returns false, changing nothing, if this process already has handles to the slot: then the
-    /// slot was not really free, a peer cleared our holder bit, and the caller must not hand out
+    /// slot was not really free, a peer cleared our holding, and the caller must not hand out
     /// a second, aliasing handle.
     pub fn first_after_alloc(&self, i: usize) -> bool {
         loop {
@@ -70,7 +70,7 @@ impl LocalRefs {
     }
 
     /// Runs `f` with the slot's count locked (no other thread of this process changes the count
-    /// or the holder bit meanwhile): `f` gets the count and returns its result and the new count.
+    /// or the holding meanwhile): `f` gets the count and returns its result and the new count.
     /// For the multi-step lends and imports that recovery must be able to read off the bit.
     #[inline]
     pub fn locked<R>(&self, i: usize, f: impl FnOnce(u32) -> (R, u32)) -> R {
@@ -91,9 +91,9 @@ impl LocalRefs {
         }
     }
 
-    /// Adds a handle. `first` runs (and must set the holder bit) when this is the process's first
+    /// Adds a handle. `first` runs (and must set the holding) when this is the process's first
     /// handle; `again` runs otherwise. Both run with the count locked, so no other thread of this
-    /// process flips the holder bit meanwhile (a journaled lend's two-step dance clears it for a
+    /// process flips the holding meanwhile (a journaled lend's two-step dance clears it for a
     /// moment: an `again` that needs the bit must not see that). If either fails, the count is
     /// as it was before.
     #[inline]
@@ -114,7 +114,7 @@ impl LocalRefs {
         })
     }
 
-    /// Drops a handle. `last` runs (and must clear the holder bit) when it was the last one.
+    /// Drops a handle. `last` runs (and must clear the holding) when it was the last one.
     #[inline]
     pub fn release(&self, i: usize, last: impl FnOnce()) {
         let count = &self.counts[i];

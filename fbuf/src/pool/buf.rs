@@ -1,6 +1,6 @@
 //! Buffer handles: [`BufMut`] (exclusive, writable, not yet shared) freezes into [`Buf`]
 //! (read-only, cloneable, shareable). Dropping the last handle of a slot in a process clears that
-//! process's holder bit; the slot is free when no process and no in-flight descriptor holds it.
+//! process's holding (the slot's owner field, or its row byte); the slot is free when no process and no in-flight descriptor holds it.
 
 use std::fmt;
 use std::mem::ManuallyDrop;
@@ -131,7 +131,7 @@ impl Buf {
         let class = shared.class(d.class as usize);
         let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
         // Under the handle-count lock: another thread's journaled lend of this slot clears the
-        // holder bit for a moment, and `lend` needs it.
+        // holding for a moment, and `lend` needs it.
         shared
             .local
             .locked(index, |count| {

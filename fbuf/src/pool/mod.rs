@@ -277,7 +277,7 @@ pub struct ClassInfo {
 /// What reclaiming a departed participant released.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reclaimed {
-    /// Slots on which the participant's holder bit was cleared.
+    /// Holdings of the participant that were released.
     pub released: usize,
     /// Of those, slots that became free.
     pub freed: usize,
@@ -410,8 +410,8 @@ impl Pool {
     /// # Safety
     /// `participant` must belong to the caller alone: while the returned pool (or any clone of
     /// it) lives, no other live handle, in this process or another, may be attached with the same
-    /// id, and nobody may retire that id. Two handles with one id share one holder bit per slot
-    /// but keep separate handle counts, so either could clear the bit while the other still uses
+    /// id, and nobody may retire that id. Two handles with one id share one holding per slot
+    /// but keep separate handle counts, so either could give it up while the other still uses
     /// the slot, and the slot would be handed out again: two `&mut [u8]` over the same bytes.
     pub unsafe fn attach(
         control: OwnedFd,

@@ -3,9 +3,10 @@
 //! The epoch is bumped each time an entry is claimed, so a channel endpoint that recorded
 //! `(id, epoch)` can tell its participant from a later process that reuses the id.
 //!
-//! Entry `i` is participant `i`, whose holder bit is bit `i` of every slot state word. Only the
-//! pool's owner writes the table (at admission and after a participant leaves or dies); the others
-//! only read it, and treat what they read as untrusted.
+//! Entry `i` is participant `i`, whose holdings are the slots whose state word names it as owner
+//! and the slots its row bytes mark. Only the pool's owner writes the table (at admission and
+//! after a participant leaves or dies); the others only read it, and treat what they read as
+//! untrusted.
 
 use crate::sync::{AtomicU32, Ordering};
 

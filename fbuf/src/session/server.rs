@@ -320,7 +320,7 @@ impl EventLoop {
     }
 
     fn retire(&self, id: u32, epoch: u32) {
-        // Finish or undo what it was doing (its journals), while its holder bits still say how
+        // Finish or undo what it was doing (its journals), while its holdings still say how
         // far each step got; drop what waited in its rings; release its holdings. Survivors
         // may have done it already if this owner was briefly unreachable: then nothing to do.
         let Some(r) = crate::channel::reap(&self.pool, id, epoch) else {
