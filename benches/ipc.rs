@@ -125,7 +125,7 @@ fn main() {
             reserved: 0,
         },
         name: "fbuf-bench".into(),
-        max_participants: fbuf::alloc::DEFAULT_MAX_PARTICIPANTS,
+        ..Default::default()
     })
     .unwrap();
     let server = Server::start(pool.clone(), dir.join("pool.sock"), Policy::default()).unwrap();

@@ -249,7 +249,7 @@ fn directory_words() -> (u64, u64) {
         &config().classes,
         &[],
         config().services,
-        config().max_participants,
+        config().participant_limits(),
     )
     .unwrap();
     (
@@ -404,6 +404,70 @@ fn the_directory_and_rings_run_out_with_named_errors_and_come_back() {
 }
 
 #[test]
+fn per_participant_limits_are_configuration_and_named_when_reached() {
+    let config = PoolConfig::builder()
+        .class(512, 64)
+        .services(16)
+        .rings(16)
+        .ring_capacity(64)
+        .services_per_participant(3)
+        .endpoints_per_participant(2)
+        .name("per-participant-limits")
+        .build();
+    let pool = Pool::create(&config).unwrap();
+    let open: Vec<_> = (0..3)
+        .map(|i| {
+            pool.service(&format!("s{i}"))
+                .stream::<u64>()
+                .create()
+                .unwrap()
+        })
+        .collect();
+    let e = pool.service("s3").stream::<u64>().create().unwrap_err();
+    assert_eq!(e, ServiceError::TooManyOpen, "the fourth open service");
+    let tx = open[0].sender().unwrap();
+    let rx = open[0].receiver().unwrap();
+    let e = open[1].sender().unwrap_err();
+    assert_eq!(e, EndpointError::NoJournal, "the third endpoint");
+    drop((tx, rx));
+    let _tx = open[1].sender().unwrap();
+    drop(open);
+    let again = pool.service("s4").stream::<u64>().create();
+    assert!(again.is_ok(), "room again once services are closed");
+
+    // A pool can be laid out for many more of each; a limit out of range is named.
+    let roomy = PoolConfig::builder()
+        .class(512, 64)
+        .services(64)
+        .rings(64)
+        .ring_capacity(64)
+        .services_per_participant(40)
+        .endpoints_per_participant(40)
+        .name("roomy")
+        .create()
+        .unwrap();
+    let many: Vec<_> = (0..40)
+        .map(|i| {
+            roomy
+                .service(&format!("r{i}"))
+                .stream::<u64>()
+                .create()
+                .unwrap()
+        })
+        .collect();
+    let senders: Vec<_> = many.iter().map(|s| s.sender().unwrap()).collect();
+    assert_eq!(senders.len(), 40);
+    let e = PoolConfig::builder()
+        .endpoints_per_participant(0)
+        .create()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("endpoints per participant is 0"),
+        "{e}"
+    );
+}
+
+#[test]
 fn one_senders_close_does_not_disconnect_the_other_in_the_same_process() {
     let pool = Pool::create(&config()).unwrap();
     let svc = pool.service("m2o").many_to_one::<u32>().create().unwrap();
@@ -501,7 +565,7 @@ fn a_lock_held_by_a_live_peer_gives_busy_not_a_hang_and_is_taken_over_once_it_di
         &config().classes,
         &[],
         config().services,
-        config().max_participants,
+        config().participant_limits(),
     )
     .unwrap();
     let entry = layout.participants_offset + fbuf::layout::PARTICIPANT_ENTRY_SIZE;

@@ -8,10 +8,10 @@
 //! +--------------------------------------------------------------+ 4096
 //! | participant table: max_participants entries of 64 B          |
 //! +--------------------------------------------------------------+
-//! | recovery journals: journal::PER_PARTICIPANT per participant  |
+//! | recovery journals: `endpoints` per participant                |
 //! +--------------------------------------------------------------+
 //! | service directory: lock line, `services` entries of 128 B,  |
-//! | service references: REFS_PER_PARTICIPANT words per participant|
+//! | service references: `services` words per participant         |
 //! | service rings: `service_rings` ring units of equal capacity   |
 //! +--------------------------------------------------------------+ per class, 64-B aligned:
 //! | cursor (u32) | slot states (u64 each)                       |
@@ -61,8 +61,12 @@ pub const JOURNAL_SIZE: usize = crate::journal::WORDS.div_ceil(8) * 64;
 pub const DESC_WORDS: usize = 2;
 /// Bytes of one service directory entry.
 pub const SERVICE_ENTRY_SIZE: usize = 128;
-/// Service references (open service handles) one participant can hold at once.
-pub const REFS_PER_PARTICIPANT: usize = 16;
+/// Service references (open services) one participant can hold at once, unless configured.
+pub const DEFAULT_SERVICES_PER_PARTICIPANT: u32 = 16;
+/// Endpoints (a recovery journal each) one participant can have open at once, unless configured.
+pub const DEFAULT_ENDPOINTS_PER_PARTICIPANT: u32 = 8;
+/// Most endpoints or open services one participant can be configured for.
+pub const MAX_PER_PARTICIPANT: u32 = 1024;
 /// Most services a pool's directory can hold.
 pub const MAX_SERVICES: u32 = 4096;
 /// Most ring units a pool can lend to services.
@@ -132,6 +136,27 @@ impl Default for ServiceLimits {
     }
 }
 
+/// How many participants a pool has room for, and what each may have open at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParticipantLimits {
+    /// Participants at once, the owner included (ids below this): 2 to 4 095.
+    pub max: u32,
+    /// Channel and service endpoints one participant may have open (a recovery journal each).
+    pub endpoints: u32,
+    /// Services one participant may have open.
+    pub services: u32,
+}
+
+impl Default for ParticipantLimits {
+    fn default() -> Self {
+        ParticipantLimits {
+            max: crate::alloc::DEFAULT_MAX_PARTICIPANTS,
+            endpoints: DEFAULT_ENDPOINTS_PER_PARTICIPANT,
+            services: DEFAULT_SERVICES_PER_PARTICIPANT,
+        }
+    }
+}
+
 /// The header's fixed fields, after the magic word. Copied out and validated before use.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -145,6 +170,8 @@ pub struct HeaderFields {
     pub classes: [ClassSpec; MAX_CLASSES],
     pub channels: [ChannelSpec; MAX_CHANNELS],
     pub services: ServiceLimits,
+    pub endpoints_per_participant: u32,
+    pub services_per_participant: u32,
 }
 
 /// Where one ring unit (a ring, its endpoints and doorbells) lies in the control region. Offsets
@@ -199,8 +226,10 @@ pub struct ServiceLayout {
     pub lock_offset: usize,
     /// Entry `i` is at `entries_offset + i * SERVICE_ENTRY_SIZE`.
     pub entries_offset: usize,
-    /// Participant `p`'s reference words start at `refs_offset + p * REFS_PER_PARTICIPANT * 8`.
+    /// Participant `p`'s reference words start at `refs_offset + p * refs_per_participant * 8`.
     pub refs_offset: usize,
+    /// Reference words (open services) per participant.
+    pub refs_per_participant: usize,
     /// The ring units, each laid out for MPMC use at `limits.ring_capacity`; a service narrows
     /// the capacity and flavour of the units it borrows.
     pub units: Vec<UnitLayout>,
@@ -214,6 +243,8 @@ pub struct Layout {
     pub services: ServiceLayout,
     /// Participants the pool has room for (ids `0..max_participants`).
     pub max_participants: u32,
+    /// Journals (open endpoints) per participant.
+    pub journals_per_participant: usize,
     pub participants_offset: usize,
     /// Journal `k` of participant `p` is at `journals_offset + (p * PER_PARTICIPANT + k) *
     /// JOURNAL_SIZE`.
@@ -256,6 +287,8 @@ pub enum LayoutError {
     BadReceivers { channel: usize, receivers: u32 },
     #[error("max_participants {0} is not between 2 and {PARTICIPANT_LIMIT}")]
     BadParticipants(u32),
+    #[error("{what} per participant is {value}; it must be between 1 and {MAX_PER_PARTICIPANT}")]
+    BadPerParticipant { what: &'static str, value: u32 },
     #[error("channel {channel}: reserved field is {value:#x}, must be zero")]
     ReservedNotZero { channel: usize, value: u32 },
     #[error("service limits: {0}")]
@@ -267,17 +300,27 @@ fn align_up(x: usize, to: usize) -> Option<usize> {
 }
 
 impl Layout {
-    /// Computes the layout of a pool with these classes and channels, room for
-    /// `max_participants` participants, or says which is wrong.
+    /// Computes the layout of a pool with these classes and channels and room for these
+    /// participants, or says which is wrong.
     pub fn compute(
         specs: &[ClassSpec],
         channels: &[ChannelSpec],
         services: ServiceLimits,
-        max_participants: u32,
+        limits: ParticipantLimits,
     ) -> Result<Layout, LayoutError> {
+        let max_participants = limits.max;
         if !(2..=PARTICIPANT_LIMIT).contains(&max_participants) {
             return Err(LayoutError::BadParticipants(max_participants));
         }
+        for (what, value) in [
+            ("endpoints", limits.endpoints),
+            ("services", limits.services),
+        ] {
+            if !(1..=MAX_PER_PARTICIPANT).contains(&value) {
+                return Err(LayoutError::BadPerParticipant { what, value });
+            }
+        }
+        let journals_per_participant = limits.endpoints as usize;
         let participants = max_participants as usize;
         if specs.is_empty() {
             return Err(LayoutError::NoClasses);
@@ -307,8 +350,7 @@ impl Layout {
         let participants_offset = HEADER_SIZE;
         // Bounded above (2^15 participants, 2^24 slots per class, 16 classes), so no overflow.
         let journals_offset = participants_offset + participants * PARTICIPANT_ENTRY_SIZE;
-        let mut control =
-            journals_offset + participants * crate::journal::PER_PARTICIPANT * JOURNAL_SIZE;
+        let mut control = journals_offset + participants * journals_per_participant * JOURNAL_SIZE;
         let mut data = 0usize;
         let mut first_slot = 0usize;
         let mut classes = Vec::with_capacity(specs.len());
@@ -340,12 +382,14 @@ impl Layout {
             first_slot += count;
         }
         let (channels, control) = lay_out_channels(channels, control, max_participants)?;
-        let (services, control) = lay_out_services(services, control, max_participants)?;
+        let (services, control) =
+            lay_out_services(services, control, max_participants, limits.services)?;
         Ok(Layout {
             classes,
             channels,
             services,
             max_participants,
+            journals_per_participant,
             participants_offset,
             journals_offset,
             control_size: align_up(control, PAGE).ok_or(LayoutError::TooLarge)?,
@@ -361,7 +405,7 @@ impl Layout {
             specs,
             &[],
             ServiceLimits::zeroed(),
-            crate::alloc::DEFAULT_MAX_PARTICIPANTS,
+            ParticipantLimits::default(),
         )
     }
 
@@ -393,6 +437,8 @@ impl Layout {
             classes,
             channels,
             services: self.services.limits,
+            endpoints_per_participant: self.journals_per_participant as u32,
+            services_per_participant: self.services.refs_per_participant as u32,
         }
     }
 
@@ -441,6 +487,7 @@ fn lay_out_services(
     limits: ServiceLimits,
     control: usize,
     participants: u32,
+    refs_per_participant: u32,
 ) -> Result<(ServiceLayout, usize), LayoutError> {
     if limits.reserved != 0 {
         return Err(LayoutError::BadServiceLimits("reserved field is not zero"));
@@ -467,7 +514,8 @@ fn lay_out_services(
     let lock_offset = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
     let entries_offset = lock_offset + LINE;
     let refs_offset = entries_offset + limits.services as usize * SERVICE_ENTRY_SIZE;
-    let mut control = refs_offset + participants as usize * REFS_PER_PARTICIPANT * 8;
+    let refs_per_participant = refs_per_participant as usize;
+    let mut control = refs_offset + participants as usize * refs_per_participant * 8;
     let mut units = Vec::with_capacity(limits.rings as usize);
     for _ in 0..limits.rings {
         let (unit, end) = unit_at(control, limits.ring_capacity as usize, true, participants)?;
@@ -480,6 +528,7 @@ fn lay_out_services(
             lock_offset,
             entries_offset,
             refs_offset,
+            refs_per_participant,
             units,
         },
         control,
@@ -558,7 +607,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<ChannelSpec>(), 16);
         assert_eq!(
             std::mem::size_of::<HeaderFields>(),
-            32 + 8 * MAX_CLASSES + 16 * MAX_CHANNELS + 16
+            32 + 8 * MAX_CLASSES + 16 * MAX_CHANNELS + 16 + 8
         );
         assert!(8 + std::mem::size_of::<HeaderFields>() <= HEADER_SIZE);
     }
@@ -609,21 +658,36 @@ mod tests {
             reserved: 0,
         };
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(9, 8, 1)], ServiceLimits::zeroed(), 64),
+            Layout::compute(
+                &[spec(256, 1)],
+                &[ch(9, 8, 1)],
+                ServiceLimits::zeroed(),
+                ParticipantLimits::default()
+            ),
             Err(LayoutError::BadChannelKind {
                 channel: 0,
                 kind: 9
             })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(1, 6, 1)], ServiceLimits::zeroed(), 64),
+            Layout::compute(
+                &[spec(256, 1)],
+                &[ch(1, 6, 1)],
+                ServiceLimits::zeroed(),
+                ParticipantLimits::default()
+            ),
             Err(LayoutError::BadRingCapacity {
                 channel: 0,
                 capacity: 6
             })
         );
         assert_eq!(
-            Layout::compute(&[spec(256, 1)], &[ch(1, 8, 2)], ServiceLimits::zeroed(), 64),
+            Layout::compute(
+                &[spec(256, 1)],
+                &[ch(1, 8, 2)],
+                ServiceLimits::zeroed(),
+                ParticipantLimits::default()
+            ),
             Err(LayoutError::BadReceivers {
                 channel: 0,
                 receivers: 2
@@ -633,7 +697,7 @@ mod tests {
             &[spec(256, 1)],
             &[ch(1, 8, 1), ch(3, 4, 3)],
             ServiceLimits::zeroed(),
-            64,
+            ParticipantLimits::default(),
         )
         .unwrap();
         assert_eq!(l.channels[1].units.len(), 3);

@@ -128,7 +128,7 @@ impl Attacker {
                 &config.classes,
                 &config.channels,
                 config.services,
-                config.max_participants,
+                config.participant_limits(),
             )
             .unwrap(),
         }

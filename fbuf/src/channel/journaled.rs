@@ -57,7 +57,7 @@ pub(crate) fn recover(pool: &Pool, dead: u32) -> Recovered {
         s.class(c).settle(dead);
     }
     let mut env = Env { pool, dead };
-    for k in 0..journal::PER_PARTICIPANT {
+    for k in 0..s.layout().journals_per_participant {
         let j = s.journal(dead, k);
         let rec = j.read();
         if rec.op != Op::Idle {
@@ -133,7 +133,7 @@ fn live_claim(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
     let s = pool.shared();
     (0..s.max_participants())
         .filter(|&p| p != dead && s.participant(p).is_active())
-        .flat_map(|p| (0..journal::PER_PARTICIPANT).map(move |k| (p, k)))
+        .flat_map(|p| (0..s.layout().journals_per_participant).map(move |k| (p, k)))
         .any(|(p, k)| {
             let rec = s.journal(p, k).read();
             rec.op != Op::Idle

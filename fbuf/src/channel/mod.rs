@@ -58,8 +58,7 @@ pub enum OpenError {
     #[error("broadcast channel {channel} has no free subscriber ring")]
     NoSubscriberRing { channel: usize },
     #[error(
-        "channel {channel}: this participant already has {} endpoints open (one recovery journal each)",
-        crate::journal::PER_PARTICIPANT
+        "channel {channel}: this participant already has as many endpoints open as the pool allows (one recovery journal each; PoolConfig::endpoints_per_participant)"
     )]
     NoJournal { channel: usize },
     #[error("channel {channel}'s ring words are inconsistent (corrupted by a peer?)")]

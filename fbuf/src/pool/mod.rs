@@ -48,6 +48,22 @@ pub struct PoolConfig {
     /// control memory (a table entry, journals, a holdings row per class, a word per ring),
     /// touched only once the id is used.
     pub max_participants: u32,
+    /// Channel and service endpoints one participant may have open at once (a recovery journal
+    /// of about 900 B each per participant). Default 8.
+    pub endpoints_per_participant: u32,
+    /// Services one participant may have open at once (a word each per participant). Default 16.
+    pub services_per_participant: u32,
+}
+
+impl PoolConfig {
+    /// The participant limits this configuration asks for.
+    pub fn participant_limits(&self) -> crate::layout::ParticipantLimits {
+        crate::layout::ParticipantLimits {
+            max: self.max_participants,
+            endpoints: self.endpoints_per_participant,
+            services: self.services_per_participant,
+        }
+    }
 }
 
 /// The shape of a fixed channel (low-level API).
@@ -130,6 +146,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Channel and service endpoints one participant may have open at once (1 to 1024).
+    pub fn endpoints_per_participant(mut self, n: u32) -> Self {
+        self.config.endpoints_per_participant = n;
+        self
+    }
+
+    /// Services one participant may have open at once (1 to 1024).
+    pub fn services_per_participant(mut self, n: u32) -> Self {
+        self.config.services_per_participant = n;
+        self
+    }
+
     /// The memfds' name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -194,6 +222,8 @@ impl Default for PoolConfig {
             services: ServiceLimits::default(),
             name: "fbuf-pool".into(),
             max_participants: DEFAULT_MAX_PARTICIPANTS,
+            endpoints_per_participant: crate::layout::DEFAULT_ENDPOINTS_PER_PARTICIPANT,
+            services_per_participant: crate::layout::DEFAULT_SERVICES_PER_PARTICIPANT,
         }
     }
 }
@@ -359,7 +389,7 @@ impl Pool {
             &config.classes,
             &config.channels,
             config.services,
-            config.max_participants,
+            config.participant_limits(),
         )?;
         let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
@@ -509,7 +539,11 @@ impl Pool {
             &header.classes[..count],
             &header.channels[..channels],
             header.services,
-            header.max_participants,
+            crate::layout::ParticipantLimits {
+                max: header.max_participants,
+                endpoints: header.endpoints_per_participant,
+                services: header.services_per_participant,
+            },
         )?;
         // `u32::MAX` is the read-only inspector, no participant.
         if participant != u32::MAX && participant >= layout.max_participants {
@@ -926,14 +960,15 @@ impl Shared {
     /// Journal `k` of participant `id` (bounds-checked: an id or index out of range is a bug).
     pub(crate) fn journal(&self, id: u32, k: usize) -> Journal<'_> {
         let offset = self.layout.journals_offset
-            + (id as usize * journal::PER_PARTICIPANT + k) * crate::layout::JOURNAL_SIZE;
+            + (id as usize * self.layout.journals_per_participant + k)
+                * crate::layout::JOURNAL_SIZE;
         Journal::new(self.control.atomics_u64(offset, journal::WORDS))
     }
 
     /// Claims one of this participant's journals for an endpoint; `None` if all are in use.
     pub(crate) fn claim_journal(&self) -> Option<usize> {
         let tag = u64::from(self.participant(self.me).epoch());
-        (0..journal::PER_PARTICIPANT).find(|&k| self.journal(self.me, k).claim(tag))
+        (0..self.layout.journals_per_participant).find(|&k| self.journal(self.me, k).claim(tag))
     }
 
     /// The slot a checked descriptor names, for the journaled steps.

@@ -8,7 +8,7 @@
 //!             |   1 kind | ring capacity      2 first unit | ring count
 //!             |   3 payload size | reply size  4 payload align | name length
 //!             |   5 history | reserved        6..14 name (64 B, UTF-8)   14, 15 reserved
-//! references  | per participant REFS_PER_PARTICIPANT words: generation << 32 | entry + 1
+//! references  | per participant `refs_per_participant` words: generation << 32 | entry + 1
 //! units       | ring units, lent to services as contiguous runs
 //! ```
 //!
@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::layout::{REFS_PER_PARTICIPANT, SERVICE_ENTRY_SIZE, ServiceLayout, UnitLayout};
+use crate::layout::{SERVICE_ENTRY_SIZE, ServiceLayout, UnitLayout};
 use crate::pool::Pool;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -169,11 +169,9 @@ impl<'p> Directory<'p> {
     }
 
     fn refs(&self, participant: u32) -> &[AtomicU64] {
-        let offset = self.layout.refs_offset + participant as usize * REFS_PER_PARTICIPANT * 8;
-        self.pool
-            .shared()
-            .control()
-            .atomics_u64(offset, REFS_PER_PARTICIPANT)
+        let n = self.layout.refs_per_participant;
+        let offset = self.layout.refs_offset + participant as usize * n * 8;
+        self.pool.shared().control().atomics_u64(offset, n)
     }
 
     /// Whether the participant named by lock word `holder` has died (or the word is garbage).

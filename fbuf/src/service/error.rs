@@ -44,8 +44,7 @@ pub enum ServiceError {
     #[error("the pool has no run of {needed} free service rings left (configure more rings)")]
     NoRings { needed: u32 },
     #[error(
-        "this process already holds {} open services",
-        crate::layout::REFS_PER_PARTICIPANT
+        "this process already holds as many open services as the pool allows one participant (PoolConfig::services_per_participant)"
     )]
     TooManyOpen,
     #[error("the service directory stayed locked by a live participant (stuck or hostile?)")]
@@ -60,8 +59,7 @@ pub enum EndpointError {
     #[error("service {0:?} has no free {1} ring left (its maximum is reached)")]
     Full(String, &'static str),
     #[error(
-        "this process has {} endpoints open, one recovery journal each",
-        crate::journal::PER_PARTICIPANT
+        "this process has as many endpoints open as the pool allows one participant, one recovery journal each (PoolConfig::endpoints_per_participant)"
     )]
     NoJournal,
     #[error("service {0:?}'s ring words are inconsistent (corrupted by a peer?)")]
