@@ -48,7 +48,7 @@ pub fn run(args: &[String]) -> Res<()> {
     let n = |i: usize| -> Res<u64> { Ok(a(i).parse()?) };
     let line = match a(0) {
         "pub" => publish(a(1), a(2), n(3)?, n(4)? as usize, n(5)?)?,
-        "sub" => subscribe(a(1), a(2), n(3)?, a(4) == "lossy")?,
+        "sub" => subscribe(a(1), a(2), n(3)?, a(4) == "lossy", n(5).unwrap_or(0))?,
         "rr-server" => rr_server(a(1), a(2))?,
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
         "stream-tx" => stream_tx(a(1), a(2), n(3)?, n(4)? as usize)?,
@@ -94,9 +94,10 @@ fn publish(socket: &str, name: &str, count: u64, size: usize, gap_us: u64) -> Re
     ))
 }
 
-/// Receives up to `count` frames and checks every byte; ends early when the service says its
-/// publisher is gone (after having received something).
-fn subscribe(socket: &str, name: &str, count: u64, lossy: bool) -> Res<String> {
+/// Receives frames and checks every byte until `count` are accounted for (received, or counted
+/// lost by a lossy subscriber), sleeping `delay_us` after each (a slow consumer); ends early when
+/// the service says its publisher is gone (after having received something).
+fn subscribe(socket: &str, name: &str, count: u64, lossy: bool, delay_us: u64) -> Res<String> {
     let pool = session::join(socket, Role::Consumer)?;
     let svc = bytes_service(&pool, name)?;
     let mut rx = if lossy {
@@ -106,11 +107,16 @@ fn subscribe(socket: &str, name: &str, count: u64, lossy: bool) -> Res<String> {
     };
     println!("READY");
     let (mut got, mut bad, mut gaps, mut last) = (0u64, 0u64, 0u64, None::<u64>);
-    let mut disconnected = false;
+    let (mut lost, mut disconnected) = (0u64, false);
     let (mut first, mut end) = (None, Instant::now());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while got < count && Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
+    while got + lost < count && Instant::now() < deadline {
+        if delay_us > 0 {
+            std::thread::sleep(Duration::from_micros(delay_us));
+        }
+        let received = rx.recv_timeout(Duration::from_millis(200));
+        lost += rx.take_lost();
+        match received {
             Ok(s) => {
                 let now = Instant::now();
                 first.get_or_insert(now);
@@ -139,7 +145,7 @@ fn subscribe(socket: &str, name: &str, count: u64, lossy: bool) -> Res<String> {
         "count={got} bad={bad} gaps={gaps} last={} disconnected={} lost={} secs={secs:.4}",
         last.map_or(-1, |l| l as i64),
         u8::from(disconnected),
-        rx.take_lost()
+        lost + rx.take_lost()
     ))
 }
 

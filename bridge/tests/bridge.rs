@@ -215,6 +215,48 @@ fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
 }
 
 #[test]
+fn a_slow_lossy_subscriber_across_the_bridge_is_told_what_it_lost() {
+    let (a, b) = (side("bridge-lossy-a"), side("bridge-lossy-b"));
+    // Rings of 16 on host B: a lossy ring as large as the pool's class (256 slots) would pin
+    // every slot and throttle the importer's loans instead of losing (docs/architecture.md).
+    let _feed = b
+        .pool
+        .service("feed")
+        .publish_subscribe::<[u8]>()
+        .capacity(16)
+        .create()
+        .unwrap();
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let bridge_a = exporter(&a, &ep, &["--export", "feed"]);
+    let bridge_b = importer(&b, &ep, &["--import", "feed"]);
+    // On host B: one subscriber keeping up, one lossy subscriber taking 3 ms per frame.
+    let fast = Proc::start(&[], &["--role", "sub", &b.socket, "feed", "1500"]);
+    let slow = Proc::start(
+        &[],
+        &["--role", "sub", &b.socket, "feed", "1500", "lossy", "3000"],
+    );
+    let publisher = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "feed", "1500", "4096", "0"],
+    );
+    assert_eq!(publisher.result()["sent"], "1500");
+    every_frame(&fast.result(), "1500");
+    let r = slow.result();
+    let (got, lost): (u64, u64) = (r["count"].parse().unwrap(), r["lost"].parse().unwrap());
+    assert_eq!(r["bad"], "0", "every frame it got is intact: {r:?}");
+    assert_eq!(
+        got + lost,
+        1500,
+        "every frame arrived or was counted lost: {r:?}"
+    );
+    assert!(lost > 0, "a subscriber this slow loses some: {r:?}");
+    assert!(got > 0, "and gets the newest: {r:?}");
+    drop((bridge_a, bridge_b));
+    a.settles();
+    b.settles();
+}
+
+#[test]
 fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
     let (a, b) = (side("kill-a"), side("kill-b"));
     let ep = format!("tcp/127.0.0.1:{}", port());
