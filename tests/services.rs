@@ -468,6 +468,55 @@ fn per_participant_limits_are_configuration_and_named_when_reached() {
 }
 
 #[test]
+fn a_lossy_subscriber_never_makes_the_publisher_wait_not_even_for_slots() {
+    // 32 slots, rings of 64: a lossy subscriber that never reads would pin the whole class long
+    // before its ring is full.
+    let pool = PoolConfig::builder()
+        .class(512, 32)
+        .services(2)
+        .rings(2)
+        .ring_capacity(64)
+        .name("lossy-slots")
+        .create()
+        .unwrap();
+    let svc = pool
+        .service("feed")
+        .publish_subscribe::<u64>()
+        .subscriber_max(1)
+        .capacity(64)
+        .create()
+        .unwrap();
+    let mut publisher = svc.publisher().unwrap();
+    let mut sub = svc.lossy_subscriber().unwrap();
+    for seq in 0..200u64 {
+        let s = publisher
+            .loan_timeout(Duration::from_millis(200))
+            .unwrap_or_else(|e| panic!("sample {seq}: {e}"));
+        let mut s = s;
+        *s = seq;
+        assert_eq!(publisher.try_send(s).ok(), Some(1), "sample {seq}");
+    }
+    let lost = sub.take_lost();
+    let mut got = Vec::new();
+    while let Ok(s) = sub.try_recv() {
+        got.push(*s);
+    }
+    assert_eq!(
+        lost + got.len() as u64,
+        200,
+        "each sample arrived or was counted lost"
+    );
+    assert!(
+        lost >= 200 - 32,
+        "no more queued than the class has slots ({lost} lost)"
+    );
+    let newest: Vec<u64> = (200 - got.len() as u64..200).collect();
+    assert_eq!(got, newest, "the newest, in order");
+    drop(got);
+    assert_eq!(pool.free_count(), pool.slot_count());
+}
+
+#[test]
 fn one_senders_close_does_not_disconnect_the_other_in_the_same_process() {
     let pool = Pool::create(&config()).unwrap();
     let svc = pool.service("m2o").many_to_one::<u32>().create().unwrap();

@@ -253,6 +253,31 @@ impl Publisher {
         Ok(reached)
     }
 
+    /// Drops the oldest descriptor queued for each live lossy subscriber (counted as lost), so
+    /// that a class its rings pin comes free: a lossy subscriber never makes the publisher wait,
+    /// for ring room nor for slots. Journaled like the evictions of a publication. Returns how
+    /// many were dropped.
+    pub(crate) fn shed_lossy(&self) -> usize {
+        let mut shed = 0;
+        for (layout, id) in &self.units {
+            let u = Unit::new(&self.pool, *layout);
+            if !u.is_lossy() || !u.has_live_receiver() || u.ring_is_empty(None) {
+                continue;
+            }
+            let UnitRing::Mpmc(ring) = u.ring() else {
+                continue;
+            };
+            let j = self.journal.get();
+            j.begin(Op::Publish, *id, 0, std::iter::empty());
+            if self.evict_oldest(&j, &ring) {
+                u.add_lost(1);
+                shed += 1;
+            }
+            j.end();
+        }
+        shed
+    }
+
     /// Pops the oldest descriptor of a full lossy ring into a new journal entry and drops it.
     fn evict_oldest(
         &self,

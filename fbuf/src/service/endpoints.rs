@@ -127,12 +127,31 @@ pub(crate) fn loan<T: Message + ?Sized>(
     len: usize,
     wait: Option<Duration>,
 ) -> Result<SampleMut<T>, LoanError> {
+    loan_shedding(pool, offset, len, wait, || false)
+}
+
+/// [`loan`], calling `shed` once when the class is exhausted (a publisher drops what its lossy
+/// subscribers queue) and trying again before it waits.
+fn loan_shedding<T: Message + ?Sized>(
+    pool: &Pool,
+    offset: usize,
+    len: usize,
+    wait: Option<Duration>,
+    shed: impl FnOnce() -> bool,
+) -> Result<SampleMut<T>, LoanError> {
+    use crate::pool::AllocError::Exhausted;
     let total = offset.checked_add(len).ok_or(LoanError::TooLarge { len })?;
-    let buf = match wait {
-        None => pool.alloc(total)?,
-        Some(t) => pool.alloc_timeout(total, t)?,
-    };
-    Ok(SampleMut::new(buf, offset))
+    let mut r = pool.alloc(total);
+    if matches!(r, Err(Exhausted { .. })) {
+        if shed() {
+            r = pool.alloc(total);
+        }
+        if let (Err(Exhausted { .. }), Some(t)) = (&r, wait) {
+            // `alloc_timeout` tries once more first, then waits (reading the clock only then).
+            r = pool.alloc_timeout(total, t);
+        }
+    }
+    Ok(SampleMut::new(r?, offset))
 }
 
 macro_rules! loans {
@@ -141,17 +160,24 @@ macro_rules! loans {
             /// Loans a slot for one `T`, to write in place and send. Its bytes are whatever the
             /// slot held before: write every field.
             pub fn loan(&self) -> Result<SampleMut<T>, LoanError> {
-                loan(&self.service.pool, 0, std::mem::size_of::<T>(), None)
+                loan_shedding(
+                    &self.service.pool,
+                    0,
+                    std::mem::size_of::<T>(),
+                    None,
+                    || self.shed(),
+                )
             }
 
             /// Like `loan`, waiting up to `timeout` while every slot of the class is held
             /// (receivers still reading).
             pub fn loan_timeout(&self, timeout: Duration) -> Result<SampleMut<T>, LoanError> {
-                loan(
+                loan_shedding(
                     &self.service.pool,
                     0,
                     std::mem::size_of::<T>(),
                     Some(timeout),
+                    || self.shed(),
                 )
             }
 
@@ -166,7 +192,7 @@ macro_rules! loans {
         impl $ty<[u8]> {
             /// Loans a slot for `len` bytes.
             pub fn loan_bytes(&self, len: usize) -> Result<SampleMut<[u8]>, LoanError> {
-                loan(&self.service.pool, 0, len, None)
+                loan_shedding(&self.service.pool, 0, len, None, || self.shed())
             }
 
             /// Like `loan_bytes`, waiting up to `timeout` while every slot of the class is held.
@@ -175,7 +201,7 @@ macro_rules! loans {
                 len: usize,
                 timeout: Duration,
             ) -> Result<SampleMut<[u8]>, LoanError> {
-                loan(&self.service.pool, 0, len, Some(timeout))
+                loan_shedding(&self.service.pool, 0, len, Some(timeout), || self.shed())
             }
         }
     };
@@ -266,6 +292,21 @@ pub struct Subscriber<T: Message + ?Sized> {
 
 loans!(Sender);
 loans!(Publisher);
+
+impl<T: Message + ?Sized> Sender<T> {
+    /// Nothing to shed: a stream or many-to-one receiver is never lossy.
+    fn shed(&self) -> bool {
+        false
+    }
+}
+
+impl<T: Message + ?Sized> Publisher<T> {
+    /// The class is exhausted: drop the oldest sample queued for each lossy subscriber (counted
+    /// as its loss), which frees slots a lossy subscriber pins. Whether it dropped any.
+    fn shed(&self) -> bool {
+        self.inner.shed_lossy() > 0
+    }
+}
 receives!(Receiver);
 receives!(Subscriber);
 
