@@ -45,8 +45,6 @@ use crate::sync::{AtomicU64, Ordering};
 pub const ENTRIES: usize = 48;
 /// Words of one journal: claim, header, unit, position, entry states (one byte each), entries.
 pub const WORDS: usize = 4 + ENTRIES / 8 + 2 * ENTRIES;
-/// Journals per participant: one per open channel endpoint.
-pub const PER_PARTICIPANT: usize = crate::layout::DEFAULT_ENDPOINTS_PER_PARTICIPANT as usize;
 
 const CLAIM: usize = 0;
 const HEADER: usize = 1;

@@ -246,7 +246,7 @@ pub struct Layout {
     /// Journals (open endpoints) per participant.
     pub journals_per_participant: usize,
     pub participants_offset: usize,
-    /// Journal `k` of participant `p` is at `journals_offset + (p * PER_PARTICIPANT + k) *
+    /// Journal `k` of participant `p` is at `journals_offset + (p * journals_per_participant + k) *
     /// JOURNAL_SIZE`.
     pub journals_offset: usize,
     pub control_size: usize,
