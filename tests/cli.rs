@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -69,22 +68,14 @@ fn stat_json_matches_the_pools_own_counts_and_the_look_changes_nothing() {
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(holder.0.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "READY 7");
+    assert_eq!(common::first_line(&mut holder), "READY 7");
     let mut svc = KillOnDrop(
         peer(&["svc-hold", &sock, "sensors/imu"])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(svc.0.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "READY");
+    assert_eq!(common::first_line(&mut svc), "READY");
     std::thread::sleep(Duration::from_millis(50));
 
     let before = control_bytes(&owner);

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, Owner, peer};
+use common::{KillOnDrop, Owner, first_line, peer};
 use fbuf::PoolConfig;
 use fbuf::pool::ChannelKind;
 
@@ -18,16 +17,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// The first line a peer writes on stderr (its READY line), read byte by byte so nothing after it
-/// is swallowed; the pipe is then closed.
-fn first_line(p: &mut KillOnDrop) -> String {
-    let mut line = String::new();
-    BufReader::new(p.0.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    line.trim().to_string()
 }
 
 #[test]

@@ -604,11 +604,7 @@ fn a_lock_held_by_a_live_peer_gives_busy_not_a_hang_and_is_taken_over_once_it_di
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(holder.0.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "READY 1");
+    assert_eq!(common::first_line(&mut holder), "READY 1");
     // The live peer (participant 1) "holds" the directory lock: word = epoch << 32 | id + 1.
     let layout = fbuf::layout::Layout::compute(
         &config().classes,
@@ -679,11 +675,7 @@ fn senders_killed_mid_send_on_a_service_lose_nothing() {
                         .spawn()
                         .unwrap(),
                 );
-                let mut line = String::new();
-                BufReader::new(p.0.stderr.take().unwrap())
-                    .read_line(&mut line)
-                    .unwrap();
-                assert_eq!(line.trim(), "READY");
+                assert_eq!(common::first_line(&mut p), "READY");
                 p
             })
             .collect();

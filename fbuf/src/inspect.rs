@@ -147,9 +147,9 @@ impl Inspection {
                     stat.free += usize::from(st.is_free());
                     stat.held += usize::from(st.all_holders() != 0);
                     stat.in_flight += st.in_flight() as usize;
-                    for &p in &active {
-                        holdings[p as usize] += usize::from(class.is_held_by(slot, p));
-                    }
+                }
+                for &p in &active {
+                    holdings[p as usize] += class.holdings(p);
                 }
                 stat
             })

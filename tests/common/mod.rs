@@ -143,6 +143,17 @@ impl Attacker {
     }
 }
 
+/// The first line a peer writes on stderr (its READY line), trimmed. The reader and the pipe are
+/// dropped after it, so read nothing else from this peer's stderr.
+pub fn first_line(p: &mut KillOnDrop) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut line = String::new();
+    BufReader::new(p.0.stderr.take().expect("stderr piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
 /// A peer process killed and reaped when the test lets go of it, however the test ends (a failed
 /// assertion must not leave a spinning peer behind to slow every later test and benchmark).
 pub struct KillOnDrop(pub Child);
