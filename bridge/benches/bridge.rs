@@ -96,14 +96,32 @@ fn main() {
     };
     let (_sa, a) = pool("bench-a");
     let (_sb, b) = pool("bench-b");
-    let mut rows = Vec::new();
-    for (size, count, rtts) in [
+    // FBUF_BENCH_SCALE multiplies the counts: a fast host finishes the default 4 KiB run in a
+    // few tens of milliseconds, too short to read a rate from.
+    let scale: u64 = std::env::var("FBUF_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    // FBUF_BENCH_ROUNDS: interleaved rounds (Zenoh alone, then the bridges, every size each
+    // round); the table holds each figure's median, as a shared host's runs vary by 10-20 %.
+    let rounds: usize = std::env::var("FBUF_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let sizes = [
         (4096usize, 20_000u64, 2000u64),
         (64 << 10, 5000, 1000),
         (1 << 20, 400, 200),
-    ] {
+    ];
+    let mut runs: Vec<Vec<[f64; 6]>> = vec![Vec::new(); sizes.len()];
+    for (round, (i, &(size, count, rtts))) in (0..rounds)
+        .flat_map(|r| sizes.iter().enumerate().map(move |s| (r, s)))
+    {
+        let (count, rtts) = (count * scale, rtts * scale);
         let (sz, n, rt) = (size.to_string(), count.to_string(), rtts.to_string());
-        eprintln!("{size} B ...");
+        eprintln!("round {}/{rounds}: {size} B ...", round + 1);
         // Zenoh alone.
         let ep = format!("tcp/127.0.0.1:{}", port());
         let key = format!("bench/alone/{size}");
@@ -155,13 +173,8 @@ fn main() {
         let pong = start(&["--role", "pong", &b], true);
         let b_lat = result(start(&["--role", "ping", &a, &rt, &sz], false), "p50_ns");
         drop((pong, bridge_a, bridge_b));
-        rows.push((
-            size,
-            count as f64 / z_secs,
-            count as f64 / b_secs,
-            z_lat,
-            b_lat,
-        ));
+        let (z_rate, b_rate) = (count as f64 / z_secs, count as f64 / b_secs);
+        runs[i].push([z_rate, b_rate, z_lat, b_lat, b_rate / z_rate, b_lat / z_lat]);
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -169,16 +182,24 @@ fn main() {
         "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (size, zr, br, zl, bl) in rows {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (&(size, ..), runs) in sizes.iter().zip(runs) {
+        // The ratios are the medians of each round's ratio (both sides measured minutes apart
+        // at most), not ratios of the medians.
+        let [zr, br, zl, bl, rate, lat] =
+            std::array::from_fn(|k| median(runs.iter().map(|r| r[k]).collect()));
         println!(
             "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x |",
             size >> 10,
             zr,
             br,
-            br / zr,
+            rate,
             zl / 1e3,
             bl / 1e3,
-            bl / zl
+            lat
         );
     }
 }
