@@ -208,7 +208,9 @@ proptest! {
                         peer.word(u.stamps_offset + i * 8).store(*w.next().unwrap(), Ordering::SeqCst);
                     }
                 }
-                for i in 0..u.capacity * 2 {
+                // MPMC cells are the descriptor's two words; SPSC cells carry their stamp too.
+                let cell_words = if u.mpmc { 2 } else { fbuf::layout::SPSC_CELL_WORDS };
+                for i in 0..u.capacity * cell_words {
                     peer.word(u.values_offset + i * 8).store(*w.next().unwrap(), Ordering::SeqCst);
                 }
             }

@@ -111,7 +111,8 @@ fn garbage_descriptors_in_a_ring_are_refused_by_name() {
     let mut rx = pool.receiver(0).unwrap();
     let a = Attacker::new(&pool);
     let u = a.layout.channels[0].units[0];
-    // Forge three descriptors and publish them: bad class, bad slot, never lent.
+    // Forge three descriptors and publish them: bad class, bad slot, never lent. An SPSC cell
+    // is four words: the stamp (position + 1), the descriptor's two words, padding.
     let forged: [[u32; 4]; 3] = [
         [0xffff, 0, 1, 10],  // class 65535
         [0, 1 << 30, 1, 10], // slot out of range
@@ -120,9 +121,10 @@ fn garbage_descriptors_in_a_ring_are_refused_by_name() {
     for (i, d) in forged.iter().enumerate() {
         let lo = u64::from(d[0]) | (u64::from(d[1]) << 32);
         let hi = u64::from(d[2]) | (u64::from(d[3]) << 32);
-        a.word(u.values_offset + i * 16).store(lo, Ordering::SeqCst);
-        a.word(u.values_offset + i * 16 + 8)
-            .store(hi, Ordering::SeqCst);
+        let cell = u.values_offset + i * 32;
+        a.word(cell + 8).store(lo, Ordering::SeqCst);
+        a.word(cell + 16).store(hi, Ordering::SeqCst);
+        a.word(cell).store(i as u64 + 1, Ordering::SeqCst);
     }
     a.word(u.tail_offset).store(3, Ordering::SeqCst);
     assert!(matches!(
@@ -334,8 +336,9 @@ fn a_descriptor_taken_from_someone_elses_ring_is_named_not_lost() {
     tx.try_send(b.freeze()).unwrap();
     let a = Attacker::new(&pool);
     let u = a.layout.channels[0].units[0];
-    let lo = a.word(u.values_offset).load(Ordering::SeqCst);
-    let hi = a.word(u.values_offset + 8).load(Ordering::SeqCst);
+    // The SPSC cell of position 0: stamp, then the descriptor's two words.
+    let lo = a.word(u.values_offset + 8).load(Ordering::SeqCst);
+    let hi = a.word(u.values_offset + 16).load(Ordering::SeqCst);
     let mut raw = [0u8; 16];
     raw[..8].copy_from_slice(&lo.to_le_bytes());
     raw[8..].copy_from_slice(&hi.to_le_bytes());

@@ -697,3 +697,41 @@ fn senders_killed_mid_send_on_a_service_lose_nothing() {
     });
     assert!(owner.pool.services().is_empty());
 }
+
+/// A stream service that carried fewer values than its ring holds, then went, leaves its ring
+/// unit's cells stamped for positions a new service on the same unit will reach: the new
+/// receiver must see only the new service's values, never one of the old ones (a ghost names
+/// a slot freed long ago: "stale descriptor"). Sender and receiver share this process; the
+/// ring is the pool's shared memory all the same.
+#[test]
+fn a_service_created_again_on_a_used_ring_sees_no_ghosts_of_the_last() {
+    let pool = PoolConfig::builder()
+        .class(64, 2048)
+        .services(2)
+        .rings(1)
+        .ring_capacity(1024)
+        .name("ghosts-test")
+        .create()
+        .unwrap();
+    for life in 0..3u64 {
+        let svc = pool.service("s").stream::<u64>().create().unwrap();
+        let mut tx = svc.sender().unwrap();
+        let mut rx = svc.receiver().unwrap();
+        // Fewer values each life (600, 400, 200 of a ring of 1024): the new receiver then
+        // reaches positions only the last life stamped.
+        for v in 0..600 - 200 * life {
+            let mut s = tx.loan().unwrap();
+            *s = life * 1000 + v;
+            tx.send(s).unwrap();
+            let got = rx.try_recv().unwrap();
+            assert_eq!(*got, life * 1000 + v, "life {life}: value {v}");
+        }
+        // The ring is empty now; a ghost would show here.
+        match rx.try_recv() {
+            Err(fbuf::service::TryRecvError::Empty) => {}
+            other => panic!("life {life}: an empty ring gave {other:?}"),
+        }
+        drop((tx, rx, svc));
+        assert_eq!(pool.free_count(), pool.slot_count(), "life {life}");
+    }
+}

@@ -116,8 +116,8 @@ fn main() {
         (1 << 20, 400, 200),
     ];
     let mut runs: Vec<Vec<[f64; 6]>> = vec![Vec::new(); sizes.len()];
-    for (round, (i, &(size, count, rtts))) in (0..rounds)
-        .flat_map(|r| sizes.iter().enumerate().map(move |s| (r, s)))
+    for (round, (i, &(size, count, rtts))) in
+        (0..rounds).flat_map(|r| sizes.iter().enumerate().map(move |s| (r, s)))
     {
         let (count, rtts) = (count * scale, rtts * scale);
         let (sz, n, rt) = (size.to_string(), count.to_string(), rtts.to_string());

@@ -415,6 +415,20 @@ pub fn lend(
 ) -> Result<(), SlotError> {
     let n = entries.len() as u32;
     let set_all = |state| entries.clone().for_each(|e| j.set(e, state));
+    // The common case, the only handle of a slot nobody else holds: a move without a locked
+    // instruction (see `ClassSlots::hand_off_alone`), journaled like the one below.
+    let alone = || s.class.owns_alone(s.slot, s.generation, s.me, n);
+    let moved = s.local.give_only(s.index, alone, || {
+        set_all(State::Lending(Lend::Move));
+        if cut() {
+            return;
+        }
+        s.class.hand_off_alone(s.slot, s.generation, s.me, n);
+        set_all(State::Lent);
+    });
+    if moved.is_some() {
+        return Ok(());
+    }
     s.local.locked(s.index, |count| {
         if count <= 1 {
             set_all(State::Lending(Lend::Move));
@@ -625,9 +639,12 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
                         extra += 1;
                     }
                 }
-                // SPSC send: pushed iff the published tail passed it.
+                // SPSC send: pushed iff the published tail passed it or its cell is stamped
+                // (then the tail is published over it, for the next producer).
                 (EntryRing::Spsc(ring), _) => {
-                    if ring.tail_pos().wrapping_sub(rec.pos) <= i as u64 {
+                    if ring.pushed(rec.pos, i as u64) {
+                        ring.settle_tail();
+                    } else {
                         extra += 1;
                     }
                 }

@@ -37,7 +37,7 @@ use crate::alloc::{PARTICIPANT_LIMIT, row_bytes};
 /// "FBUFPOOL" in little-endian: the control region's first word once the pool is ready.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FBUFPOOL");
 /// The layout version this build writes and accepts.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Most size classes a pool can have.
 pub const MAX_CLASSES: usize = 16;
 /// Bytes reserved for the header at the start of the control region.
@@ -59,6 +59,18 @@ pub const MAX_RING_CAPACITY: u32 = 1 << 20;
 pub const JOURNAL_SIZE: usize = crate::journal::WORDS.div_ceil(8) * 64;
 /// Values of a ring cell in 64-bit words (a 16-byte descriptor).
 pub const DESC_WORDS: usize = 2;
+
+/// Words of one SPSC ring cell: a stamp beside the descriptor, padded to 32 bytes (see
+/// `ring::spsc`: the consumer reads the stamp and the value in one cache line).
+pub const SPSC_CELL_WORDS: usize = crate::ring::spsc::cell_words::<[u64; DESC_WORDS]>();
+
+/// Bytes a ring unit reserves per cell: the larger of an MPMC cell (stamp word and descriptor
+/// in separate arrays) and an SPSC cell.
+pub const CELL_BYTES: usize = {
+    let mpmc = 8 + DESC_WORDS * 8;
+    let spsc = SPSC_CELL_WORDS * 8;
+    if mpmc > spsc { mpmc } else { spsc }
+};
 /// Bytes of one service directory entry.
 pub const SERVICE_ENTRY_SIZE: usize = 128;
 /// Service references (open services) one participant can hold at once, unless configured.
@@ -479,7 +491,13 @@ fn unit_at(
         capacity: cap,
         mpmc,
     };
-    Ok((unit, values_offset + cap * DESC_WORDS * 8))
+    // Room for either flavour, so that a service may narrow an MPMC-laid unit to SPSC (whose
+    // cells then start at `stamps_offset`): 24 bytes a cell for MPMC, 32 for SPSC.
+    let end = cap
+        .checked_mul(CELL_BYTES)
+        .and_then(|b| stamps_offset.checked_add(b))
+        .ok_or(LayoutError::TooLarge)?;
+    Ok((unit, end))
 }
 
 /// Places the service directory, references and ring units after `control`.
@@ -510,7 +528,7 @@ fn lay_out_services(
             "rings x ring capacity exceeds 2^24 cells",
         ));
     }
-    // Bounded above (4096 entries, 2^24 cells of 24 B, 65536 unit headers), so no overflow.
+    // Bounded above (4096 entries, 2^24 cells of 32 B, 65536 unit headers), so no overflow.
     let lock_offset = align_up(control, LINE).ok_or(LayoutError::TooLarge)?;
     let entries_offset = lock_offset + LINE;
     let refs_offset = entries_offset + limits.services as usize * SERVICE_ENTRY_SIZE;
@@ -577,7 +595,7 @@ fn lay_out_channels(
         let cap = s.capacity as usize;
         let mut units = Vec::with_capacity(s.receivers as usize);
         for _ in 0..s.receivers {
-            // Bounded above (16 channels x 2^15 units x 2^20 cells x 24 B), so no overflow.
+            // Bounded above (16 channels x 2^15 units x 2^20 cells x 32 B), so no overflow.
             let (unit, end) = unit_at(control, cap, mpmc, participants)?;
             units.push(unit);
             control = end;

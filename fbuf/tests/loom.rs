@@ -861,7 +861,9 @@ fn spsc_send_death(steps: usize, handles: u32, co_holder: bool) {
                 j.begin(Op::Send, 0, p.position(), std::iter::once(v));
                 let c = class.slots();
                 let s = slot_ref(&c, &local, 0, slot, generation, DEAD);
-                if journal::lend(&j, 0..1, &s).is_ok() && !death::dead() {
+                // `died`, not `dead`: a sender whose steps ran out right after the lend dies at
+                // the push's first cut, or after its stamps, before its tail.
+                if journal::lend(&j, 0..1, &s).is_ok() && !death::died() {
                     let _ = ring.ring().push(&mut p, &[v]);
                     if !death::dead() {
                         j.end();
@@ -1071,7 +1073,7 @@ fn spsc_send_batch_death(steps: usize) {
                 let c = class.slots();
                 for (e, &(slot, generation)) in held.iter().enumerate() {
                     let s = slot_ref(&c, &local, slot, slot, generation, DEAD);
-                    if journal::lend(&j, e..e + 1, &s).is_err() || death::dead() {
+                    if journal::lend(&j, e..e + 1, &s).is_err() || death::died() {
                         return;
                     }
                 }

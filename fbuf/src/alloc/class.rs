@@ -474,6 +474,34 @@ impl<'a> ClassSlots<'a> {
         .map(|_| ())
     }
 
+    /// Whether `holder` has `slot` to itself: the word says exactly "generation `generation`,
+    /// owned by `holder`, no other holder, nothing in flight, no marker". Then nobody else may
+    /// change the word (a co-holder, a taker or a marker needs one of those fields set, and
+    /// recovery touches only the dead's holdings and markers), so [`ClassSlots::hand_off_alone`]
+    /// may follow without a CAS.
+    #[inline]
+    pub fn owns_alone(&self, slot: usize, generation: u32, holder: u32, n: u32) -> bool {
+        n > 0
+            && n <= MAX_IN_FLIGHT
+            && holder < super::state::PARTICIPANT_LIMIT
+            && self.states.get(slot).is_some_and(|w| {
+                w.load(Ordering::Relaxed) == SlotState::allocated(generation, holder).0
+            })
+    }
+
+    /// [`ClassSlots::hand_off_n`] for a slot [`ClassSlots::owns_alone`] said `holder` has to
+    /// itself: one plain store, not a CAS. On x86 a CAS is a full barrier: it waited for the
+    /// sender's payload stores to reach lines the receiver last read (one cache-line transfer)
+    /// before the ring was even touched; a store lets those transfers overlap with the ring's.
+    #[inline]
+    pub fn hand_off_alone(&self, slot: usize, generation: u32, holder: u32, n: u32) {
+        let alone = SlotState::allocated(generation, holder);
+        let next = SlotState(alone.0 - SlotState::owner_bits(holder)).with_in_flight(n);
+        // SYNC POINT (hand-off, alone): Release, like `hand_off_n`: the bytes the owner wrote
+        // happen-before the Acquire of whoever takes the descriptor.
+        self.states[slot].store(next.0, Ordering::Release);
+    }
+
     /// Turns one in-flight descriptor of `slot` into a holding of `holder` (its owner if the
     /// slot has none: one CAS). `add_holder` is false when the caller's process already holds
     /// the slot (it stays a holder once; the descriptor is consumed).

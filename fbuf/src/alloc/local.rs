@@ -91,6 +91,29 @@ impl LocalRefs {
         }
     }
 
+    /// Gives up the handle of a thread that holds the only one, without a locked instruction:
+    /// if the count is 1 and `alone` agrees, the count becomes 0 and `give` runs. Returns None,
+    /// changing nothing, otherwise (the caller takes the locked path).
+    ///
+    /// No lock is needed: with one handle, ours, no other thread of this process can add or drop
+    /// one (adding needs a handle to clone, or a descriptor in flight to import, which `alone`
+    /// rules out). The count is cleared before `give` lets the slot go, so a thread of ours that
+    /// claims the slot after its receiver freed it finds 0.
+    #[inline]
+    pub fn give_only<R>(
+        &self,
+        i: usize,
+        alone: impl FnOnce() -> bool,
+        give: impl FnOnce() -> R,
+    ) -> Option<R> {
+        let count = &self.counts[i];
+        if count.load(Ordering::Relaxed) != 1 || !alone() {
+            return None;
+        }
+        count.store(0, Ordering::Relaxed);
+        Some(give())
+    }
+
     /// Adds a handle. `first` runs (and must set the holding) when this is the process's first
     /// handle; `again` runs otherwise. Both run with the count locked, so no other thread of this
     /// process flips the holding meanwhile (a journaled lend's two-step dance clears it for a

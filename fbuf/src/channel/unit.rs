@@ -2,7 +2,7 @@
 //! doorbells. A one-to-one or many-to-one channel is one unit; a broadcast channel is one unit per
 //! subscriber.
 
-use crate::layout::{DESC_WORDS, UnitLayout};
+use crate::layout::{DESC_WORDS, SPSC_CELL_WORDS, UnitLayout};
 use crate::pool::{Desc, Pool};
 use crate::ring::{ConsumerState, MpmcRing, SpscRing, Stuck};
 use crate::sync::doorbell::Doorbell;
@@ -58,12 +58,17 @@ impl<'a> Unit<'a> {
         let c = self.pool.shared().control();
         let head = &c.atomics_u64(self.layout.head_offset, 1)[0];
         let tail = &c.atomics_u64(self.layout.tail_offset, 1)[0];
-        let values = c.atomics_u64(self.layout.values_offset, self.layout.capacity * DESC_WORDS);
         if self.layout.mpmc {
+            let values =
+                c.atomics_u64(self.layout.values_offset, self.layout.capacity * DESC_WORDS);
             let stamps = c.atomics_u64(self.layout.stamps_offset, self.layout.capacity);
             UnitRing::Mpmc(MpmcRing::new(head, tail, stamps, values))
         } else {
-            UnitRing::Spsc(SpscRing::new(head, tail, values))
+            let cells = c.atomics_u64(
+                self.layout.values_offset,
+                self.layout.capacity * SPSC_CELL_WORDS,
+            );
+            UnitRing::Spsc(SpscRing::new(head, tail, cells))
         }
     }
 

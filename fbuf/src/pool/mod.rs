@@ -703,6 +703,11 @@ impl Pool {
             j.set(e, journal::State::Done);
             return Err(err);
         }
+        // The import's CAS on the slot word waits for that line from the sender's core; the
+        // receiver reads the payload next, another line from the same core. A prefetch is not
+        // held back by the CAS (prefetches are not ordered with locked instructions), so the
+        // two transfers overlap instead of following each other.
+        prefetch(s.slot_ptr(&desc));
         s.with_slot(&desc, |slot| journal::import(j, e, slot))
             .map_err(DescError::from_slot)?;
         Ok(Buf::from_held(self.clone(), desc))
@@ -1040,4 +1045,18 @@ impl Shared {
             slots.release_held(d.slot as usize, self.me);
         });
     }
+}
+
+/// Asks for the cache line at `p` ahead of its use; no effect on correctness, and none at all
+/// off x86-64. Never faults, whatever `p` is.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    // SAFETY: PREFETCHT0 only hints the cache; it reads nothing architecturally and does not
+    // fault on any address, mapped or not.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = p;
 }

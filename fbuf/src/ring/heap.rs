@@ -131,7 +131,7 @@ impl<T: Pod> SpscHeap<T> {
         SpscHeap {
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
-            values: words(capacity * words_of::<T>()),
+            values: words(capacity * super::spsc::cell_words::<T>()),
             _t: std::marker::PhantomData,
         }
     }
@@ -261,12 +261,26 @@ mod tests {
             }
         }
         assert!(expect > 900);
-        // A peer writes a tail far ahead of the head: the consumer refuses it.
+        // A stamp from an earlier lap does not pass for this one: the ring reads empty.
+        let stale = c.position().wrapping_sub(8);
+        r.cell_for_test(c.position())[0].store(stale + 1, crate::sync::Ordering::Relaxed);
+        assert_eq!(r.pop(&mut c, &mut out), Ok(0));
+        // A tail a peer moved past our head with nothing stamped there, or far ahead: refused
+        // (the tail is read only when the ring looks empty, to tell empty from corrupt).
+        heap.tail
+            .store(c.position() + 1, crate::sync::Ordering::Relaxed);
+        assert!(r.pop(&mut c, &mut out).is_err());
         heap.tail
             .store(u64::MAX / 2, crate::sync::Ordering::Relaxed);
-        let mut c2 = c;
-        c2.cached_tail_for_test(0);
-        assert!(r.pop(&mut c2, &mut out).is_err());
+        assert!(r.pop(&mut c, &mut out).is_err());
+        assert!(r.consumer().is_err());
+        // A tail behind the head (a producer killed between its stamps and its tail) is not.
+        heap.tail
+            .store(c.position() - 2, crate::sync::Ordering::Relaxed);
+        assert_eq!(r.pop(&mut c, &mut out), Ok(0));
+        // A cleared ring has no stamp left to pass for a value.
+        r.clear();
+        assert!(!r.has_values(&c));
     }
 }
 

@@ -1,28 +1,44 @@
-//! A bounded single-producer single-consumer ring (Lamport's queue with cached indices, as in
-//! rigtorp's SPSCQueue or iceoryx2's `spsc::index_queue`), over generic storage.
+//! A bounded single-producer single-consumer ring over generic storage: Lamport's queue with a
+//! cached head for the producer (as in rigtorp's SPSCQueue or iceoryx2's `spsc::index_queue`),
+//! and a stamp beside each value for the consumer.
+//!
+//! Each cell is the value and a stamp word in one cache line: the producer writes the value, then
+//! the stamp `position + 1` (Release). The consumer reads the stamp of the cell at its own head
+//! and takes the value if the stamp is the one it expects; it never reads the producer's tail.
+//! With a tail to read first, a message cost the consumer two cache-line transfers one after the
+//! other (the tail, then the cell it names); with the stamp beside the value it costs one. The
+//! producer still publishes its tail after each batch, for waiting, statistics and recovery.
 //!
 //! Each side keeps its own index in private memory and only *publishes* it to the shared word, so a
-//! corrupt shared word can never move the side that owns it. The other side's index is read only
-//! when the cached copy says the ring is full (producer) or empty (consumer), and it is validated:
-//! `head <= tail <= head + capacity`, or the ring is reported [`Stuck`].
-//!
-//! Batches cost one index publication however many values they carry.
+//! corrupt shared word can never move the side that owns it. The producer reads the consumer's
+//! head only when its cached copy says the ring is full, and validates it: `head <= tail <= head +
+//! capacity`, or the ring is reported [`Stuck`]. A scribbled stamp is a scribbled value: the
+//! consumer takes a cell only with exactly the stamp of its position, and what it takes is
+//! checked above this layer like anything a peer sends.
 
 use bytemuck::Pod;
 
-use super::cells::Cells;
+use super::cells::{MAX_WORDS, words_of};
 use super::mpmc::Stuck;
 use crate::sync::seeded::{self, Bug};
 use crate::sync::{AtomicU64, Ordering};
+
+/// Words per cell for values of `T`: the stamp and the value's words, rounded up to a power of
+/// two so that no cell straddles two cache lines (a 16-byte descriptor takes 4 words, 32 bytes).
+pub const fn cell_words<T>() -> usize {
+    (1 + words_of::<T>()).next_power_of_two()
+}
 
 /// A view of an SPSC ring's shared words.
 pub struct SpscRing<'a, T> {
     /// Values popped so far. Written by the consumer only.
     head: &'a AtomicU64,
-    /// Values pushed so far. Written by the producer only.
+    /// Values pushed so far. Written by the producer only, after the batch's stamps.
     tail: &'a AtomicU64,
-    cells: Cells<'a, T>,
+    /// `capacity` cells of [`cell_words`] words: the stamp, then the value.
+    cells: &'a [AtomicU64],
     mask: u64,
+    _t: std::marker::PhantomData<T>,
 }
 
 /// The producer's private state.
@@ -36,32 +52,86 @@ pub struct ProducerState {
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerState {
     head: u64,
-    cached_tail: u64,
 }
 
 impl<'a, T: Pod> SpscRing<'a, T> {
-    /// A view over `head`, `tail` and the value words.
+    /// A view over `head`, `tail` and the cells (`capacity * cell_words::<T>()` words).
     ///
     /// # Panics
-    /// If the capacity is not a power of two (a layout bug, not peer input).
-    pub fn new(head: &'a AtomicU64, tail: &'a AtomicU64, values: &'a [AtomicU64]) -> Self {
-        let cells = Cells::new(values);
+    /// If the capacity is not a power of two or `T` is larger than the ring carries (layout
+    /// bugs, not peer input).
+    pub fn new(head: &'a AtomicU64, tail: &'a AtomicU64, cells: &'a [AtomicU64]) -> Self {
+        let w = words_of::<T>();
         assert!(
-            cells.len().is_power_of_two(),
+            w > 0 && w <= MAX_WORDS,
+            "ring values are 1 to {} bytes",
+            MAX_WORDS * 8
+        );
+        let cap = cells.len() / cell_words::<T>();
+        assert!(
+            cap.is_power_of_two() && cells.len() == cap * cell_words::<T>(),
             "SPSC capacity must be a power of two"
         );
-        let mask = cells.len() as u64 - 1;
         SpscRing {
             head,
             tail,
             cells,
-            mask,
+            mask: cap as u64 - 1,
+            _t: std::marker::PhantomData,
         }
     }
 
     /// Capacity in values.
     pub fn capacity(&self) -> usize {
-        self.cells.len()
+        self.cells.len() / cell_words::<T>()
+    }
+
+    /// The words of the cell for position `pos`: its stamp, then its value.
+    fn cell(&self, pos: u64) -> &'a [AtomicU64] {
+        let w = cell_words::<T>();
+        let i = (pos & self.mask) as usize * w;
+        &self.cells[i..i + w]
+    }
+
+    /// Writes `value` into the cell for `pos` (Relaxed: the stamp publishes it).
+    fn write(&self, pos: u64, value: T) {
+        let cell = self.cell(pos);
+        let w = words_of::<T>();
+        let mut buf = [0u64; MAX_WORDS];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut buf[..w])[..std::mem::size_of::<T>()]
+            .copy_from_slice(bytemuck::bytes_of(&value));
+        for (k, word) in buf[..w].iter().enumerate() {
+            cell[1 + k].store(*word, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the value of the cell for `pos` (Relaxed: its stamp was acquired).
+    fn read(&self, pos: u64) -> T {
+        let cell = self.cell(pos);
+        let w = words_of::<T>();
+        let mut buf = [0u64; MAX_WORDS];
+        for (k, word) in buf[..w].iter_mut().enumerate() {
+            *word = cell[1 + k].load(Ordering::Relaxed);
+        }
+        bytemuck::pod_read_unaligned(
+            &bytemuck::cast_slice::<u64, u8>(&buf[..w])[..std::mem::size_of::<T>()],
+        )
+    }
+
+    /// Whether the cell for `pos` holds the value pushed at `pos`.
+    fn stamped(&self, pos: u64) -> bool {
+        // SYNC POINT (value ready): Acquire pairs with the producer's Release of the stamp, so
+        // the value's words (and whatever the producer did before, such as writing the buffer
+        // a descriptor names) are visible.
+        self.cell(pos)[0].load(Ordering::Acquire) == pos.wrapping_add(1)
+    }
+
+    /// Clears every stamp, for a ring that starts again at position 0 (a unit a new service
+    /// takes): a stamp left from an earlier life at the same position would read as a value.
+    pub fn clear(&self) {
+        for w in self.cells {
+            w.store(0, Ordering::Relaxed);
+        }
     }
 
     /// The producer's state, read from the shared words (validated).
@@ -80,10 +150,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         let head = self.head.load(Ordering::Acquire);
         let tail = self.tail.load(Ordering::Acquire);
         self.check(head, tail)?;
-        Ok(ConsumerState {
-            head,
-            cached_tail: tail,
-        })
+        Ok(ConsumerState { head })
     }
 
     /// Positions are free-running counters that another process writes, so every sum and
@@ -119,22 +186,28 @@ impl<'a, T: Pod> SpscRing<'a, T> {
             free = cap - st.tail.wrapping_sub(head);
         }
         let n = free.min(values.len() as u64);
+        if n > 0 && crate::sync::death::cut() {
+            return Err(Stuck);
+        }
+        // SYNC POINT (value ready): Release pairs with the consumer's Acquire of the stamp.
+        let order = if seeded::active(Bug::RelaxedSpscPublish) {
+            Ordering::Relaxed
+        } else {
+            Ordering::Release
+        };
         for (k, v) in values[..n as usize].iter().enumerate() {
-            self.cells
-                .write((st.tail.wrapping_add(k as u64) & self.mask) as usize, *v);
+            let pos = st.tail.wrapping_add(k as u64);
+            self.write(pos, *v);
+            self.cell(pos)[0].store(pos.wrapping_add(1), order);
         }
         if n > 0 {
             if crate::sync::death::cut() {
                 return Err(Stuck);
             }
             st.tail = st.tail.wrapping_add(n);
-            // SYNC POINT (values ready): Release pairs with the consumer's Acquire of `tail`.
-            let order = if seeded::active(Bug::RelaxedSpscPublish) {
-                Ordering::Relaxed
-            } else {
-                Ordering::Release
-            };
-            self.tail.store(st.tail, order);
+            // SYNC POINT (tail): Release, for whoever reads the tail (waiters, statistics,
+            // recovery) and then the cells.
+            self.tail.store(st.tail, Ordering::Release);
         }
         Ok(n as usize)
     }
@@ -152,33 +225,34 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         out: &mut [T],
         record: impl FnOnce(&[T]),
     ) -> Result<usize, Stuck> {
-        let mut avail = st.cached_tail.wrapping_sub(st.head);
-        if avail < out.len() as u64 {
-            // SYNC POINT (values ready): Acquire pairs with the producer's Release of `tail`.
+        let mut n = 0;
+        while n < out.len() && self.stamped(st.head.wrapping_add(n as u64)) {
+            out[n] = self.read(st.head.wrapping_add(n as u64));
+            n += 1;
+        }
+        if n == 0 && !out.is_empty() {
+            // Nothing stamped at our head. Only now is the tail read, to tell an empty ring
+            // from a corrupt one: it is published after the stamps, so a tail past our head
+            // with no stamp there (or past the head by more than the ring holds) is a scribble.
+            // SYNC POINT (tail): Acquire pairs with the producer's Release of the tail.
+            // A tail behind our head by at most a ring is no scribble: a producer killed
+            // between its stamps and its tail, whose values we took (recovery publishes it).
             let tail = self.tail.load(Ordering::Acquire);
-            if !self.moved_forward(st.cached_tail, tail) {
+            let behind = st.head.wrapping_sub(tail) <= self.capacity() as u64;
+            if !behind && !self.stamped(st.head) {
                 return Err(Stuck);
             }
-            self.check(st.head, tail)?;
-            st.cached_tail = tail;
-            avail = tail.wrapping_sub(st.head);
-        }
-        let n = avail.min(out.len() as u64);
-        for (k, slot) in out[..n as usize].iter_mut().enumerate() {
-            *slot = self
-                .cells
-                .read((st.head.wrapping_add(k as u64) & self.mask) as usize);
         }
         if n > 0 {
-            record(&out[..n as usize]);
+            record(&out[..n]);
             if crate::sync::death::cut() {
                 return Err(Stuck);
             }
-            st.head = st.head.wrapping_add(n);
+            st.head = st.head.wrapping_add(n as u64);
             // SYNC POINT (slots freed): Release pairs with the producer's Acquire of `head`.
             self.head.store(st.head, Ordering::Release);
         }
-        Ok(n as usize)
+        Ok(n)
     }
 
     /// How many values the producer can push now (refreshing its view of the head if needed).
@@ -197,7 +271,28 @@ impl<'a, T: Pod> SpscRing<'a, T> {
 
     /// Whether the consumer would find a value now (for waiting; no state change).
     pub fn has_values(&self, st: &ConsumerState) -> bool {
-        self.tail.load(Ordering::Acquire) != st.head
+        self.stamped(st.head)
+    }
+
+    /// Whether the value `i` places after position `base` was pushed: the published tail passed
+    /// it, or its cell carries its stamp (a producer that died between its stamps and its tail
+    /// pushed it too, and the consumer may already have taken it).
+    pub fn pushed(&self, base: u64, i: u64) -> bool {
+        self.tail.load(Ordering::Acquire).wrapping_sub(base) > i
+            || self.stamped(base.wrapping_add(i))
+    }
+
+    /// Publishes the tail over every stamped cell past it: what a producer that died between
+    /// its stamps and its tail left to do (recovery, before another producer takes the ring).
+    pub fn settle_tail(&self) {
+        let mut tail = self.tail.load(Ordering::Acquire);
+        let start = tail;
+        while tail.wrapping_sub(start) < self.capacity() as u64 && self.stamped(tail) {
+            tail = tail.wrapping_add(1);
+        }
+        if tail != start {
+            self.tail.store(tail, Ordering::Release);
+        }
     }
 
     /// Whether the producer would find room now.
@@ -244,10 +339,10 @@ impl ConsumerState {
 }
 
 #[cfg(test)]
-impl ConsumerState {
-    /// Forgets the cached tail, so the next pop reads the shared word (tests only).
-    pub(crate) fn cached_tail_for_test(&mut self, _: u64) {
-        self.cached_tail = self.head;
+impl<'a, T: Pod> SpscRing<'a, T> {
+    /// The words of the cell for `pos` (tests only: a peer scribbling on them).
+    pub(crate) fn cell_for_test(&self, pos: u64) -> &'a [AtomicU64] {
+        self.cell(pos)
     }
 }
 

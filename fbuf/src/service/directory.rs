@@ -321,6 +321,11 @@ impl<'p> Directory<'p> {
         let mut u = *self.layout.units.get((e.first_unit + k) as usize)?;
         u.capacity = e.spec.capacity as usize;
         u.mpmc = e.spec.kind.mpmc();
+        if !u.mpmc {
+            // SPSC cells carry their stamps: they start where the MPMC stamps would (the unit
+            // has room for either, see `layout::unit_at`).
+            u.values_offset = u.stamps_offset;
+        }
         Some(u)
     }
 
@@ -417,7 +422,7 @@ impl Locked<'_, '_> {
         w[14].store(0, Ordering::Relaxed);
         w[15].store(0, Ordering::Relaxed);
         for u in &d.layout.units[first as usize..(first + spec.rings) as usize] {
-            reset_unit(d.pool, u);
+            reset_unit(d.pool, u, spec.kind.mpmc());
         }
         // SYNC POINT (service live): Release pairs with the Acquire in `read`: whoever sees LIVE
         // sees the fields and the reset units.
@@ -524,9 +529,13 @@ fn first_fit(used: &[bool], n: usize) -> Option<usize> {
     None
 }
 
-/// Resets a unit a new service takes: no endpoints, empty ring, MPMC stamps fresh. Nobody else
-/// touches a unit while no live entry holds it.
-fn reset_unit(pool: &Pool, u: &UnitLayout) {
+/// Resets a unit a new service of flavour `mpmc` takes: no endpoints, an empty ring. `u` is the
+/// unit as laid out (room for either flavour at the full ring capacity): every cell word is
+/// cleared, which leaves no SPSC stamp of an earlier life at a position a new life will expect
+/// (a service that sent fewer values than its ring holds left stamps a new consumer would take
+/// as fresh), then MPMC stamps start fresh. Nobody else touches a unit while no live entry holds
+/// it.
+fn reset_unit(pool: &Pool, u: &UnitLayout, mpmc: bool) {
     let c = pool.shared().control();
     for w in c.atomics_u64(u.endpoint_offset, 4) {
         w.store(0, Ordering::Relaxed);
@@ -539,12 +548,17 @@ fn reset_unit(pool: &Pool, u: &UnitLayout) {
     zero32(&c.atomics_u32(u.space_bell_offset, 2)[1]);
     c.atomics_u64(u.head_offset, 1)[0].store(0, Ordering::Relaxed);
     c.atomics_u64(u.tail_offset, 1)[0].store(0, Ordering::Relaxed);
-    for (i, s) in c
-        .atomics_u64(u.stamps_offset, u.capacity)
-        .iter()
-        .enumerate()
-    {
-        s.store(i as u64, Ordering::Relaxed);
+    for w in c.atomics_u64(u.stamps_offset, u.capacity * crate::layout::CELL_BYTES / 8) {
+        w.store(0, Ordering::Relaxed);
+    }
+    if mpmc {
+        for (i, s) in c
+            .atomics_u64(u.stamps_offset, u.capacity)
+            .iter()
+            .enumerate()
+        {
+            s.store(i as u64, Ordering::Relaxed);
+        }
     }
 }
 

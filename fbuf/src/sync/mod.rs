@@ -86,6 +86,22 @@ pub mod death {
     #[cfg(loom)]
     pub fn die_after(steps: usize) {
         BUDGET.with(|b| b.set(Some(steps)));
+        DIED.with(|d| d.set(false));
+    }
+
+    #[cfg(loom)]
+    loom::thread_local! {
+        static DIED: std::cell::Cell<bool> = std::cell::Cell::new(false);
+    }
+
+    /// Whether a step of this thread was cut (its death happened at a `cut`), as opposed to its
+    /// budget being spent: a thread with no steps left dies at its next `cut`, wherever that is.
+    #[inline(always)]
+    pub fn died() -> bool {
+        #[cfg(loom)]
+        return DIED.with(|d| d.get());
+        #[cfg(not(loom))]
+        false
     }
 
     /// Whether this thread has died, without spending a step.
@@ -102,7 +118,10 @@ pub mod death {
     pub fn cut() -> bool {
         #[cfg(loom)]
         return BUDGET.with(|b| match b.get() {
-            Some(0) => true,
+            Some(0) => {
+                DIED.with(|d| d.set(true));
+                true
+            }
             Some(n) => {
                 b.set(Some(n - 1));
                 false
