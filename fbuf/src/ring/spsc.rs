@@ -52,7 +52,14 @@ pub struct ProducerState {
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerState {
     head: u64,
+    /// Pops in a row that found nothing (see `TAIL_CHECK_EVERY`).
+    idle: u32,
 }
+
+/// A consumer polling an empty ring reads the tail on its first empty poll and then on every
+/// this-many-th: enough to tell a corrupt ring within a bounded wait, without pulling the tail's
+/// line away from the producer on every poll (its next publication would wait for it back).
+const TAIL_CHECK_EVERY: u32 = 64;
 
 impl<'a, T: Pod> SpscRing<'a, T> {
     /// A view over `head`, `tail` and the cells (`capacity * cell_words::<T>()` words).
@@ -150,7 +157,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         let head = self.head.load(Ordering::Acquire);
         let tail = self.tail.load(Ordering::Acquire);
         self.check(head, tail)?;
-        Ok(ConsumerState { head })
+        Ok(ConsumerState { head, idle: 0 })
     }
 
     /// Positions are free-running counters that another process writes, so every sum and
@@ -231,17 +238,22 @@ impl<'a, T: Pod> SpscRing<'a, T> {
             n += 1;
         }
         if n == 0 && !out.is_empty() {
-            // Nothing stamped at our head. Only now is the tail read, to tell an empty ring
+            // Nothing stamped at our head. Now and then the tail is read, to tell an empty ring
             // from a corrupt one: it is published after the stamps, so a tail past our head
             // with no stamp there (or past the head by more than the ring holds) is a scribble.
-            // SYNC POINT (tail): Acquire pairs with the producer's Release of the tail.
-            // A tail behind our head by at most a ring is no scribble: a producer killed
-            // between its stamps and its tail, whose values we took (recovery publishes it).
-            let tail = self.tail.load(Ordering::Acquire);
-            let behind = st.head.wrapping_sub(tail) <= self.capacity() as u64;
-            if !behind && !self.stamped(st.head) {
-                return Err(Stuck);
+            // A tail behind our head by at most a ring is no scribble: a producer killed between
+            // its stamps and its tail, whose values we took (recovery publishes it).
+            if st.idle.is_multiple_of(TAIL_CHECK_EVERY) {
+                // SYNC POINT (tail): Acquire pairs with the producer's Release of the tail.
+                let tail = self.tail.load(Ordering::Acquire);
+                let behind = st.head.wrapping_sub(tail) <= self.capacity() as u64;
+                if !behind && !self.stamped(st.head) {
+                    return Err(Stuck);
+                }
             }
+            st.idle = st.idle.wrapping_add(1);
+        } else {
+            st.idle = 0;
         }
         if n > 0 {
             record(&out[..n]);
