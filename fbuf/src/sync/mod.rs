@@ -38,7 +38,7 @@ pub mod seeded {
         UnlockedLastRelease = 2,
         /// A waiter sleeps without re-checking its condition after announcing itself.
         NoSleeperRecheck = 3,
-        /// The SPSC producer publishes its tail with `Relaxed` instead of `Release`.
+        /// The SPSC producer publishes a cell's stamp with `Relaxed` instead of `Release`.
         RelaxedSpscPublish = 4,
         /// The epoll receiver's clear does not re-arm the notifier helper.
         ClearWithoutArming = 5,
