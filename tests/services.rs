@@ -244,14 +244,8 @@ fn a_service_whose_last_user_is_killed_goes_with_it() {
 }
 
 /// The directory lock word and entry 0's state word, as a hostile peer would write them.
-fn directory_words() -> (u64, u64) {
-    let l = fbuf::layout::Layout::compute(
-        &config().classes,
-        &[],
-        config().services,
-        config().participant_limits(),
-    )
-    .unwrap();
+fn directory_words(attacker: &common::Attacker) -> (u64, u64) {
+    let l = &attacker.layout;
     (
         l.services.lock_offset as u64,
         l.services.entries_offset as u64,
@@ -262,7 +256,7 @@ fn directory_words() -> (u64, u64) {
 fn a_lock_left_by_a_dead_holder_is_taken_over_and_half_work_repaired() {
     let owner = Owner::new(config());
     let attacker = common::Attacker::new(&owner.pool, &config());
-    let (lock, entries) = directory_words();
+    let (lock, entries) = directory_words(&attacker);
     // Participant 7 (never admitted: dead) holds the lock, and left entry 0 half-created.
     attacker
         .word(lock as usize)
@@ -294,7 +288,7 @@ fn a_lock_left_by_a_dead_holder_is_taken_over_and_half_work_repaired() {
 fn scribbled_directory_entries_are_skipped_not_followed() {
     let owner = Owner::new(config());
     let attacker = common::Attacker::new(&owner.pool, &config());
-    let (_, entries) = directory_words();
+    let (_, entries) = directory_words(&attacker);
     // A "live" entry with an absurd kind, ring range and name length.
     for (w, v) in [(0, 2u64), (1, (1 << 40) | 9), (2, u64::MAX), (4, u64::MAX)] {
         attacker
@@ -597,7 +591,7 @@ fn events_reach_a_listener_in_another_thread_and_its_eventfd() {
 fn a_lock_held_by_a_live_peer_gives_busy_not_a_hang_and_is_taken_over_once_it_dies() {
     let owner = Owner::new(config());
     let attacker = common::Attacker::new(&owner.pool, &config());
-    let (lock, _) = directory_words();
+    let (lock, _) = directory_words(&attacker);
     let mut holder = KillOnDrop(
         peer(&["hold", &owner.socket(), "1"])
             .stderr(Stdio::piped())
@@ -606,14 +600,7 @@ fn a_lock_held_by_a_live_peer_gives_busy_not_a_hang_and_is_taken_over_once_it_di
     );
     assert_eq!(common::first_line(&mut holder), "READY 1");
     // The live peer (participant 1) "holds" the directory lock: word = epoch << 32 | id + 1.
-    let layout = fbuf::layout::Layout::compute(
-        &config().classes,
-        &[],
-        config().services,
-        config().participant_limits(),
-    )
-    .unwrap();
-    let entry = layout.participants_offset + fbuf::layout::PARTICIPANT_ENTRY_SIZE;
+    let entry = attacker.layout.participants_offset + fbuf::layout::PARTICIPANT_ENTRY_SIZE;
     let epoch = attacker.word(entry + 8).load(Ordering::SeqCst) >> 32;
     attacker
         .word(lock as usize)
@@ -714,7 +701,12 @@ fn a_service_created_again_on_a_used_ring_sees_no_ghosts_of_the_last() {
         .create()
         .unwrap();
     for life in 0..3u64 {
-        let svc = pool.service("s").stream::<u64>().create().unwrap();
+        let svc = pool
+            .service("s")
+            .stream::<u64>()
+            .capacity(1024)
+            .create()
+            .unwrap();
         let mut tx = svc.sender().unwrap();
         let mut rx = svc.receiver().unwrap();
         // Fewer values each life (600, 400, 200 of a ring of 1024): the new receiver then

@@ -36,7 +36,7 @@
 //! Every word here is written by one participant and read by others only after its death; the
 //! recoverer treats what it reads as untrusted (a bad state, count or position is skipped).
 
-use crate::alloc::{ClassSlots, LocalRefs, SlotError};
+use crate::alloc::{ClassSlots, LocalRefs, MAX_IN_FLIGHT, SlotError};
 use crate::ring::{MpmcRing, SpscRing};
 use crate::sync::death::cut;
 use crate::sync::{AtomicU64, Ordering};
@@ -417,7 +417,8 @@ pub fn lend(
     let set_all = |state| entries.clone().for_each(|e| j.set(e, state));
     // The common case, the only handle of a slot nobody else holds: a move without a locked
     // instruction (see `ClassSlots::hand_off_alone`), journaled like the one below.
-    let alone = || s.class.owns_alone(s.slot, s.generation, s.me, n);
+    let alone =
+        || (1..=MAX_IN_FLIGHT).contains(&n) && s.class.owns_alone(s.slot, s.generation, s.me);
     let moved = s.local.give_only(s.index, alone, || {
         set_all(State::Lending(Lend::Move));
         if cut() {

@@ -62,7 +62,7 @@ pub const DESC_WORDS: usize = 2;
 
 /// Words of one SPSC ring cell: a stamp beside the descriptor, padded to 32 bytes (see
 /// `ring::spsc`: the consumer reads the stamp and the value in one cache line).
-pub const SPSC_CELL_WORDS: usize = crate::ring::spsc::cell_words::<[u64; DESC_WORDS]>();
+pub const SPSC_CELL_WORDS: usize = crate::ring::cells::stamped_cell_words::<[u64; DESC_WORDS]>();
 
 /// Bytes a ring unit reserves per cell: the larger of an MPMC cell (stamp word and descriptor
 /// in separate arrays) and an SPSC cell.
@@ -186,6 +186,17 @@ pub struct HeaderFields {
     pub services_per_participant: u32,
 }
 
+impl HeaderFields {
+    /// The participant limits the header records.
+    pub fn participant_limits(&self) -> ParticipantLimits {
+        ParticipantLimits {
+            max: self.max_participants,
+            endpoints: self.endpoints_per_participant,
+            services: self.services_per_participant,
+        }
+    }
+}
+
 /// Where one ring unit (a ring, its endpoints and doorbells) lies in the control region. Offsets
 /// are absolute; every field starts on its own cache line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,11 +211,36 @@ pub struct UnitLayout {
     pub space_bell_offset: usize,
     pub head_offset: usize,
     pub tail_offset: usize,
-    /// MPMC only: one stamp per cell.
+    /// Where the cells begin. MPMC: one stamp per cell here, the descriptors at
+    /// `values_offset`. SPSC: cells of a stamp and a descriptor ([`SPSC_CELL_WORDS`] words) from
+    /// here, `values_offset` equal to it.
     pub stamps_offset: usize,
     pub values_offset: usize,
     pub capacity: usize,
     pub mpmc: bool,
+}
+
+impl UnitLayout {
+    /// The same unit used as a ring of `capacity` cells (at most the one laid out, which the
+    /// caller checked) of the given flavour: how a service narrows the units it borrows. The unit has room for either flavour
+    /// (see `unit_at`), and the SPSC cells start where the MPMC stamps would.
+    pub fn narrowed(self, capacity: usize, mpmc: bool) -> UnitLayout {
+        UnitLayout {
+            capacity,
+            mpmc,
+            values_offset: if mpmc {
+                self.stamps_offset + self.capacity * 8
+            } else {
+                self.stamps_offset
+            },
+            ..self
+        }
+    }
+
+    /// Words of the cell region as laid out, from `stamps_offset`: room for either flavour.
+    pub fn cell_region_words(&self) -> usize {
+        self.capacity * CELL_BYTES / 8
+    }
 }
 
 /// Where one channel's units lie.

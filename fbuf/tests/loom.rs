@@ -1242,22 +1242,27 @@ fn death_at_every_step_of_an_mpmc_pop() {
     }
 }
 
+/// Asserts that every model in `models` catches `bug` (each run in a child, see [`caught`]).
+fn caught_by_all(bug: Bug, models: &[&str]) {
+    for model in models {
+        assert!(caught(bug, model), "{model} missed {bug:?}");
+    }
+}
+
 #[test]
 fn seeded_recovery_ignoring_the_journal_is_caught() {
     let _g = serial();
-    for model in [
-        "death_at_every_step_of_a_send",
-        "death_at_every_step_of_a_receive",
-        "death_at_every_step_of_a_batch",
-        "death_at_every_step_of_a_publish",
-        "death_at_every_step_of_an_mpmc_push",
-        "death_at_every_step_of_an_mpmc_pop",
-    ] {
-        assert!(
-            caught(Bug::RecoveryIgnoresJournal, model),
-            "{model} missed a recovery that ignores the journal"
-        );
-    }
+    caught_by_all(
+        Bug::RecoveryIgnoresJournal,
+        &[
+            "death_at_every_step_of_a_send",
+            "death_at_every_step_of_a_receive",
+            "death_at_every_step_of_a_batch",
+            "death_at_every_step_of_a_publish",
+            "death_at_every_step_of_an_mpmc_push",
+            "death_at_every_step_of_an_mpmc_pop",
+        ],
+    );
 }
 
 /// A death between a marked step's CAS and its holding bit is only recovered if recovery settles
@@ -1265,13 +1270,11 @@ fn seeded_recovery_ignoring_the_journal_is_caught() {
 #[test]
 fn seeded_recovery_leaving_markers_is_caught() {
     let _g = serial();
-    for model in [
-        "death_at_every_step_of_a_send",
-        "death_at_every_step_of_a_receive",
-    ] {
-        assert!(
-            caught(Bug::RecoveryLeavesMarkers, model),
-            "{model} missed recovery that ignores markers"
-        );
-    }
+    caught_by_all(
+        Bug::RecoveryLeavesMarkers,
+        &[
+            "death_at_every_step_of_a_send",
+            "death_at_every_step_of_a_receive",
+        ],
+    );
 }

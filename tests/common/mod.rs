@@ -124,13 +124,7 @@ impl Attacker {
         let map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
         Attacker {
             map,
-            layout: fbuf::layout::Layout::compute(
-                &config.classes,
-                &config.channels,
-                config.services,
-                config.participant_limits(),
-            )
-            .unwrap(),
+            layout: config.layout().unwrap(),
         }
     }
 

@@ -134,7 +134,8 @@ impl<'a> ClassSlots<'a> {
 
     /// Whether `holder` holds `slot`: it is the slot's owner, or its row byte is set.
     pub fn is_held_by(&self, slot: usize, holder: u32) -> bool {
-        self.state(slot).is_some_and(|s| s.owner() == Some(holder)) || self.in_row(slot, holder)
+        self.state(slot)
+            .is_some_and(|s| self.holds(s, slot, holder))
     }
 
     /// Whether `holder` holds `slot` whose word reads `cur`: the row byte is read only when
@@ -478,25 +479,25 @@ impl<'a> ClassSlots<'a> {
     /// owned by `holder`, no other holder, nothing in flight, no marker". Then nobody else may
     /// change the word (a co-holder, a taker or a marker needs one of those fields set, and
     /// recovery touches only the dead's holdings and markers), so [`ClassSlots::hand_off_alone`]
-    /// may follow without a CAS.
+    /// may follow without a CAS, and a buffer can be made writable again (`Buf::thaw`).
     #[inline]
-    pub fn owns_alone(&self, slot: usize, generation: u32, holder: u32, n: u32) -> bool {
-        n > 0
-            && n <= MAX_IN_FLIGHT
-            && holder < super::state::PARTICIPANT_LIMIT
+    pub fn owns_alone(&self, slot: usize, generation: u32, holder: u32) -> bool {
+        holder < super::state::PARTICIPANT_LIMIT
             && self.states.get(slot).is_some_and(|w| {
                 w.load(Ordering::Relaxed) == SlotState::allocated(generation, holder).0
             })
     }
 
     /// [`ClassSlots::hand_off_n`] for a slot [`ClassSlots::owns_alone`] said `holder` has to
-    /// itself: one plain store, not a CAS. On x86 a CAS is a full barrier: it waited for the
-    /// sender's payload stores to reach lines the receiver last read (one cache-line transfer)
-    /// before the ring was even touched; a store lets those transfers overlap with the ring's.
+    /// itself, into `n` (1 to [`MAX_IN_FLIGHT`]) descriptors: one plain store, not a CAS. On x86 a
+    /// CAS is a full barrier: it waited for the sender's payload stores to reach lines the
+    /// receiver last read (one cache-line transfer) before the ring was even touched; a store
+    /// lets those transfers overlap with the ring's.
     #[inline]
     pub fn hand_off_alone(&self, slot: usize, generation: u32, holder: u32, n: u32) {
-        let alone = SlotState::allocated(generation, holder);
-        let next = SlotState(alone.0 - SlotState::owner_bits(holder)).with_in_flight(n);
+        let next = SlotState::allocated(generation, holder)
+            .with_owner(None)
+            .with_in_flight(n);
         // SYNC POINT (hand-off, alone): Release, like `hand_off_n`: the bytes the owner wrote
         // happen-before the Acquire of whoever takes the descriptor.
         self.states[slot].store(next.0, Ordering::Release);

@@ -138,10 +138,10 @@ impl SlotState {
     /// `self` owned by `owner` (below [`PARTICIPANT_LIMIT`]), or by nobody.
     pub const fn with_owner(self, owner: Option<u32>) -> Self {
         let o = match owner {
-            Some(p) => p as u64 + 1,
+            Some(p) => SlotState::owner_bits(p),
             None => 0,
         };
-        SlotState((self.0 & !OWNER_MASK) | (o << OWNER_SHIFT))
+        SlotState((self.0 & !OWNER_MASK) | o)
     }
 
     /// `self` with `n` holders besides the owner; the caller has checked `n <= MAX_HOLDERS`.

@@ -1,6 +1,7 @@
 //! Buffer handles: [`BufMut`] (exclusive, writable, not yet shared) freezes into [`Buf`]
 //! (read-only, cloneable, shareable). Dropping the last handle of a slot in a process clears that
-//! process's holding (the slot's owner field, or its row byte); the slot is free when no process and no in-flight descriptor holds it.
+//! process's holding (the slot's owner field, or its row byte); the slot is free when no process
+//! and no in-flight descriptor holds it.
 
 use std::fmt;
 use std::mem::ManuallyDrop;
@@ -179,15 +180,9 @@ impl Buf {
         let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
         let class = shared.class(d.class as usize);
         let alone = shared.local.locked(index, |count| {
-            let state = class.state(d.slot as usize);
             let alone = count == 1
                 && shared.writable
-                && state.is_some_and(|s| {
-                    s.generation() == d.generation
-                        && s.in_flight() == 0
-                        && s.holders() == 0
-                        && s.owner() == Some(shared.me)
-                });
+                && class.owns_alone(d.slot as usize, d.generation, shared.me);
             (alone, count)
         });
         if !alone {

@@ -64,6 +64,16 @@ impl PoolConfig {
             services: self.services_per_participant,
         }
     }
+
+    /// Where everything of a pool made from this configuration lies, or what is wrong with it.
+    pub fn layout(&self) -> Result<Layout, LayoutError> {
+        Layout::compute(
+            &self.classes,
+            &self.channels,
+            self.services,
+            self.participant_limits(),
+        )
+    }
 }
 
 /// The shape of a fixed channel (low-level API).
@@ -385,12 +395,7 @@ impl Pool {
     /// magic word last, so a pool seen half-made reads as "not ready". The caller is participant 0,
     /// a producer.
     pub fn create(config: &PoolConfig) -> Result<Pool, PoolCreateError> {
-        let layout = Layout::compute(
-            &config.classes,
-            &config.channels,
-            config.services,
-            config.participant_limits(),
-        )?;
+        let layout = config.layout()?;
         let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
         // Consumers get a read-only fd; mode 0400 keeps them (when of another uid) from reopening
@@ -539,11 +544,7 @@ impl Pool {
             &header.classes[..count],
             &header.channels[..channels],
             header.services,
-            crate::layout::ParticipantLimits {
-                max: header.max_participants,
-                endpoints: header.endpoints_per_participant,
-                services: header.services_per_participant,
-            },
+            header.participant_limits(),
         )?;
         // `u32::MAX` is the read-only inspector, no participant.
         if participant != u32::MAX && participant >= layout.max_participants {
@@ -879,7 +880,7 @@ impl Pool {
 
     /// Participants this pool has room for at once (its ids are below this).
     pub fn max_participants(&self) -> u32 {
-        self.shared.layout.max_participants
+        self.shared.max_participants()
     }
 
     /// The active participants, by id (read from the shared table: untrusted, a snapshot).

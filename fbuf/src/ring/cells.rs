@@ -16,10 +16,23 @@ pub const fn words_of<T>() -> usize {
     std::mem::size_of::<T>().div_ceil(8)
 }
 
-/// `cap` values of `T` as words: value `i` is words `i*W .. (i+1)*W`.
+/// `cap` values of `T` as words: value `i` is words `i*W .. (i+1)*W`, or, with stamps, cell `i`
+/// is a stamp word followed by the value's words, padded to a power of two (see
+/// [`stamped_cell_words`]).
 pub struct Cells<'a, T> {
     words: &'a [AtomicU64],
+    /// Words per cell.
+    stride: usize,
+    /// Where the value starts in its cell: 1 with a stamp in front, else 0.
+    first: usize,
     _t: PhantomData<T>,
+}
+
+/// Words of one cell that carries a stamp beside a value of `T`: the stamp and the value's words,
+/// rounded up to a power of two so that no cell straddles two cache lines (a 16-byte descriptor
+/// takes 4 words, 32 bytes).
+pub const fn stamped_cell_words<T>() -> usize {
+    (1 + words_of::<T>()).next_power_of_two()
 }
 
 impl<'a, T: Pod> Cells<'a, T> {
@@ -29,27 +42,47 @@ impl<'a, T: Pod> Cells<'a, T> {
     /// If `T` is zero-sized or larger than [`MAX_WORDS`] words, or `words` is not a multiple of
     /// the value size: layout bugs, not peer input.
     pub fn new(words: &'a [AtomicU64]) -> Self {
+        Cells::laid_out(words, words_of::<T>(), 0)
+    }
+
+    /// A view of `words` as cells of a stamp and a value ([`stamped_cell_words`] each).
+    ///
+    /// # Panics
+    /// As [`Cells::new`].
+    pub fn stamped(words: &'a [AtomicU64]) -> Self {
+        Cells::laid_out(words, stamped_cell_words::<T>(), 1)
+    }
+
+    fn laid_out(words: &'a [AtomicU64], stride: usize, first: usize) -> Self {
         let w = words_of::<T>();
         assert!(
             w > 0 && w <= MAX_WORDS,
             "ring values are 1 to {} bytes",
             MAX_WORDS * 8
         );
-        assert!(words.len().is_multiple_of(w));
+        assert!(words.len().is_multiple_of(stride));
         Cells {
             words,
+            stride,
+            first,
             _t: PhantomData,
         }
     }
 
     /// Number of values.
     pub fn len(&self) -> usize {
-        self.words.len() / words_of::<T>()
+        self.words.len() / self.stride
     }
 
     /// Whether there is room for no value at all.
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
+    }
+
+    /// The stamp word of cell `i` (stamped cells only).
+    pub fn stamp(&self, i: usize) -> &'a AtomicU64 {
+        debug_assert_eq!(self.first, 1, "cells without stamps");
+        &self.words[i * self.stride]
     }
 
     /// Writes value `i`. Relaxed: the ring's stamp or index store publishes it.
@@ -58,8 +91,9 @@ impl<'a, T: Pod> Cells<'a, T> {
         let mut buf = [0u64; MAX_WORDS];
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf[..w])[..std::mem::size_of::<T>()]
             .copy_from_slice(bytemuck::bytes_of(&value));
+        let at = i * self.stride + self.first;
         for (k, word) in buf[..w].iter().enumerate() {
-            self.words[i * w + k].store(*word, Ordering::Relaxed);
+            self.words[at + k].store(*word, Ordering::Relaxed);
         }
     }
 
@@ -67,8 +101,9 @@ impl<'a, T: Pod> Cells<'a, T> {
     pub fn read(&self, i: usize) -> T {
         let w = words_of::<T>();
         let mut buf = [0u64; MAX_WORDS];
+        let at = i * self.stride + self.first;
         for (k, word) in buf[..w].iter_mut().enumerate() {
-            *word = self.words[i * w + k].load(Ordering::Relaxed);
+            *word = self.words[at + k].load(Ordering::Relaxed);
         }
         bytemuck::pod_read_unaligned(
             &bytemuck::cast_slice::<u64, u8>(&buf[..w])[..std::mem::size_of::<T>()],

@@ -18,16 +18,10 @@
 
 use bytemuck::Pod;
 
-use super::cells::{MAX_WORDS, words_of};
+use super::cells::Cells;
 use super::mpmc::Stuck;
 use crate::sync::seeded::{self, Bug};
 use crate::sync::{AtomicU64, Ordering};
-
-/// Words per cell for values of `T`: the stamp and the value's words, rounded up to a power of
-/// two so that no cell straddles two cache lines (a 16-byte descriptor takes 4 words, 32 bytes).
-pub const fn cell_words<T>() -> usize {
-    (1 + words_of::<T>()).next_power_of_two()
-}
 
 /// A view of an SPSC ring's shared words.
 pub struct SpscRing<'a, T> {
@@ -35,10 +29,9 @@ pub struct SpscRing<'a, T> {
     head: &'a AtomicU64,
     /// Values pushed so far. Written by the producer only, after the batch's stamps.
     tail: &'a AtomicU64,
-    /// `capacity` cells of [`cell_words`] words: the stamp, then the value.
-    cells: &'a [AtomicU64],
+    /// `capacity` cells of a stamp and a value.
+    cells: Cells<'a, T>,
     mask: u64,
-    _t: std::marker::PhantomData<T>,
 }
 
 /// The producer's private state.
@@ -62,67 +55,35 @@ pub struct ConsumerState {
 const TAIL_CHECK_EVERY: u32 = 64;
 
 impl<'a, T: Pod> SpscRing<'a, T> {
-    /// A view over `head`, `tail` and the cells (`capacity * cell_words::<T>()` words).
+    /// A view over `head`, `tail` and the cells (`capacity * cells::stamped_cell_words::<T>()`
+    /// words).
     ///
     /// # Panics
     /// If the capacity is not a power of two or `T` is larger than the ring carries (layout
     /// bugs, not peer input).
     pub fn new(head: &'a AtomicU64, tail: &'a AtomicU64, cells: &'a [AtomicU64]) -> Self {
-        let w = words_of::<T>();
+        let cells = Cells::stamped(cells);
         assert!(
-            w > 0 && w <= MAX_WORDS,
-            "ring values are 1 to {} bytes",
-            MAX_WORDS * 8
-        );
-        let cap = cells.len() / cell_words::<T>();
-        assert!(
-            cap.is_power_of_two() && cells.len() == cap * cell_words::<T>(),
+            cells.len().is_power_of_two(),
             "SPSC capacity must be a power of two"
         );
+        let mask = cells.len() as u64 - 1;
         SpscRing {
             head,
             tail,
             cells,
-            mask: cap as u64 - 1,
-            _t: std::marker::PhantomData,
+            mask,
         }
     }
 
     /// Capacity in values.
     pub fn capacity(&self) -> usize {
-        self.cells.len() / cell_words::<T>()
+        self.cells.len()
     }
 
-    /// The words of the cell for position `pos`: its stamp, then its value.
-    fn cell(&self, pos: u64) -> &'a [AtomicU64] {
-        let w = cell_words::<T>();
-        let i = (pos & self.mask) as usize * w;
-        &self.cells[i..i + w]
-    }
-
-    /// Writes `value` into the cell for `pos` (Relaxed: the stamp publishes it).
-    fn write(&self, pos: u64, value: T) {
-        let cell = self.cell(pos);
-        let w = words_of::<T>();
-        let mut buf = [0u64; MAX_WORDS];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut buf[..w])[..std::mem::size_of::<T>()]
-            .copy_from_slice(bytemuck::bytes_of(&value));
-        for (k, word) in buf[..w].iter().enumerate() {
-            cell[1 + k].store(*word, Ordering::Relaxed);
-        }
-    }
-
-    /// Reads the value of the cell for `pos` (Relaxed: its stamp was acquired).
-    fn read(&self, pos: u64) -> T {
-        let cell = self.cell(pos);
-        let w = words_of::<T>();
-        let mut buf = [0u64; MAX_WORDS];
-        for (k, word) in buf[..w].iter_mut().enumerate() {
-            *word = cell[1 + k].load(Ordering::Relaxed);
-        }
-        bytemuck::pod_read_unaligned(
-            &bytemuck::cast_slice::<u64, u8>(&buf[..w])[..std::mem::size_of::<T>()],
-        )
+    /// The cell index of position `pos`.
+    fn index(&self, pos: u64) -> usize {
+        (pos & self.mask) as usize
     }
 
     /// Whether the cell for `pos` holds the value pushed at `pos`.
@@ -130,15 +91,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         // SYNC POINT (value ready): Acquire pairs with the producer's Release of the stamp, so
         // the value's words (and whatever the producer did before, such as writing the buffer
         // a descriptor names) are visible.
-        self.cell(pos)[0].load(Ordering::Acquire) == pos.wrapping_add(1)
-    }
-
-    /// Clears every stamp, for a ring that starts again at position 0 (a unit a new service
-    /// takes): a stamp left from an earlier life at the same position would read as a value.
-    pub fn clear(&self) {
-        for w in self.cells {
-            w.store(0, Ordering::Relaxed);
-        }
+        self.cells.stamp(self.index(pos)).load(Ordering::Acquire) == pos.wrapping_add(1)
     }
 
     /// The producer's state, read from the shared words (validated).
@@ -204,8 +157,10 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         };
         for (k, v) in values[..n as usize].iter().enumerate() {
             let pos = st.tail.wrapping_add(k as u64);
-            self.write(pos, *v);
-            self.cell(pos)[0].store(pos.wrapping_add(1), order);
+            self.cells.write(self.index(pos), *v);
+            self.cells
+                .stamp(self.index(pos))
+                .store(pos.wrapping_add(1), order);
         }
         if n > 0 {
             if crate::sync::death::cut() {
@@ -234,7 +189,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
     ) -> Result<usize, Stuck> {
         let mut n = 0;
         while n < out.len() && self.stamped(st.head.wrapping_add(n as u64)) {
-            out[n] = self.read(st.head.wrapping_add(n as u64));
+            out[n] = self.cells.read(self.index(st.head.wrapping_add(n as u64)));
             n += 1;
         }
         if n == 0 && !out.is_empty() {
@@ -352,9 +307,9 @@ impl ConsumerState {
 
 #[cfg(test)]
 impl<'a, T: Pod> SpscRing<'a, T> {
-    /// The words of the cell for `pos` (tests only: a peer scribbling on them).
-    pub(crate) fn cell_for_test(&self, pos: u64) -> &'a [AtomicU64] {
-        self.cell(pos)
+    /// The stamp word of the cell for `pos` (tests only: a peer scribbling on it).
+    pub(crate) fn stamp_for_test(&self, pos: u64) -> &'a AtomicU64 {
+        self.cells.stamp(self.index(pos))
     }
 }
 

@@ -318,15 +318,8 @@ impl<'p> Directory<'p> {
         if k >= e.spec.rings {
             return None;
         }
-        let mut u = *self.layout.units.get((e.first_unit + k) as usize)?;
-        u.capacity = e.spec.capacity as usize;
-        u.mpmc = e.spec.kind.mpmc();
-        if !u.mpmc {
-            // SPSC cells carry their stamps: they start where the MPMC stamps would (the unit
-            // has room for either, see `layout::unit_at`).
-            u.values_offset = u.stamps_offset;
-        }
-        Some(u)
+        let u = self.layout.units.get((e.first_unit + k) as usize)?;
+        Some(u.narrowed(e.spec.capacity as usize, e.spec.kind.mpmc()))
     }
 
     /// The layout of the service unit a journal names (`SERVICE_UNIT | pool unit index`), if a
@@ -548,7 +541,7 @@ fn reset_unit(pool: &Pool, u: &UnitLayout, mpmc: bool) {
     zero32(&c.atomics_u32(u.space_bell_offset, 2)[1]);
     c.atomics_u64(u.head_offset, 1)[0].store(0, Ordering::Relaxed);
     c.atomics_u64(u.tail_offset, 1)[0].store(0, Ordering::Relaxed);
-    for w in c.atomics_u64(u.stamps_offset, u.capacity * crate::layout::CELL_BYTES / 8) {
+    for w in c.atomics_u64(u.stamps_offset, u.cell_region_words()) {
         w.store(0, Ordering::Relaxed);
     }
     if mpmc {
