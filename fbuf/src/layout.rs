@@ -278,8 +278,9 @@ pub struct ServiceLayout {
     pub refs_offset: usize,
     /// Reference words (open services) per participant.
     pub refs_per_participant: usize,
-    /// The ring units, each laid out for MPMC use at `limits.ring_capacity`; a service narrows
-    /// the capacity and flavour of the units it borrows.
+    /// The ring units, each laid out at `limits.ring_capacity` with room for either flavour; a
+    /// service narrows the capacity and flavour of the units it borrows
+    /// ([`UnitLayout::narrowed`]).
     pub units: Vec<UnitLayout>,
 }
 
