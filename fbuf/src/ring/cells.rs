@@ -16,15 +16,11 @@ pub const fn words_of<T>() -> usize {
     std::mem::size_of::<T>().div_ceil(8)
 }
 
-/// `cap` values of `T` as words: value `i` is words `i*W .. (i+1)*W`, or, with stamps, cell `i`
+/// `cap` values of `T` as words: value `i` is words `i*W .. (i+1)*W`; with `STAMPED`, cell `i`
 /// is a stamp word followed by the value's words, padded to a power of two (see
-/// [`stamped_cell_words`]).
-pub struct Cells<'a, T> {
+/// [`stamped_cell_words`]). The layout is a type parameter, so index arithmetic stays constant.
+pub struct Cells<'a, T, const STAMPED: bool = false> {
     words: &'a [AtomicU64],
-    /// Words per cell.
-    stride: usize,
-    /// Where the value starts in its cell: 1 with a stamp in front, else 0.
-    first: usize,
     _t: PhantomData<T>,
 }
 
@@ -35,54 +31,43 @@ pub const fn stamped_cell_words<T>() -> usize {
     (1 + words_of::<T>()).next_power_of_two()
 }
 
-impl<'a, T: Pod> Cells<'a, T> {
-    /// A view of `words`, which must hold a whole number of values.
+impl<'a, T: Pod, const STAMPED: bool> Cells<'a, T, STAMPED> {
+    /// Words per cell.
+    const STRIDE: usize = if STAMPED {
+        stamped_cell_words::<T>()
+    } else {
+        words_of::<T>()
+    };
+    /// Where the value starts in its cell: after the stamp, if any.
+    const FIRST: usize = STAMPED as usize;
+
+    /// A view of `words`, which must hold a whole number of cells.
     ///
     /// # Panics
     /// If `T` is zero-sized or larger than [`MAX_WORDS`] words, or `words` is not a multiple of
-    /// the value size: layout bugs, not peer input.
+    /// the cell size: layout bugs, not peer input.
     pub fn new(words: &'a [AtomicU64]) -> Self {
-        Cells::laid_out(words, words_of::<T>(), 0)
-    }
-
-    /// A view of `words` as cells of a stamp and a value ([`stamped_cell_words`] each).
-    ///
-    /// # Panics
-    /// As [`Cells::new`].
-    pub fn stamped(words: &'a [AtomicU64]) -> Self {
-        Cells::laid_out(words, stamped_cell_words::<T>(), 1)
-    }
-
-    fn laid_out(words: &'a [AtomicU64], stride: usize, first: usize) -> Self {
         let w = words_of::<T>();
         assert!(
             w > 0 && w <= MAX_WORDS,
             "ring values are 1 to {} bytes",
             MAX_WORDS * 8
         );
-        assert!(words.len().is_multiple_of(stride));
+        assert!(words.len().is_multiple_of(Self::STRIDE));
         Cells {
             words,
-            stride,
-            first,
             _t: PhantomData,
         }
     }
 
     /// Number of values.
     pub fn len(&self) -> usize {
-        self.words.len() / self.stride
+        self.words.len() / Self::STRIDE
     }
 
     /// Whether there is room for no value at all.
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
-    }
-
-    /// The stamp word of cell `i` (stamped cells only).
-    pub fn stamp(&self, i: usize) -> &'a AtomicU64 {
-        debug_assert_eq!(self.first, 1, "cells without stamps");
-        &self.words[i * self.stride]
     }
 
     /// Writes value `i`. Relaxed: the ring's stamp or index store publishes it.
@@ -91,7 +76,7 @@ impl<'a, T: Pod> Cells<'a, T> {
         let mut buf = [0u64; MAX_WORDS];
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf[..w])[..std::mem::size_of::<T>()]
             .copy_from_slice(bytemuck::bytes_of(&value));
-        let at = i * self.stride + self.first;
+        let at = i * Self::STRIDE + Self::FIRST;
         for (k, word) in buf[..w].iter().enumerate() {
             self.words[at + k].store(*word, Ordering::Relaxed);
         }
@@ -101,7 +86,7 @@ impl<'a, T: Pod> Cells<'a, T> {
     pub fn read(&self, i: usize) -> T {
         let w = words_of::<T>();
         let mut buf = [0u64; MAX_WORDS];
-        let at = i * self.stride + self.first;
+        let at = i * Self::STRIDE + Self::FIRST;
         for (k, word) in buf[..w].iter_mut().enumerate() {
             *word = self.words[at + k].load(Ordering::Relaxed);
         }
@@ -111,7 +96,14 @@ impl<'a, T: Pod> Cells<'a, T> {
     }
 }
 
-impl<T> std::fmt::Debug for Cells<'_, T> {
+impl<'a, T: Pod> Cells<'a, T, true> {
+    /// The stamp word of cell `i`.
+    pub fn stamp(&self, i: usize) -> &'a AtomicU64 {
+        &self.words[i * Self::STRIDE]
+    }
+}
+
+impl<T, const STAMPED: bool> std::fmt::Debug for Cells<'_, T, STAMPED> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cells").finish_non_exhaustive()
     }

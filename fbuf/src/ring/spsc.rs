@@ -30,7 +30,7 @@ pub struct SpscRing<'a, T> {
     /// Values pushed so far. Written by the producer only, after the batch's stamps.
     tail: &'a AtomicU64,
     /// `capacity` cells of a stamp and a value.
-    cells: Cells<'a, T>,
+    cells: Cells<'a, T, true>,
     mask: u64,
 }
 
@@ -62,7 +62,7 @@ impl<'a, T: Pod> SpscRing<'a, T> {
     /// If the capacity is not a power of two or `T` is larger than the ring carries (layout
     /// bugs, not peer input).
     pub fn new(head: &'a AtomicU64, tail: &'a AtomicU64, cells: &'a [AtomicU64]) -> Self {
-        let cells = Cells::stamped(cells);
+        let cells = Cells::new(cells);
         assert!(
             cells.len().is_power_of_two(),
             "SPSC capacity must be a power of two"
