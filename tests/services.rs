@@ -483,10 +483,9 @@ fn a_lossy_subscriber_never_makes_the_publisher_wait_not_even_for_slots() {
     let mut publisher = svc.publisher().unwrap();
     let mut sub = svc.lossy_subscriber().unwrap();
     for seq in 0..200u64 {
-        let s = publisher
+        let mut s = publisher
             .loan_timeout(Duration::from_millis(200))
             .unwrap_or_else(|e| panic!("sample {seq}: {e}"));
-        let mut s = s;
         *s = seq;
         assert_eq!(publisher.try_send(s).ok(), Some(1), "sample {seq}");
     }
