@@ -22,9 +22,11 @@
 //! fbuf peer serve   SOCKET NOFILE SIGNALS  own a pool (channel 0: one-to-one) and serve it; with
 //!                                       NOFILE > 0 under that fd limit, with SIGNALS = 1 with a
 //!                                       SIGUSR1 handler installed without SA_RESTART; prints a
-//!                                       STATS line on stdout for each line on stdin
+//!                                       STATS line on stdout for each line on stdin; with a
+//!                                       fourth word SLOTS, its only class is SLOTS slots of 64 B
 //! fbuf peer hold-size SOCKET N SIZE    allocate N buffers of SIZE bytes, say READY, wait
-//! fbuf peer alloc-wait SOCKET SIZE SECS  allocate SIZE bytes, waiting up to SECS for a slot
+//! fbuf peer alloc-wait SOCKET SIZE SECS [N]  allocate N (1) buffers of SIZE bytes, all held at
+//!                                       once, waiting up to SECS in all
 //! fbuf peer send-forever SOCKET CH      send on CH with no timeout until an error; report it
 //! fbuf peer recv-forever SOCKET CH      receive on CH with no timeout until an error; report it
 //! fbuf peer chaos-send|chaos-publish|chaos-recv SOCKET CH ID lossy|-
@@ -70,9 +72,9 @@ pub fn main(args: &[String]) -> ExitCode {
         "send-hold" => send_hold(arg(1), num(2) as usize, num(3)),
         "send-same" => send_same(arg(1), num(2) as usize, num(3), num(4) as usize),
         "snap-orphan" => snap_orphan(),
-        "serve" => serve(arg(1), num(2), num(3) == 1),
+        "serve" => serve(arg(1), num(2), num(3) == 1, arg(4).parse().unwrap_or(0)),
         "hold-size" => hold_size(arg(1), num(2), num(3) as usize),
-        "alloc-wait" => alloc_wait(arg(1), num(2) as usize, num(3)),
+        "alloc-wait" => alloc_wait(arg(1), num(2) as usize, num(3), arg(4).parse().unwrap_or(1)),
         "send-forever" => send_forever(arg(1), num(2) as usize),
         "recv-forever" => recv_forever(arg(1), num(2) as usize),
         "chaos-send" => crate::chaos::send(arg(1), num(2) as usize, num(3)),
@@ -544,7 +546,9 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// An owner process for the session server's tests: it can run under a small fd limit, and with
 /// a signal handler that makes blocking calls fail with `EINTR` instead of restarting.
-fn serve(socket: &str, nofile: u64, signals: bool) -> Res {
+/// Owns a pool and serves it until stdin closes; with `slots64` > 0 its only class is that many
+/// 64-byte slots (a pool whose recovery takes a while).
+fn serve(socket: &str, nofile: u64, signals: bool, slots64: u32) -> Res {
     use std::io::BufRead;
     if nofile > 0 {
         use nix::sys::resource::{Resource, setrlimit};
@@ -561,7 +565,7 @@ fn serve(socket: &str, nofile: u64, signals: bool) -> Res {
         // SAFETY: the handler is an async-signal-safe no-op.
         unsafe { sigaction(Signal::SIGUSR1, &sa) }?;
     }
-    let pool = fbuf::Pool::create(&fbuf::PoolConfig {
+    let mut config = fbuf::PoolConfig {
         channels: vec![fbuf::layout::ChannelSpec {
             kind: fbuf::layout::channel_kind::ONE_TO_ONE,
             capacity: 64,
@@ -569,7 +573,14 @@ fn serve(socket: &str, nofile: u64, signals: bool) -> Res {
             reserved: 0,
         }],
         ..fbuf::PoolConfig::default()
-    })?;
+    };
+    if slots64 > 0 {
+        config.classes = vec![fbuf::layout::ClassSpec {
+            slot_size: 64,
+            slot_count: slots64,
+        }];
+    }
+    let pool = fbuf::Pool::create(&config)?;
     let server = session::Server::start(
         pool.clone(),
         socket,
@@ -617,14 +628,24 @@ fn hold_size(socket: &str, n: u64, size: usize) -> Res {
     }
 }
 
-fn alloc_wait(socket: &str, size: usize, secs: u64) -> Res {
+/// Waits up to `secs` for `n` buffers of `size` bytes, all held at once at the end.
+fn alloc_wait(socket: &str, size: usize, secs: u64, n: usize) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     eprintln!("READY");
     let t = Instant::now();
-    let ok = pool.alloc_timeout(size, Duration::from_secs(secs)).is_ok();
+    let deadline = t + Duration::from_secs(secs);
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pool.alloc_timeout(size, left) {
+            Ok(b) => held.push(b),
+            Err(_) => break,
+        }
+    }
     Ok(format!(
-        "ok={} ms={}",
-        u8::from(ok),
+        "ok={} got={} ms={}",
+        u8::from(held.len() == n),
+        held.len(),
         t.elapsed().as_millis()
     ))
 }

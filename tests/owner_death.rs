@@ -20,10 +20,15 @@ struct Owner {
 
 impl Owner {
     fn start(name: &str) -> Owner {
+        Owner::start_with(name, &[])
+    }
+
+    /// An owner started with `extra` words after `serve SOCKET 0 0` (a slot count).
+    fn start_with(name: &str, extra: &[&str]) -> Owner {
         let dir = std::env::temp_dir().join(format!("fbuf-owner-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("pool.sock").display().to_string();
-        let mut child = peer(&["serve", &socket, "0", "0"])
+        let mut child = peer(&[&["serve", &socket, "0", "0"][..], extra].concat())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -149,4 +154,30 @@ fn survivors_stream_on_and_recover_a_peer_that_dies_after_the_owner() {
         r["count"].parse::<u64>().unwrap() > 1000,
         "the pair streamed on: {r:?}"
     );
+}
+
+/// The owner SIGKILLed in the middle of recovering a dead peer (releasing a million slots it
+/// held): the survivors see that the recovery's recoverer died, take the recovery over and
+/// finish it, and every slot comes back. Before, the dead peer's entry stayed "being
+/// recovered" by nobody alive, and its slots were gone for good.
+#[test]
+fn survivors_finish_a_recovery_the_owner_died_in() {
+    const SLOTS: &str = "1000000";
+    // Kill delays after the holder's death, spread over the owner's recovery of it, so that
+    // rounds land before, inside and after it.
+    for delay_ms in [1, 3, 6, 12, 25, 50] {
+        let mut owner = Owner::start_with(&format!("takeover{delay_ms}"), &[SLOTS]);
+        let (mut holder, _) = spawn(&["hold-size", &owner.socket, SLOTS, "64"]);
+        let (waiter, waiter_err) = spawn(&["alloc-wait", &owner.socket, "64", "30", SLOTS]);
+        std::thread::sleep(Duration::from_millis(50)); // the waiter waits
+        kill(&mut holder);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        owner.kill();
+        let w = finish(waiter, waiter_err, Duration::from_secs(40));
+        eprintln!("owner killed {delay_ms} ms after the holder: {w:?}");
+        assert_eq!(
+            w["ok"], "1",
+            "every slot came back (owner killed {delay_ms} ms after the holder): {w:?}"
+        );
+    }
 }

@@ -608,12 +608,22 @@ pub trait Recoverer {
     fn claimed_by_live(&self, unit: u32, pos: u64) -> bool;
     /// The value a claimed-but-never-filled cell gets, which receivers step over.
     fn tombstone(&self) -> [u64; 2];
+    /// Entry `entry`'s ring steps are done and its in-flight counts are about to be dropped:
+    /// record it as done in the dead participant's journal, so that a survivor that takes the
+    /// recovery over (this recoverer died too) never drops them twice.
+    fn resolved(&mut self, entry: usize);
 }
 
 /// Finishes or undoes the operation a dead participant's journal records: each entry's
 /// [`entry_outcome`], then what only the ring can say (SPSC: whether the published index passed
 /// the entry; MPMC: whether the claimed cell was published or released), completing, skipping or
 /// releasing claimed cells so the ring stays usable.
+///
+/// It may be run again on a record a recoverer that died left half-done: the ring steps are
+/// idempotent (a cell completed or released once is no longer claimed at that position; a tail
+/// settled once has passed the entry), and each entry is marked done ([`Recoverer::resolved`])
+/// after its ring steps and before its discards. A recoverer killed between that mark and a
+/// discard leaves that count undropped (the slot stays out of use), never dropped twice.
 pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
     let mut r = Recovered::default();
     if crate::sync::seeded::active(crate::sync::seeded::Bug::RecoveryIgnoresJournal) {
@@ -677,7 +687,19 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
                 settle(rec, env, &mut r, true);
             }
         }
-        for _ in 0..discard {
+        let late = crate::sync::seeded::active(crate::sync::seeded::Bug::RecoveryResolvesLate);
+        if late {
+            for _ in 0..discard {
+                r.discarded += usize::from(env.discard(value));
+            }
+        }
+        // A recoverer dying here (the models cut it) leaves the entry for the next one, which
+        // repeats only the idempotent ring steps.
+        if cut() {
+            return r;
+        }
+        env.resolved(i);
+        for _ in 0..if late { 0 } else { discard } {
             if env.discard(value) {
                 r.discarded += 1;
             }

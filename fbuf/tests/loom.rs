@@ -49,6 +49,7 @@ fn seed_from_env() {
         Some(5) => Bug::ClearWithoutArming,
         Some(6) => Bug::RecoveryIgnoresJournal,
         Some(7) => Bug::RecoveryLeavesMarkers,
+        Some(8) => Bug::RecoveryResolvesLate,
         _ => Bug::None,
     };
     seeded::set(bug);
@@ -705,6 +706,8 @@ struct ModelEnv<'a> {
     spsc: Option<&'a SpscHeap<[u64; 2]>>,
     /// MPMC rings by journal unit (a publish goes to two).
     mpmc: &'a [Ring<[u64; 2]>],
+    /// The dead participant's journal, where recovery marks the entries it resolved.
+    journal: &'a [fbuf::sync::AtomicU64],
     refused: usize,
 }
 
@@ -736,6 +739,9 @@ impl Recoverer for ModelEnv<'_> {
     }
     fn tombstone(&self) -> [u64; 2] {
         TOMBSTONE
+    }
+    fn resolved(&mut self, entry: usize) {
+        Journal::new(self.journal).set(entry, State::Done);
     }
 }
 
@@ -774,12 +780,33 @@ fn recover_and_check(
     words: &[fbuf::sync::AtomicU64],
     live_holding: Option<usize>,
 ) {
+    recover_twice_and_check(None, class, spsc, mpmc, words, live_holding);
+}
+
+/// [`recover_and_check`], where with `first_dies_after` a first recoverer is cut off after that
+/// many of its steps (it died too) and a second one runs the recovery again from the start, as
+/// `channel::reap` takes over a recovery whose recoverer died.
+fn recover_twice_and_check(
+    first_dies_after: Option<usize>,
+    class: &HeapClass,
+    spsc: Option<&SpscHeap<[u64; 2]>>,
+    mpmc: &[Ring<[u64; 2]>],
+    words: &[fbuf::sync::AtomicU64],
+    live_holding: Option<usize>,
+) {
     let env = &mut ModelEnv {
         class,
         spsc,
         mpmc,
+        journal: words,
         refused: 0,
     };
+    if let Some(steps) = first_dies_after {
+        death::die_after(steps);
+        env.class.slots().settle(DEAD);
+        recover_record(&Journal::new(words).read(), env);
+        death::die_after(usize::MAX); // the second recoverer lives
+    }
     // Steps the dead participant left marked are finished first, as `channel::recover` does.
     env.class.slots().settle(DEAD);
     let rec = Journal::new(words).read();
@@ -946,7 +973,7 @@ fn spsc_recv_death(steps: usize, holding: bool, co_holder: bool) {
 /// Two senders push into an MPMC ring, one of them dying after `steps` journaled steps (before or
 /// after its claim, before publishing): recovery completes or skips its cell, the ring stays
 /// usable (a later push and pop go through), and both slots are accounted for.
-fn mpmc_push_death(steps: usize) {
+fn mpmc_push_death(steps: usize, recoverer: Option<usize>) {
     loom::model(move || {
         let class = Arc::new(HeapClass::new(2));
         let ring = Arc::new(Ring::<[u64; 2]>::new(2));
@@ -995,7 +1022,14 @@ fn mpmc_push_death(steps: usize) {
         };
         dying.join().unwrap();
         live.join().unwrap();
-        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words, None);
+        recover_twice_and_check(
+            recoverer,
+            &class,
+            None,
+            std::slice::from_ref(&*ring),
+            &words,
+            None,
+        );
         // The ring is usable: a push and a pop go through.
         ring.push([7, 7]).unwrap();
         assert_eq!(ring.pop(), Some([7, 7]));
@@ -1004,7 +1038,7 @@ fn mpmc_push_death(steps: usize) {
 
 /// A receiver pops from an MPMC ring and imports, dying after `steps` journaled steps: recovery
 /// releases its claimed cell (the ring stays usable) and drops what it did not import.
-fn mpmc_pop_death(steps: usize) {
+fn mpmc_pop_death(steps: usize, recoverer: Option<usize>) {
     loom::model(move || {
         let class = Arc::new(HeapClass::new(1));
         let ring = Arc::new(Ring::<[u64; 2]>::new(1));
@@ -1041,7 +1075,14 @@ fn mpmc_pop_death(steps: usize) {
             })
         };
         receiver.join().unwrap();
-        recover_and_check(&class, None, std::slice::from_ref(&*ring), &words, None);
+        recover_twice_and_check(
+            recoverer,
+            &class,
+            None,
+            std::slice::from_ref(&*ring),
+            &words,
+            None,
+        );
         ring.push([7, 7]).unwrap();
         assert_eq!(ring.pop(), Some([7, 7]));
     });
@@ -1049,7 +1090,7 @@ fn mpmc_pop_death(steps: usize) {
 
 /// A batch of two sent with one publication: two slots lent one after the other, then one tail
 /// store; the sender is cut off at every step.
-fn spsc_send_batch_death(steps: usize) {
+fn spsc_send_batch_death(steps: usize, recoverer: Option<usize>) {
     loom::model(move || {
         let class = Arc::new(HeapClass::new(2));
         let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
@@ -1083,13 +1124,13 @@ fn spsc_send_batch_death(steps: usize) {
             })
         };
         sender.join().unwrap();
-        recover_and_check(&class, Some(&*ring), &[], &words, None);
+        recover_twice_and_check(recoverer, &class, Some(&*ring), &[], &words, None);
     });
 }
 
 /// A batch of two popped with one head publication, then imported one by one; the receiver is
 /// cut off at every step.
-fn spsc_recv_batch_death(steps: usize) {
+fn spsc_recv_batch_death(steps: usize, recoverer: Option<usize>) {
     loom::model(move || {
         let class = Arc::new(HeapClass::new(2));
         let ring = Arc::new(SpscHeap::<[u64; 2]>::new(2));
@@ -1131,7 +1172,7 @@ fn spsc_recv_batch_death(steps: usize) {
             })
         };
         receiver.join().unwrap();
-        recover_and_check(&class, Some(&*ring), &[], &words, None);
+        recover_twice_and_check(recoverer, &class, Some(&*ring), &[], &words, None);
     });
 }
 
@@ -1186,8 +1227,8 @@ fn death_at_every_step_of_a_batch() {
     let _g = serial();
     seed_from_env();
     for steps in 0..MAX_STEPS {
-        spsc_send_batch_death(steps);
-        spsc_recv_batch_death(steps);
+        spsc_send_batch_death(steps, None);
+        spsc_recv_batch_death(steps, None);
     }
 }
 
@@ -1229,7 +1270,7 @@ fn death_at_every_step_of_an_mpmc_push() {
     let _g = serial();
     seed_from_env();
     for steps in 0..MAX_STEPS {
-        mpmc_push_death(steps);
+        mpmc_push_death(steps, None);
     }
 }
 
@@ -1238,8 +1279,33 @@ fn death_at_every_step_of_an_mpmc_pop() {
     let _g = serial();
     seed_from_env();
     for steps in 0..MAX_STEPS {
-        mpmc_pop_death(steps);
+        mpmc_pop_death(steps, None);
     }
+}
+
+/// A survivor takes over the recovery of a dead participant from a recoverer that died too, cut
+/// off before each entry it had not yet resolved: nothing is dropped twice, nothing is left.
+#[test]
+fn a_recoverer_dying_at_every_step_leaves_it_to_the_next() {
+    let _g = serial();
+    seed_from_env();
+    for steps in 0..MAX_STEPS {
+        for recoverer in 0..3 {
+            spsc_send_batch_death(steps, Some(recoverer));
+            spsc_recv_batch_death(steps, Some(recoverer));
+            mpmc_push_death(steps, Some(recoverer));
+            mpmc_pop_death(steps, Some(recoverer));
+        }
+    }
+}
+
+#[test]
+fn seeded_late_resolving_recovery_is_caught() {
+    let _g = serial();
+    caught_by_all(
+        Bug::RecoveryResolvesLate,
+        &["a_recoverer_dying_at_every_step_leaves_it_to_the_next"],
+    );
 }
 
 /// Asserts that every model in `models` catches `bug` (each run in a child, see [`caught`]).

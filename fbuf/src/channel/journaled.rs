@@ -56,8 +56,12 @@ pub(crate) fn recover(pool: &Pool, dead: u32) -> Recovered {
     for c in 0..s.layout().classes.len() {
         s.class(c).settle(dead);
     }
-    let mut env = Env { pool, dead };
     for k in 0..s.layout().journals_per_participant {
+        let mut env = Env {
+            pool,
+            dead,
+            journal: k,
+        };
         let j = s.journal(dead, k);
         let rec = j.read();
         if rec.op != Op::Idle {
@@ -72,6 +76,8 @@ pub(crate) fn recover(pool: &Pool, dead: u32) -> Recovered {
 struct Env<'p> {
     pool: &'p Pool,
     dead: u32,
+    /// Which of the dead participant's journals is being recovered.
+    journal: usize,
 }
 
 impl Recoverer for Env<'_> {
@@ -126,6 +132,11 @@ impl Recoverer for Env<'_> {
     fn tombstone(&self) -> [u64; 2] {
         Desc::TOMBSTONE.to_words()
     }
+
+    fn resolved(&mut self, entry: usize) {
+        let s = self.pool.shared();
+        s.journal(self.dead, self.journal).set(entry, State::Done);
+    }
 }
 
 /// Whether a live participant's journal says it is claiming or holds position `pos` of `unit`.
@@ -160,11 +171,20 @@ pub struct Reaped {
 /// holdings and frees its table entry. `None` if that participant is not there any more or
 /// someone else is retiring it (the owner, or another survivor).
 pub(crate) fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
-    if id >= pool.shared().max_participants()
-        || !pool.shared().participant(id).begin_recovery(epoch)
-    {
+    let s = pool.shared();
+    if id >= s.max_participants() || !s.participant(id).begin_recovery(epoch, s.me()) {
         return None;
     }
+    Some(retire(pool, id))
+}
+
+/// The retirement proper, once the entry names us as its recoverer. Written to be run again from
+/// the start by a survivor that takes it over after we die part-way ([`reap_dead`]): settling
+/// markers, the ring steps of recovery, dropping a registration and releasing holdings are
+/// idempotent; each journal entry is marked done before its in-flight counts are dropped, and
+/// a ring's queued descriptor is popped before it is dropped, so no count is ever dropped twice
+/// (one cut off in the instant between stays undropped, and its slot out of use).
+fn retire(pool: &Pool, id: u32) -> Reaped {
     let recovered = recover(pool, id);
     let dropped = super::forget_participant(pool, id);
     // Its service references go before its table entry does (a newcomer may take the id), then
@@ -175,11 +195,11 @@ pub(crate) fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
     if let Ok(locked) = dir.lock() {
         locked.collect();
     }
-    Some(Reaped {
+    Reaped {
         recovered,
         dropped,
         reclaimed,
-    })
+    }
 }
 
 /// The survivors' recovery: when the owner is gone, whoever waits retires peers whose liveness
@@ -194,6 +214,16 @@ pub(crate) fn reap_dead(pool: &Pool) {
         let entry = s.participant(id);
         if entry.is_active() && !pool.is_alive(id) {
             reap(pool, id, entry.epoch());
+        } else if let Some(recoverer) = entry.recoverer() {
+            // Its recoverer (the owner, or a survivor) died before it finished: take it over.
+            // A dead recoverer's id is not given to anyone else meanwhile: only the owner
+            // admits, and it is dead or it is the one that died.
+            if recoverer != s.me()
+                && !pool.is_alive(recoverer)
+                && entry.take_over_recovery(recoverer, s.me())
+            {
+                retire(pool, id);
+            }
         }
     }
 }

@@ -65,9 +65,13 @@ impl Sender {
         let unit = Unit::new(pool, layout);
         let spsc = match unit.ring() {
             UnitRing::Spsc(r) => {
+                // With the owner gone, a dead predecessor's recovery (or one its recoverer left
+                // unfinished) is ours to run before the claim below can clear.
+                pool.reap_if_due();
                 // One sender, this process included: two would each keep their own producer
-                // indices and overwrite each other's cells.
-                if unit.has_live_sender() {
+                // indices and overwrite each other's cells. A dead one's recovery must finish
+                // first (it publishes the tail over cells the dead one stamped).
+                if unit.has_sender_claim() {
                     return Err(OpenError::SenderTaken { channel: label });
                 }
                 Some(

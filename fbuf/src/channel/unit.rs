@@ -200,6 +200,17 @@ impl<'a> Unit<'a> {
             .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
     }
 
+    /// Whether a sender is registered whose participant is alive or being recovered: an SPSC
+    /// ring's producer side is not free for another until its last producer's recovery has
+    /// settled the tail (it may have stamped cells it never published).
+    pub fn has_sender_claim(&self) -> bool {
+        let s = self.pool.shared();
+        (0..self.senders.len() as u32).any(|id| {
+            let epoch = self.senders[id as usize].load(Ordering::Acquire);
+            id < s.max_participants() && epoch != 0 && s.participant(id).is_claimed_by(epoch)
+        })
+    }
+
     /// How many live senders are registered.
     pub fn live_senders(&self) -> usize {
         (0..self.senders.len() as u32)

@@ -14,8 +14,12 @@ use crate::sync::{AtomicU32, Ordering};
 pub const FREE: u32 = 0;
 /// The state word of an entry in use.
 pub const ACTIVE: u32 = 1;
-/// The state word of an entry whose participant died and is being recovered.
+/// The state word's low byte for an entry whose participant died and is being recovered; the
+/// bits above it name the recoverer (its id + 1), so that when the recoverer dies too, the
+/// survivors can tell and take the recovery over ([`Entry::take_over_recovery`]).
 pub const RECOVERING: u32 = 2;
+/// Where the recoverer's id + 1 sits in a recovering entry's state word.
+const RECOVERER_SHIFT: u32 = 8;
 /// The state word of an entry claimed for a joiner whose liveness lock is not taken yet.
 pub const RESERVED: u32 = 3;
 
@@ -75,14 +79,26 @@ impl<'a> Entry<'a> {
         self.words[0].store(ACTIVE, Ordering::Release);
     }
 
-    /// Claims the recovery of the participant that had `epoch` (it died): false if the entry is
-    /// not that participant's, or someone else is recovering it.
-    pub fn begin_recovery(&self, epoch: u32) -> bool {
+    /// The state word of an entry being recovered by participant `recoverer`.
+    fn recovering_by(recoverer: u32) -> u32 {
+        RECOVERING | ((recoverer + 1) << RECOVERER_SHIFT)
+    }
+
+    /// Claims, for participant `recoverer`, the recovery of the participant that had `epoch`
+    /// (it died): false if the entry is not that participant's, or someone else is recovering it.
+    pub fn begin_recovery(&self, epoch: u32, recoverer: u32) -> bool {
         if self.epoch() != epoch {
             return false;
         }
+        // The recoverer is named in the same CAS that claims the recovery, so no instant exists
+        // where the entry is being recovered by nobody anyone could tell is dead.
         if self.words[0]
-            .compare_exchange(ACTIVE, RECOVERING, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(
+                ACTIVE,
+                Self::recovering_by(recoverer),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return false;
@@ -94,6 +110,35 @@ impl<'a> Entry<'a> {
             return false;
         }
         true
+    }
+
+    /// Who is recovering this entry's participant: `Some(id)` of the recoverer while the entry
+    /// is being recovered (a scribbled word may name an id that is no participant).
+    pub fn recoverer(&self) -> Option<u32> {
+        let state = self.words[0].load(Ordering::Acquire);
+        (state & 0xff == RECOVERING && state >> RECOVERER_SHIFT != 0)
+            .then(|| (state >> RECOVERER_SHIFT) - 1)
+    }
+
+    /// Takes over, for participant `recoverer`, the recovery that `dead` began and did not
+    /// finish (it died too): false if the entry is not being recovered by `dead` any more.
+    /// Recovery is written to be run again from the start (see `channel::reap`).
+    pub fn take_over_recovery(&self, dead: u32, recoverer: u32) -> bool {
+        self.words[0]
+            .compare_exchange(
+                Self::recovering_by(dead),
+                Self::recovering_by(recoverer),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Whether this entry is still the claim that had `epoch`, alive or being recovered: a
+    /// ring endpoint it registered is not free for another until its recovery has finished.
+    pub fn is_claimed_by(&self, epoch: u32) -> bool {
+        let state = self.words[0].load(Ordering::Acquire);
+        (state == ACTIVE || state & 0xff == RECOVERING) && self.epoch() == epoch
     }
 
     /// Frees the entry. Owner only, after the participant's holdings were released.

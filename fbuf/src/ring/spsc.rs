@@ -305,7 +305,7 @@ impl ConsumerState {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 impl<'a, T: Pod> SpscRing<'a, T> {
     /// The stamp word of the cell for `pos` (tests only: a peer scribbling on it).
     pub(crate) fn stamp_for_test(&self, pos: u64) -> &'a AtomicU64 {

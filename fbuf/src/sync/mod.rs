@@ -48,6 +48,9 @@ pub mod seeded {
         /// Recovery leaves a dead participant's markers: the holding bit of a step it died in
         /// the middle of stays as it was before the step.
         RecoveryLeavesMarkers = 7,
+        /// Recovery marks an entry resolved after dropping its in-flight counts, not before: a
+        /// survivor that takes over from a recoverer cut off in between drops them again.
+        RecoveryResolvesLate = 8,
     }
 
     #[cfg(loom)]
