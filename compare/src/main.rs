@@ -121,7 +121,7 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
     let sock = sock.to_str().ok_or("path")?.to_owned();
     let file = |name: &str| -> Res<String> {
         let p = dir.join(name);
-        std::fs::write(&p, vec![0u8; 1 << 16])?;
+        std::fs::write(&p, vec![0u8; raw::FILE_BYTES.max(1 << 16)])?;
         Ok(p.to_str().ok_or("path")?.to_owned())
     };
     let (spin, ring) = (file("spin")?, file("ring")?);
@@ -135,6 +135,8 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
         "iceoryx2",
         "unix socket",
         "raw ring 32/call",
+        "raw ring + 64 B 1/call",
+        "raw ring + 64 B 32/call",
     ];
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut rate: Vec<Vec<f64>> = vec![Vec::new(); rates.len()];
@@ -163,9 +165,14 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
         lat[3].push(result(spawn(&["unix-ping", &unix, &rt], false)?, "p50_ns")?);
         drop(pong);
         // Rate, each transport in turn.
-        for (k, batch) in [(0, "1"), (5, "32")] {
-            let rx = spawn(&["ring-rx", &ring], true)?;
-            let tx = spawn(&["ring-tx", &ring, &ms, batch], false)?;
+        for (k, batch, payload) in [
+            (0, "1", "-"),
+            (5, "32", "-"),
+            (6, "1", "payload"),
+            (7, "32", "payload"),
+        ] {
+            let rx = spawn(&["ring-rx", &ring, payload], true)?;
+            let tx = spawn(&["ring-tx", &ring, &ms, batch, payload], false)?;
             rate[k].push(result(rx, "rate")?);
             drop(tx);
         }
@@ -248,6 +255,16 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
         "| (for reference) one-per-call rate vs iceoryx2 | {:.2}x | |",
         rate[1] / rate[3]
     );
+    println!(
+        "| (for reference) raw ring carrying 64 B payloads vs raw ring, one per call / 32 | {:.2}x / {:.2}x | |",
+        rate[6] / rate[0],
+        rate[7] / rate[5]
+    );
+    println!(
+        "| (for reference) fbuf vs raw ring carrying 64 B payloads, one per call / 32 | {:.2}x / {:.2}x | |",
+        rate[1] / rate[6],
+        rate[2] / rate[7]
+    );
     Ok(())
 }
 
@@ -259,8 +276,8 @@ fn role(args: &[String]) -> Res<String> {
     match a(0) {
         "spin-ping" => raw::spin(a(1), true, n(2)?),
         "spin-pong" => raw::spin(a(1), false, n(2)?),
-        "ring-tx" => raw::ring_tx(a(1), n(2)?, n(3)?),
-        "ring-rx" => raw::ring_rx(a(1)),
+        "ring-tx" => raw::ring_tx(a(1), n(2)?, n(3)?, a(4) == "payload"),
+        "ring-rx" => raw::ring_rx(a(1), a(2) == "payload"),
         "fbuf-ping" => fbuf_ping(a(1), n(2)?),
         "fbuf-pong" => fbuf_pong(a(1)),
         "fbuf-tx" => fbuf_tx(a(1), a(2), n(3)?, n(4)? as usize),

@@ -4,7 +4,11 @@
 //!   (the least a round trip between two processes can cost on this machine);
 //! - `ring`: a bare single-producer single-consumer ring of 16-byte values (a descriptor's
 //!   size), Lamport-style with a cached head, publishing every value or every `batch` values:
-//!   no allocation, no checks, no recovery. What fbuf adds on top is the price of the rest.
+//!   no allocation, no checks, no recovery. What fbuf adds on top is the price of the rest;
+//! - `ring` with a payload: the same ring, where each value names one of 4096 64-byte slots the
+//!   producer wrote the message into and the consumer reads it from (slot = position mod 4096,
+//!   free again once the ring has moved a lap past it): the least a ring that carries 64-byte
+//!   messages by reference moves, one payload line per message beside a quarter of a cell line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -73,7 +77,22 @@ fn cell(m: &Shared, pos: u64) -> (&AtomicU64, &AtomicU64) {
     (m.word(at), m.word(at + 8))
 }
 
-pub fn ring_tx(path: &str, millis: u64, batch: u64) -> Res<String> {
+/// Payload slots for the ring with a payload: 4 ring laps, so a slot is rewritten only after
+/// the consumer has moved past it (the producer never runs more than one lap ahead).
+const SLOTS: u64 = 4 * CAP;
+/// Where the payload slots start (after the cells).
+const SLOTS_AT: usize = 512 + CAP as usize * 16;
+
+/// The first and last words of payload slot `slot` (64 bytes).
+fn payload(m: &Shared, slot: u64) -> (&AtomicU64, &AtomicU64) {
+    let at = SLOTS_AT + slot as usize * 64;
+    (m.word(at), m.word(at + 56))
+}
+
+/// The shared file's size for the rings (cells and payload slots).
+pub const FILE_BYTES: usize = SLOTS_AT + SLOTS as usize * 64;
+
+pub fn ring_tx(path: &str, millis: u64, batch: u64, with_payload: bool) -> Res<String> {
     let batch = batch.clamp(1, CAP);
     let m = Shared::open(path)?;
     let (head, tail) = (m.word(0), m.word(256));
@@ -90,8 +109,15 @@ pub fn ring_tx(path: &str, millis: u64, batch: u64) -> Res<String> {
             }
             for k in 0..batch {
                 let (a, b) = cell(&m, pos + k);
-                a.store(pos + k, Ordering::Relaxed);
-                b.store(!(pos + k), Ordering::Relaxed);
+                let slot = (pos + k) % SLOTS;
+                if with_payload {
+                    // The message: its first and last words (a 64-byte line written whole).
+                    let (first, last) = payload(&m, slot);
+                    first.store(pos + k, Ordering::Relaxed);
+                    last.store(!(pos + k), Ordering::Relaxed);
+                }
+                a.store(slot, Ordering::Relaxed);
+                b.store(pos + k, Ordering::Relaxed);
             }
             pos += batch;
             tail.store(pos, Ordering::Release);
@@ -101,7 +127,7 @@ pub fn ring_tx(path: &str, millis: u64, batch: u64) -> Res<String> {
     Ok(format!("sent={pos}"))
 }
 
-pub fn ring_rx(path: &str) -> Res<String> {
+pub fn ring_rx(path: &str, with_payload: bool) -> Res<String> {
     let m = Shared::open(path)?;
     let (head, tail) = (m.word(0), m.word(256));
     head.store(0, Ordering::Release);
@@ -122,9 +148,16 @@ pub fn ring_rx(path: &str) -> Res<String> {
         last = now;
         while pos < t {
             let (a, b) = cell(&m, pos);
-            let (x, y) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
-            if x != pos || y != !pos {
-                return Err(format!("ring cell {pos} holds {x}/{y}").into());
+            let (slot, y) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+            if slot != pos % SLOTS || y != pos {
+                return Err(format!("ring cell {pos} holds {slot}/{y}").into());
+            }
+            if with_payload {
+                let (first, last) = payload(&m, slot);
+                let (x, z) = (first.load(Ordering::Relaxed), last.load(Ordering::Relaxed));
+                if x != pos || z != !pos {
+                    return Err(format!("payload of {pos} holds {x}/{z}").into());
+                }
             }
             pos += 1;
             count += 1;
