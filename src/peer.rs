@@ -110,6 +110,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "svc-census" => crate::service_peers::census(arg(1), arg(2)),
         "svc-flood" => crate::service_peers::flood(arg(1), arg(2)),
         "svc-list" => crate::service_peers::list(arg(1)),
+        "svc-race-sender" => crate::service_peers::race_sender(arg(1), arg(2)),
         _ => usage(),
     };
     match result {

@@ -266,6 +266,25 @@ pub fn hold(socket: &str, name: &str) -> Res {
     Ok(String::new())
 }
 
+/// `fbuf peer svc-race-sender SOCKET NAME`: joins and opens stream NAME, says READY, opens its
+/// sender at the line that comes on stdin (racing other processes told at the same moment), says
+/// `OPENED ok=1` or `OPENED ok=0 err=...`, and keeps what it opened until stdin closes.
+pub fn race_sender(socket: &str, name: &str) -> Res {
+    use std::io::BufRead;
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<u64>().open_or_create()?;
+    eprintln!("READY");
+    let mut lines = std::io::stdin().lock().lines();
+    let _ = lines.next();
+    let tx = svc.sender();
+    match &tx {
+        Ok(_) => eprintln!("OPENED ok=1"),
+        Err(e) => eprintln!("OPENED ok=0 err={e}"),
+    }
+    for _ in lines {}
+    Ok(String::new())
+}
+
 pub fn list(socket: &str) -> Res {
     let pool = session::join(socket, Role::Consumer)?;
     let services = pool.services();

@@ -726,3 +726,61 @@ fn a_service_created_again_on_a_used_ring_sees_no_ghosts_of_the_last() {
         assert_eq!(pool.free_count(), pool.slot_count(), "life {life}");
     }
 }
+
+/// Processes that open the sender of one stream at the same moment: exactly one gets it, round
+/// after round. A stream's ring has one producer; two would write the same cells (a message lost,
+/// its slot held for good). The claim is one CAS on the ring's endpoint word, not a check of the
+/// registered senders followed by a registration, between which another could do the same.
+#[test]
+fn processes_racing_for_a_streams_sender_get_exactly_one() {
+    let owner = Owner::new(config());
+    let sock = owner.socket();
+    for round in 0..12 {
+        let name = format!("race/{round}");
+        let mut peers: Vec<(KillOnDrop, BufReader<std::process::ChildStderr>)> = (0..4)
+            .map(|_| {
+                let mut c = KillOnDrop(
+                    peer(&["svc-race-sender", &sock, &name])
+                        .stdin(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                );
+                let err = ready(&mut c);
+                (c, err)
+            })
+            .collect();
+        // The start signal to all, as close together as we can.
+        let mut stdins: Vec<_> = peers
+            .iter_mut()
+            .map(|(c, _)| c.stdin.take().unwrap())
+            .collect();
+        for s in &mut stdins {
+            std::io::Write::write_all(s, b"go\n").unwrap();
+        }
+        let opened: Vec<String> = peers
+            .iter_mut()
+            .map(|(_, err)| {
+                let mut line = String::new();
+                while !line.starts_with("OPENED") {
+                    line.clear();
+                    assert!(err.read_line(&mut line).unwrap() > 0, "peer ended early");
+                }
+                line.trim().to_string()
+            })
+            .collect();
+        let winners = opened.iter().filter(|l| l.contains("ok=1")).count();
+        assert_eq!(winners, 1, "round {round}: {opened:?}");
+        assert!(
+            opened
+                .iter()
+                .filter(|l| l.contains("ok=0"))
+                .all(|l| l.contains("already has its sender")),
+            "round {round}: the others are told it is taken: {opened:?}"
+        );
+        drop(stdins);
+        for (c, _) in &mut peers {
+            let _ = c.wait();
+        }
+    }
+}

@@ -68,20 +68,26 @@ impl Sender {
                 // With the owner gone, a dead predecessor's recovery (or one its recoverer left
                 // unfinished) is ours to run before the claim below can clear.
                 pool.reap_if_due();
-                // One sender, this process included: two would each keep their own producer
-                // indices and overwrite each other's cells. A dead one's recovery must finish
-                // first (it publishes the tail over cells the dead one stamped).
-                if unit.has_sender_claim() {
+                // One sender, this process included (see `Unit::claim_producer`).
+                if !unit.claim_producer() {
                     return Err(OpenError::SenderTaken { channel: label });
                 }
-                Some(
-                    r.producer()
-                        .map_err(|_| OpenError::Corrupted { channel: label })?,
-                )
+                match r.producer() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        unit.release_producer();
+                        return Err(OpenError::Corrupted { channel: label });
+                    }
+                }
             }
             UnitRing::Mpmc(_) => None,
         };
-        let journal = Owned::claim(pool).ok_or(OpenError::NoJournal { channel: label })?;
+        let Some(journal) = Owned::claim(pool) else {
+            if spsc.is_some() {
+                unit.release_producer();
+            }
+            return Err(OpenError::NoJournal { channel: label });
+        };
         unit.add_sender();
         Ok(Sender {
             pool: pool.clone(),
@@ -319,7 +325,11 @@ impl Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        Unit::new(&self.pool, self.unit).remove_sender();
+        let unit = Unit::new(&self.pool, self.unit);
+        unit.remove_sender();
+        if self.spsc.is_some() {
+            unit.release_producer();
+        }
     }
 }
 

@@ -8,9 +8,17 @@ use crate::ring::{ConsumerState, MpmcRing, SpscRing, Stuck};
 use crate::sync::doorbell::Doorbell;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
-/// Flag bits in the unit's flags word.
+/// Flag bits in the unit's flags word (its low byte; above it, an SPSC ring's producer claim:
+/// the claimant's id + 1 in bits 8 to 31, its epoch in bits 32 to 63, 0 for none).
 const RECEIVER_SEEN: u64 = 1;
 const SENDER_SEEN: u64 = 2;
+const FLAG_BITS: u64 = 0xff;
+const PRODUCER_SHIFT: u32 = 8;
+
+/// The flags word's producer field for participant `id` with claim epoch `epoch`.
+fn producer_field(id: u32, epoch: u32) -> u64 {
+    (u64::from(epoch) << 32) | (u64::from(id + 1) << PRODUCER_SHIFT)
+}
 
 /// Encodes a participant as an endpoint word: epoch above, id + 1 below; 0 is nobody.
 pub fn endpoint(id: u32, epoch: u32) -> u64 {
@@ -200,15 +208,50 @@ impl<'a> Unit<'a> {
             .any(|id| self.alive(id, self.senders[id as usize].load(Ordering::Acquire)))
     }
 
-    /// Whether a sender is registered whose participant is alive or being recovered: an SPSC
-    /// ring's producer side is not free for another until its last producer's recovery has
-    /// settled the tail (it may have stamped cells it never published).
-    pub fn has_sender_claim(&self) -> bool {
+    /// Claims an SPSC ring's producer side for this process: false if a participant that is
+    /// alive or being recovered holds it, this process included (two producers would each keep
+    /// their own indices and write the same cells; a dead one's recovery must first settle the
+    /// tail over cells it stamped and never published). One CAS on the flags word, so of
+    /// processes claiming at once exactly one wins; a claim left by a participant that has been
+    /// retired since (or a scribbled one naming nobody) is taken over.
+    pub fn claim_producer(&self) -> bool {
+        let (id, epoch) = self.me();
         let s = self.pool.shared();
-        (0..self.senders.len() as u32).any(|id| {
-            let epoch = self.senders[id as usize].load(Ordering::Acquire);
-            id < s.max_participants() && epoch != 0 && s.participant(id).is_claimed_by(epoch)
-        })
+        loop {
+            let cur = self.words[1].load(Ordering::Acquire);
+            let holder = cur & !FLAG_BITS;
+            let (hid, hepoch) = (
+                ((holder >> PRODUCER_SHIFT) & 0xff_ffff) as u32,
+                (holder >> 32) as u32,
+            );
+            if holder != 0
+                && hid != 0
+                && hid - 1 < s.max_participants()
+                && s.participant(hid - 1).is_claimed_by(hepoch)
+            {
+                return false;
+            }
+            let claimed = (cur & FLAG_BITS) | producer_field(id, epoch);
+            if self.words[1]
+                .compare_exchange(cur, claimed, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    /// Gives up participant `id`'s producer claim, if it holds one (any epoch of it).
+    fn clear_producer(&self, id: u32) {
+        let _ = self.words[1].fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            let hid = ((cur & !FLAG_BITS) >> PRODUCER_SHIFT) & 0xff_ffff;
+            (hid == u64::from(id) + 1).then_some(cur & FLAG_BITS)
+        });
+    }
+
+    /// Gives up this process's producer claim (its SPSC sender closed).
+    pub fn release_producer(&self) {
+        self.clear_producer(self.me().0);
     }
 
     /// How many live senders are registered.
@@ -322,6 +365,7 @@ impl<'a> Unit<'a> {
         if (id as usize) < self.senders.len() {
             self.senders[id as usize].store(0, Ordering::Release);
         }
+        self.clear_producer(id);
         let futex = crate::sync::doorbell::SysFutex;
         self.data_bell().ring(&futex);
         self.space_bell().ring(&futex);
