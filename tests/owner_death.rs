@@ -181,3 +181,38 @@ fn survivors_finish_a_recovery_the_owner_died_in() {
         );
     }
 }
+
+/// A hostile participant rewrites a live peer's table entry to say "being recovered by the
+/// owner", after the owner died: the survivors do not take that recovery over, because the peer's
+/// liveness lock says it lives, so its slots stay its own (taking it over would free them under
+/// its feet).
+#[test]
+fn a_scribbled_recovering_entry_does_not_retire_a_live_participant() {
+    let mut owner = Owner::start_with("scribble", &["64"]);
+    let (holder, _) = spawn(&["hold-size", &owner.socket, "64", "64"]);
+    // The test joins as the attacker: a participant with the control region mapped writable.
+    let pool = fbuf::session::join(&owner.socket, fbuf::Role::Producer).unwrap();
+    let id = pool
+        .participants()
+        .iter()
+        .find(|p| p.pid == holder.id())
+        .expect("the holder is in the table")
+        .id;
+    let (waiter, waiter_err) = spawn(&["alloc-wait", &owner.socket, "64", "3"]);
+    owner.kill();
+    // The entry's first 32-bit word is its state: RECOVERING (2) by participant 0 (0 + 1 << 8).
+    use std::os::fd::AsFd;
+    let file = std::fs::File::from(pool.control_fd().as_fd().try_clone_to_owned().unwrap());
+    // SAFETY: a shared mapping of the pool's control memfd, touched only through atomics below.
+    let map = unsafe { memmap2::MmapMut::map_mut(&file).unwrap() };
+    let at = fbuf::layout::HEADER_SIZE + id as usize * fbuf::layout::PARTICIPANT_ENTRY_SIZE;
+    // SAFETY: inside the mapping (the table follows the header), 4-aligned; atomics only.
+    let state = unsafe { &*(map.as_ptr().add(at) as *const std::sync::atomic::AtomicU32) };
+    state.store(2 | (1 << 8), std::sync::atomic::Ordering::SeqCst);
+    let w = finish(waiter, waiter_err, Duration::from_secs(20));
+    assert_eq!(
+        w["ok"], "0",
+        "the live holder's slots were not taken from it: {w:?}"
+    );
+    drop(holder);
+}

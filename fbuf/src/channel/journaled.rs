@@ -218,8 +218,12 @@ pub(crate) fn reap_dead(pool: &Pool) {
             // Its recoverer (the owner, or a survivor) died before it finished: take it over.
             // A dead recoverer's id is not given to anyone else meanwhile: only the owner
             // admits, and it is dead or it is the one that died.
+            // The entry's own liveness lock is asked too: the state word is in memory every
+            // participant can write, and a scribbled "being recovered" must not retire a live
+            // participant (its holdings freed under its feet).
             if recoverer != s.me()
                 && !pool.is_alive(recoverer)
+                && !pool.is_alive(id)
                 && entry.take_over_recovery(recoverer, s.me())
             {
                 retire(pool, id);
