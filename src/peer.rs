@@ -24,6 +24,9 @@
 //!                                       SIGUSR1 handler installed without SA_RESTART; prints a
 //!                                       STATS line on stdout for each line on stdin; with a
 //!                                       fourth word SLOTS, its only class is SLOTS slots of 64 B
+//! fbuf peer adopt SOCKET [consumer]    join, say READY; at a line on stdin (the owner is dead
+//!                                       by then) serve the pool on SOCKET; a STATS line on stdout
+//!                                       for each further line on stdin
 //! fbuf peer hold-size SOCKET N SIZE    allocate N buffers of SIZE bytes, say READY, wait
 //! fbuf peer alloc-wait SOCKET SIZE SECS [N]  allocate N (1) buffers of SIZE bytes, all held at
 //!                                       once, waiting up to SECS in all
@@ -74,6 +77,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "snap-orphan" => snap_orphan(),
         "serve" => serve(arg(1), num(2), num(3) == 1, arg(4).parse().unwrap_or(0)),
         "hold-size" => hold_size(arg(1), num(2), num(3) as usize),
+        "adopt" => adopt(arg(1), arg(2) == "consumer"),
         "alloc-wait" => alloc_wait(arg(1), num(2) as usize, num(3), arg(4).parse().unwrap_or(1)),
         "send-forever" => send_forever(arg(1), num(2) as usize),
         "recv-forever" => recv_forever(arg(1), num(2) as usize),
@@ -627,6 +631,44 @@ fn hold_size(socket: &str, n: u64, size: usize) -> Res {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Joins (as a consumer with `consumer`), says READY, and at the first line on stdin (sent once
+/// the owner is dead) serves the pool on the owner's socket path: it adopts the pool. Then prints
+/// a STATS line on stdout for each further line on stdin, until stdin closes.
+fn adopt(socket: &str, consumer: bool) -> Res {
+    use std::io::BufRead;
+    let role = if consumer {
+        Role::Consumer
+    } else {
+        Role::Producer
+    };
+    let pool = session::join(socket, role)?;
+    eprintln!("READY");
+    let mut lines = std::io::stdin().lock().lines();
+    let _ = lines.next();
+    let server = session::Server::start(pool.clone(), socket, session::Policy::default())?;
+    eprintln!("ADOPTED");
+    let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if line.is_err() {
+            break;
+        }
+        let s = server.stats();
+        writeln!(
+            out,
+            "STATS admitted={} refused={} retired={} free={} slots={} participants={}",
+            n(&s.admitted),
+            n(&s.refused),
+            n(&s.retired),
+            pool.free_count(),
+            pool.slot_count(),
+            pool.participants().len(),
+        )?;
+        out.flush()?;
+    }
+    Ok(String::new())
 }
 
 /// Waits up to `secs` for `n` buffers of `size` bytes, all held at once at the end.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, peer, result};
+use common::{KillOnDrop, peer, result, run_peer};
 
 /// A process owning a pool (channel 0: one-to-one, 64 deep; default classes: 8 slots of 4 MiB).
 struct Owner {
@@ -215,4 +215,126 @@ fn a_scribbled_recovering_entry_does_not_retire_a_live_participant() {
         "the live holder's slots were not taken from it: {w:?}"
     );
     drop(holder);
+}
+
+/// A participant started to adopt the pool: READY read from its stderr, which is kept for the
+/// ADOPTED line; STATS lines come on its stdout, one per line written to its stdin.
+struct Adopter {
+    child: KillOnDrop,
+    err: BufReader<std::process::ChildStderr>,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Adopter {
+    fn join(socket: &str, role: &str) -> Adopter {
+        let mut child = KillOnDrop(
+            peer(&["adopt", socket, role])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut a = Adopter { child, err, out };
+        a.expect("READY");
+        a
+    }
+
+    fn expect(&mut self, word: &str) {
+        let mut line = String::new();
+        while !line.starts_with(word) {
+            line.clear();
+            assert!(
+                self.err.read_line(&mut line).unwrap() > 0,
+                "the adopter ended before {word}"
+            );
+        }
+    }
+
+    fn adopt(&mut self) {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap(), "adopt").unwrap();
+        self.expect("ADOPTED");
+    }
+
+    /// The adopter's STATS pairs, asked for now.
+    fn stats(&mut self) -> std::collections::HashMap<String, String> {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap(), "stats").unwrap();
+        let mut line = String::new();
+        assert!(self.out.read_line(&mut line).unwrap() > 0, "no STATS line");
+        line.trim()
+            .strip_prefix("STATS ")
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+/// The owner SIGKILLed: nobody admits joiners any more, until a surviving participant adopts the
+/// pool by serving it on the dead owner's socket path. A new process then joins through it and
+/// streams to a receiver that joined through the old owner, every byte checked; the new sender is
+/// killed, the receiver is told; and once everyone but the adopter is gone, every slot is free
+/// (the adopter's server retires its own members, and looks for those of the dead owner).
+#[test]
+fn a_survivor_adopts_the_pool_and_new_processes_join_through_it() {
+    let mut owner = Owner::start("adopt");
+    let (rx, rx_err) = spawn(&["recv-forever", &owner.socket, "0"]);
+    let mut adopter = Adopter::join(&owner.socket, "producer");
+    owner.kill();
+    let refused = run_peer(&["probe", &owner.socket, "producer"]);
+    assert!(!refused.status.success(), "nobody serves the socket yet");
+    adopter.adopt();
+    let (mut tx, _) = spawn(&["send-forever", &owner.socket, "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&mut tx);
+    let r = finish(rx, rx_err, Duration::from_secs(10));
+    assert_eq!(r["err"], "Disconnected", "{r:?}");
+    assert_eq!(r["bad"], "0", "{r:?}");
+    assert!(
+        r["count"].parse::<u64>().unwrap() > 1000,
+        "the new sender streamed to the old receiver: {r:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = adopter.stats();
+        assert_eq!(st["admitted"], "1", "{st:?}");
+        if st["free"] == st["slots"] && st["participants"] == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the departed were not all retired: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A consumer that adopts the pool has only read access to the payload, so it can give no one
+/// write access: producers are refused by name, consumers admitted.
+#[test]
+fn a_consumer_that_adopts_the_pool_admits_no_producer() {
+    let mut owner = Owner::start("adopt-ro");
+    let mut adopter = Adopter::join(&owner.socket, "consumer");
+    owner.kill();
+    adopter.adopt();
+    let producer = run_peer(&["probe", &owner.socket, "producer"]);
+    let why = String::from_utf8_lossy(&producer.stderr);
+    assert!(!producer.status.success(), "{why}");
+    assert!(why.contains("admits no producer"), "{why}");
+    let consumer = run_peer(&["probe", &owner.socket, "consumer"]);
+    assert!(
+        consumer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&consumer.stderr)
+    );
+    let st = adopter.stats();
+    assert_eq!(
+        (st["admitted"].as_str(), st["refused"].as_str()),
+        ("1", "1"),
+        "{st:?}"
+    );
 }

@@ -88,6 +88,10 @@ pub enum AdmitError {
     Timeout(Duration),
     #[error("the pool has no free participant slot")]
     Full,
+    #[error(
+        "this server's pool is read-only (it adopted the pool as a consumer): it admits no producer"
+    )]
+    ReadOnly,
     #[error("handshake i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -131,6 +135,11 @@ pub struct Server {
 
 impl Server {
     /// Binds `path` (mode from the policy) and serves joiners on a background thread.
+    ///
+    /// The pool's creator serves it; when the creator has died, any participant can serve it
+    /// again with its own handle (it *adopts* the pool), on the dead creator's path or another:
+    /// new processes then join through it. A consumer's server admits consumers only
+    /// ([`AdmitError::ReadOnly`]).
     pub fn start(pool: Pool, path: impl AsRef<Path>, policy: Policy) -> Result<Server, ServeError> {
         let path = path.as_ref().to_path_buf();
         remove_stale_socket(&path)?;
@@ -240,6 +249,9 @@ enum Step {
     Done(Result<Message, ProtocolError>),
 }
 
+/// How often a server of an adopted pool looks for dead peers when nothing else wakes it.
+const ADOPTED_REAP_TICK: Duration = Duration::from_millis(50);
+
 struct EventLoop {
     pool: Pool,
     policy: Policy,
@@ -268,11 +280,20 @@ impl EventLoop {
             if listener.is_none() && self.members.is_empty() {
                 return;
             }
+            // A server started by a participant after the pool's creator died (it adopted the
+            // pool) retires its own members as they leave, like any server; the participants
+            // that joined through the dead creator have nobody watching their connections, so
+            // it also looks for dead peers by their liveness locks, as waiting survivors do.
+            let adopted = !self.pool.owner_alive();
+            if adopted {
+                self.pool.reap_if_due();
+            }
             let now = Instant::now();
             let timeout = self
                 .pending
                 .iter()
                 .map(|p| p.deadline.saturating_duration_since(now))
+                .chain(adopted.then_some(ADOPTED_REAP_TICK))
                 .min();
             let ready = {
                 let mut fds = vec![wake.as_fd()];
@@ -432,6 +453,11 @@ impl EventLoop {
         role: Role,
     ) -> Result<u32, AdmitError> {
         let pool = self.pool.clone();
+        // A server started by a consumer (adopting the pool after its owner died) holds a
+        // read-only data fd: it has no write access to give.
+        if role == Role::Producer && !pool.is_writable() {
+            return Err(AdmitError::ReadOnly);
+        }
         let data: OwnedFd = match role {
             Role::Producer => self.with_fds(|| pool.data_fd().try_clone_to_owned())?,
             Role::Consumer => self.with_fds(|| memfd::reopen_read_only(pool.data_fd()))?,
