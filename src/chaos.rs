@@ -5,6 +5,11 @@
 //! delivery (sender incarnation, sequence, payload verdict) on a pipe, so the owner counts
 //! duplicates, corrupt payloads and reordering. At the end every participant is killed, and the
 //! pool must be exactly full and every ring usable again.
+//!
+//! With `--kill-owner` the pool's owner is a process of its own, SIGKILLed halfway through: this
+//! process, which joined as a participant, adopts the pool (serves it on the same socket path) and
+//! the replacements join through it; the survivors recover whoever dies meanwhile, and at the end
+//! every participant but this one must be gone from the table.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -127,6 +132,55 @@ struct Member {
 pub struct Options {
     pub kills: u64,
     pub secs: u64,
+    pub kill_owner: bool,
+}
+
+/// Who serves the pool.
+enum Owner {
+    /// This process created it and serves it.
+    Here(Server),
+    /// A child process created it and serves it (`fbuf peer chaos-owner`).
+    Child(Child),
+    /// The child was killed and this process serves the pool it had joined.
+    Adopted(Server),
+}
+
+impl Owner {
+    fn server(&self) -> Option<&Server> {
+        match self {
+            Owner::Here(s) | Owner::Adopted(s) => Some(s),
+            Owner::Child(_) => None,
+        }
+    }
+}
+
+/// `fbuf peer chaos-owner SOCKET`: creates the soak's pool, serves it, says READY, and runs until
+/// it is killed.
+pub fn owner(socket: &str) -> Res<String> {
+    let pool = Pool::create(&config())?;
+    let _server = Server::start(pool, socket, Policy::default())?;
+    eprintln!("READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Starts the owner child and joins its pool.
+fn start_owner(socket: &str) -> Res<(Child, Pool)> {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["peer", "chaos-owner", socket])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut err = std::io::BufReader::new(child.stderr.take().ok_or("stderr")?);
+    let mut line = String::new();
+    while !line.starts_with("READY") {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            return Err("the owner process ended before READY".into());
+        }
+    }
+    Ok((child, join(socket, Role::Producer)?))
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -135,8 +189,14 @@ pub fn run(opts: &Options) -> Res<bool> {
     let dir = std::env::temp_dir().join(format!("fbuf-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("pool.sock").display().to_string();
-    let pool = Pool::create(&config())?;
-    let server = Server::start(pool.clone(), &socket, Policy::default())?;
+    let (pool, mut owner) = if opts.kill_owner {
+        let (child, pool) = start_owner(&socket)?;
+        (pool, Owner::Child(child))
+    } else {
+        let pool = Pool::create(&config())?;
+        let server = Server::start(pool.clone(), &socket, Policy::default())?;
+        (pool, Owner::Here(server))
+    };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let next_id = AtomicU64::new(1);
     let spawn = |kind: Kind| -> Res<Member> {
@@ -198,6 +258,17 @@ pub fn run(opts: &Options) -> Res<bool> {
     let mut last_report = Instant::now();
     let bar = crate::progress::seconds(opts.secs);
     while start.elapsed() < run_for {
+        if let Owner::Child(child) = &mut owner
+            && start.elapsed() >= run_for / 2
+        {
+            // The owner dies at a random moment of its work (retiring one of the killed,
+            // admitting a replacement, or idle); a moment later this process adopts the pool.
+            let _ = child.kill();
+            let _ = child.wait();
+            rng = mix(rng);
+            std::thread::sleep(Duration::from_micros(rng % 20_000));
+            owner = Owner::Adopted(Server::start(pool.clone(), &socket, Policy::default())?);
+        }
         // Spread the kills evenly over the run, at jittered moments.
         let due = if opts.kills == 0 {
             u64::MAX
@@ -240,16 +311,30 @@ pub fn run(opts: &Options) -> Res<bool> {
         let _ = m.child.kill();
         let _ = m.child.wait();
     }
+    let server = owner.server().ok_or("nobody serves the pool")?;
     // Every participant that was admitted must be retired. (One killed before it finished
-    // joining was never admitted: nothing of the pool's to give back.)
+    // joining was never admitted: nothing of the pool's to give back.) After an adoption the
+    // server knows only its own members: then every table entry but this process's must be
+    // freed, by the server or by the survivors' recovery of those who joined the dead owner.
     let admitted = || server.stats().admitted.load(Ordering::SeqCst);
+    let others = || {
+        let me = pool.participant();
+        let active = pool.participants().iter().filter(|p| p.id != me).count();
+        active + pool.recoveries_in_progress().len()
+    };
+    // After an adoption, the survivors may retire one of the server's members before the
+    // server sees its connection end (the dead owner's absence lets them): then it is not the
+    // server's to count, and only the table says whether everyone is gone.
+    let adopted = matches!(owner, Owner::Adopted(_));
+    let all_retired = || adopted || server.stats().retired.load(Ordering::SeqCst) >= admitted();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.stats().retired.load(Ordering::SeqCst) < admitted() && Instant::now() < deadline {
+    while !(all_retired() && others() == 0) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let total = admitted();
     std::thread::sleep(Duration::from_millis(200)); // the last pipe reads
     let retired = server.stats().retired.load(Ordering::SeqCst);
+    let left = others();
     let leaked = pool.slot_count() - pool.free_count();
     let usable = rings_usable(&pool);
     let stats = server.stats();
@@ -269,7 +354,15 @@ pub fn run(opts: &Options) -> Res<bool> {
             kills_by_kind.get(&kind).copied().unwrap_or(0)
         );
     }
-    println!("| participants retired by the owner | {retired} of {total} admitted |");
+    if adopted {
+        println!("| the owner SIGKILLed halfway, the pool adopted by this process | yes |");
+        println!(
+            "| participants retired by the adopting server | {retired} of {total} it admitted |"
+        );
+    } else {
+        println!("| participants retired by the owner | {retired} of {total} admitted |");
+    }
+    println!("| participants left in the table after everyone quit | {left} |");
     println!("| deliveries verified | {} |", t.deliveries);
     println!(
         "| &nbsp; one-to-one / many-to-one / broadcast | {} / {} / {} |",
@@ -301,7 +394,8 @@ pub fn run(opts: &Options) -> Res<bool> {
     );
     println!(
         "RESULT kills={kills} deliveries={} duplicates={} corrupt={} reordered={} leaked={leaked} \
-         retired={retired} total={total} usable={usable} moving={} repaired={} recovered={}",
+         retired={retired} total={total} left={left} usable={usable} moving={} repaired={} \
+         recovered={}",
         t.deliveries,
         t.duplicates,
         t.corrupt,
@@ -310,16 +404,19 @@ pub fn run(opts: &Options) -> Res<bool> {
         stats.rings_repaired.load(Ordering::SeqCst),
         stats.recovered.load(Ordering::SeqCst),
     );
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(t.duplicates == 0
+    let ok = t.duplicates == 0
         && t.corrupt == 0
         && t.reordered == 0
         && leaked == 0
         && usable
-        && retired == total
+        && all_retired()
+        && left == 0
         && moving.iter().all(|&m| m)
-        && t.deliveries > 0)
+        && t.deliveries > 0;
+    drop(t);
+    drop(owner);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ok)
 }
 
 impl Tally {

@@ -79,6 +79,10 @@ pub enum Cmd {
         /// How long to run.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         secs: u64,
+        /// Run the pool's owner as a process of its own and SIGKILL it halfway through; this
+        /// process, a participant, then adopts the pool and admits the replacements.
+        #[arg(long)]
+        kill_owner: bool,
     },
     /// A participant role for the tests and benchmarks (internal).
     #[command(hide = true)]

@@ -46,9 +46,18 @@ fn main() -> ExitCode {
         None => report("run", main_job(2000)),
         Some(cli::Cmd::Run { phase }) => report("run", main_job(phase.as_millis() as u64)),
         Some(cli::Cmd::Peer { args }) => peer::main(&args),
-        Some(cli::Cmd::Chaos { kills, secs }) => {
-            report("chaos", chaos::run(&chaos::Options { kills, secs }))
-        }
+        Some(cli::Cmd::Chaos {
+            kills,
+            secs,
+            kill_owner,
+        }) => report(
+            "chaos",
+            chaos::run(&chaos::Options {
+                kills,
+                secs,
+                kill_owner,
+            }),
+        ),
         Some(cli::Cmd::CopyMethods { bytes }) => report("copy-methods", copy_methods::main(bytes)),
         Some(cli::Cmd::Stat { target, json }) => {
             report("stat", stat::stat(&target, json).map(|()| true))

@@ -81,6 +81,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "alloc-wait" => alloc_wait(arg(1), num(2) as usize, num(3), arg(4).parse().unwrap_or(1)),
         "send-forever" => send_forever(arg(1), num(2) as usize),
         "recv-forever" => recv_forever(arg(1), num(2) as usize),
+        "chaos-owner" => crate::chaos::owner(arg(1)),
         "chaos-send" => crate::chaos::send(arg(1), num(2) as usize, num(3)),
         "chaos-publish" => crate::chaos::publish(arg(1), num(2) as usize, num(3)),
         "chaos-recv" => crate::chaos::recv(arg(1), num(2) as usize, num(3), arg(4) == "lossy"),

@@ -883,6 +883,15 @@ impl Pool {
         self.shared.max_participants()
     }
 
+    /// The ids of departed participants whose recovery has begun and not finished, with the id
+    /// of the participant recovering each (read from the shared table: untrusted, a snapshot).
+    /// A recovery whose recoverer died too is taken over by a survivor.
+    pub fn recoveries_in_progress(&self) -> Vec<(u32, u32)> {
+        (0..self.shared.layout.max_participants)
+            .filter_map(|id| Some((id, self.shared.participant(id).recoverer()?)))
+            .collect()
+    }
+
     /// The active participants, by id (read from the shared table: untrusted, a snapshot).
     pub fn participants(&self) -> Vec<Participant> {
         (0..self.shared.layout.max_participants)
