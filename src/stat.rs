@@ -127,6 +127,9 @@ fn tables(s: &PoolStat, rates: Option<&Rates<'_>>) -> String {
             p.holdings
         );
     }
+    for (id, by) in &s.recoveries {
+        let _ = writeln!(o, "  {id:>4} departed, being recovered by participant {by}");
+    }
     let _ = writeln!(
         o,
         "\nservices ({} free entries, {} free rings)",
@@ -211,6 +214,10 @@ pub fn to_json(s: &PoolStat) -> Value {
             "role": p.role.map(|r| format!("{r:?}").to_lowercase()),
             "alive": p.alive,
             "holdings": p.holdings,
+        })).collect::<Vec<_>>(),
+        "recoveries": s.recoveries.iter().map(|(id, by)| json!({
+            "id": id,
+            "recoverer": by,
         })).collect::<Vec<_>>(),
         "services": s.services.iter().map(|v| json!({
             "name": v.name,

@@ -75,6 +75,8 @@ pub struct ChannelStat {
 pub struct PoolStat {
     pub classes: Vec<ClassStat>,
     pub participants: Vec<ParticipantStat>,
+    /// Departed participants whose recovery is under way: (its id, the recoverer's id).
+    pub recoveries: Vec<(u32, u32)>,
     pub services: Vec<ServiceInfo>,
     pub channels: Vec<ChannelStat>,
     /// Free entries of the service directory, and ring units no service holds.
@@ -188,6 +190,7 @@ impl Inspection {
         PoolStat {
             classes,
             participants,
+            recoveries: self.pool.recoveries_in_progress(),
             free_service_entries: (limits.services as usize).saturating_sub(services.len()),
             free_service_rings: (limits.rings - used_rings) as usize,
             services,
