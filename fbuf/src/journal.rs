@@ -608,10 +608,44 @@ pub trait Recoverer {
     fn claimed_by_live(&self, unit: u32, pos: u64) -> bool;
     /// The value a claimed-but-never-filled cell gets, which receivers step over.
     fn tombstone(&self) -> [u64; 2];
-    /// Entry `entry`'s ring steps are done and its in-flight counts are about to be dropped:
-    /// record it as done in the dead participant's journal, so that a survivor that takes the
-    /// recovery over (this recoverer died too) never drops them twice.
-    fn resolved(&mut self, entry: usize);
+    /// Sets entry `entry`'s state in the dead participant's journal: recovery's own progress,
+    /// so that a survivor that takes the recovery over (this recoverer died too) repeats
+    /// nothing.
+    fn set_state(&mut self, entry: usize, state: State);
+    /// Takes back, as the dead participant, the holding its two-step lend of `e` had put in
+    /// flight (the dance's second half: one in-flight count becomes its holding again); false if
+    /// the slot refused.
+    fn take_back(&mut self, e: [u64; 2]) -> bool;
+    /// Imports `e` as the dead participant would, journaled in its entry `entry` ([`import`]):
+    /// one in-flight count becomes its holding, which its reclamation then releases. False if
+    /// the slot refused (the entry is then done).
+    fn import_as_dead(&mut self, entry: usize, e: [u64; 2]) -> bool;
+}
+
+/// [`Recoverer::import_as_dead`] for implementations: [`import`] into the dead participant's
+/// journal `j`, entry `e`, of the slot `class`/`slot`/`generation`, by holder `dead`, whose handle
+/// count is taken to be 1 if it holds the slot (its holding bit) and 0 otherwise.
+pub fn import_for_dead(
+    j: &Journal<'_>,
+    e: usize,
+    class: &ClassSlots<'_>,
+    slot: usize,
+    generation: u32,
+    dead: u32,
+) -> bool {
+    let local = LocalRefs::new(1);
+    if class.is_held_by(slot, dead) {
+        local.first_after_alloc(0);
+    }
+    let s = SlotRef {
+        class,
+        local: &local,
+        index: 0,
+        slot,
+        generation,
+        me: dead,
+    };
+    import(j, e, &s).is_ok()
 }
 
 /// Finishes or undoes the operation a dead participant's journal records: each entry's
@@ -619,11 +653,15 @@ pub trait Recoverer {
 /// the entry; MPMC: whether the claimed cell was published or released), completing, skipping or
 /// releasing claimed cells so the ring stays usable.
 ///
-/// It may be run again on a record a recoverer that died left half-done: the ring steps are
-/// idempotent (a cell completed or released once is no longer claimed at that position; a tail
-/// settled once has passed the entry), and each entry is marked done ([`Recoverer::resolved`])
-/// after its ring steps and before its discards. A recoverer killed between that mark and a
-/// discard leaves that count undropped (the slot stays out of use), never dropped twice.
+/// It may be run again on a record a recoverer that died left half-done, by a survivor that takes
+/// the recovery over, and does exactly what was left: the ring steps are idempotent (a cell
+/// completed or released once is no longer claimed at that position; a tail settled once has
+/// passed the entry), and an in-flight count the entry leaves is never dropped bare. Recovery
+/// takes it as the dead participant would have, journaled in the dead one's own entry: a holding
+/// a two-step lend had put in flight is taken back (`Lending(DanceB)`, then the take), a
+/// descriptor is imported ([`import`], its states `Importing(..)`), and the holdings so made
+/// are released with the rest of the dead one's. So the holding bit and the entry's state say
+/// how far a recoverer that died got, exactly as they say it of the dead participant itself.
 pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
     let mut r = Recovered::default();
     if crate::sync::seeded::active(crate::sync::seeded::Bug::RecoveryIgnoresJournal) {
@@ -638,6 +676,12 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
             continue;
         };
         let out = entry_outcome(state, held);
+        // Of a two-step lend that put the holding in flight and did not take it back, the
+        // outcome's count is that holding; any other count is a descriptor.
+        let holding_out = matches!(
+            state,
+            State::Lending(Lend::DanceA) | State::Lending(Lend::DanceB)
+        ) && !held;
         let mut discard = out.discard as usize;
         if out.ask_ring {
             let mut extra = 0;
@@ -687,22 +731,40 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
                 settle(rec, env, &mut r, true);
             }
         }
-        let late = crate::sync::seeded::active(crate::sync::seeded::Bug::RecoveryResolvesLate);
-        if late {
+        // A recoverer dying here (the models cut it) leaves the entry for the next one, which
+        // repeats only the idempotent ring steps.
+        if crate::sync::seeded::active(crate::sync::seeded::Bug::RecoveryDropsBare) {
             for _ in 0..discard {
                 r.discarded += usize::from(env.discard(value));
             }
+            if cut() {
+                return r;
+            }
+            env.set_state(i, State::Done);
+            continue;
         }
-        // A recoverer dying here (the models cut it) leaves the entry for the next one, which
-        // repeats only the idempotent ring steps.
         if cut() {
             return r;
         }
-        env.resolved(i);
-        for _ in 0..if late { 0 } else { discard } {
-            if env.discard(value) {
-                r.discarded += 1;
+        let mut descriptors = discard;
+        if holding_out {
+            // The dance's second half, as the dead lender would have taken it (before it, the
+            // state says so: `DanceB` with the bit clear reads as `DanceA` with the bit clear).
+            env.set_state(i, State::Lending(Lend::DanceB));
+            if cut() {
+                return r;
             }
+            r.discarded += usize::from(env.take_back(value));
+            descriptors -= 1;
+            if cut() {
+                return r;
+            }
+        }
+        if descriptors > 0 {
+            // At most one: the entry's own descriptor (a lend's, or one popped).
+            r.discarded += usize::from(env.import_as_dead(i, value));
+        } else {
+            env.set_state(i, State::Done);
         }
     }
     r

@@ -133,9 +133,31 @@ impl Recoverer for Env<'_> {
         Desc::TOMBSTONE.to_words()
     }
 
-    fn resolved(&mut self, entry: usize) {
+    fn set_state(&mut self, entry: usize, state: State) {
         let s = self.pool.shared();
-        s.journal(self.dead, self.journal).set(entry, State::Done);
+        s.journal(self.dead, self.journal).set(entry, state);
+    }
+
+    fn take_back(&mut self, e: [u64; 2]) -> bool {
+        let d = Desc::from_words(e);
+        let s = self.pool.shared();
+        let Ok((class, slot)) = s.check(&d) else {
+            return false;
+        };
+        s.class(class)
+            .take_lent(slot, d.generation, self.dead, true)
+            .is_ok()
+    }
+
+    fn import_as_dead(&mut self, entry: usize, e: [u64; 2]) -> bool {
+        let d = Desc::from_words(e);
+        let s = self.pool.shared();
+        let j = s.journal(self.dead, self.journal);
+        let Ok((class, slot)) = s.check(&d) else {
+            j.set(entry, State::Done);
+            return false;
+        };
+        journal::import_for_dead(&j, entry, &s.class(class), slot, d.generation, self.dead)
     }
 }
 
@@ -181,9 +203,10 @@ pub(crate) fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
 /// The retirement proper, once the entry names us as its recoverer. Written to be run again from
 /// the start by a survivor that takes it over after we die part-way ([`reap_dead`]): settling
 /// markers, the ring steps of recovery, dropping a registration and releasing holdings are
-/// idempotent; each journal entry is marked done before its in-flight counts are dropped, and
-/// a ring's queued descriptor is popped before it is dropped, so no count is ever dropped twice
-/// (one cut off in the instant between stays undropped, and its slot out of use).
+/// idempotent; a journal entry's in-flight counts are taken as the dead participant would have,
+/// journaled in its entry (`journal::recover_record`); a ring's queued descriptor is popped
+/// before it is dropped, so no count is ever dropped twice (one cut off in the instant between
+/// stays undropped, and its slot out of use).
 fn retire(pool: &Pool, id: u32) -> Reaped {
     let recovered = recover(pool, id);
     let dropped = super::forget_participant(pool, id);

@@ -48,9 +48,10 @@ pub mod seeded {
         /// Recovery leaves a dead participant's markers: the holding bit of a step it died in
         /// the middle of stays as it was before the step.
         RecoveryLeavesMarkers = 7,
-        /// Recovery marks an entry resolved after dropping its in-flight counts, not before: a
-        /// survivor that takes over from a recoverer cut off in between drops them again.
-        RecoveryResolvesLate = 8,
+        /// Recovery drops a dead participant's in-flight counts bare, instead of taking them as
+        /// the dead one would, journaled in its entry: a survivor that takes over from a
+        /// recoverer cut off before it marked the entry done drops them again.
+        RecoveryDropsBare = 8,
     }
 
     #[cfg(loom)]
