@@ -204,9 +204,9 @@ pub(crate) fn reap(pool: &Pool, id: u32, epoch: u32) -> Option<Reaped> {
 /// the start by a survivor that takes it over after we die part-way ([`reap_dead`]): settling
 /// markers, the ring steps of recovery, dropping a registration and releasing holdings are
 /// idempotent; a journal entry's in-flight counts are taken as the dead participant would have,
-/// journaled in its entry (`journal::recover_record`); a ring's queued descriptor is popped
-/// before it is dropped, so no count is ever dropped twice (one cut off in the instant between
-/// stays undropped, and its slot out of use).
+/// journaled in its entry (`journal::recover_record`), and what waited in its rings is received
+/// as it would have, journaled in its first journal (`Unit::drain_as`): what one recoverer did
+/// not finish, the next finishes exactly.
 fn retire(pool: &Pool, id: u32) -> Reaped {
     let recovered = recover(pool, id);
     let dropped = super::forget_participant(pool, id);

@@ -153,11 +153,17 @@ pub(crate) fn forget_participant(pool: &Pool, participant: u32) -> usize {
         .layout()
         .channels
         .iter()
-        .flat_map(|c| c.units.iter().copied());
+        .enumerate()
+        .flat_map(|(ch, c)| {
+            c.units
+                .iter()
+                .enumerate()
+                .map(move |(k, u)| (*u, journaled::unit_id(ch, k)))
+        });
     let services = crate::service::Directory::new(pool).all_units();
     fixed
         .chain(services)
-        .map(|u| Unit::new(pool, u).forget(participant))
+        .map(|(u, id)| Unit::new(pool, u).forget(participant, id))
         .sum()
 }
 

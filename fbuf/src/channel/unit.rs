@@ -2,6 +2,7 @@
 //! doorbells. A one-to-one or many-to-one channel is one unit; a broadcast channel is one unit per
 //! subscriber.
 
+use crate::journal::{Claim, Op, State};
 use crate::layout::{DESC_WORDS, SPSC_CELL_WORDS, UnitLayout};
 use crate::pool::{Desc, Pool};
 use crate::ring::{ConsumerState, MpmcRing, SpscRing, Stuck};
@@ -354,12 +355,69 @@ impl<'a> Unit<'a> {
         n
     }
 
-    /// Clears participant `id`'s registrations (it died) and drops what waits for it.
-    pub fn forget(&self, id: u32) -> usize {
+    /// Receives, as dead participant `dead` (this unit's receiver), everything its ring holds,
+    /// journaled in the dead one's first journal like its own receive (this unit is journal unit
+    /// `unit_id`): popped, then imported as its holdings, which its reclamation releases. A
+    /// recoverer that dies part-way leaves a receive in that journal that the survivor taking the
+    /// recovery over finishes exactly, before it drains the rest. Returns how many it took.
+    pub fn drain_as(&self, dead: u32, unit_id: u32) -> usize {
+        let s = self.pool.shared();
+        let j = s.journal(dead, 0);
+        let mut taken = 0;
+        let mut batch = Vec::with_capacity(crate::journal::ENTRIES);
+        // A ring holds at most its capacity; a peer that keeps refilling it cannot keep us here.
+        for _ in 0..=self.layout.capacity / crate::journal::ENTRIES + 1 {
+            batch.clear();
+            let popped = match self.ring() {
+                UnitRing::Spsc(r) => r.consumer().and_then(|mut st| {
+                    j.begin(Op::Recv, unit_id, st.position(), std::iter::empty());
+                    batch.resize(crate::journal::ENTRIES, Desc::default());
+                    let n = r.pop_then(&mut st, &mut batch, |got| {
+                        for d in got {
+                            j.push_entry(d.to_words(), State::Popping(Claim::Claiming));
+                        }
+                    });
+                    batch.truncate(*n.as_ref().unwrap_or(&0));
+                    n
+                }),
+                UnitRing::Mpmc(r) => {
+                    j.begin(Op::Recv, unit_id, 0, std::iter::empty());
+                    super::reader::pop_journaled(&r, &j, crate::journal::ENTRIES, &mut batch)
+                }
+            };
+            let n = popped.unwrap_or(0);
+            for (e, d) in batch.iter().enumerate().take(n) {
+                let waiting = matches!(j.state(e), State::Popped | State::Popping(_));
+                match s.check(d) {
+                    Ok((class, slot)) if waiting && !d.is_tombstone() => {
+                        crate::journal::import_for_dead(
+                            &j,
+                            e,
+                            &s.class(class),
+                            slot,
+                            d.generation,
+                            dead,
+                        );
+                    }
+                    _ => j.set(e, State::Done),
+                }
+            }
+            j.end();
+            taken += n;
+            if n == 0 {
+                break;
+            }
+        }
+        taken
+    }
+
+    /// Clears participant `id`'s registrations (it died) and drops what waits for it (this unit
+    /// is journal unit `unit_id`).
+    pub fn forget(&self, id: u32, unit_id: u32) -> usize {
         let mut dropped = 0;
         let cur = self.words[0].load(Ordering::Acquire);
         if cur & 0xffff_ffff == u64::from(id + 1) {
-            dropped = self.drain();
+            dropped = self.drain_as(id, unit_id);
             let _ = self.words[0].compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
         if (id as usize) < self.senders.len() {

@@ -332,11 +332,15 @@ impl<'p> Directory<'p> {
             .and_then(|e| self.unit(&e, index - e.first_unit))
     }
 
-    /// Every unit of every service that holds units, with its narrowed layout.
-    pub fn all_units(&self) -> Vec<UnitLayout> {
+    /// Every unit of every service that holds units, with its narrowed layout and its journal
+    /// unit id (what [`Directory::unit_by_id`] takes).
+    pub fn all_units(&self) -> Vec<(UnitLayout, u32)> {
         (0..self.layout.limits.services)
             .filter_map(|i| self.read(i))
-            .flat_map(|e| (0..e.spec.rings).filter_map(move |k| self.unit(&e, k)))
+            .flat_map(|e| {
+                (0..e.spec.rings)
+                    .filter_map(move |k| Some((self.unit(&e, k)?, SERVICE_UNIT + e.first_unit + k)))
+            })
             .collect()
     }
 
