@@ -731,8 +731,8 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
                 settle(rec, env, &mut r, true);
             }
         }
-        // A recoverer dying here (the models cut it) leaves the entry for the next one, which
-        // repeats only the idempotent ring steps.
+        // The seeded bug: the counts dropped bare, then the entry marked (a recoverer cut off in
+        // between leaves counts the next one drops again).
         if crate::sync::seeded::active(crate::sync::seeded::Bug::RecoveryDropsBare) {
             for _ in 0..discard {
                 r.discarded += usize::from(env.discard(value));
@@ -743,6 +743,8 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
             env.set_state(i, State::Done);
             continue;
         }
+        // A recoverer dying here (the models cut it) leaves the entry for the next one, which
+        // repeats only the idempotent ring steps.
         if cut() {
             return r;
         }
