@@ -189,3 +189,41 @@ fn bench_writes_parseable_json_and_a_valid_svg() {
     assert!(text.contains("message rate against size"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A departed participant whose recovery is under way shows in `fbuf stat`, with its recoverer,
+/// in text and JSON. The entry is written here as a recoverer leaves it while it works (entry 5
+/// being recovered by participant 0), through the control region as any participant could.
+#[test]
+fn stat_shows_a_recovery_in_progress_and_by_whom() {
+    let config = PoolConfig::builder().name("stat-recovery").build();
+    let owner = Owner::new(config.clone());
+    let attacker = common::Attacker::new(&owner.pool, &config);
+    let entry = attacker.layout.participants_offset + 5 * fbuf::layout::PARTICIPANT_ENTRY_SIZE;
+    // The entry's first 32-bit word is its state: RECOVERING (2) by participant 0 (0 + 1 << 8).
+    attacker
+        .word(entry)
+        .store(2 | (1 << 8), std::sync::atomic::Ordering::SeqCst);
+    let out = fbuf(&["stat", "--json", &owner.socket()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["recoveries"],
+        serde_json::json!([{"id": 5, "recoverer": 0}])
+    );
+    let out = fbuf(&["stat", &owner.socket()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("5 departed, being recovered by participant 0"),
+        "{text}"
+    );
+    attacker
+        .word(entry)
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let out = fbuf(&["stat", "--json", &owner.socket()]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["recoveries"], serde_json::json!([]));
+}
