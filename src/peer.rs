@@ -596,33 +596,47 @@ fn serve(socket: &str, nofile: u64, signals: bool, slots64: u32) -> Res {
         },
     )?;
     eprintln!("READY");
-    let stats = || {
-        let s = server.stats();
-        let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
-        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
-        format!(
-            "retired={} admitted={} malformed={} timed_out={} evicted={} out_of_fds={} \
-             released={} free={} slots={} threads={threads}",
-            n(&s.retired),
-            n(&s.admitted),
-            n(&s.malformed),
-            n(&s.timed_out),
-            n(&s.evicted),
-            n(&s.out_of_fds),
-            n(&s.released_on_retire),
-            pool.free_count(),
-            pool.slot_count(),
-        )
-    };
+    serve_stats(&server, &pool, std::io::stdin().lock().lines())
+}
+
+/// A server's counters and its pool's: the STATS line of `serve` and `adopt`.
+fn server_stats(server: &session::Server, pool: &fbuf::Pool) -> String {
+    let s = server.stats();
+    let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    format!(
+        "retired={} admitted={} refused={} malformed={} timed_out={} evicted={} out_of_fds={} \
+         released={} free={} slots={} participants={} threads={threads}",
+        n(&s.retired),
+        n(&s.admitted),
+        n(&s.refused),
+        n(&s.malformed),
+        n(&s.timed_out),
+        n(&s.evicted),
+        n(&s.out_of_fds),
+        n(&s.released_on_retire),
+        pool.free_count(),
+        pool.slot_count(),
+        pool.participants().len(),
+    )
+}
+
+/// Prints a STATS line on stdout for each line of `lines` (stdin) until it ends; the last
+/// figures are the result.
+fn serve_stats(
+    server: &session::Server,
+    pool: &fbuf::Pool,
+    lines: impl Iterator<Item = std::io::Result<String>>,
+) -> Res {
     let mut out = std::io::stdout().lock();
-    for line in std::io::stdin().lock().lines() {
+    for line in lines {
         if line.is_err() {
             break;
         }
-        writeln!(out, "STATS {}", stats())?;
+        writeln!(out, "STATS {}", server_stats(server, pool))?;
         out.flush()?;
     }
-    Ok(stats())
+    Ok(server_stats(server, pool))
 }
 
 fn hold_size(socket: &str, n: u64, size: usize) -> Res {
@@ -650,26 +664,7 @@ fn adopt(socket: &str, consumer: bool) -> Res {
     let _ = lines.next();
     let server = session::Server::start(pool.clone(), socket, session::Policy::default())?;
     eprintln!("ADOPTED");
-    let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
-    let mut out = std::io::stdout().lock();
-    for line in lines {
-        if line.is_err() {
-            break;
-        }
-        let s = server.stats();
-        writeln!(
-            out,
-            "STATS admitted={} refused={} retired={} free={} slots={} participants={}",
-            n(&s.admitted),
-            n(&s.refused),
-            n(&s.retired),
-            pool.free_count(),
-            pool.slot_count(),
-            pool.participants().len(),
-        )?;
-        out.flush()?;
-    }
-    Ok(String::new())
+    serve_stats(&server, &pool, lines)
 }
 
 /// Waits up to `secs` for `n` buffers of `size` bytes, all held at once at the end.

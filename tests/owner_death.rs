@@ -314,7 +314,7 @@ fn a_survivor_adopts_the_pool_and_new_processes_join_through_it() {
 }
 
 /// A consumer that adopts the pool has only read access to the payload, so it can give no one
-/// write access: producers are refused by name, consumers admitted.
+/// write access: producers are refused by name, consumers admitted with a read-only view.
 #[test]
 fn a_consumer_that_adopts_the_pool_admits_no_producer() {
     let mut owner = Owner::start("adopt-ro");
@@ -330,6 +330,17 @@ fn a_consumer_that_adopts_the_pool_admits_no_producer() {
         consumer.status.success(),
         "{}",
         String::from_utf8_lossy(&consumer.stderr)
+    );
+    // What it admits reads the payload and cannot write it, as through the owner.
+    let r = result(&consumer.stderr);
+    assert_eq!(r["writable"], "false", "{r:?}");
+    assert!(
+        r["mprotect"].starts_with("err"),
+        "mprotect to writable: {r:?}"
+    );
+    assert!(
+        r["write_data"].starts_with("err"),
+        "write(2) to the data fd: {r:?}"
     );
     let st = adopter.stats();
     assert_eq!(

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::journaled::{EntryTrack, Owned, unit_id};
-use super::reader::{RingReader, pop_journaled};
+use super::reader::RingReader;
+use super::unit::pop_journaled;
 use super::unit::{Unit, UnitRing};
 use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadline};
 use crate::journal::{Op, State};

@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use super::journaled::{EntryTrack, Owned};
-use super::unit::{Unit, UnitRing, wait_for_data};
+use super::journaled::Owned;
+use super::unit::{Unit, UnitRing, awaits_import, wait_for_data};
 use super::{FUTEX, RecvError, WaitStrategy, deadline};
-use crate::journal::{ENTRIES, Journal, Op, State};
 use crate::layout::UnitLayout;
 use crate::pool::{Buf, Desc, Pool};
-use crate::ring::{ConsumerState, MpmcRing, Stuck};
+use crate::ring::{ConsumerState, Stuck};
 
 /// A registered receiver's view of its unit: the consumer's private state and how it waits.
 pub(super) struct RingReader {
@@ -132,28 +131,7 @@ impl RingReader {
     ) -> Result<usize, RecvError> {
         let unit = Unit::new(&self.pool, self.unit);
         let j = self.journal.get();
-        let max = max.min(ENTRIES);
-        let base = self.spsc.as_ref().map_or(0, |st| st.position());
-        j.begin(Op::Recv, self.unit_id, base, std::iter::empty());
-        let popped = match (unit.ring(), self.spsc.as_mut()) {
-            (UnitRing::Spsc(r), Some(st)) => {
-                self.batch.resize(max, Desc::default());
-                let n = r.pop_then(st, &mut self.batch, |got| {
-                    for d in got {
-                        j.push_entry(
-                            d.to_words(),
-                            State::Popping(crate::journal::Claim::Claiming),
-                        );
-                    }
-                });
-                n.inspect(|&n| self.batch.truncate(n))
-            }
-            (UnitRing::Mpmc(r), _) => {
-                self.batch.clear();
-                pop_journaled(&r, &j, max, &mut self.batch)
-            }
-            _ => Err(Stuck),
-        };
+        let popped = unit.journaled_pop(self.spsc.as_mut(), &j, self.unit_id, max, &mut self.batch);
         let n = match popped {
             Ok(n) => n,
             Err(Stuck) => {
@@ -178,9 +156,7 @@ impl RingReader {
         // Entries 0..n are the popped cells, in `batch` order.
         for e in 0..n {
             let d = self.batch[e];
-            let waiting = matches!(j.state(e), State::Popped | State::Popping(_));
-            if !waiting || d.is_tombstone() {
-                j.set(e, State::Done);
+            if !awaits_import(&j, e, &d) {
                 continue;
             }
             match self.pool.import_entry(&j, e, d) {
@@ -205,44 +181,4 @@ impl RingReader {
             self.persistent,
         )
     }
-}
-
-/// Pops up to `max` descriptors from an MPMC ring, one journal entry each (tombstones included,
-/// as entries the import step skips); returns how many cells were taken.
-pub(super) fn pop_journaled(
-    r: &MpmcRing<'_, Desc>,
-    j: &Journal<'_>,
-    max: usize,
-    out: &mut Vec<Desc>,
-) -> Result<usize, Stuck> {
-    let mut n = 0;
-    while n < max {
-        let Some(e) = j.push_entry([0, 0], State::New) else {
-            break;
-        };
-        let track = EntryTrack {
-            j,
-            entry: e,
-            pop: true,
-        };
-        match r.pop_with(&track) {
-            Ok(Some(d)) => {
-                j.set(e, State::Popped);
-                out.push(d);
-                n += 1;
-            }
-            Ok(None) => {
-                j.set(e, State::Done);
-                break;
-            }
-            Err(s) => {
-                j.set(e, State::Done);
-                if n == 0 {
-                    return Err(s);
-                }
-                break;
-            }
-        }
-    }
-    Ok(n)
 }

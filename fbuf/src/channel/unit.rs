@@ -2,7 +2,7 @@
 //! doorbells. A one-to-one or many-to-one channel is one unit; a broadcast channel is one unit per
 //! subscriber.
 
-use crate::journal::{Claim, Op, State};
+use crate::journal::{Claim, ENTRIES, EntryTrack, Journal, Op, State, import_for_dead};
 use crate::layout::{DESC_WORDS, SPSC_CELL_WORDS, UnitLayout};
 use crate::pool::{Desc, Pool};
 use crate::ring::{ConsumerState, MpmcRing, SpscRing, Stuck};
@@ -19,6 +19,13 @@ const PRODUCER_SHIFT: u32 = 8;
 /// The flags word's producer field for participant `id` with claim epoch `epoch`.
 fn producer_field(id: u32, epoch: u32) -> u64 {
     (u64::from(epoch) << 32) | (u64::from(id + 1) << PRODUCER_SHIFT)
+}
+
+/// The producer claim a flags word holds: `(id, epoch)` of the claimant, `None` if the field
+/// names nobody (untrusted: the id may be no participant).
+fn producer_of(word: u64) -> Option<(u32, u32)> {
+    let id = ((word >> PRODUCER_SHIFT) & 0xff_ffff) as u32;
+    (id != 0).then(|| (id - 1, (word >> 32) as u32))
 }
 
 /// Encodes a participant as an endpoint word: epoch above, id + 1 below; 0 is nobody.
@@ -220,16 +227,9 @@ impl<'a> Unit<'a> {
         let s = self.pool.shared();
         loop {
             let cur = self.words[1].load(Ordering::Acquire);
-            let holder = cur & !FLAG_BITS;
-            let (hid, hepoch) = (
-                ((holder >> PRODUCER_SHIFT) & 0xff_ffff) as u32,
-                (holder >> 32) as u32,
-            );
-            if holder != 0
-                && hid != 0
-                && hid - 1 < s.max_participants()
-                && s.participant(hid - 1).is_claimed_by(hepoch)
-            {
+            if producer_of(cur).is_some_and(|(holder, epoch)| {
+                holder < s.max_participants() && s.participant(holder).is_claimed_by(epoch)
+            }) {
                 return false;
             }
             let claimed = (cur & FLAG_BITS) | producer_field(id, epoch);
@@ -245,8 +245,9 @@ impl<'a> Unit<'a> {
     /// Gives up participant `id`'s producer claim, if it holds one (any epoch of it).
     fn clear_producer(&self, id: u32) {
         let _ = self.words[1].fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-            let hid = ((cur & !FLAG_BITS) >> PRODUCER_SHIFT) & 0xff_ffff;
-            (hid == u64::from(id) + 1).then_some(cur & FLAG_BITS)
+            producer_of(cur)
+                .is_some_and(|(holder, _)| holder == id)
+                .then_some(cur & FLAG_BITS)
         });
     }
 
@@ -355,6 +356,40 @@ impl<'a> Unit<'a> {
         n
     }
 
+    /// Begins a receive in `j` (journal unit `unit_id`) and pops up to `max` (at most
+    /// [`ENTRIES`]) descriptors into `batch`, each journaled before the ring lets its cell go:
+    /// SPSC with the consumer state `spsc`, MPMC claim by claim. Entries `0..n` of `j` are the
+    /// popped cells, in `batch` order; the caller imports them and ends the journal.
+    pub(super) fn journaled_pop(
+        &self,
+        spsc: Option<&mut ConsumerState>,
+        j: &Journal<'_>,
+        unit_id: u32,
+        max: usize,
+        batch: &mut Vec<Desc>,
+    ) -> Result<usize, Stuck> {
+        let max = max.min(ENTRIES);
+        let base = spsc.as_ref().map_or(0, |st| st.position());
+        j.begin(Op::Recv, unit_id, base, std::iter::empty());
+        match (self.ring(), spsc) {
+            (UnitRing::Spsc(r), Some(st)) => {
+                batch.resize(max, Desc::default());
+                let n = r.pop_then(st, batch, |got| {
+                    for d in got {
+                        j.push_entry(d.to_words(), State::Popping(Claim::Claiming));
+                    }
+                });
+                batch.truncate(*n.as_ref().unwrap_or(&0));
+                n
+            }
+            (UnitRing::Mpmc(r), _) => {
+                batch.clear();
+                pop_journaled(&r, j, max, batch)
+            }
+            _ => Err(Stuck),
+        }
+    }
+
     /// Receives, as dead participant `dead` (this unit's receiver), everything its ring holds,
     /// journaled in the dead one's first journal like its own receive (this unit is journal unit
     /// `unit_id`): popped, then imported as its holdings, which its reclamation releases. A
@@ -364,42 +399,25 @@ impl<'a> Unit<'a> {
         let s = self.pool.shared();
         let j = s.journal(dead, 0);
         let mut taken = 0;
-        let mut batch = Vec::with_capacity(crate::journal::ENTRIES);
+        let mut batch = Vec::with_capacity(ENTRIES);
         // A ring holds at most its capacity; a peer that keeps refilling it cannot keep us here.
-        for _ in 0..=self.layout.capacity / crate::journal::ENTRIES + 1 {
-            batch.clear();
-            let popped = match self.ring() {
-                UnitRing::Spsc(r) => r.consumer().and_then(|mut st| {
-                    j.begin(Op::Recv, unit_id, st.position(), std::iter::empty());
-                    batch.resize(crate::journal::ENTRIES, Desc::default());
-                    let n = r.pop_then(&mut st, &mut batch, |got| {
-                        for d in got {
-                            j.push_entry(d.to_words(), State::Popping(Claim::Claiming));
-                        }
-                    });
-                    batch.truncate(*n.as_ref().unwrap_or(&0));
-                    n
-                }),
-                UnitRing::Mpmc(r) => {
-                    j.begin(Op::Recv, unit_id, 0, std::iter::empty());
-                    super::reader::pop_journaled(&r, &j, crate::journal::ENTRIES, &mut batch)
-                }
+        for _ in 0..=self.layout.capacity / ENTRIES + 1 {
+            let mut spsc = match self.ring() {
+                UnitRing::Spsc(r) => r.consumer().ok(),
+                UnitRing::Mpmc(_) => None,
             };
-            let n = popped.unwrap_or(0);
+            let n = self
+                .journaled_pop(spsc.as_mut(), &j, unit_id, ENTRIES, &mut batch)
+                .unwrap_or(0);
             for (e, d) in batch.iter().enumerate().take(n) {
-                let waiting = matches!(j.state(e), State::Popped | State::Popping(_));
+                if !awaits_import(&j, e, d) {
+                    continue;
+                }
                 match s.check(d) {
-                    Ok((class, slot)) if waiting && !d.is_tombstone() => {
-                        crate::journal::import_for_dead(
-                            &j,
-                            e,
-                            &s.class(class),
-                            slot,
-                            d.generation,
-                            dead,
-                        );
+                    Ok((class, slot)) => {
+                        import_for_dead(&j, e, &s.class(class), slot, d.generation, dead);
                     }
-                    _ => j.set(e, State::Done),
+                    Err(_) => j.set(e, State::Done),
                 }
             }
             j.end();
@@ -447,4 +465,55 @@ pub fn wait_for_data(
             !unit.ring_is_empty(spsc)
                 || (!persistent && full && unit.peers_checked() && unit.senders_gone())
         })
+}
+
+/// Pops up to `max` descriptors from an MPMC ring, one journal entry each (tombstones included,
+/// as entries the import step skips); returns how many cells were taken.
+pub(super) fn pop_journaled(
+    r: &MpmcRing<'_, Desc>,
+    j: &Journal<'_>,
+    max: usize,
+    out: &mut Vec<Desc>,
+) -> Result<usize, Stuck> {
+    let mut n = 0;
+    while n < max {
+        let Some(e) = j.push_entry([0, 0], State::New) else {
+            break;
+        };
+        let track = EntryTrack {
+            j,
+            entry: e,
+            pop: true,
+        };
+        match r.pop_with(&track) {
+            Ok(Some(d)) => {
+                j.set(e, State::Popped);
+                out.push(d);
+                n += 1;
+            }
+            Ok(None) => {
+                j.set(e, State::Done);
+                break;
+            }
+            Err(s) => {
+                j.set(e, State::Done);
+                if n == 0 {
+                    return Err(s);
+                }
+                break;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Whether entry `e` of a journaled pop (descriptor `d`) still waits to be imported; if not (a
+/// tombstone, or a cell the pop did not take), it is marked done.
+pub(super) fn awaits_import(j: &Journal<'_>, e: usize, d: &Desc) -> bool {
+    let waiting = matches!(j.state(e), State::Popped | State::Popping(_));
+    if !waiting || d.is_tombstone() {
+        j.set(e, State::Done);
+        return false;
+    }
+    true
 }

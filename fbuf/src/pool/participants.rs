@@ -20,6 +20,11 @@ pub const ACTIVE: u32 = 1;
 pub const RECOVERING: u32 = 2;
 /// Where the recoverer's id + 1 sits in a recovering entry's state word.
 const RECOVERER_SHIFT: u32 = 8;
+
+/// Whether state word `state` says "being recovered" (by whomever its upper bits name).
+fn is_recovering(state: u32) -> bool {
+    state & 0xff == RECOVERING
+}
 /// The state word of an entry claimed for a joiner whose liveness lock is not taken yet.
 pub const RESERVED: u32 = 3;
 
@@ -116,13 +121,13 @@ impl<'a> Entry<'a> {
     /// is being recovered (a scribbled word may name an id that is no participant).
     pub fn recoverer(&self) -> Option<u32> {
         let state = self.words[0].load(Ordering::Acquire);
-        (state & 0xff == RECOVERING && state >> RECOVERER_SHIFT != 0)
+        (is_recovering(state) && state >> RECOVERER_SHIFT != 0)
             .then(|| (state >> RECOVERER_SHIFT) - 1)
     }
 
     /// Takes over, for participant `recoverer`, the recovery that `dead` began and did not
     /// finish (it died too): false if the entry is not being recovered by `dead` any more.
-    /// Recovery is written to be run again from the start (see `channel::reap`).
+    /// Recovery is written to be run again from the start (`channel::journaled::retire`).
     pub fn take_over_recovery(&self, dead: u32, recoverer: u32) -> bool {
         self.words[0]
             .compare_exchange(
@@ -138,10 +143,11 @@ impl<'a> Entry<'a> {
     /// ring endpoint it registered is not free for another until its recovery has finished.
     pub fn is_claimed_by(&self, epoch: u32) -> bool {
         let state = self.words[0].load(Ordering::Acquire);
-        (state == ACTIVE || state & 0xff == RECOVERING) && self.epoch() == epoch
+        (state == ACTIVE || is_recovering(state)) && self.epoch() == epoch
     }
 
-    /// Frees the entry. Owner only, after the participant's holdings were released.
+    /// Frees the entry. Its recoverer only (the owner, or a survivor), after the participant's
+    /// holdings were released.
     pub fn retire(&self) {
         self.words[1].store(0, Ordering::Relaxed);
         self.words[2].store(0, Ordering::Relaxed);
