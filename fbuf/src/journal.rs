@@ -487,6 +487,21 @@ pub fn lend(
 /// process, journaled like [`lend`]. On error the entry is done (nothing was taken).
 #[inline]
 pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), SlotError> {
+    // The common case, the only descriptor of a slot nobody holds, taken by a process with no
+    // handle to it: no locked instruction (see `ClassSlots::lent_alone`), journaled like the
+    // `Fresh` import below. The word is read first: its Acquire orders the handle count's read
+    // after the last release of the slot by a thread of ours, so a count of 0 read then is not
+    // an old one; and with no handle and the descriptor ours, no thread of ours can change it.
+    if s.class.lent_alone(s.slot, s.generation, s.me) && s.local.count(s.index) == 0 {
+        j.set(e, State::Importing(Import::Fresh));
+        if cut() {
+            return Ok(());
+        }
+        s.local.set_first(s.index);
+        s.class.take_alone(s.slot, s.generation, s.me);
+        j.set(e, State::Done);
+        return Ok(());
+    }
     s.local.locked(s.index, |count| {
         if count == 0 {
             j.set(e, State::Importing(Import::Fresh));

@@ -985,6 +985,11 @@ fn spsc_recv_death(steps: usize, holding: bool, co_holder: bool, recoverer: Opti
                 let c = class.slots();
                 let s = slot_ref(&c, &local, 0, slot, generation, DEAD);
                 if journal::import(&j, 0, &s).is_ok() && !death::dead() {
+                    // A finished import holds the slot, in the word or its row: a step that
+                    // took the descriptor and left no holding would let the slot be reused
+                    // under the receiver's handle (recovery alone would not notice).
+                    assert!(c.is_held_by(slot, DEAD), "an import left the slot unheld");
+                    assert_eq!(local.count(0), 1 + u32::from(holding), "the handle count");
                     j.end();
                 }
             })

@@ -503,6 +503,50 @@ impl<'a> ClassSlots<'a> {
         self.states[slot].store(next.0, Ordering::Release);
     }
 
+    /// Whether the descriptor of `slot` that the caller has just popped is the slot's only
+    /// reference: the word says exactly "generation `generation`, one descriptor in flight, no
+    /// holder, no marker" (what [`ClassSlots::hand_off_alone`] leaves), and `holder`'s row byte
+    /// is clear. Then nobody else may change the word until the caller does: taking or dropping
+    /// the descriptor needs the descriptor, which the caller alone popped; holding, lending or
+    /// releasing needs a holding, and there is none; recovery touches only a dead participant's
+    /// holdings and markers. So [`ClassSlots::take_alone`] may follow without a CAS.
+    ///
+    /// The load is Acquire: it pairs with the Release of the hand-off, so the bytes the sender
+    /// wrote are visible to the taker, as with [`ClassSlots::take_lent`].
+    #[inline]
+    pub fn lent_alone(&self, slot: usize, generation: u32, holder: u32) -> bool {
+        holder < super::state::PARTICIPANT_LIMIT
+            && self.states.get(slot).is_some_and(|w| {
+                w.load(Ordering::Acquire) == SlotState::free(generation).with_in_flight(1).0
+            })
+            && self
+                .bit(slot, holder)
+                .is_some_and(|b| b.load(Ordering::Relaxed) == 0)
+    }
+
+    /// [`ClassSlots::take_lent`] (as a new holder) for a slot [`ClassSlots::lent_alone`] said
+    /// the caller's descriptor is alone on: one plain store, not a CAS. A CAS is a full barrier
+    /// on x86: it waited for the word's line from the sender's core before the receiver could
+    /// even ask for the next message's lines; a store lets a batch's transfers overlap.
+    #[inline]
+    pub fn take_alone(&self, slot: usize, generation: u32, holder: u32) {
+        // SYNC POINT (take, alone): Release orders the journal's "importing" record before the
+        // word that says the import happened (recovery reads the two together).
+        self.states[slot].store(
+            SlotState::allocated(generation, holder).0,
+            Ordering::Release,
+        );
+    }
+
+    /// Frees a slot [`ClassSlots::owns_alone`] said `holder` has to itself, with one plain store:
+    /// the last handle's release, without the `fetch_sub` of [`ClassSlots::release_held`].
+    #[inline]
+    pub fn free_alone(&self, slot: usize, generation: u32) {
+        // SYNC POINT (release, alone): Release pairs with the Acquire of the next `try_claim`,
+        // as in `release`.
+        self.states[slot].store(SlotState::free(generation).0, Ordering::Release);
+    }
+
     /// Turns one in-flight descriptor of `slot` into a holding of `holder` (its owner if the
     /// slot has none: one CAS). `add_holder` is false when the caller's process already holds
     /// the slot (it stays a holder once; the descriptor is consumed).

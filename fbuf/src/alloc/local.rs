@@ -173,9 +173,16 @@ impl LocalRefs {
         }
     }
 
-    /// The current count (for tests and diagnostics).
+    /// The current count (for tests, diagnostics, and the lock-free import's check that this
+    /// process has no handle).
     pub fn count(&self, i: usize) -> u32 {
         self.counts[i].load(Ordering::Relaxed)
+    }
+
+    /// Records the first handle of a slot that no thread of this process can reach yet (its
+    /// count read 0, and the only descriptor of it is the caller's): a plain store, no lock.
+    pub fn set_first(&self, i: usize) {
+        self.counts[i].store(1, Ordering::Relaxed);
     }
 }
 

@@ -153,17 +153,23 @@ impl RingReader {
         unit.space_bell().ring(&FUTEX);
         let before = out.len();
         let mut first_err = None;
-        // Entries 0..n are the popped cells, in `batch` order.
+        // Entries 0..n are the popped cells, in `batch` order. The imports first, the handles
+        // after (see `Pool::import_entry_held`); `taken` keeps the imported ones in order.
+        let mut taken = 0;
         for e in 0..n {
             let d = self.batch[e];
             if !awaits_import(&j, e, &d) {
                 continue;
             }
-            match self.pool.import_entry(&j, e, d) {
-                Ok(b) => out.push(b),
+            match self.pool.import_entry_held(&j, e, d) {
+                Ok(()) => {
+                    self.batch[taken] = d;
+                    taken += 1;
+                }
                 Err(err) => first_err = first_err.or(Some(err)),
             }
         }
+        out.extend(self.batch[..taken].iter().map(|d| self.pool.held(*d)));
         j.end();
         match first_err {
             Some(e) if out.len() == before => Err(e.into()),

@@ -594,6 +594,8 @@ impl Pool {
         liveness: Option<OwnedFd>,
     ) -> Pool {
         let local = LocalRefs::new(layout.total_slots);
+        // Before any ring is used (the doorbells' light fence relies on it; see `sync::barrier`).
+        crate::sync::barrier::register();
         Pool {
             shared: Arc::new(Shared {
                 control,
@@ -699,6 +701,27 @@ impl Pool {
         e: usize,
         desc: Desc,
     ) -> Result<Buf, DescError> {
+        self.import_entry_held(j, e, desc)?;
+        Ok(self.held(desc))
+    }
+
+    /// A handle for a slot this process has just taken a holding of (by
+    /// [`Pool::import_entry_held`]), without another step on the slot.
+    pub(crate) fn held(&self, desc: Desc) -> Buf {
+        Buf::from_held(self.clone(), desc)
+    }
+
+    /// [`Pool::import_entry`] without making the handle: the holding is taken, and
+    /// [`Pool::held`] must turn it into a handle (or it stays held until this process goes). A
+    /// batch's imports run first and its handles are made after: making a handle counts a
+    /// reference to the pool with a locked instruction, which would wait for every line the
+    /// import before it asked for; after the batch, those transfers have overlapped.
+    pub(crate) fn import_entry_held(
+        &self,
+        j: &Journal<'_>,
+        e: usize,
+        desc: Desc,
+    ) -> Result<(), DescError> {
         let s = &self.shared;
         if let Err(err) = s.check(&desc) {
             j.set(e, journal::State::Done);
@@ -710,8 +733,7 @@ impl Pool {
         // two transfers overlap instead of following each other.
         prefetch(s.slot_ptr(&desc));
         s.with_slot(&desc, |slot| journal::import(j, e, slot))
-            .map_err(DescError::from_slot)?;
-        Ok(Buf::from_held(self.clone(), desc))
+            .map_err(DescError::from_slot)
     }
 
     /// Drops a descriptor made by [`Buf::share`] without importing it; the slot is freed if
@@ -1051,8 +1073,19 @@ impl Shared {
     fn release(&self, d: &Desc) {
         let c = &self.layout.classes[d.class as usize];
         let slots = self.class(d.class as usize);
-        self.local.release(c.first_slot + d.slot as usize, || {
-            slots.release_held(d.slot as usize, self.me);
+        let (index, slot) = (c.first_slot + d.slot as usize, d.slot as usize);
+        // The last handle of a slot nobody else holds: freed with plain stores (see
+        // `LocalRefs::give_only` and `ClassSlots::free_alone`).
+        let alone = || slots.owns_alone(slot, d.generation, self.me);
+        if self
+            .local
+            .give_only(index, alone, || slots.free_alone(slot, d.generation))
+            .is_some()
+        {
+            return;
+        }
+        self.local.release(index, || {
+            slots.release_held(slot, self.me);
         });
     }
 }

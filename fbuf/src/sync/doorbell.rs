@@ -17,11 +17,15 @@
 //! kernel's `seq == s` check fails and it returns at once), or the waiter's re-check of the
 //! condition comes after the data in the single total order of SeqCst operations and sees it. A
 //! waker that sees no sleeper makes no system call: the fast path stays in user space.
+//!
+//! The two fences are an asymmetric pair (`super::barrier`): the waker's is a compiler barrier
+//! when its process registered for `membarrier(2)`, and the waiter, about to sleep, makes every
+//! registered process's running threads pass a full barrier instead.
 
 use std::time::{Duration, Instant};
 
 use super::seeded::{self, Bug};
-use super::{AtomicU32, Ordering, fence, spin_hint};
+use super::{AtomicU32, Ordering, barrier, spin_hint};
 
 /// The longest a waiter sleeps before it re-checks its whole condition, woken or not.
 pub const RECHECK: Duration = Duration::from_millis(50);
@@ -71,9 +75,10 @@ impl<'a> Doorbell<'a> {
     /// Called after publishing data: wakes sleepers if any announced themselves. Returns whether
     /// it made a wake call.
     pub fn ring(&self, futex: &impl Futex) -> bool {
-        // SYNC POINT (doorbell): SeqCst fence between the caller's data store and this load,
-        // against the waiter's SeqCst increment before its re-check (see the module docs).
-        fence(Ordering::SeqCst);
+        // SYNC POINT (doorbell): a barrier between the caller's data store and this load,
+        // against the waiter's barrier before its re-check (see the module docs): the light half
+        // of the asymmetric pair (`super::barrier`).
+        barrier::light();
         if self.sleepers.load(Ordering::Relaxed) == 0 {
             return false;
         }
@@ -143,7 +148,7 @@ impl<'a> Doorbell<'a> {
             // either the waker sees us or our re-check sees its data. (The RMW alone would not
             // order the plain Acquire loads in `ready()`; loom finds that interleaving.)
             self.sleepers.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
+            let barrier_made = barrier::heavy();
             let seen = self.seq.load(Ordering::SeqCst);
             if !seeded::active(Bug::NoSleeperRecheck) && ready(true) {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -153,7 +158,11 @@ impl<'a> Doorbell<'a> {
             // costly part (is the other side still there?) must be looked at again.
             let timeout = deadline
                 .map_or(RECHECK, |d| d.saturating_duration_since(Instant::now()))
-                .min(RECHECK);
+                .min(if barrier_made {
+                    RECHECK
+                } else {
+                    barrier::SHORT_NAP
+                });
             futex.wait(self.seq, seen, Some(timeout));
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
@@ -184,6 +193,8 @@ mod tests {
 
     #[test]
     fn a_sleeper_is_woken_and_a_lonely_ring_makes_no_call() {
+        // With the light half of the barrier, as every pool's process runs it.
+        barrier::register();
         let words = Arc::new([AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)]);
         let bell = Doorbell::new(&words[0], &words[1]);
         assert!(!bell.ring(&SysFutex), "no sleeper, no wake call");

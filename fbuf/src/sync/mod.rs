@@ -11,6 +11,7 @@ pub use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 #[cfg(not(loom))]
 pub use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
+pub mod barrier;
 pub mod doorbell;
 pub mod readiness;
 

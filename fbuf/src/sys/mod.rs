@@ -5,6 +5,7 @@ pub mod eventfd;
 pub mod fdpass;
 pub mod futex;
 pub mod lock;
+pub mod membarrier;
 pub mod memfd;
 pub mod mmap;
 pub mod poll;
