@@ -163,3 +163,56 @@ fn exhaustion_is_an_error_and_the_timeout_is_kept() {
     assert!(pool.alloc_timeout(4096, Duration::from_secs(10)).is_ok());
     freer.join().unwrap();
 }
+
+/// A buffer shared or cloned before it is sent keeps every descriptor. The send hands off a
+/// buffer that nothing has cloned or shared since it was frozen without reading its slot word;
+/// a buffer taken for unshared by mistake would have its shared descriptor's count overwritten,
+/// and the slot freed under that descriptor.
+#[test]
+fn a_buffer_shared_or_cloned_before_its_send_keeps_every_descriptor() {
+    use fbuf::layout::{ChannelSpec, channel_kind};
+    for via_clone in [false, true] {
+        let pool = Pool::create(&PoolConfig {
+            classes: vec![ClassSpec {
+                slot_size: 256,
+                slot_count: 4,
+            }],
+            channels: vec![ChannelSpec {
+                kind: channel_kind::ONE_TO_ONE,
+                capacity: 4,
+                receivers: 1,
+                reserved: 0,
+            }],
+            name: "unshared-test".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let peer = peer_of(&pool);
+        let mut tx = pool.sender(0).unwrap();
+        let mut rx = pool.receiver(0).unwrap();
+        let mut b = pool.alloc(100).unwrap();
+        b.fill(5);
+        let b = b.freeze();
+        let shared = if via_clone {
+            let c = b.clone();
+            let d = c.share().unwrap();
+            drop(c);
+            d
+        } else {
+            b.share().unwrap()
+        };
+        tx.try_send(b).unwrap();
+        let got = rx.try_recv().unwrap();
+        assert_eq!((got[0], got[99]), (5, 5));
+        drop(got);
+        assert_eq!(
+            pool.free_count(),
+            pool.slot_count() - 1,
+            "the shared descriptor keeps its slot (via_clone: {via_clone})"
+        );
+        let other = peer.import(shared).unwrap();
+        assert_eq!((other[0], other[99]), (5, 5));
+        drop(other);
+        assert_eq!(pool.free_count(), pool.slot_count(), "nothing leaked");
+    }
+}

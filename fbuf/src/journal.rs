@@ -412,13 +412,19 @@ pub fn lend(
     j: &Journal<'_>,
     entries: std::ops::Range<usize>,
     s: &SlotRef<'_, '_>,
+    unshared: bool,
 ) -> Result<(), SlotError> {
     let n = entries.len() as u32;
     let set_all = |state| entries.clone().for_each(|e| j.set(e, state));
     // The common case, the only handle of a slot nobody else holds: a move without a locked
-    // instruction (see `ClassSlots::hand_off_alone`), journaled like the one below.
-    let alone =
-        || (1..=MAX_IN_FLIGHT).contains(&n) && s.class.owns_alone(s.slot, s.generation, s.me);
+    // instruction (see `ClassSlots::hand_off_alone`), journaled like the one below. `unshared`
+    // (the handle has never been cloned or shared since it was allocated) vouches for the word
+    // without reading it: that read waited for the word's line whenever the receiver had
+    // written a neighbouring slot's word since the allocation (`Buf::lend_into`).
+    let alone = || {
+        (1..=MAX_IN_FLIGHT).contains(&n)
+            && (unshared || s.class.owns_alone(s.slot, s.generation, s.me))
+    };
     let moved = s.local.give_only(s.index, alone, || {
         set_all(State::Lending(Lend::Move));
         if cut() {

@@ -540,7 +540,7 @@ fn local_hand_off_vs_import() {
             std::iter::once([slot as u64, u64::from(generation)]),
         );
         let s = slot_ref(&c, &local, 0, slot, generation, 0);
-        let handed = journal::lend(&j, 0..1, &s).is_ok();
+        let handed = journal::lend(&j, 0..1, &s, false).is_ok();
         assert!(handed);
         assert!(
             importer.join().unwrap(),
@@ -907,7 +907,7 @@ fn spsc_send_death(steps: usize, handles: u32, co_holder: bool, recoverer: Optio
                 let s = slot_ref(&c, &local, 0, slot, generation, DEAD);
                 // `died`, not `dead`: a sender whose steps ran out right after the lend dies at
                 // the push's first cut, or after its stamps, before its tail.
-                if journal::lend(&j, 0..1, &s).is_ok() && !death::died() {
+                if journal::lend(&j, 0..1, &s, false).is_ok() && !death::died() {
                     let _ = ring.ring().push(&mut p, &[v]);
                     if !death::dead() {
                         j.end();
@@ -1028,7 +1028,7 @@ fn mpmc_push_death(steps: usize, recoverer: Option<usize>) {
                 j.begin(Op::Send, 0, 0, std::iter::once(va));
                 let c = class.slots();
                 let s = slot_ref(&c, &local, a, a, ga, DEAD);
-                if journal::lend(&j, 0..1, &s).is_err() || death::dead() {
+                if journal::lend(&j, 0..1, &s, false).is_err() || death::dead() {
                     return;
                 }
                 let track = EntryTrack {
@@ -1150,7 +1150,7 @@ fn spsc_send_batch_death(steps: usize, recoverer: Option<usize>) {
                 let c = class.slots();
                 for (e, &(slot, generation)) in held.iter().enumerate() {
                     let s = slot_ref(&c, &local, slot, slot, generation, DEAD);
-                    if journal::lend(&j, e..e + 1, &s).is_err() || death::died() {
+                    if journal::lend(&j, e..e + 1, &s, false).is_err() || death::died() {
                         return;
                     }
                 }
@@ -1231,7 +1231,7 @@ fn publish_death(steps: usize) {
                 j.begin(Op::Publish, 0, 0, std::iter::repeat_n(v, 2));
                 let c = class.slots();
                 let s = slot_ref(&c, &local, 0, slot, generation, DEAD);
-                if journal::lend(&j, 0..2, &s).is_err() || death::dead() {
+                if journal::lend(&j, 0..2, &s, false).is_err() || death::dead() {
                     return;
                 }
                 for (e, ring) in rings.iter().enumerate() {

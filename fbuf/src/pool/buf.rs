@@ -6,6 +6,7 @@
 use std::fmt;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Desc, DescError, Pool, ShareError};
 use crate::alloc::SlotError;
@@ -70,7 +71,10 @@ impl BufMut {
         // SAFETY: `this` is never used or dropped again, so moving the lease out of it transfers
         // the one local handle it owns to the `Buf` without a second release.
         let lease = unsafe { std::ptr::read(&this.lease) };
-        Buf { lease }
+        Buf {
+            lease,
+            unshared: AtomicBool::new(true),
+        }
     }
 }
 
@@ -115,18 +119,26 @@ fn share_error(e: SlotError) -> ShareError {
 /// descriptor.
 pub struct Buf {
     lease: Lease,
+    /// True while this handle is the one its `BufMut` froze into and nothing has cloned or shared
+    /// it since: then the slot's word still says "owned by this process alone, nothing in
+    /// flight" (a `BufMut` exists only for such a slot, and only a clone or a share could add a
+    /// handle or a descriptor), and the send's hand-off need not read the word to know it.
+    /// Process-local; an atomic because `clone` and `share` take `&self`.
+    unshared: AtomicBool,
 }
 
 impl Buf {
     pub(super) fn from_held(pool: Pool, desc: Desc) -> Self {
         Buf {
             lease: Lease { pool, desc },
+            unshared: AtomicBool::new(false),
         }
     }
 
     /// A descriptor that one other process can turn into a handle with [`Pool::import`] (or drop
     /// with [`Pool::discard`]). Until then it keeps the slot alive even if every handle is dropped.
     pub fn share(&self) -> Result<Desc, ShareError> {
+        self.unshared.store(false, Ordering::Relaxed);
         let d = self.lease.desc;
         let shared = &self.lease.pool.shared;
         let class = shared.class(d.class as usize);
@@ -153,12 +165,9 @@ impl Buf {
         entries: std::ops::Range<usize>,
     ) -> Result<Desc, (ShareError, Buf)> {
         let d = self.lease.desc;
-        match self
-            .lease
-            .pool
-            .shared
-            .with_slot(&d, |slot| crate::journal::lend(j, entries, slot))
-        {
+        match self.lease.pool.shared.with_slot(&d, |slot| {
+            crate::journal::lend(j, entries, slot, self.unshared.load(Ordering::Relaxed))
+        }) {
             Ok(()) => {
                 let this = ManuallyDrop::new(self);
                 // SAFETY: the handle was given up above (its count taken under the lock), so the
@@ -218,6 +227,7 @@ impl Buf {
 
 impl Clone for Buf {
     fn clone(&self) -> Self {
+        self.unshared.store(false, Ordering::Relaxed);
         let d = self.lease.desc;
         let shared = &self.lease.pool.shared;
         shared
@@ -228,6 +238,7 @@ impl Clone for Buf {
                 pool: self.lease.pool.clone(),
                 desc: d,
             },
+            unshared: AtomicBool::new(false),
         }
     }
 }
