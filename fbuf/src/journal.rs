@@ -637,6 +637,11 @@ pub trait Recoverer {
     /// flight (the dance's second half: one in-flight count becomes its holding again); false if
     /// the slot refused.
     fn take_back(&mut self, e: [u64; 2]) -> bool;
+    /// Records in the dead participant's entry `entry` the value of the MPMC cell its pop had
+    /// claimed and not yet read, with the state `Popping(Claimed)`: what its own pop would have
+    /// written next (`EntryTrack::claimed`). After that the entry says what the cell held, so a
+    /// recoverer that dies once the cell is released leaves the descriptor to the next one.
+    fn record_claim(&mut self, entry: usize, value: [u64; 2]);
     /// Imports `e` as the dead participant would, journaled in its entry `entry` ([`import`]):
     /// one in-flight count becomes its holding, which its reclamation then releases. False if
     /// the slot refused (the entry is then done).
@@ -689,9 +694,27 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
         return r;
     }
     for (i, &(state, value)) in rec.entries.iter().enumerate() {
+        // An MPMC pop that won its cell and died before it wrote down the value: the value is
+        // written down first, as the pop would have done, then the entry goes on as a claim whose
+        // value is known. Releasing the cell and dropping its descriptor bare would leave the
+        // descriptor in no journal between the two steps, for a recoverer that dies there.
+        let (state, value) = match state {
+            State::Popping(Claim::Claiming) => match claimed_cell(rec, env) {
+                Some(v) => {
+                    env.record_claim(i, v);
+                    if cut() {
+                        return r;
+                    }
+                    (State::Popping(Claim::Claimed), v)
+                }
+                None => (state, value),
+            },
+            other => (other, value),
+        };
         let Some(held) = env.held(value) else {
-            // A garbage value: a popped cell may still need releasing, but nothing to drop.
-            if let State::Popping(Claim::Claiming) = state {
+            // A garbage value (a tombstone among them): a popped cell may still need releasing,
+            // but nothing to drop.
+            if let State::Popping(_) = state {
                 settle(rec, env, &mut r, true);
             }
             continue;
@@ -793,33 +816,43 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
     r
 }
 
-/// Skips (push: a tombstone) or releases (pop: its descriptor dropped) the cell at the journal's
-/// position if it is claimed and unfinished and no live participant says it is working on it.
+/// Skips (push: a tombstone) or releases (pop) the cell at the journal's position if it is
+/// claimed and unfinished and no live participant says it is working on it. A released cell's
+/// descriptor is not dropped here: its value was written into the entry first
+/// ([`Recoverer::record_claim`]), and the entry's import as the dead one takes it.
 fn settle(rec: &Record, env: &mut impl Recoverer, r: &mut Recovered, pop: bool) {
     if env.claimed_by_live(rec.unit, rec.pos) {
         return; // the live one will finish it
     }
     let tombstone = env.tombstone();
-    let mut released = None;
+    let mut released = false;
     let mut skipped = false;
     env.with_ring(rec.unit, &mut |ring| {
         if let EntryRing::Mpmc(ring) = ring {
             if pop {
-                released = ring.release_claimed(rec.pos);
+                released = ring.release_claimed(rec.pos).is_some();
             } else {
                 skipped = ring.complete(rec.pos, tombstone);
             }
         }
     });
-    if skipped {
-        r.tombstoned += 1;
+    r.tombstoned += usize::from(skipped);
+    r.released += usize::from(released);
+}
+
+/// The value of the MPMC cell at the journal's position, if a pop claimed it and never released
+/// it and no live participant says it is working on it.
+fn claimed_cell(rec: &Record, env: &mut impl Recoverer) -> Option<[u64; 2]> {
+    if env.claimed_by_live(rec.unit, rec.pos) {
+        return None; // the live one will finish it
     }
-    if let Some(v) = released {
-        r.released += 1;
-        if v != tombstone && env.discard(v) {
-            r.discarded += 1;
+    let mut value = None;
+    env.with_ring(rec.unit, &mut |ring| {
+        if let EntryRing::Mpmc(ring) = ring {
+            value = ring.peek_claimed(rec.pos);
         }
-    }
+    });
+    value
 }
 
 #[cfg(all(test, not(loom)))]

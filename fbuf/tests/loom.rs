@@ -753,6 +753,11 @@ impl Recoverer for ModelEnv<'_> {
         self.refused += usize::from(!ok && !death::died());
         ok
     }
+    fn record_claim(&mut self, entry: usize, value: [u64; 2]) {
+        let j = Journal::new(self.journal);
+        j.set_entry(entry, value);
+        j.set(entry, State::Popping(journal::Claim::Claimed));
+    }
     fn import_as_dead(&mut self, entry: usize, e: [u64; 2]) -> bool {
         let c = self.class.slots();
         let j = Journal::new(self.journal);

@@ -149,6 +149,12 @@ impl Recoverer for Env<'_> {
             .is_ok()
     }
 
+    fn record_claim(&mut self, entry: usize, value: [u64; 2]) {
+        let j = self.pool.shared().journal(self.dead, self.journal);
+        j.set_entry(entry, value);
+        j.set(entry, State::Popping(journal::Claim::Claimed));
+    }
+
     fn import_as_dead(&mut self, entry: usize, e: [u64; 2]) -> bool {
         let d = Desc::from_words(e);
         let s = self.pool.shared();

@@ -239,6 +239,11 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        // A death here leaves the cell won and its value written down nowhere
+                        // but in the cell: recovery writes it into the journal entry first.
+                        if crate::sync::death::cut() {
+                            return Err(Stuck);
+                        }
                         let value = self.cells.read(index);
                         track.claimed(head, Some(&value));
                         if crate::sync::death::cut() {
@@ -315,10 +320,10 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
         true
     }
 
-    /// Recovery of a pop that claimed `pos` (head moved past it) and died before releasing the
-    /// cell: takes the value out and releases the cell for the next lap's push. `None` if the cell
-    /// was not claimed-and-unreleased.
-    pub fn release_claimed(&self, pos: u64) -> Option<T> {
+    /// The value of the cell at position `pos` if it was claimed by a pop and never released
+    /// (the head passed it, its stamp still says full), without releasing it: what a recoverer
+    /// records in the dead consumer's journal before it releases the cell.
+    pub fn peek_claimed(&self, pos: u64) -> Option<T> {
         let (index, _) = self.split(pos);
         let stamp = self.stamps.get(index)?;
         if stamp.load(Ordering::Acquire) != pos.wrapping_add(1)
@@ -326,7 +331,16 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
         {
             return None;
         }
-        let value = self.cells.read(index);
+        Some(self.cells.read(index))
+    }
+
+    /// Recovery of a pop that claimed `pos` (head moved past it) and died before releasing the
+    /// cell: takes the value out and releases the cell for the next lap's push. `None` if the cell
+    /// was not claimed-and-unreleased.
+    pub fn release_claimed(&self, pos: u64) -> Option<T> {
+        let value = self.peek_claimed(pos)?;
+        let (index, _) = self.split(pos);
+        let stamp = self.stamps.get(index)?;
         // SYNC POINT (cell free): Release pairs with the Acquire in `push`, as in `pop`.
         stamp.store(pos.wrapping_add(self.one_lap), Ordering::Release);
         Some(value)
