@@ -284,6 +284,13 @@ impl<'a> Journal<'a> {
         self.w[ENTRY + 2 * i + 1].store(value[1], Ordering::Relaxed);
     }
 
+    /// Records that entry `i`'s pop won its MPMC cell, which held `value`: the entry's words and
+    /// the state `Popping(Claimed)` (what `EntryTrack::claimed` writes for a pop).
+    pub fn set_claimed_pop(&self, i: usize, value: [u64; 2]) {
+        self.set_entry(i, value);
+        self.set(i, State::Popping(Claim::Claimed));
+    }
+
     /// Switches the operation to another unit (a publish goes ring by ring).
     pub fn set_unit(&self, unit: u32) {
         self.w[UNIT].store(u64::from(unit), Ordering::Release);
@@ -494,18 +501,18 @@ pub fn lend(
 #[inline]
 pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), SlotError> {
     // The common case, the only descriptor of a slot nobody holds, taken by a process with no
-    // handle to it: no locked instruction (see `ClassSlots::lent_alone`), journaled like the
-    // `Fresh` import below. The word is read first: its Acquire orders the handle count's read
-    // after the last release of the slot by a thread of ours, so a count of 0 read then is not
-    // an old one; and with no handle and the descriptor ours, no thread of ours can change it.
-    if s.class.lent_alone(s.slot, s.generation, s.me) && s.local.count(s.index) == 0 {
+    // handle to it: no locked instruction (see `ClassSlots::lent_alone` and
+    // `LocalRefs::take_only`), journaled like the `Fresh` import below.
+    let alone = || s.class.lent_alone(s.slot, s.generation, s.me);
+    let taken = s.local.take_only(s.index, alone, || {
         j.set(e, State::Importing(Import::Fresh));
         if cut() {
-            return Ok(());
+            return;
         }
-        s.local.set_first(s.index);
         s.class.take_alone(s.slot, s.generation, s.me);
         j.set(e, State::Done);
+    });
+    if taken.is_some() {
         return Ok(());
     }
     s.local.locked(s.index, |count| {
@@ -698,24 +705,26 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
         // written down first, as the pop would have done, then the entry goes on as a claim whose
         // value is known. Releasing the cell and dropping its descriptor bare would leave the
         // descriptor in no journal between the two steps, for a recoverer that dies there.
-        let (state, value) = match state {
-            State::Popping(Claim::Claiming) => match claimed_cell(rec, env) {
-                Some(v) => {
-                    env.record_claim(i, v);
-                    if cut() {
-                        return r;
-                    }
-                    (State::Popping(Claim::Claimed), v)
-                }
-                None => (state, value),
-            },
-            other => (other, value),
+        let (state, value) = if state == State::Popping(Claim::Claiming)
+            && let Some(v) = claimed_cell(rec, env)
+        {
+            env.record_claim(i, v);
+            if cut() {
+                return r;
+            }
+            (State::Popping(Claim::Claimed), v)
+        } else {
+            (state, value)
         };
         let Some(held) = env.held(value) else {
-            // A garbage value (a tombstone among them): a popped cell may still need releasing,
-            // but nothing to drop.
-            if let State::Popping(_) = state {
-                settle(rec, env, &mut r, true);
+            // A garbage value (a tombstone among them): a won cell still needs releasing, but
+            // there is nothing to drop.
+            if state == State::Popping(Claim::Claimed) {
+                env.with_ring(rec.unit, &mut |ring| {
+                    if let EntryRing::Mpmc(ring) = ring {
+                        r.released += usize::from(ring.release_claimed(rec.pos).is_some());
+                    }
+                });
             }
             continue;
         };
@@ -729,8 +738,7 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
         let mut discard = out.discard as usize;
         if out.ask_ring {
             let mut extra = 0;
-            let mut settle_pop = false;
-            let mut settle_push = false;
+            let mut skip_push = false;
             env.with_ring(rec.unit, &mut |ring| match (ring, state) {
                 // SPSC receive: popped iff the published head passed the entry's position.
                 (EntryRing::Spsc(ring), State::Popping(_)) => {
@@ -755,24 +763,22 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
                 // Not pushed by us either way; the cell may still need skipping.
                 (EntryRing::Mpmc(_), State::Pushing(Claim::Claiming)) => {
                     extra += 1;
-                    settle_push = true;
+                    skip_push = true;
                 }
+                // Won: its value is in the entry (the pop wrote it, or recovery did above).
                 (EntryRing::Mpmc(ring), State::Popping(Claim::Claimed)) => {
-                    if ring.release_claimed(rec.pos).is_some() {
-                        r.released += 1;
-                    }
+                    r.released += usize::from(ring.release_claimed(rec.pos).is_some());
                     extra += 1;
                 }
-                (EntryRing::Mpmc(_), State::Popping(Claim::Claiming)) => settle_pop = true,
+                // Still claiming: the pop did not win the cell, or a live participant's claim
+                // on it is finishing (`claimed_cell` said no value): nothing of ours is there.
+                (EntryRing::Mpmc(_), State::Popping(Claim::Claiming)) => {}
                 // Lent, not yet pushing: in no ring.
                 (EntryRing::Mpmc(_), _) => extra += 1,
             });
             discard += extra;
-            if settle_push {
-                settle(rec, env, &mut r, false);
-            }
-            if settle_pop {
-                settle(rec, env, &mut r, true);
+            if skip_push {
+                skip_claimed(rec, env, &mut r);
             }
         }
         // The seeded bug: the counts dropped bare, then the entry marked (a recoverer cut off in
@@ -816,28 +822,20 @@ pub fn recover_record(rec: &Record, env: &mut impl Recoverer) -> Recovered {
     r
 }
 
-/// Skips (push: a tombstone) or releases (pop) the cell at the journal's position if it is
-/// claimed and unfinished and no live participant says it is working on it. A released cell's
-/// descriptor is not dropped here: its value was written into the entry first
-/// ([`Recoverer::record_claim`]), and the entry's import as the dead one takes it.
-fn settle(rec: &Record, env: &mut impl Recoverer, r: &mut Recovered, pop: bool) {
+/// Skips (a tombstone) the MPMC cell at the journal's position if a push claimed it and never
+/// filled it, and no live participant says it is working on it.
+fn skip_claimed(rec: &Record, env: &mut impl Recoverer, r: &mut Recovered) {
     if env.claimed_by_live(rec.unit, rec.pos) {
         return; // the live one will finish it
     }
     let tombstone = env.tombstone();
-    let mut released = false;
     let mut skipped = false;
     env.with_ring(rec.unit, &mut |ring| {
         if let EntryRing::Mpmc(ring) = ring {
-            if pop {
-                released = ring.release_claimed(rec.pos).is_some();
-            } else {
-                skipped = ring.complete(rec.pos, tombstone);
-            }
+            skipped = ring.complete(rec.pos, tombstone);
         }
     });
     r.tombstoned += usize::from(skipped);
-    r.released += usize::from(released);
 }
 
 /// The value of the MPMC cell at the journal's position, if a pop claimed it and never released

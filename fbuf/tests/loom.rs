@@ -754,9 +754,7 @@ impl Recoverer for ModelEnv<'_> {
         ok
     }
     fn record_claim(&mut self, entry: usize, value: [u64; 2]) {
-        let j = Journal::new(self.journal);
-        j.set_entry(entry, value);
-        j.set(entry, State::Popping(journal::Claim::Claimed));
+        Journal::new(self.journal).set_claimed_pop(entry, value);
     }
     fn import_as_dead(&mut self, entry: usize, e: [u64; 2]) -> bool {
         let c = self.class.slots();

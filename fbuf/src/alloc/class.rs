@@ -29,25 +29,7 @@
 use super::state::{MAX_HOLDERS, MAX_IN_FLIGHT, SlotState};
 use crate::sync::death;
 use crate::sync::seeded::{self, Bug};
-use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, spin_hint};
-
-/// Asks for `word`'s line in a state this core may write (PREFETCHW), before a load that a store
-/// or CAS to the same word follows: a plain load fetches the line shared, and the write then
-/// needs a second round trip to take it over from the core that last wrote it. No effect on
-/// correctness, none off x86-64; never faults.
-#[inline(always)]
-fn claim_line(word: &AtomicU64) {
-    #[cfg(all(target_arch = "x86_64", not(loom)))]
-    // SAFETY: PREFETCHW only hints the cache: it reads and writes nothing architecturally, and
-    // `word` is a valid address anyway.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(
-            (word as *const AtomicU64).cast(),
-        );
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
-    let _ = word;
-}
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, prefetch, spin_hint};
 
 /// Bytes of one participant's holdings row for a class of `slots` slots: one byte per slot (a
 /// plain store sets or clears it: a bit would need a locked read-modify-write, a full fence, on
@@ -213,7 +195,8 @@ impl<'a> ClassSlots<'a> {
     #[inline]
     fn try_claim(&self, slot: usize, holder: u32) -> Option<u32> {
         let word = &self.states[slot];
-        claim_line(word);
+        // For writing: the CAS follows the load (see `sync::prefetch`).
+        prefetch::<true>((word as *const AtomicU64).cast());
         let cur = SlotState(word.load(Ordering::Relaxed));
         if !cur.is_free() {
             return None;
@@ -536,7 +519,7 @@ impl<'a> ClassSlots<'a> {
     pub fn lent_alone(&self, slot: usize, generation: u32, holder: u32) -> bool {
         holder < super::state::PARTICIPANT_LIMIT
             && self.states.get(slot).is_some_and(|w| {
-                claim_line(w);
+                prefetch::<true>((w as *const AtomicU64).cast());
                 w.load(Ordering::Acquire) == SlotState::free(generation).with_in_flight(1).0
             })
             && self

@@ -114,6 +114,31 @@ impl LocalRefs {
         Some(give())
     }
 
+    /// [`LocalRefs::give_only`]'s other half: takes the first handle of a slot without a locked
+    /// instruction when `alone` says the caller's descriptor is the slot's only reference and no
+    /// thread of this process has a handle. Then the count becomes 1 and `take` runs (and must
+    /// take the holding). Returns None, changing nothing, otherwise (the caller takes the locked
+    /// path).
+    ///
+    /// `alone` runs first: its Acquire read of the slot word orders the count's read after the
+    /// last release of the slot by a thread of ours (which stored 0 before it freed the slot), so
+    /// a 0 read then is not an old one. No lock is needed: with no handle of ours and the
+    /// descriptor the caller's, no other thread of this process can add one.
+    #[inline]
+    pub fn take_only<R>(
+        &self,
+        i: usize,
+        alone: impl FnOnce() -> bool,
+        take: impl FnOnce() -> R,
+    ) -> Option<R> {
+        let count = &self.counts[i];
+        if !alone() || count.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        count.store(1, Ordering::Relaxed);
+        Some(take())
+    }
+
     /// Adds a handle. `first` runs (and must set the holding) when this is the process's first
     /// handle; `again` runs otherwise. Both run with the count locked, so no other thread of this
     /// process flips the holding meanwhile (a journaled lend's two-step dance clears it for a
@@ -173,16 +198,9 @@ impl LocalRefs {
         }
     }
 
-    /// The current count (for tests, diagnostics, and the lock-free import's check that this
-    /// process has no handle).
+    /// The current count (for tests and diagnostics).
     pub fn count(&self, i: usize) -> u32 {
         self.counts[i].load(Ordering::Relaxed)
-    }
-
-    /// Records the first handle of a slot that no thread of this process can reach yet (its
-    /// count read 0, and the only descriptor of it is the caller's): a plain store, no lock.
-    pub fn set_first(&self, i: usize) {
-        self.counts[i].store(1, Ordering::Relaxed);
     }
 }
 

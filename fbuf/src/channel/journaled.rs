@@ -150,20 +150,15 @@ impl Recoverer for Env<'_> {
     }
 
     fn record_claim(&mut self, entry: usize, value: [u64; 2]) {
-        let j = self.pool.shared().journal(self.dead, self.journal);
-        j.set_entry(entry, value);
-        j.set(entry, State::Popping(journal::Claim::Claimed));
+        let s = self.pool.shared();
+        s.journal(self.dead, self.journal)
+            .set_claimed_pop(entry, value);
     }
 
     fn import_as_dead(&mut self, entry: usize, e: [u64; 2]) -> bool {
-        let d = Desc::from_words(e);
         let s = self.pool.shared();
         let j = s.journal(self.dead, self.journal);
-        let Ok((class, slot)) = s.check(&d) else {
-            j.set(entry, State::Done);
-            return false;
-        };
-        journal::import_for_dead(&j, entry, &s.class(class), slot, d.generation, self.dead)
+        s.import_for_dead(&j, entry, &Desc::from_words(e), self.dead)
     }
 }
 

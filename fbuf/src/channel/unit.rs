@@ -2,7 +2,7 @@
 //! doorbells. A one-to-one or many-to-one channel is one unit; a broadcast channel is one unit per
 //! subscriber.
 
-use crate::journal::{Claim, ENTRIES, EntryTrack, Journal, Op, State, import_for_dead};
+use crate::journal::{Claim, ENTRIES, EntryTrack, Journal, Op, State};
 use crate::layout::{DESC_WORDS, SPSC_CELL_WORDS, UnitLayout};
 use crate::pool::{Desc, Pool};
 use crate::ring::{ConsumerState, MpmcRing, SpscRing, Stuck};
@@ -410,14 +410,8 @@ impl<'a> Unit<'a> {
                 .journaled_pop(spsc.as_mut(), &j, unit_id, ENTRIES, &mut batch)
                 .unwrap_or(0);
             for (e, d) in batch.iter().enumerate().take(n) {
-                if !awaits_import(&j, e, d) {
-                    continue;
-                }
-                match s.check(d) {
-                    Ok((class, slot)) => {
-                        import_for_dead(&j, e, &s.class(class), slot, d.generation, dead);
-                    }
-                    Err(_) => j.set(e, State::Done),
+                if awaits_import(&j, e, d) {
+                    s.import_for_dead(&j, e, d, dead);
                 }
             }
             j.end();

@@ -727,11 +727,11 @@ impl Pool {
             j.set(e, journal::State::Done);
             return Err(err);
         }
-        // The import's CAS on the slot word waits for that line from the sender's core; the
+        // The import's step on the slot word waits for that line from the sender's core; the
         // receiver reads the payload next, another line from the same core. A prefetch is not
-        // held back by the CAS (prefetches are not ordered with locked instructions), so the
-        // two transfers overlap instead of following each other.
-        prefetch(s.slot_ptr(&desc));
+        // held back by a locked instruction either, so the two transfers overlap instead of
+        // following each other.
+        crate::sync::prefetch::<false>(s.slot_ptr(&desc));
         s.with_slot(&desc, |slot| journal::import(j, e, slot))
             .map_err(DescError::from_slot)
     }
@@ -1070,6 +1070,18 @@ impl Shared {
         }
     }
 
+    /// Imports `d` as participant `dead` (whose journal `j` it is) would have, journaled in
+    /// entry `e` (`journal::import_for_dead`); a descriptor that fails its checks marks the entry
+    /// done. False if nothing was taken. Recovery's way to take what a dead participant was
+    /// moving, so that a recoverer that dies too leaves it in that journal for the next one.
+    pub(crate) fn import_for_dead(&self, j: &Journal<'_>, e: usize, d: &Desc, dead: u32) -> bool {
+        let Ok((class, slot)) = self.check(d) else {
+            j.set(e, journal::State::Done);
+            return false;
+        };
+        journal::import_for_dead(j, e, &self.class(class), slot, d.generation, dead)
+    }
+
     fn release(&self, d: &Desc) {
         let c = &self.layout.classes[d.class as usize];
         let slots = self.class(d.class as usize);
@@ -1088,18 +1100,4 @@ impl Shared {
             slots.release_held(slot, self.me);
         });
     }
-}
-
-/// Asks for the cache line at `p` ahead of its use; no effect on correctness, and none at all
-/// off x86-64. Never faults, whatever `p` is.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(all(target_arch = "x86_64", not(loom)))]
-    // SAFETY: PREFETCHT0 only hints the cache; it reads nothing architecturally and does not
-    // fault on any address, mapped or not.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
-    let _ = p;
 }

@@ -20,13 +20,13 @@ pub const ACTIVE: u32 = 1;
 pub const RECOVERING: u32 = 2;
 /// Where the recoverer's id + 1 sits in a recovering entry's state word.
 const RECOVERER_SHIFT: u32 = 8;
+/// The state word of an entry claimed for a joiner whose liveness lock is not taken yet.
+pub const RESERVED: u32 = 3;
 
 /// Whether state word `state` says "being recovered" (by whomever its upper bits name).
 fn is_recovering(state: u32) -> bool {
     state & 0xff == RECOVERING
 }
-/// The state word of an entry claimed for a joiner whose liveness lock is not taken yet.
-pub const RESERVED: u32 = 3;
 
 /// What a participant may do with the data region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

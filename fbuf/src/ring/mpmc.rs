@@ -339,10 +339,9 @@ impl<'a, T: Pod> MpmcRing<'a, T> {
     /// was not claimed-and-unreleased.
     pub fn release_claimed(&self, pos: u64) -> Option<T> {
         let value = self.peek_claimed(pos)?;
-        let (index, _) = self.split(pos);
-        let stamp = self.stamps.get(index)?;
-        // SYNC POINT (cell free): Release pairs with the Acquire in `push`, as in `pop`.
-        stamp.store(pos.wrapping_add(self.one_lap), Ordering::Release);
+        // SYNC POINT (cell free): Release pairs with the Acquire in `push`, as in `pop`. (The
+        // peek found this stamp, so the index is in range.)
+        self.stamps[self.split(pos).0].store(pos.wrapping_add(self.one_lap), Ordering::Release);
         Some(value)
     }
 

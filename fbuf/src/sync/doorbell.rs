@@ -143,10 +143,11 @@ impl<'a> Doorbell<'a> {
                 std::thread::yield_now();
                 continue;
             }
-            // SYNC POINT (announce): the increment, then a SeqCst fence, against the waker's data
-            // store and SeqCst fence: one of the two fences comes first in the total order, so
-            // either the waker sees us or our re-check sees its data. (The RMW alone would not
-            // order the plain Acquire loads in `ready()`; loom finds that interleaving.)
+            // SYNC POINT (announce): the increment, then the heavy barrier, against the waker's
+            // data store and light barrier: the pair orders them like two SeqCst fences (one
+            // comes first), so either the waker sees us or our re-check sees its data. (The RMW
+            // alone would not order the plain Acquire loads in `ready()`; loom finds that
+            // interleaving with the fences it models.)
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             let barrier_made = barrier::heavy();
             let seen = self.seq.load(Ordering::SeqCst);
