@@ -14,7 +14,11 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const BRIDGE: &str = env!("CARGO_BIN_EXE_fbuf-bridge");
+/// The bridge binary: the one cargo built, or `FBUF_BRIDGE_BIN` (the bench carried to another
+/// host without its build tree).
+fn bridge() -> String {
+    std::env::var("FBUF_BRIDGE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fbuf-bridge").into())
+}
 
 struct Proc(Child);
 
@@ -27,7 +31,7 @@ impl Drop for Proc {
 
 fn start(args: &[&str], ready: bool) -> Proc {
     let mut p = Proc(
-        Command::new(BRIDGE)
+        Command::new(bridge())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -76,6 +80,13 @@ fn port() -> u16 {
         .port()
 }
 
+/// One round at one size: (msgs/s, one-way ns) for Zenoh alone and for each bridge variant.
+#[derive(Clone)]
+struct Round {
+    zenoh: (f64, f64),
+    bridged: Vec<(f64, f64)>,
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -110,12 +121,18 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
+    // FBUF_BENCH_SPIN_US: the bridges' polling windows to compare in the same run, e.g.
+    // "0,200" (each a variant of its own, every round); unset, the bridges' default.
+    let spins: Vec<Option<String>> = match std::env::var("FBUF_BENCH_SPIN_US") {
+        Ok(v) => v.split(',').map(|s| Some(s.trim().to_owned())).collect(),
+        Err(_) => vec![None],
+    };
     let sizes = [
         (4096usize, 20_000u64, 2000u64),
         (64 << 10, 5000, 1000),
         (1 << 20, 400, 200),
     ];
-    let mut runs: Vec<Vec<[f64; 6]>> = vec![Vec::new(); sizes.len()];
+    let mut runs: Vec<Vec<Round>> = vec![Vec::new(); sizes.len()];
     for (round, (i, &(size, count, rtts))) in
         (0..rounds).flat_map(|r| sizes.iter().enumerate().map(move |s| (r, s)))
     {
@@ -133,11 +150,12 @@ fn main() {
         let pong = start(&["--role", "zpong", &ep], false);
         let z_lat = result(start(&["--role", "zping", &ep, &rt, &sz], false), "p50_ns");
         drop(pong);
-        // Through the bridges.
-        let ep = format!("tcp/127.0.0.1:{}", port());
-        let name = format!("bench/stream/{size}");
-        let bridge_a = start(
-            &[
+        let mut variants = Vec::new();
+        for spin in &spins {
+            // Through the bridges.
+            let ep = format!("tcp/127.0.0.1:{}", port());
+            let name = format!("bench/stream/{size}");
+            let mut args_a = vec![
                 "--socket",
                 &a,
                 "--listen",
@@ -148,11 +166,8 @@ fn main() {
                 "bench/ping",
                 "--import",
                 "bench/pong",
-            ],
-            true,
-        );
-        let bridge_b = start(
-            &[
+            ];
+            let mut args_b = vec![
                 "--socket",
                 &b,
                 "--connect",
@@ -163,43 +178,60 @@ fn main() {
                 "bench/ping",
                 "--export",
                 "bench/pong",
-            ],
-            true,
-        );
-        let sub = start(&["--role", "sub", &b, &name, &n], true);
-        let publisher = start(&["--role", "pub", &a, &name, &n, &sz, "0"], true);
-        let b_secs = result(sub, "secs");
-        drop(publisher);
-        let pong = start(&["--role", "pong", &b], true);
-        let b_lat = result(start(&["--role", "ping", &a, &rt, &sz], false), "p50_ns");
-        drop((pong, bridge_a, bridge_b));
-        let (z_rate, b_rate) = (count as f64 / z_secs, count as f64 / b_secs);
-        runs[i].push([z_rate, b_rate, z_lat, b_lat, b_rate / z_rate, b_lat / z_lat]);
-        std::thread::sleep(Duration::from_millis(100));
+            ];
+            if let Some(us) = spin {
+                args_a.extend(["--spin-us", us]);
+                args_b.extend(["--spin-us", us]);
+            }
+            let bridge_a = start(&args_a, true);
+            let bridge_b = start(&args_b, true);
+            let sub = start(&["--role", "sub", &b, &name, &n], true);
+            let publisher = start(&["--role", "pub", &a, &name, &n, &sz, "0"], true);
+            let b_secs = result(sub, "secs");
+            drop(publisher);
+            let pong = start(&["--role", "pong", &b], true);
+            let b_lat = result(start(&["--role", "ping", &a, &rt, &sz], false), "p50_ns");
+            drop((pong, bridge_a, bridge_b));
+            variants.push((count as f64 / b_secs, b_lat));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        runs[i].push(Round {
+            zenoh: (count as f64 / z_secs, z_lat),
+            bridged: variants,
+        });
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone |"
-    );
-    println!("|---|---|---|---|---|---|---|");
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    for (&(size, ..), runs) in sizes.iter().zip(runs) {
-        // The ratios are the medians of each round's ratio (both sides measured minutes apart
-        // at most), not ratios of the medians.
-        let [zr, br, zl, bl, rate, lat] =
-            std::array::from_fn(|k| median(runs.iter().map(|r| r[k]).collect()));
+    for (v, spin) in spins.iter().enumerate() {
+        if let Some(us) = spin {
+            println!("\nbridges polling {us} µs after each message:\n");
+        }
         println!(
-            "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x |",
-            size >> 10,
-            zr,
-            br,
-            rate,
-            zl / 1e3,
-            bl / 1e3,
-            lat
+            "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone |"
         );
+        println!("|---|---|---|---|---|---|---|");
+        for (&(size, ..), runs) in sizes.iter().zip(&runs) {
+            // The ratios are the medians of each round's ratio (both sides measured minutes
+            // apart at most), not ratios of the medians.
+            let row = |r: &Round| {
+                let ((zr, zl), (br, bl)) = (r.zenoh, r.bridged[v]);
+                [zr, br, zl, bl, br / zr, bl / zl]
+            };
+            let [zr, br, zl, bl, rate, lat] =
+                std::array::from_fn(|k| median(runs.iter().map(|r| row(r)[k]).collect()));
+            println!(
+                "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x |",
+                size >> 10,
+                zr,
+                br,
+                rate,
+                zl / 1e3,
+                bl / 1e3,
+                lat
+            );
+        }
     }
 }

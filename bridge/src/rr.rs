@@ -8,7 +8,7 @@ use std::time::Duration;
 use fbuf::service::{Client, RecvTimeoutError, RequestResponse, Server};
 use zenoh::Wait;
 
-use super::Res;
+use super::{Poller, Res, polled, waited};
 
 type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
 
@@ -24,11 +24,22 @@ fn fill(dst: &mut [u8], src: &zenoh::bytes::ZBytes) {
 }
 
 /// Answers queries on `key` by calling the local service as its client.
-pub fn export(z: &zenoh::Session, svc: &ByteRr, key: &str, stop: &AtomicBool) -> Res<()> {
+pub fn export(
+    z: &zenoh::Session,
+    svc: &ByteRr,
+    key: &str,
+    mut poller: Poller,
+    stop: &AtomicBool,
+) -> Res<()> {
     let queryable = z.declare_queryable(key).wait()?;
     let mut client: Client<[u8], [u8]> = svc.client()?;
     while !stop.load(Ordering::Relaxed) {
-        let Some(query) = queryable.recv_timeout(Duration::from_millis(100))? else {
+        let next = poller.next(
+            &mut &queryable,
+            |q| q.try_recv(),
+            |q| q.recv_timeout(Duration::from_millis(100)),
+        );
+        let Some(query) = next? else {
             continue;
         };
         let empty = zenoh::bytes::ZBytes::default();
@@ -69,13 +80,22 @@ pub fn export(z: &zenoh::Session, svc: &ByteRr, key: &str, stop: &AtomicBool) ->
 }
 
 /// Serves the local service by querying `key` for each request.
-pub fn import(z: &zenoh::Session, svc: &ByteRr, key: &str, stop: &AtomicBool) -> Res<()> {
+pub fn import(
+    z: &zenoh::Session,
+    svc: &ByteRr,
+    key: &str,
+    mut poller: Poller,
+    stop: &AtomicBool,
+) -> Res<()> {
     let mut server: Server<[u8], [u8]> = svc.server()?;
     while !stop.load(Ordering::Relaxed) {
-        let req = match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(e) => return Err(e.into()),
+        let next = poller.next(
+            &mut server,
+            |s| polled(s.try_recv()),
+            |s| waited(s.recv_timeout(Duration::from_millis(100))),
+        );
+        let Some(req) = next? else {
+            continue;
         };
         let replies = z
             .get(key)

@@ -301,8 +301,10 @@ fn request_response_round_trips_across_the_bridges() {
     let (a, b) = (side("rr-a"), side("rr-b"));
     let ep = format!("tcp/127.0.0.1:{}", port());
     let server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
-    let bridge_a = exporter(&a, &ep, &["--export-rr", "control"]);
-    let bridge_b = importer(&b, &ep, &["--import-rr", "control"]);
+    // Polling bridges, as on a host with 8 CPUs or more, whatever this host has.
+    let poll = ["--spin-us", "200"];
+    let bridge_a = exporter(&a, &ep, &["--export-rr", "control", poll[0], poll[1]]);
+    let bridge_b = importer(&b, &ep, &["--import-rr", "control", poll[0], poll[1]]);
     let clients: Vec<Proc> = (0..2)
         .map(|_| Proc::start_later(&["--role", "rr-client", &b.socket, "control", "200", "4096"]))
         .collect();
@@ -459,8 +461,19 @@ fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
 fn a_stream_service_crosses_in_order() {
     let (a, b) = (side("stream-a"), side("stream-b"));
     let ep = format!("tcp/127.0.0.1:{}", port());
-    let _bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
-    let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    // Both bridges poll for 200 µs after each message, as they do by default on a host with 8
+    // CPUs or more: the polling path is tested whatever this host has.
+    let poll = ["--spin-us", "200"];
+    let _bridge_a = exporter(
+        &a,
+        &ep,
+        &["--export-stream", "log/batches", poll[0], poll[1]],
+    );
+    let _bridge_b = importer(
+        &b,
+        &ep,
+        &["--import-stream", "log/batches", poll[0], poll[1]],
+    );
     let rx = Proc::start(
         &[],
         &["--role", "stream-rx", &b.socket, "log/batches", "2000"],
