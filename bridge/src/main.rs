@@ -20,6 +20,9 @@
 //!   drops its local publisher when the token goes (its subscribers see `Disconnected`) and opens
 //!   it again when a restarted exporter brings it back (they resume). A killed bridge is a dead
 //!   participant of its pool: the owner recovers its slots and rings like any other's.
+//! - **Polling after traffic**: a direction polls its queue for `--spin-us` after each message
+//!   before it sleeps (200 µs by default on a host with 8 CPUs or more): the next message of a
+//!   conversation then costs no wake-up.
 //! - **Request-response across**: `--export-rr NAME` answers Zenoh queries on the key by calling
 //!   the local service NAME as a client; `--import-rr KEY` serves a local service by querying the
 //!   key. Replies are matched to requests on both sides.
