@@ -170,7 +170,7 @@ fn spin_window(cli: &Cli) -> Duration {
 }
 
 /// The polling window on a host with cores to spare: longer than a round trip through two
-/// bridges on loopback (about 120 µs at 4 KiB on a 16-core guest), so a request-reply exchange
+/// bridges on loopback (about 100 µs at 4 KiB on a 16-core guest), so a request-reply exchange
 /// never sleeps, short enough that an idle bridge soon stops burning a core.
 const DEFAULT_SPIN_US: u64 = 200;
 
