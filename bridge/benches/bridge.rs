@@ -150,8 +150,15 @@ fn main() {
         let pong = start(&["--role", "zpong", &ep], false);
         let z_lat = result(start(&["--role", "zping", &ep, &rt, &sz], false), "p50_ns");
         drop(pong);
-        let mut variants = Vec::new();
-        for spin in &spins {
+        // The variants in turn, in reverse order every other round, so that a host drifting over
+        // a round does not favour the same variant every time.
+        let mut variants = vec![(0.0, 0.0); spins.len()];
+        let mut order: Vec<usize> = (0..spins.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for v in order {
+            let spin = &spins[v];
             // Through the bridges.
             let ep = format!("tcp/127.0.0.1:{}", port());
             let name = format!("bench/stream/{size}");
@@ -192,7 +199,7 @@ fn main() {
             let pong = start(&["--role", "pong", &b], true);
             let b_lat = result(start(&["--role", "ping", &a, &rt, &sz], false), "p50_ns");
             drop((pong, bridge_a, bridge_b));
-            variants.push((count as f64 / b_secs, b_lat));
+            variants[v] = (count as f64 / b_secs, b_lat);
             std::thread::sleep(Duration::from_millis(100));
         }
         runs[i].push(Round {
