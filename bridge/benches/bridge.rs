@@ -121,11 +121,15 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
-    // FBUF_BENCH_SPIN_US: the bridges' polling windows to compare in the same run, e.g.
-    // "0,200" (each a variant of its own, every round); unset, the bridges' default.
-    let spins: Vec<Option<String>> = match std::env::var("FBUF_BENCH_SPIN_US") {
-        Ok(v) => v.split(',').map(|s| Some(s.trim().to_owned())).collect(),
-        Err(_) => vec![None],
+    // FBUF_BENCH_BRIDGE_ARGS: variants of the bridges to compare in the same run, each the
+    // extra arguments both bridges get, separated by ';' (e.g. "--spin-us 0;--spin-us 200");
+    // unset, one variant with the bridges' defaults.
+    let variant_args: Vec<Vec<String>> = match std::env::var("FBUF_BENCH_BRIDGE_ARGS") {
+        Ok(v) => v
+            .split(';')
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .collect(),
+        Err(_) => vec![Vec::new()],
     };
     let sizes = [
         (4096usize, 20_000u64, 2000u64),
@@ -152,13 +156,13 @@ fn main() {
         drop(pong);
         // The variants in turn, in reverse order every other round, so that a host drifting over
         // a round does not favour the same variant every time.
-        let mut variants = vec![(0.0, 0.0); spins.len()];
-        let mut order: Vec<usize> = (0..spins.len()).collect();
+        let mut variants = vec![(0.0, 0.0); variant_args.len()];
+        let mut order: Vec<usize> = (0..variant_args.len()).collect();
         if round % 2 == 1 {
             order.reverse();
         }
         for v in order {
-            let spin = &spins[v];
+            let extra = &variant_args[v];
             // Through the bridges.
             let ep = format!("tcp/127.0.0.1:{}", port());
             let name = format!("bench/stream/{size}");
@@ -186,10 +190,8 @@ fn main() {
                 "--export",
                 "bench/pong",
             ];
-            if let Some(us) = spin {
-                args_a.extend(["--spin-us", us]);
-                args_b.extend(["--spin-us", us]);
-            }
+            args_a.extend(extra.iter().map(String::as_str));
+            args_b.extend(extra.iter().map(String::as_str));
             let bridge_a = start(&args_a, true);
             let bridge_b = start(&args_b, true);
             let sub = start(&["--role", "sub", &b, &name, &n], true);
@@ -212,9 +214,9 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    for (v, spin) in spins.iter().enumerate() {
-        if let Some(us) = spin {
-            println!("\nbridges polling {us} µs after each message:\n");
+    for (v, extra) in variant_args.iter().enumerate() {
+        if !extra.is_empty() {
+            println!("\nbridges with {}:\n", extra.join(" "));
         }
         println!(
             "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone |"
