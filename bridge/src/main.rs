@@ -23,6 +23,9 @@
 //! - **Polling after traffic**: a direction polls its queue for `--spin-us` after each message
 //!   before it sleeps (200 µs by default on a host with 8 CPUs or more): the next message of a
 //!   conversation then costs no wake-up.
+//! - **A warm slot waiting**: where polling is on by default, an import loans the slot for its
+//!   next message while it waits and writes it once (`--prewarm`), so the one copy stores into
+//!   lines already in its cache.
 //! - **Request-response across**: `--export-rr NAME` answers Zenoh queries on the key by calling
 //!   the local service NAME as a client; `--import-rr KEY` serves a local service by querying the
 //!   key. Replies are matched to requests on both sides.
