@@ -182,13 +182,13 @@ fn spin_window(cli: &Cli) -> Duration {
     Duration::from_micros(us)
 }
 
-/// The polling window on a host with cores to spare: longer than a round trip through two
-/// bridges on loopback (about 100 µs at 4 KiB on a 16-core guest), so a request-reply exchange
-/// never sleeps, short enough that an idle bridge soon stops burning a core.
+/// The polling window on a host with cores to spare: longer than a 4 KiB round trip through two
+/// bridges on loopback (about 100 µs on a 16-core guest), so such an exchange never sleeps, and
+/// short enough that an idle bridge soon stops burning a core. Larger messages' round trips
+/// outlast it (docs/benchmarks.md); `--spin-us` covers them where the cores are there.
 const DEFAULT_SPIN_US: u64 = 200;
 
 /// Polls for the next message until a window has passed since the last one, then sleeps.
-#[derive(Clone, Copy)]
 pub(crate) struct Poller {
     window: Duration,
     last: Instant,
