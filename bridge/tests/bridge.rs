@@ -471,6 +471,57 @@ fn an_importers_spare_slot_serves_only_a_message_of_its_length() {
     b.settles();
 }
 
+/// CPU time a process has used so far (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the whole line, 12 and 13 after the name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn polling_bridges_go_quiet_between_messages() {
+    let (a, b) = (side("quiet-a"), side("quiet-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let busy = ["--spin-us", "200", "--prewarm", "true"];
+    let bridge_a = exporter(&a, &ep, &["--export", "ticks", busy[0], busy[1]]);
+    let bridge_b = importer(
+        &b,
+        &ep,
+        &["--import", "ticks", busy[0], busy[1], busy[2], busy[3]],
+    );
+    let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "6"]);
+    let pids = [bridge_a.0.id(), bridge_b.0.id()];
+    let before = pids.map(cpu_ticks);
+    // Six frames 250 ms apart: after each, both directions poll for 200 µs and then sleep
+    // until the next one. Over the second and a half each bridge may use a little CPU (the
+    // frames, Zenoh's own timers), never a polling core's worth.
+    let publisher = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "ticks", "6", "4096", "250000"],
+    );
+    every_frame(&sub.result(), "6");
+    let used = [0, 1].map(|i| cpu_ticks(pids[i]) - before[i]);
+    assert_eq!(publisher.result()["sent"], "6");
+    let ms = used.map(|t| t * 1000 / clock_ticks_per_second());
+    assert!(
+        ms.iter().all(|&m| m < 300),
+        "CPU time over 1.5 s of sparse traffic, (exporter, importer): {ms:?} ms"
+    );
+}
+
+/// Clock ticks per second, as /proc/PID/stat counts them (`getconf CLK_TCK`).
+fn clock_ticks_per_second() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
     let (a, b) = (side("big-a"), side_with("big-b", 8192));
