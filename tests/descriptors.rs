@@ -164,29 +164,34 @@ fn exhaustion_is_an_error_and_the_timeout_is_kept() {
     freer.join().unwrap();
 }
 
+/// Four 256-byte slots and one one-to-one channel (index 0) of four cells.
+fn channel_pool(name: &str) -> Pool {
+    use fbuf::layout::{ChannelSpec, channel_kind};
+    Pool::create(&PoolConfig {
+        classes: vec![ClassSpec {
+            slot_size: 256,
+            slot_count: 4,
+        }],
+        channels: vec![ChannelSpec {
+            kind: channel_kind::ONE_TO_ONE,
+            capacity: 4,
+            receivers: 1,
+            reserved: 0,
+        }],
+        name: name.into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// A buffer shared or cloned before it is sent keeps every descriptor. The send hands off a
 /// buffer that nothing has cloned or shared since it was frozen without reading its slot word;
 /// a buffer taken for unshared by mistake would have its shared descriptor's count overwritten,
 /// and the slot freed under that descriptor.
 #[test]
 fn a_buffer_shared_or_cloned_before_its_send_keeps_every_descriptor() {
-    use fbuf::layout::{ChannelSpec, channel_kind};
     for via_clone in [false, true] {
-        let pool = Pool::create(&PoolConfig {
-            classes: vec![ClassSpec {
-                slot_size: 256,
-                slot_count: 4,
-            }],
-            channels: vec![ChannelSpec {
-                kind: channel_kind::ONE_TO_ONE,
-                capacity: 4,
-                receivers: 1,
-                reserved: 0,
-            }],
-            name: "unshared-test".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let pool = channel_pool("unshared-test");
         let peer = peer_of(&pool);
         let mut tx = pool.sender(0).unwrap();
         let mut rx = pool.receiver(0).unwrap();
@@ -223,23 +228,8 @@ fn a_buffer_shared_or_cloned_before_its_send_keeps_every_descriptor() {
 /// allocated, none of them aliases the held one, and its bytes stay; the last drop frees it.
 #[test]
 fn a_clone_keeps_its_slot_when_the_other_handle_goes() {
-    use fbuf::layout::{ChannelSpec, channel_kind};
     for received in [false, true] {
-        let pool = Pool::create(&PoolConfig {
-            classes: vec![ClassSpec {
-                slot_size: 256,
-                slot_count: 4,
-            }],
-            channels: vec![ChannelSpec {
-                kind: channel_kind::ONE_TO_ONE,
-                capacity: 4,
-                receivers: 1,
-                reserved: 0,
-            }],
-            name: "clone-test".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let pool = channel_pool("clone-test");
         let mut b = pool.alloc(100).unwrap();
         b.fill(9);
         let mut b = b.freeze();

@@ -8,7 +8,10 @@
 //!   importing into pool B, an fbuf subscriber there; for latency the echo goes back through a
 //!   second pair of directions of the same two bridges.
 //!
-//! Run: `cargo bench -p fbuf-zenoh --bench bridge`. Results: docs/benchmarks.md.
+//! Run: `cargo bench -p fbuf-zenoh --bench bridge`. Results: docs/benchmarks.md. Settings, from
+//! the environment: `FBUF_BENCH_ROUNDS` (interleaved rounds, default 3), `FBUF_BENCH_SCALE`
+//! (multiplies the message counts), `FBUF_BENCH_BRIDGE_ARGS` (bridge variants compared in the
+//! same run, e.g. `"--spin-us 0;--spin-us 200"`), `FBUF_BRIDGE_BIN` (another bridge binary).
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};

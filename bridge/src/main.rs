@@ -290,7 +290,8 @@ fn run(cli: &Cli) -> Res<()> {
         let svc = pubsub(&pool, &name, layout)?;
         let (z, stop) = (z.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
-            import(&z, || Ok(svc.publisher()?), &key, (spin, prewarm), &stop)
+            let poller = Poller::new(spin);
+            import(&z, || Ok(svc.publisher()?), &key, poller, prewarm, &stop)
         }));
         eprintln!("fbuf-bridge: importing {spec}");
     }
@@ -299,7 +300,8 @@ fn run(cli: &Cli) -> Res<()> {
         let svc = pool.service(&name).stream::<[u8]>().open_or_create()?;
         let (z, stop) = (z.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
-            import(&z, || Ok(svc.sender()?), &key, (spin, prewarm), &stop)
+            let poller = Poller::new(spin);
+            import(&z, || Ok(svc.sender()?), &key, poller, prewarm, &stop)
         }));
         eprintln!("fbuf-bridge: importing stream {spec}");
     }
@@ -459,6 +461,15 @@ fn export(
     Ok(())
 }
 
+/// Copies Zenoh bytes into a loaned slot as long as they are: the one copy on the way in.
+pub(crate) fn fill(dst: &mut [u8], src: &zenoh::bytes::ZBytes) {
+    let mut at = 0;
+    for s in src.slices() {
+        dst[at..at + s.len()].copy_from_slice(s);
+        at += s.len();
+    }
+}
+
 /// A slot an import loaned ahead, while it waited, for a next message as long as the last one.
 /// Its lines were written once, so the copy on arrival stores into this core's cache instead of
 /// fetching each line from wherever it was last (a cold 1 MiB copy took twice as long as a warm
@@ -495,16 +506,16 @@ impl Spare {
 }
 
 /// Imports `key`: `open` makes the local sink while the exporter's liveliness token is there.
-/// `(spin, prewarm)`: the polling window, and whether to keep a [`Spare`].
+/// `prewarm`: whether to keep a [`Spare`].
 fn import<S: Sink>(
     z: &zenoh::Session,
     open: impl Fn() -> Res<S>,
     key: &str,
-    (spin, prewarm): (Duration, bool),
+    mut poller: Poller,
+    prewarm: bool,
     stop: &AtomicBool,
 ) -> Res<()> {
     let sub = z.declare_subscriber(key).wait()?;
-    let mut poller = Poller::new(spin);
     let alive = z
         .liveliness()
         .declare_subscriber(liveliness_key(key))
@@ -548,15 +559,10 @@ fn import<S: Sink>(
                 continue;
             }
         };
-        // The one copy: from Zenoh's buffers into the slot.
-        let mut at = 0;
-        for slice in payload.slices() {
-            buf[at..at + slice.len()].copy_from_slice(slice);
-            at += slice.len();
-        }
+        fill(&mut buf, payload);
         p.put(buf).map_err(|e| format!("publishing locally: {e}"))?;
         if prewarm {
-            spare.prepare(&*p, at, || !sub.is_empty());
+            spare.prepare(&*p, payload.len(), || !sub.is_empty());
         }
     }
     Ok(())

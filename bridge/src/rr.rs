@@ -8,20 +8,11 @@ use std::time::Duration;
 use fbuf::service::{Client, RecvTimeoutError, RequestResponse, Server};
 use zenoh::Wait;
 
-use super::{Poller, Res, polled, waited};
+use super::{Poller, Res, fill, polled, waited};
 
 type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Copies Zenoh bytes into a loaned slot: the one copy on the way in.
-fn fill(dst: &mut [u8], src: &zenoh::bytes::ZBytes) {
-    let mut at = 0;
-    for s in src.slices() {
-        dst[at..at + s.len()].copy_from_slice(s);
-        at += s.len();
-    }
-}
 
 /// Answers queries on `key` by calling the local service as its client.
 pub fn export(
