@@ -26,6 +26,10 @@
 //! - **A warm slot waiting**: where polling is on by default, an import loans the slot for its
 //!   next message while it waits and writes it once (`--prewarm`), so the one copy stores into
 //!   lines already in its cache.
+//! - **Large messages in pieces**: an exporter puts a message longer than `--piece-kib` as
+//!   pieces, each a view of the same pool buffer with a header as its attachment; the importer
+//!   copies each piece into the slot as it arrives, so its one copy overlaps the transfer instead
+//!   of following it (the `pieces` module).
 //! - **Request-response across**: `--export-rr NAME` answers Zenoh queries on the key by calling
 //!   the local service NAME as a client; `--import-rr KEY` serves a local service by querying the
 //!   key. Replies are matched to requests on both sides.
@@ -94,6 +98,13 @@ struct Cli {
     /// is (8 CPUs or more).
     #[arg(long)]
     prewarm: Option<bool>,
+    /// Messages longer than this many KiB are exported in pieces of this size, so that the
+    /// importing side copies each piece while the next is still on the way (0: every message
+    /// whole). Default: 32 where the polling default is on (8 CPUs or more), 0 elsewhere, where
+    /// waking the importer for each piece costs more than the overlap gains. Pieces must fit in
+    /// a Zenoh batch (64 KiB), so at most 63.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=63))]
+    piece_kib: Option<u64>,
     /// Test roles (internal).
     #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
     role: Vec<String>,
@@ -259,6 +270,7 @@ fn run(cli: &Cli) -> Res<()> {
     let layout = layout(cli)?;
     let spin = spin_window(cli);
     let prewarm = cli.prewarm.unwrap_or_else(roomy_host);
+    let piece = piece_size(cli);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for spec in &cli.export {
@@ -269,6 +281,7 @@ fn run(cli: &Cli) -> Res<()> {
             svc.subscriber()?,
             key.clone(),
             spin,
+            piece,
             stop.clone(),
         )?);
         eprintln!("fbuf-bridge: exporting {name} as {key}");
@@ -281,6 +294,7 @@ fn run(cli: &Cli) -> Res<()> {
             svc.receiver()?,
             key.clone(),
             spin,
+            piece,
             stop.clone(),
         )?);
         eprintln!("fbuf-bridge: exporting stream {name} as {key}");
@@ -347,6 +361,17 @@ fn run(cli: &Cli) -> Res<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The piece size exports cut large messages into (0: none), from `--piece-kib` or the host.
+fn piece_size(cli: &Cli) -> usize {
+    let kib = cli
+        .piece_kib
+        .unwrap_or(if roomy_host() { DEFAULT_PIECE_KIB } else { 0 });
+    kib as usize * 1024
+}
+
+/// `--piece-kib`'s default on a host with 8 CPUs or more.
+const DEFAULT_PIECE_KIB: u64 = 32;
 
 /// Owns a received pool buffer on Zenoh's behalf: the slot stays held until Zenoh drops it.
 pub(crate) struct PoolBytes(pub(crate) fbuf::Sample<[u8]>);
@@ -419,6 +444,7 @@ fn spawn_export(
     mut source: impl Source + 'static,
     key: String,
     spin: Duration,
+    piece: usize,
     stop: Arc<AtomicBool>,
 ) -> Res<std::thread::JoinHandle<Res<()>>> {
     let publisher = z
@@ -428,13 +454,65 @@ fn spawn_export(
     let token = z.liveliness().declare_token(liveliness_key(&key)).wait()?;
     Ok(std::thread::spawn(move || {
         let _token = token;
-        export(&mut source, &publisher, Poller::new(spin), &stop)
+        let mut out = Outgoing::new(&publisher, piece);
+        export(&mut source, &mut out, Poller::new(spin), &stop)
     }))
+}
+
+/// An export's Zenoh side: puts each message whole, or in pieces of `piece` bytes.
+struct Outgoing<'a> {
+    publisher: &'a zenoh::pubsub::Publisher<'a>,
+    piece: usize,
+    /// This exporter's number in piece headers, drawn at random when it starts, so that an
+    /// importer tells a restarted exporter's pieces from its predecessor's.
+    source: u64,
+    /// The next message's number in piece headers.
+    seq: u64,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(publisher: &'a zenoh::pubsub::Publisher<'a>, piece: usize) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        Outgoing {
+            publisher,
+            piece,
+            source: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+            seq: 0,
+        }
+    }
+
+    /// Puts one message. No copy: each put is a view of the same buffer.
+    fn put(&mut self, bytes: bytes::Bytes) -> Res<()> {
+        let total = bytes.len();
+        if self.piece == 0 || total <= self.piece {
+            self.publisher
+                .put(zenoh::bytes::ZBytes::from(bytes))
+                .wait()?;
+            return Ok(());
+        }
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        for r in pieces::ranges(total, self.piece) {
+            let header = pieces::Header {
+                source: self.source,
+                seq,
+                total: total as u64,
+                offset: r.start as u64,
+            };
+            self.publisher
+                .put(zenoh::bytes::ZBytes::from(bytes.slice(r)))
+                .attachment(header.encode())
+                .wait()?;
+        }
+        Ok(())
+    }
 }
 
 fn export(
     source: &mut impl Source,
-    publisher: &zenoh::pubsub::Publisher<'_>,
+    out: &mut Outgoing<'_>,
     mut poller: Poller,
     stop: &AtomicBool,
 ) -> Res<()> {
@@ -447,8 +525,7 @@ fn export(
         match next {
             Ok(Some(sample)) => {
                 // No copy: Zenoh gets a view of the slot and drops it when it is done.
-                let bytes = bytes::Bytes::from_owner(PoolBytes(sample));
-                publisher.put(zenoh::bytes::ZBytes::from(bytes)).wait()?;
+                out.put(bytes::Bytes::from_owner(PoolBytes(sample)))?;
             }
             Ok(None) => {}
             // No local sender (yet, or any more): keep listening for the next one.
@@ -467,6 +544,29 @@ pub(crate) fn fill(dst: &mut [u8], src: &zenoh::bytes::ZBytes) {
     for s in src.slices() {
         dst[at..at + s.len()].copy_from_slice(s);
         at += s.len();
+    }
+}
+
+/// Says what an import dropped on stderr: the first few, then one in a thousand, so that a
+/// peer sending garbage cannot flood the log.
+struct Dropped<'a> {
+    key: &'a str,
+    count: u64,
+}
+
+impl<'a> Dropped<'a> {
+    fn new(key: &'a str) -> Self {
+        Dropped { key, count: 0 }
+    }
+
+    fn say(&mut self, what: std::fmt::Arguments<'_>) {
+        self.count += 1;
+        if self.count <= 10 || self.count % 1000 == 0 {
+            eprintln!(
+                "fbuf-bridge: on {}, dropped {what} ({} so far)",
+                self.key, self.count
+            );
+        }
     }
 }
 
@@ -523,10 +623,14 @@ fn import<S: Sink>(
         .wait()?;
     let mut publisher = None;
     let mut spare = Spare(None);
+    let mut assemblies = pieces::Assemblies::new();
+    let mut said = Dropped::new(key);
     while !stop.load(Ordering::Relaxed) {
         // The exporter's liveliness: publish locally only while it is there.
         while let Ok(Some(change)) = alive.try_recv() {
-            spare.0 = None; // loaned for the sink that goes
+            // Loaned for the sink that goes; a message in pieces will not be finished.
+            spare.0 = None;
+            assemblies.clear();
             publisher = match change.kind() {
                 zenoh::sample::SampleKind::Put => Some(open()?),
                 zenoh::sample::SampleKind::Delete => None, // our subscribers see Disconnected
@@ -546,26 +650,61 @@ fn import<S: Sink>(
         };
         let payload = sample.payload();
         // Waits while every slot is held by readers still reading. A remote message this pool
-        // cannot hold (larger than its largest slot) is dropped and said, not allowed to stop
-        // the bridge.
-        let spared = spare.take(payload.len());
-        let mut buf = match spared.map_or_else(|| p.loan(payload.len()), Ok) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!(
-                    "fbuf-bridge: dropped a {}-byte message on {key}: {e}",
-                    payload.len()
-                );
-                continue;
+        // cannot hold (larger than its largest slot), or a piece that does not fit its message,
+        // is dropped and said, not allowed to stop the bridge.
+        let whole = match sample.attachment() {
+            None => {
+                let spared = spare.take(payload.len());
+                match spared.map_or_else(|| p.loan(payload.len()), Ok) {
+                    Ok(mut buf) => {
+                        fill(&mut buf, payload);
+                        Some(buf)
+                    }
+                    Err(e) => {
+                        said.say(format_args!("a {}-byte message: {e}", payload.len()));
+                        None
+                    }
+                }
             }
+            Some(attachment) => match pieces::Header::decode(&attachment.to_bytes()) {
+                Err(e) => {
+                    said.say(format_args!("a message with {e}"));
+                    None
+                }
+                Ok(h) => {
+                    let loan = |total: u64| {
+                        let total = usize::try_from(total).map_err(|e| e.to_string())?;
+                        let spared = spare.take(total);
+                        spared
+                            .map_or_else(|| p.loan(total), Ok)
+                            .map_err(|e| e.to_string())
+                    };
+                    match assemblies.piece(h, payload.len(), loan, |dst| fill(dst, payload)) {
+                        Ok(pieces::Step::Done(buf)) => Some(buf),
+                        Ok(pieces::Step::More) => None,
+                        Err(pieces::PieceOutcome::Bad(e)) => {
+                            said.say(format_args!("a message with {e}"));
+                            None
+                        }
+                        Err(pieces::PieceOutcome::Refused(e)) => {
+                            said.say(format_args!("a {}-byte message: {e}", h.total));
+                            None
+                        }
+                    }
+                }
+            },
         };
-        fill(&mut buf, payload);
+        let Some(buf) = whole else {
+            continue;
+        };
+        let len = buf.len();
         p.put(buf).map_err(|e| format!("publishing locally: {e}"))?;
         if prewarm {
-            spare.prepare(&*p, payload.len(), || !sub.is_empty());
+            spare.prepare(&*p, len, || !sub.is_empty());
         }
     }
     Ok(())
 }
 
+mod pieces;
 mod rr;

@@ -57,6 +57,7 @@ pub fn run(args: &[String]) -> Res<()> {
         "zsub" => zenoh_sub(a(1), a(2), n(3)?)?,
         "zping" => zenoh_ping(a(1), n(2)?, n(3)? as usize)?,
         "zpong" => zenoh_pong(a(1))?,
+        "zpieces" => zenoh_pieces(a(1), a(2), n(3)?)?,
         "ping" => fbuf_ping(a(1), n(2)?, n(3)? as usize)?,
         "pong" => fbuf_pong(a(1))?,
         other => return Err(format!("unknown role {other:?}").into()),
@@ -370,6 +371,93 @@ fn zenoh_pong(ep: &str) -> Res<String> {
         publisher.put(s.payload().clone()).wait()?;
     }
     Ok(String::new())
+}
+
+/// A raw Zenoh peer posing as an exporter of `key` (listening on `ep`, its liveliness token
+/// declared) that sends pieces, some of them broken. Frames 0 to 3 are good and must arrive, in
+/// that order, every byte right; every other message is broken and must be dropped whole:
+/// - frame 0 in three pieces;
+/// - a message missing its middle piece;
+/// - an attachment that is not a piece header;
+/// - a message whose second piece reaches past its end;
+/// - a first piece of a message larger than any slot;
+/// - first pieces of six messages from six made-up sources, never finished (the importer may
+///   hold a slot for at most a few of them at once);
+/// - frames 1 and 2 in pieces from two sources, interleaved;
+/// - frame 3 whole, without a header.
+///
+/// Then it stays `linger_ms` (its unfinished messages pending) and leaves.
+fn zenoh_pieces(ep: &str, key: &str, linger_ms: u64) -> Res<String> {
+    use super::pieces::Header;
+    use zenoh::Wait;
+    let z = zenoh(Some(ep), None)?;
+    let publisher = z
+        .declare_publisher(key.to_owned())
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()?;
+    let _token = z
+        .liveliness()
+        .declare_token(super::liveliness_key(key))
+        .wait()?;
+    println!("READY");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !publisher.matching_status().wait()?.matching() {
+        if Instant::now() > deadline {
+            return Err("no importer came".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Time for the importer to see the token and open its local publisher.
+    std::thread::sleep(Duration::from_millis(1000));
+    let size = 100_000usize;
+    let frame = |seq: u64| {
+        let mut v = vec![0u8; size];
+        fill(&mut v, seq);
+        v
+    };
+    let put = |bytes: &[u8], h: Option<Header>| -> Res<()> {
+        let b = publisher.put(bytes.to_vec());
+        match h {
+            Some(h) => b.attachment(h.encode()).wait()?,
+            None => b.wait()?,
+        }
+        Ok(())
+    };
+    let h = |source: u64, seq: u64, total: usize, offset: usize| Header {
+        source,
+        seq,
+        total: total as u64,
+        offset: offset as u64,
+    };
+    let thirds = [0..40_000, 40_000..80_000, 80_000..size];
+    let f0 = frame(0);
+    for r in thirds.clone() {
+        put(&f0[r.clone()], Some(h(1, 0, size, r.start)))?;
+    }
+    let junk = frame(100);
+    for r in [thirds[0].clone(), thirds[2].clone()] {
+        put(&junk[r.clone()], Some(h(1, 1, size, r.start)))?;
+    }
+    let mut not_a_header = Header::encode(&h(1, 2, size, 0));
+    not_a_header[3] ^= 0x20;
+    publisher
+        .put(junk.clone())
+        .attachment(not_a_header)
+        .wait()?;
+    put(&junk[..40_000], Some(h(1, 3, size, 0)))?;
+    put(&junk[40_000..], Some(h(1, 3, size, 70_000)))?;
+    put(&junk[..40_000], Some(h(1, 4, 1 << 40, 0)))?;
+    for source in 10..16 {
+        put(&junk[..40_000], Some(h(source, 0, size, 0)))?;
+    }
+    let (f1, f2) = (frame(1), frame(2));
+    for r in thirds.clone() {
+        put(&f1[r.clone()], Some(h(2, 0, size, r.start)))?;
+        put(&f2[r.clone()], Some(h(3, 0, size, r.start)))?;
+    }
+    put(&frame(3), None)?;
+    std::thread::sleep(Duration::from_millis(linger_ms));
+    Ok("sent=4".into())
 }
 
 /// fbuf ping: publishes on `bench/ping`, waits for the echo on `bench/pong`, both through the
