@@ -561,7 +561,7 @@ impl<'a> Dropped<'a> {
 
     fn say(&mut self, what: std::fmt::Arguments<'_>) {
         self.count += 1;
-        if self.count <= 10 || self.count % 1000 == 0 {
+        if self.count <= 10 || self.count.is_multiple_of(1000) {
             eprintln!(
                 "fbuf-bridge: on {}, dropped {what} ({} so far)",
                 self.key, self.count
