@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench -p fbuf-zenoh --bench bridge`. Results: docs/benchmarks.md. Settings, from
 //! the environment: `FBUF_BENCH_ROUNDS` (interleaved rounds, default 3), `FBUF_BENCH_SCALE`
-//! (multiplies the message counts), `FBUF_BENCH_BRIDGE_ARGS` (bridge variants compared in the
+//! (multiplies the message counts), `FBUF_BENCH_SIZES` (message sizes in KiB, e.g.
+//! `"4,64,256,1024"`), `FBUF_BENCH_BRIDGE_ARGS` (bridge variants compared in the
 //! same run, e.g. `"--spin-us 0;--spin-us 200"`), `FBUF_BRIDGE_BIN` (another bridge binary).
 
 use std::io::Read;
@@ -134,11 +135,17 @@ fn main() {
             .collect(),
         Err(_) => vec![Vec::new()],
     };
-    let sizes = [
-        (4096usize, 20_000u64, 2000u64),
-        (64 << 10, 5000, 1000),
-        (1 << 20, 400, 200),
-    ];
+    // FBUF_BENCH_SIZES: message sizes in KiB, separated by ',' (default 4,64,1024). Each is
+    // streamed (320 MiB / size) times, 400 to 20 000, and bounced a fifth as often, 200 to 2000.
+    let sizes: Vec<(usize, u64, u64)> = std::env::var("FBUF_BENCH_SIZES")
+        .unwrap_or_else(|_| "4,64,1024".into())
+        .split(',')
+        .map(|kib| {
+            let size = kib.trim().parse::<usize>().expect("FBUF_BENCH_SIZES: KiB") << 10;
+            let count = ((320usize << 20) / size.max(1)).clamp(400, 20_000) as u64;
+            (size, count, (count / 5).clamp(200, 2000))
+        })
+        .collect();
     let mut runs: Vec<Vec<Round>> = vec![Vec::new(); sizes.len()];
     for (round, (i, &(size, count, rtts))) in
         (0..rounds).flat_map(|r| sizes.iter().enumerate().map(move |s| (r, s)))

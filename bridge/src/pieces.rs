@@ -1,13 +1,19 @@
-//! Large messages cross in pieces, so that the importer's one copy overlaps the transfer.
+//! Messages a little larger than one piece cross in two, which Zenoh carries faster than one.
 //!
-//! Zenoh hands a subscriber a large message only once its last fragment has arrived; the import
-//! then copies all of it into a slot, and that copy (about 100 µs for 1 MiB on a 16-core guest)
-//! adds straight to the message's latency. An exporter with `--piece-kib N` instead puts a
-//! message longer than N KiB as consecutive pieces of N KiB, each a view of the same pool buffer
+//! The idea was to overlap the importer's one copy with the transfer: Zenoh hands a subscriber a
+//! large message only once its last fragment has arrived, and the import then copies all of it
+//! into a slot. An exporter with `--piece-kib N` puts a message longer than N KiB (and at most
+//! [`MAX_PIECES`] times N) as consecutive pieces of N KiB, each a view of the same pool buffer
 //! (no copy on the way out either) with a [`Header`] as its Zenoh attachment. The importer loans
-//! the slot when the first piece comes and copies each piece as it arrives, while Zenoh still
-//! reads the next ones from the network: only the last piece's copy is left after the transfer.
-//! A message up to N KiB goes whole, without a header, as before.
+//! the slot when the first piece comes and copies each piece as it arrives. Any other message
+//! goes whole, without a header, as before.
+//!
+//! Measured on a 16-core guest (docs/benchmarks.md), the overlap bought nothing at 1 MiB: in 32
+//! pieces its latency stayed where it was and its rate fell to 0.8x, each piece being a put of
+//! its own. Two pieces are what helped: 48 and 64 KiB messages in two went at 1.04-1.18x the rate
+//! of Zenoh alone carrying them whole, against 0.78-0.96x whole through the bridges, and their
+//! latency came within 10 % of Zenoh alone's. Four and eight pieces (128 and 256 KiB) cost
+//! rate again, so a message is cut in two at most.
 //!
 //! Everything in a header comes from the network and is checked ([`Assembly::piece`]): a piece
 //! that does not continue its message exactly (a lost or repeated piece, an offset or length
@@ -97,14 +103,22 @@ impl fmt::Display for PieceError {
     }
 }
 
-/// The byte ranges an exporter cuts a `len`-byte message into: whole if it is at most `piece`
-/// bytes (or pieces are off, `piece == 0`), else consecutive pieces of `piece` bytes.
+/// Most pieces a message is cut into: a longer message goes whole. Each piece is a put of its
+/// own; on a 16-core guest, messages in 4, 8 and 32 pieces went at 0.80-0.85x the rate of the
+/// same messages whole, while 48 and 64 KiB ones in two gained in rate and latency
+/// (docs/benchmarks.md).
+pub(crate) const MAX_PIECES: usize = 2;
+
+/// Whether a `len`-byte message is cut into pieces of `piece` bytes (0: pieces are off): it is
+/// longer than one piece and at most [`MAX_PIECES`] of them.
+pub(crate) fn cut(len: usize, piece: usize) -> bool {
+    piece > 0 && len > piece && len <= piece.saturating_mul(MAX_PIECES)
+}
+
+/// The byte ranges an exporter sends a `len`-byte message as: consecutive pieces of `piece`
+/// bytes if it is [`cut`], else the whole message.
 pub(crate) fn ranges(len: usize, piece: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let step = if piece == 0 || len <= piece {
-        len.max(1)
-    } else {
-        piece
-    };
+    let step = if cut(len, piece) { piece } else { len.max(1) };
     (0..len.max(1))
         .step_by(step)
         .map(move |at| at..(at + step).min(len))
@@ -289,12 +303,17 @@ mod tests {
 
     #[test]
     fn ranges_cover_the_message_once() {
-        let r: Vec<_> = ranges(10, 4).collect();
-        assert_eq!(r, vec![0..4, 4..8, 8..10]);
+        assert_eq!(MAX_PIECES, 2, "the cases below are for two");
+        assert_eq!(ranges(7, 4).collect::<Vec<_>>(), vec![0..4, 4..7]);
         assert_eq!(ranges(8, 4).collect::<Vec<_>>(), vec![0..4, 4..8]);
         assert_eq!(ranges(4, 4).collect::<Vec<_>>(), vec![0..4], "whole");
         assert_eq!(ranges(10, 0).collect::<Vec<_>>(), vec![0..10], "off");
         assert_eq!(ranges(0, 4).collect::<Vec<_>>(), vec![0..0], "empty");
+        assert_eq!(
+            ranges(9, 4).collect::<Vec<_>>(),
+            vec![0..9],
+            "too many pieces: whole"
+        );
     }
 
     #[test]

@@ -165,8 +165,8 @@ fn importer(b: &Side, connect: &str, what: &[&str]) -> Proc {
 fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
     let (a, b) = (side("bridge-a"), side("bridge-b"));
     let ep = format!("tcp/127.0.0.1:{}", port());
-    // The 1 MiB frames cross in pieces of 32 KiB, the 4 KiB ones whole.
-    let bridge_a = exporter(&a, &ep, &["--export", "camera/left", "--piece-kib", "32"]);
+    // The 4 KiB frames cross in two pieces of 2 KiB, the 1 MiB ones whole.
+    let bridge_a = exporter(&a, &ep, &["--export", "camera/left", "--piece-kib", "2"]);
     // The importer keeps a spare slot, written while it waits (as by default on a host with 8
     // CPUs or more); the 4 KiB and the 1 MiB frames make it free a spare of the wrong length.
     let bridge_b = importer(&b, &ep, &["--import", "camera/left", "--prewarm", "true"]);
