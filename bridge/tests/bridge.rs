@@ -649,3 +649,20 @@ fn a_peer_sending_broken_pieces_loses_only_those_messages() {
     drop(bridge_b);
     b.settles();
 }
+
+#[test]
+fn an_exporter_whose_local_publisher_left_sleeps() {
+    let a = side("idle-a");
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let bridge_a = exporter(&a, &ep, &["--export", "gone", "--spin-us", "0"]);
+    // A publisher sends three frames and leaves; its service stays, with no sender now, and
+    // the exporter's receive fails at once until one comes.
+    let publisher = Proc::start(&[], &["--role", "pub", &a.socket, "gone", "3", "4096", "0"]);
+    assert_eq!(publisher.result()["sent"], "3");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(bridge_a.0.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let ms = (cpu_ticks(bridge_a.0.id()) - before) * 1000 / clock_ticks_per_second();
+    // 1 ms naps used 40-50 ms here; growing naps, 0-10 ms (the clock counts in 10 ms ticks).
+    assert!(ms < 30, "an idle exporter used {ms} ms of CPU in 3 s");
+}
