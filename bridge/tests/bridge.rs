@@ -256,7 +256,10 @@ fn a_slow_lossy_subscriber_across_the_bridge_is_told_what_it_lost() {
 fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
     let (a, b) = (side("kill-a"), side("kill-b"));
     let ep = format!("tcp/127.0.0.1:{}", port());
-    let bridge_a = exporter(&a, &ep, &["--export", "ticks"]);
+    // Frames in two pieces: a kill can land between them, and the importer must then drop the
+    // half message (exporter killed) or the pool recover its slot (importer killed).
+    let pieces = ["--piece-kib", "2"];
+    let bridge_a = exporter(&a, &ep, &["--export", "ticks", pieces[0], pieces[1]]);
     let bridge_b = importer(&b, &ep, &["--import", "ticks"]);
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100000"]);
     // 1 ms between frames: the kill lands mid-stream.
@@ -286,7 +289,7 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
     );
     // A restarted exporter: the importer reconnects and far subscribers receive again.
     drop(publisher);
-    let bridge_a = exporter(&a, &ep, &["--export", "ticks"]);
+    let bridge_a = exporter(&a, &ep, &["--export", "ticks", pieces[0], pieces[1]]);
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "40"]);
     let publisher = Proc::start(
         &[],
