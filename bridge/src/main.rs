@@ -102,7 +102,9 @@ struct Cli {
     /// pieces, which Zenoh carries faster than one message (0: every message whole). Default:
     /// 32 where the polling default is on (8 CPUs or more), 0 elsewhere. At most 32: on a
     /// 16-core guest, pieces of 60 KiB, near Zenoh's 64 KiB batch, made a 64 KiB message a
-    /// millisecond slower. An importer takes pieces of any size from any exporter.
+    /// millisecond slower. An importer takes pieces of any size from any exporter; a bridge
+    /// built before pieces would publish each piece as a message, so an exporter facing one
+    /// needs 0.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=32))]
     piece_kib: Option<u64>,
     /// Test roles (internal).
