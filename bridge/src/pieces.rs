@@ -15,7 +15,7 @@
 //! latency came within 10 % of Zenoh alone's. Four and eight pieces (128 and 256 KiB) cost
 //! rate again, so a message is cut in two at most.
 //!
-//! Everything in a header comes from the network and is checked ([`Assembly::piece`]): a piece
+//! Everything in a header comes from the network and is checked ([`Assemblies::piece`]): a piece
 //! that does not continue its message exactly (a lost or repeated piece, an offset or length
 //! past the end) drops the message it belongs to, and its slot is freed; a message is published
 //! only once every byte of it has been written. At most [`MAX_ASSEMBLIES`] messages are being
@@ -161,8 +161,8 @@ impl<B: std::ops::DerefMut<Target = [u8]>> Assemblies<B> {
         self.0.len()
     }
 
-    /// Takes one piece with header `h` and bytes `bytes` (copied by `copy` into the buffer at
-    /// the piece's offset). A first piece (offset 0) starts a message in a buffer from `loan`,
+    /// Takes one piece of `len` bytes with header `h` (`copy` writes them into the buffer at the
+    /// piece's offset). A first piece (offset 0) starts a message in a buffer from `loan`,
     /// which gets the message's length and may refuse it (then the piece, and so the message,
     /// is dropped with its error). Any piece that does not fit drops the message it belongs to.
     pub(crate) fn piece<E>(
