@@ -187,12 +187,14 @@ fn roomy_host() -> bool {
     std::thread::available_parallelism().map_or(1, usize::from) >= 8
 }
 
+/// `given`, or by default `roomy` on a host with cores to spare and 0 (off) on a smaller one.
+fn or_host_default(given: Option<u64>, roomy: u64) -> u64 {
+    given.unwrap_or(if roomy_host() { roomy } else { 0 })
+}
+
 /// The polling window: `--spin-us`, or the host's default (see [`Cli::spin_us`]).
 fn spin_window(cli: &Cli) -> Duration {
-    let us = cli
-        .spin_us
-        .unwrap_or(if roomy_host() { DEFAULT_SPIN_US } else { 0 });
-    Duration::from_micros(us)
+    Duration::from_micros(or_host_default(cli.spin_us, DEFAULT_SPIN_US))
 }
 
 /// The polling window on a host with cores to spare: longer than a 4 KiB round trip through two
@@ -366,10 +368,7 @@ fn run(cli: &Cli) -> Res<()> {
 
 /// The piece size exports cut large messages into (0: none), from `--piece-kib` or the host.
 fn piece_size(cli: &Cli) -> usize {
-    let kib = cli
-        .piece_kib
-        .unwrap_or(if roomy_host() { DEFAULT_PIECE_KIB } else { 0 });
-    kib as usize * 1024
+    or_host_default(cli.piece_kib, DEFAULT_PIECE_KIB) as usize * 1024
 }
 
 /// `--piece-kib`'s default on a host with 8 CPUs or more.
@@ -485,17 +484,14 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    /// Puts one message. No copy: each put is a view of the same buffer.
+    /// Puts one message, whole or in pieces. No copy: each put is a view of the same buffer.
     fn put(&mut self, bytes: bytes::Bytes) -> Res<()> {
         let total = bytes.len();
-        if !pieces::cut(total, self.piece) {
-            self.publisher
-                .put(zenoh::bytes::ZBytes::from(bytes))
-                .wait()?;
-            return Ok(());
-        }
+        let cut = pieces::cut(total, self.piece);
         let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
+        if cut {
+            self.seq = self.seq.wrapping_add(1);
+        }
         for r in pieces::ranges(total, self.piece) {
             let header = pieces::Header {
                 source: self.source,
@@ -503,10 +499,16 @@ impl<'a> Outgoing<'a> {
                 total: total as u64,
                 offset: r.start as u64,
             };
-            self.publisher
-                .put(zenoh::bytes::ZBytes::from(bytes.slice(r)))
-                .attachment(header.encode())
-                .wait()?;
+            let put = self
+                .publisher
+                .put(zenoh::bytes::ZBytes::from(bytes.slice(r)));
+            // A whole message goes without a header, as a bridge without pieces sends it.
+            let put = if cut {
+                put.attachment(header.encode())
+            } else {
+                put
+            };
+            put.wait()?;
         }
         Ok(())
     }
@@ -592,9 +594,17 @@ impl Spare {
     /// Written in steps this size, looking for a queued message between them.
     const STEP: usize = 64 << 10;
 
-    /// The spare, if it is `len` bytes long (one of another length is freed).
-    fn take(&mut self, len: usize) -> Option<fbuf::SampleMut<[u8]>> {
-        self.0.take().filter(|b| b.len() == len)
+    /// A slot of `len` bytes: the spare if it is that long (one of another length is freed), a
+    /// fresh loan from `sink` otherwise.
+    fn loan(
+        &mut self,
+        sink: &impl Sink,
+        len: usize,
+    ) -> Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError> {
+        match self.0.take().filter(|b| b.len() == len) {
+            Some(b) => Ok(b),
+            None => sink.loan(len),
+        }
     }
 
     /// Loans and writes a spare of `len` bytes, unless one is there, no slot is free, or a
@@ -665,19 +675,16 @@ fn import<S: Sink>(
         // cannot hold (larger than its largest slot), or a piece that does not fit its message,
         // is dropped and said, not allowed to stop the bridge.
         let whole = match sample.attachment() {
-            None => {
-                let spared = spare.take(payload.len());
-                match spared.map_or_else(|| p.loan(payload.len()), Ok) {
-                    Ok(mut buf) => {
-                        fill(&mut buf, payload);
-                        Some(buf)
-                    }
-                    Err(e) => {
-                        said.say(format_args!("a {}-byte message: {e}", payload.len()));
-                        None
-                    }
+            None => match spare.loan(&*p, payload.len()) {
+                Ok(mut buf) => {
+                    fill(&mut buf, payload);
+                    Some(buf)
                 }
-            }
+                Err(e) => {
+                    said.say(format_args!("a {}-byte message: {e}", payload.len()));
+                    None
+                }
+            },
             Some(attachment) => match pieces::Header::decode(&attachment.to_bytes()) {
                 Err(e) => {
                     said.say(format_args!("a message with {e}"));
@@ -686,10 +693,7 @@ fn import<S: Sink>(
                 Ok(h) => {
                     let loan = |total: u64| {
                         let total = usize::try_from(total).map_err(|e| e.to_string())?;
-                        let spared = spare.take(total);
-                        spared
-                            .map_or_else(|| p.loan(total), Ok)
-                            .map_err(|e| e.to_string())
+                        spare.loan(&*p, total).map_err(|e| e.to_string())
                     };
                     match assemblies.piece(h, payload.len(), loan, |dst| fill(dst, payload)) {
                         Ok(pieces::Step::Done(buf)) => Some(buf),

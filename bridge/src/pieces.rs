@@ -175,52 +175,44 @@ impl<B: std::ops::DerefMut<Target = [u8]>> Assemblies<B> {
         let len = len as u64;
         let fits = len > 0 && h.offset.checked_add(len).is_some_and(|end| end <= h.total);
         let at = self.0.iter().position(|a| a.source == h.source);
-        if !fits {
-            // The whole message it claims to belong to is lost with it.
-            if let Some(i) = at {
-                self.0.swap_remove(i);
-            }
-            return Err(PieceOutcome::Bad(PieceError::OutOfBounds {
-                offset: h.offset,
-                len,
-                total: h.total,
-            }));
-        }
-        let i = if h.offset == 0 {
-            // A new message from this source: one it left unfinished is dropped.
-            if let Some(i) = at {
-                self.0.swap_remove(i);
-            }
-            if self.0.len() >= MAX_ASSEMBLIES {
-                self.0.remove(0); // the oldest goes
-            }
-            let buf = loan(h.total).map_err(PieceOutcome::Refused)?;
-            self.0.push(Assembly {
-                source: h.source,
-                seq: h.seq,
-                total: h.total,
-                next: 0,
-                buf,
-            });
-            self.0.len() - 1
-        } else {
-            match at {
-                Some(i)
-                    if self.0[i].seq == h.seq
-                        && self.0[i].next == h.offset
-                        && self.0[i].total == h.total =>
-                {
-                    i
+        let continues = at.filter(|&i| {
+            let a = &self.0[i];
+            fits && h.offset > 0 && (a.seq, a.next, a.total) == (h.seq, h.offset, h.total)
+        });
+        let i = match continues {
+            Some(i) => i,
+            None => {
+                // Anything but the exact continuation ends what this source left unfinished.
+                // (`remove`, not `swap_remove`: the list stays oldest first.)
+                if let Some(i) = at {
+                    self.0.remove(i);
                 }
-                _ => {
-                    if let Some(i) = at {
-                        self.0.swap_remove(i);
-                    }
+                if !fits {
+                    return Err(PieceOutcome::Bad(PieceError::OutOfBounds {
+                        offset: h.offset,
+                        len,
+                        total: h.total,
+                    }));
+                }
+                if h.offset != 0 {
                     return Err(PieceOutcome::Bad(PieceError::OutOfOrder {
                         seq: h.seq,
                         offset: h.offset,
                     }));
                 }
+                // A new message.
+                if self.0.len() >= MAX_ASSEMBLIES {
+                    self.0.remove(0); // the oldest goes
+                }
+                let buf = loan(h.total).map_err(PieceOutcome::Refused)?;
+                self.0.push(Assembly {
+                    source: h.source,
+                    seq: h.seq,
+                    total: h.total,
+                    next: 0,
+                    buf,
+                });
+                self.0.len() - 1
             }
         };
         let a = &mut self.0[i];
@@ -228,7 +220,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> Assemblies<B> {
         // The loan gave a buffer of `total` bytes; a shorter one would be the loan's bug, and
         // the message is then dropped rather than published short.
         let Some(dst) = dst.get_mut(h.offset as usize..(h.offset + len) as usize) else {
-            self.0.swap_remove(i);
+            self.0.remove(i);
             return Err(PieceOutcome::Bad(PieceError::OutOfBounds {
                 offset: h.offset,
                 len,
@@ -238,7 +230,7 @@ impl<B: std::ops::DerefMut<Target = [u8]>> Assemblies<B> {
         copy(dst);
         a.next += len;
         if a.next == a.total {
-            Ok(Step::Done(self.0.swap_remove(i).buf))
+            Ok(Step::Done(self.0.remove(i).buf))
         } else {
             Ok(Step::More)
         }
@@ -364,6 +356,27 @@ mod tests {
             Err(PieceError::OutOfOrder { seq: 3, offset: 8 })
         );
         assert_eq!(a.len(), 0);
+    }
+
+    #[test]
+    fn the_oldest_unfinished_message_goes_first() {
+        let msg: Vec<u8> = (0..16u8).collect();
+        let mut a = Assemblies::new();
+        for source in 1..=MAX_ASSEMBLIES as u64 {
+            assert_eq!(feed(&mut a, h(source, 0, 16, 0), &msg), Ok(None));
+        }
+        // The first finishes; two more start: the second new one makes room by dropping the
+        // oldest unfinished message, source 2's, not a younger one.
+        assert_eq!(feed(&mut a, h(1, 0, 16, 8), &msg), Ok(Some(msg.clone())));
+        for source in [10, 11] {
+            assert_eq!(feed(&mut a, h(source, 0, 16, 0), &msg), Ok(None));
+        }
+        assert_eq!(
+            feed(&mut a, h(2, 0, 16, 8), &msg),
+            Err(PieceError::OutOfOrder { seq: 0, offset: 8 })
+        );
+        let last = MAX_ASSEMBLIES as u64;
+        assert_eq!(feed(&mut a, h(last, 0, 16, 8), &msg), Ok(Some(msg.clone())));
     }
 
     #[test]
