@@ -97,8 +97,10 @@ impl LocalRefs {
     ///
     /// No lock is needed: with one handle, ours, no other thread of this process can add or drop
     /// one (adding needs a handle to clone, or a descriptor in flight to import, which `alone`
-    /// rules out). The count is cleared before `give` lets the slot go, so a thread of ours that
-    /// claims the slot after its receiver freed it finds 0.
+    /// rules out). The count reads `TRANSITION` while `give` runs, as under the lock: a thread of
+    /// ours that claims the slot as soon as `give` let it go waits for the 0 that follows. That 0,
+    /// a Release store, is the handle's last touch of this process's pool state, which may be
+    /// freed as soon as every count reads 0 (`pool::lifetime`).
     #[inline]
     pub fn give_only<R>(
         &self,
@@ -110,8 +112,11 @@ impl LocalRefs {
         if count.load(Ordering::Relaxed) != 1 || !alone() {
             return None;
         }
-        count.store(0, Ordering::Relaxed);
-        Some(give())
+        count.store(TRANSITION, Ordering::Relaxed);
+        let r = give();
+        // SYNC POINT (handle gone): Release, read by `first_held`'s Acquire before a free.
+        count.store(0, Ordering::Release);
+        Some(r)
     }
 
     /// [`LocalRefs::give_only`]'s other half: takes the first handle of a slot without a locked
@@ -196,6 +201,16 @@ impl LocalRefs {
                 return;
             }
         }
+    }
+
+    /// The first slot at or after `from` that some handle of this process holds (its count is not
+    /// 0), if any. Acquire: a count read as 0 was cleared by its handle's last step, and
+    /// everything that handle did happens before what the caller does next.
+    pub fn first_held(&self, from: usize) -> Option<usize> {
+        let rest = self.counts.get(from..)?;
+        rest.iter()
+            .position(|c| c.load(Ordering::Acquire) != 0)
+            .map(|k| from + k)
     }
 
     /// The current count (for tests and diagnostics).

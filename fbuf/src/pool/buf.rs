@@ -8,18 +8,39 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Desc, DescError, Pool, ShareError};
+use super::lifetime::{self, SharedPtr};
+use super::{Desc, DescError, Pool, ShareError, Shared};
 use crate::alloc::SlotError;
 
-/// One local handle: the pool, and the checked descriptor of a slot this process holds.
+/// One local handle: the checked descriptor of a slot this process holds, and its pool's state.
+/// The handle counts itself in its slot's handle count, which keeps that state (see
+/// `super::lifetime`): no reference count of its own.
 struct Lease {
-    pool: Pool,
+    state: SharedPtr,
     desc: Desc,
+}
+
+impl Lease {
+    fn new(pool: &Pool, desc: Desc) -> Lease {
+        Lease {
+            state: pool.shared.ptr(),
+            desc,
+        }
+    }
+
+    #[inline(always)]
+    fn shared(&self) -> &Shared {
+        // SAFETY: this lease is a handle of its slot: its count is not 0 until `drop` clears it.
+        unsafe { self.state.get() }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.pool.shared.release(&self.desc);
+        let state = self.state;
+        // The count's clearing is `release`'s last touch of the state; nothing here uses it after.
+        self.shared().release(&self.desc);
+        lifetime::after_clear(state);
     }
 }
 
@@ -30,15 +51,15 @@ pub struct BufMut {
 }
 
 impl BufMut {
-    pub(super) fn new(pool: Pool, desc: Desc) -> Self {
+    pub(super) fn new(pool: &Pool, desc: Desc) -> Self {
         BufMut {
-            lease: Lease { pool, desc },
+            lease: Lease::new(pool, desc),
         }
     }
 
     /// Bytes this buffer can hold (its slot size).
     pub fn capacity(&self) -> usize {
-        self.lease.pool.shared.layout.classes[self.lease.desc.class as usize].slot_size
+        self.lease.shared().layout.classes[self.lease.desc.class as usize].slot_size
     }
 
     /// Changes the length (the bytes a receiver will see), up to the capacity.
@@ -85,7 +106,7 @@ impl Deref for BufMut {
         // SAFETY: the slot is inside our writable data mapping (the descriptor was checked at
         // allocation), and this process claimed it by CAS: by the pool's protocol no other process
         // writes it until it is shared, and `&self` excludes writers in this process.
-        unsafe { std::slice::from_raw_parts(self.lease.pool.shared.slot_ptr(d), d.len as usize) }
+        unsafe { std::slice::from_raw_parts(self.lease.shared().slot_ptr(d), d.len as usize) }
     }
 }
 
@@ -94,9 +115,7 @@ impl DerefMut for BufMut {
         let d = &self.lease.desc;
         // SAFETY: as in `deref`; `&mut self` makes this the only reference in this process, and
         // the allocation protocol makes this process the only writer.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.lease.pool.shared.slot_ptr(d), d.len as usize)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.lease.shared().slot_ptr(d), d.len as usize) }
     }
 }
 
@@ -128,9 +147,9 @@ pub struct Buf {
 }
 
 impl Buf {
-    pub(super) fn from_held(pool: Pool, desc: Desc) -> Self {
+    pub(super) fn from_held(pool: &Pool, desc: Desc) -> Self {
         Buf {
-            lease: Lease { pool, desc },
+            lease: Lease::new(pool, desc),
             unshared: AtomicBool::new(false),
         }
     }
@@ -140,7 +159,7 @@ impl Buf {
     pub fn share(&self) -> Result<Desc, ShareError> {
         self.unshared.store(false, Ordering::Relaxed);
         let d = self.lease.desc;
-        let shared = &self.lease.pool.shared;
+        let shared = &self.lease.shared();
         let class = shared.class(d.class as usize);
         let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
         // Under the handle-count lock: another thread's journaled lend of this slot clears the
@@ -158,21 +177,22 @@ impl Buf {
     }
 
     /// Lends this buffer to entries `entries` of journal `j` (one in-flight descriptor each) and
-    /// gives this handle up, every step journaled. On error the handle comes back.
+    /// gives this handle up, every step journaled. On error the handle comes back. The caller
+    /// holds a `Pool` (an endpoint's), which keeps the state the lend goes on using after the
+    /// handle's count is cleared.
     pub(crate) fn lend_into(
         self,
         j: &crate::journal::Journal<'_>,
         entries: std::ops::Range<usize>,
     ) -> Result<Desc, (ShareError, Buf)> {
         let d = self.lease.desc;
-        match self.lease.pool.shared.with_slot(&d, |slot| {
+        match self.lease.shared().with_slot(&d, |slot| {
             crate::journal::lend(j, entries, slot, self.unshared.load(Ordering::Relaxed))
         }) {
             Ok(()) => {
-                let this = ManuallyDrop::new(self);
-                // SAFETY: the handle was given up above (its count taken under the lock), so the
-                // lease must not release it again: move the pool out and never touch `this`.
-                drop(unsafe { std::ptr::read(&this.lease.pool) });
+                // The handle was given up above (its count cleared): the lease must not release it
+                // again. Nothing else in it needs dropping.
+                let _ = ManuallyDrop::new(self);
                 Ok(d)
             }
             Err(e) => Err((share_error(e), self)),
@@ -185,7 +205,7 @@ impl Buf {
     /// Used to return an unsent message to its sender in the form it was loaned.
     pub(crate) fn thaw(self) -> Result<BufMut, Buf> {
         let d = self.lease.desc;
-        let shared = &self.lease.pool.shared;
+        let shared = &self.lease.shared();
         let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
         let class = shared.class(d.class as usize);
         let alone = shared.local.locked(index, |count| {
@@ -213,7 +233,7 @@ impl Buf {
     /// Where the bytes are, for egress: the data memfd, the byte offset in it, and the mapping.
     pub(crate) fn location(&self) -> (std::os::fd::BorrowedFd<'_>, u64, *const u8) {
         let d = &self.lease.desc;
-        let shared = &self.lease.pool.shared;
+        let shared = &self.lease.shared();
         let c = &shared.layout.classes[d.class as usize];
         let offset = (c.data_offset + d.slot as usize * c.slot_size) as u64;
         (shared.data.fd(), offset, shared.slot_ptr(d))
@@ -229,13 +249,13 @@ impl Clone for Buf {
     fn clone(&self) -> Self {
         self.unshared.store(false, Ordering::Relaxed);
         let d = self.lease.desc;
-        let shared = &self.lease.pool.shared;
+        let shared = &self.lease.shared();
         shared
             .local
             .add_held(shared.layout.classes[d.class as usize].first_slot + d.slot as usize);
         Buf {
             lease: Lease {
-                pool: self.lease.pool.clone(),
+                state: self.lease.state,
                 desc: d,
             },
             unshared: AtomicBool::new(false),
@@ -251,7 +271,7 @@ impl Deref for Buf {
         // mapping; this process holds the slot, so it is not reused. Payload bytes can only change
         // if a producer breaks the protocol; they are plain `u8`s, so that can give wrong bytes
         // but no invalid value. See docs/safety.md.
-        unsafe { std::slice::from_raw_parts(self.lease.pool.shared.slot_ptr(d), d.len as usize) }
+        unsafe { std::slice::from_raw_parts(self.lease.shared().slot_ptr(d), d.len as usize) }
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod buf;
 mod desc;
+mod lifetime;
 #[doc(hidden)]
 pub mod participants;
 
@@ -387,7 +388,8 @@ const REAP_EVERY_MS: u64 = 20;
 /// ```
 #[derive(Clone)]
 pub struct Pool {
-    shared: Arc<Shared>,
+    /// Buffers keep a plain pointer to the state instead of a `Pool` (see [`lifetime`]).
+    shared: Arc<lifetime::Owner>,
 }
 
 impl Pool {
@@ -597,7 +599,7 @@ impl Pool {
         // Before any ring is used (the doorbells' light fence relies on it; see `sync::barrier`).
         crate::sync::barrier::register();
         Pool {
-            shared: Arc::new(Shared {
+            shared: Arc::new(lifetime::Owner::new(Shared {
                 control,
                 data,
                 layout,
@@ -608,7 +610,7 @@ impl Pool {
                 liveness,
                 last_reap: AtomicU64::new(0),
                 sender_counts: Default::default(),
-            }),
+            })),
         }
     }
 
@@ -642,7 +644,7 @@ impl Pool {
             generation,
             len: len as u32,
         };
-        Ok(BufMut::new(self.clone(), desc))
+        Ok(BufMut::new(self, desc))
     }
 
     /// Like [`Pool::alloc`], but waits up to `timeout` for a slot to come free: spinning first
@@ -690,7 +692,7 @@ impl Pool {
                 || slots.take_lent(slot, desc.generation, me, false),
             )
             .map_err(DescError::from_slot)?;
-        Ok(Buf::from_held(self.clone(), desc))
+        Ok(Buf::from_held(self, desc))
     }
 
     /// Imports entry `e` of journal `j` (a descriptor popped from a ring), journaled so that a
@@ -708,7 +710,7 @@ impl Pool {
     /// A handle for a slot this process has just taken a holding of (by
     /// [`Pool::import_entry_held`]), without another step on the slot.
     pub(crate) fn held(&self, desc: Desc) -> Buf {
-        Buf::from_held(self.clone(), desc)
+        Buf::from_held(self, desc)
     }
 
     /// [`Pool::import_entry`] without making the handle: the holding is taken, and

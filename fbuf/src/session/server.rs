@@ -402,7 +402,6 @@ impl EventLoop {
         }
         match self.admit(&p.stream, p.cred, role) {
             Ok(id) => {
-                self.stats.admitted.fetch_add(1, Ordering::Relaxed);
                 let epoch = self.pool.shared().participant(id).epoch();
                 self.members.push(Member {
                     stream: p.stream,
@@ -481,6 +480,8 @@ impl EventLoop {
             control_size: memfd::size(self.pool.control_fd())?,
             data_size: memfd::size(&data)?,
         };
+        // Counted before the welcome goes: a joiner that has its pool reads itself in the stats.
+        self.stats.admitted.fetch_add(1, Ordering::Relaxed);
         // The third fd carries the joiner's liveness lock (`sys::lock`): held from here on,
         // dropped by the kernel when the joiner dies.
         if let Err(e) = fdpass::send_with_fds(
@@ -488,6 +489,7 @@ impl EventLoop {
             &welcome.encode(),
             &[self.pool.control_fd(), data.as_fd(), liveness.as_fd()],
         ) {
+            self.stats.admitted.fetch_sub(1, Ordering::Relaxed);
             self.pool.retire(id);
             return Err(e.into());
         }
