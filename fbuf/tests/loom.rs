@@ -50,6 +50,8 @@ fn seed_from_env() {
         Some(6) => Bug::RecoveryIgnoresJournal,
         Some(7) => Bug::RecoveryLeavesMarkers,
         Some(8) => Bug::RecoveryDropsBare,
+        Some(9) => Bug::OrphanFreedWhileHeld,
+        Some(10) => Bug::HandleSkipsOrphanFence,
         _ => Bug::None,
     };
     seeded::set(bug);
@@ -1387,5 +1389,117 @@ fn seeded_recovery_leaving_markers_is_caught() {
             "death_at_every_step_of_a_send",
             "death_at_every_step_of_a_receive",
         ],
+    );
+}
+
+// ---- pool state: freed after the last owner and the last handle ------------------------------
+
+use fbuf::alloc::local;
+use fbuf::alloc::orphans::{Handles, Orphans};
+use loom::sync::atomic::{AtomicBool, Ordering as LoomOrdering};
+
+/// A pool's process-local state in miniature: the handle counts, and a flag its drop raises.
+struct Tracked {
+    local: LocalRefs,
+    freed: Arc<AtomicBool>,
+}
+
+impl Handles for Tracked {
+    fn handles(&self) -> &LocalRefs {
+        &self.local
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        assert!(!self.freed.swap(true, LoomOrdering::SeqCst), "freed twice");
+    }
+}
+
+/// A pointer to the state that a handle on another thread keeps.
+#[derive(Clone, Copy)]
+struct StatePtr(std::ptr::NonNull<Tracked>);
+// SAFETY: the model's threads use the state only as `Buf`s use `Shared` (through a live handle).
+unsafe impl Send for StatePtr {}
+
+/// Drops the handle of `slot` the way a `Buf` does (`Lease`'s drop): uses the state, clears the
+/// count with the lone path's plain stores, then looks for orphans. Asserts the state was not
+/// freed while the handle still used it.
+fn drop_buf(orphans: &Orphans<Tracked>, state: StatePtr, slot: usize, freed: &AtomicBool) {
+    let used = || {
+        assert!(
+            !freed.load(LoomOrdering::SeqCst),
+            "the state was freed while a handle used it"
+        );
+    };
+    used();
+    // SAFETY: this handle's count is not 0 until `drop_handle` clears it.
+    let count = unsafe { state.0.as_ref() }.local.cell(slot);
+    local::drop_handle(count, || true, used, || unreachable!("alone"));
+    orphans.after_clear(state.0);
+}
+
+/// The last `Pool` handle goes on one thread while the last buffers go on this and another one
+/// (`pool::lifetime`): the state is freed exactly once, never while a handle uses it, and never
+/// kept after the last one went, whatever the interleaving.
+fn orphan_freed_after_the_last_handle() {
+    loom::model(|| {
+        let orphans = Arc::new(Orphans::<Tracked>::new());
+        let freed = Arc::new(AtomicBool::new(false));
+        let local = LocalRefs::new(2);
+        assert!(local.first_after_alloc(0) && local.first_after_alloc(1));
+        let state = StatePtr(std::ptr::NonNull::from(Box::leak(Box::new(Tracked {
+            local,
+            freed: freed.clone(),
+        }))));
+        let other = {
+            let (orphans, freed) = (orphans.clone(), freed.clone());
+            thread::spawn(move || drop_buf(&orphans, state, 0, &freed))
+        };
+        let owner = {
+            let orphans = orphans.clone();
+            // SAFETY: the state came from `Box::leak`; no handle is made after this but by the
+            // model's two, and each calls `after_clear` after its count's last change.
+            thread::spawn(move || unsafe { orphans.retire(state.0) })
+        };
+        drop_buf(&orphans, state, 1, &freed);
+        other.join().unwrap();
+        owner.join().unwrap();
+        assert!(
+            freed.load(LoomOrdering::SeqCst),
+            "the state was kept after its last owner and handle went"
+        );
+        assert_eq!(orphans.listed(), 0);
+    });
+}
+
+#[test]
+fn orphan_state_freed_once_after_the_last_handle() {
+    let _g = serial();
+    seed_from_env();
+    orphan_freed_after_the_last_handle();
+}
+
+#[test]
+fn seeded_orphan_freed_while_held_is_caught() {
+    let _g = serial();
+    assert!(
+        caught(
+            Bug::OrphanFreedWhileHeld,
+            "orphan_state_freed_once_after_the_last_handle"
+        ),
+        "loom missed a state freed under a live handle"
+    );
+}
+
+#[test]
+fn seeded_handle_skipping_the_orphan_fence_is_caught() {
+    let _g = serial();
+    assert!(
+        caught(
+            Bug::HandleSkipsOrphanFence,
+            "orphan_state_freed_once_after_the_last_handle"
+        ),
+        "loom missed the orphan kept for good"
     );
 }

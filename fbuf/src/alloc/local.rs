@@ -92,15 +92,7 @@ impl LocalRefs {
     }
 
     /// Gives up the handle of a thread that holds the only one, without a locked instruction:
-    /// if the count is 1 and `alone` agrees, the count becomes 0 and `give` runs. Returns None,
-    /// changing nothing, otherwise (the caller takes the locked path).
-    ///
-    /// No lock is needed: with one handle, ours, no other thread of this process can add or drop
-    /// one (adding needs a handle to clone, or a descriptor in flight to import, which `alone`
-    /// rules out). The count reads `TRANSITION` while `give` runs, as under the lock: a thread of
-    /// ours that claims the slot as soon as `give` let it go waits for the 0 that follows. That 0,
-    /// a Release store, is the handle's last touch of this process's pool state, which may be
-    /// freed as soon as every count reads 0 (`pool::lifetime`).
+    /// [`give_only`] on slot `i`'s count.
     #[inline]
     pub fn give_only<R>(
         &self,
@@ -108,15 +100,13 @@ impl LocalRefs {
         alone: impl FnOnce() -> bool,
         give: impl FnOnce() -> R,
     ) -> Option<R> {
-        let count = &self.counts[i];
-        if count.load(Ordering::Relaxed) != 1 || !alone() {
-            return None;
-        }
-        count.store(TRANSITION, Ordering::Relaxed);
-        let r = give();
-        // SYNC POINT (handle gone): Release, read by `first_held`'s Acquire before a free.
-        count.store(0, Ordering::Release);
-        Some(r)
+        give_only(&self.counts[i], alone, give)
+    }
+
+    /// Slot `i`'s handle count, for [`drop_handle`].
+    #[inline(always)]
+    pub fn cell(&self, i: usize) -> &AtomicU32 {
+        &self.counts[i]
     }
 
     /// [`LocalRefs::give_only`]'s other half: takes the first handle of a slot without a locked
@@ -167,40 +157,10 @@ impl LocalRefs {
         })
     }
 
-    /// Drops a handle. `last` runs (and must clear the holding) when it was the last one.
+    /// Drops a handle of slot `i`: [`drop_counted`] on its count.
     #[inline]
     pub fn release(&self, i: usize, last: impl FnOnce()) {
-        let count = &self.counts[i];
-        loop {
-            let v = count.load(Ordering::Acquire);
-            if v == TRANSITION || v == 0 {
-                // 0 cannot happen for a caller that holds a handle; waiting is the safe answer to
-                // a transition in progress.
-                spin_hint();
-            } else if v == 1 && seeded::active(Bug::UnlockedLastRelease) {
-                if count
-                    .compare_exchange_weak(1, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    last();
-                    return;
-                }
-            } else if v == 1 {
-                if count
-                    .compare_exchange_weak(1, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    last();
-                    count.store(0, Ordering::Release);
-                    return;
-                }
-            } else if count
-                .compare_exchange_weak(v, v - 1, Ordering::Release, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
-            }
-        }
+        drop_counted(&self.counts[i], last)
     }
 
     /// The first slot at or after `from` that some handle of this process holds (its count is not
@@ -216,6 +176,86 @@ impl LocalRefs {
     /// The current count (for tests and diagnostics).
     pub fn count(&self, i: usize) -> u32 {
         self.counts[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Gives up the handle of a thread that holds the only one, without a locked instruction: if
+/// `count` is 1 and `alone` agrees, `give` runs and the count becomes 0. Returns None, changing
+/// nothing, otherwise (the caller takes the locked path).
+///
+/// No lock is needed: with one handle, ours, no other thread of this process can add or drop
+/// one (adding needs a handle to clone, or a descriptor in flight to import, which `alone` rules
+/// out). The count reads `TRANSITION` while `give` runs, as under the lock: a thread of ours that
+/// claims the slot as soon as `give` let it go waits for the 0 that follows. That 0, a Release
+/// store, is the handle's last touch of this process's pool state, which may be freed as soon as
+/// every count reads 0 (`pool::lifetime`): nothing here touches anything after it, and `count`
+/// is an atomic, not a reference into the state that this call would have to keep valid.
+#[inline]
+pub fn give_only<R>(
+    count: &AtomicU32,
+    alone: impl FnOnce() -> bool,
+    give: impl FnOnce() -> R,
+) -> Option<R> {
+    if count.load(Ordering::Relaxed) != 1 || !alone() {
+        return None;
+    }
+    count.store(TRANSITION, Ordering::Relaxed);
+    let r = give();
+    // SYNC POINT (handle gone): Release, read by `LocalRefs::first_held`'s Acquire before a free.
+    count.store(0, Ordering::Release);
+    Some(r)
+}
+
+/// Drops a handle counted in `count` (a [`LocalRefs`] cell). `last` runs (and must clear the
+/// holding) when it was the last one. The count's last change is the last thing done, as in
+/// [`give_only`].
+#[inline]
+pub fn drop_counted(count: &AtomicU32, last: impl FnOnce()) {
+    loop {
+        let v = count.load(Ordering::Acquire);
+        if v == TRANSITION || v == 0 {
+            // 0 cannot happen for a caller that holds a handle; waiting is the safe answer to
+            // a transition in progress.
+            spin_hint();
+        } else if v == 1 && seeded::active(Bug::UnlockedLastRelease) {
+            if count
+                .compare_exchange_weak(1, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                last();
+                return;
+            }
+        } else if v == 1 {
+            if count
+                .compare_exchange_weak(1, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                last();
+                count.store(0, Ordering::Release);
+                return;
+            }
+        } else if count
+            .compare_exchange_weak(v, v - 1, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Drops a buffer handle counted in `count`: by [`give_only`] when `alone` says its slot is owned
+/// by this process alone (`give` frees it), else by [`drop_counted`] (`last` gives the holding up
+/// if it was the last handle). The closures must hold no reference into the pool state past their
+/// own call (they capture pointers): the count's last change may let another thread free it.
+#[inline]
+pub fn drop_handle(
+    count: &AtomicU32,
+    alone: impl FnOnce() -> bool,
+    give: impl FnOnce(),
+    last: impl FnOnce(),
+) {
+    if give_only(count, alone, give).is_none() {
+        drop_counted(count, last);
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod class;
 pub mod local;
+pub mod orphans;
 pub mod state;
 
 pub use class::{ClassSlots, HeapClass, SlotError, row_bytes};

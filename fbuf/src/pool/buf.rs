@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::lifetime::{self, SharedPtr};
 use super::{Desc, DescError, Pool, ShareError, Shared};
-use crate::alloc::SlotError;
+use crate::alloc::{SlotError, local};
 
 /// One local handle: the checked descriptor of a slot this process holds, and its pool's state.
 /// The handle counts itself in its slot's handle count, which keeps that state (see
@@ -37,9 +37,23 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let state = self.state;
-        // The count's clearing is `release`'s last touch of the state; nothing here uses it after.
-        self.shared().release(&self.desc);
+        let (state, d) = (self.state, self.desc);
+        // The last handle of a slot nobody else holds is freed with plain stores; any other goes
+        // through the handle-count lock (`alloc::local::drop_handle`). The count's last change is
+        // the last touch of the state: each step reaches the state through `state` for its own
+        // call only, and the count is an atomic, so no reference into the state outlives it.
+        // SAFETY: this lease is a handle, so its count is not 0 until `drop_handle` clears it,
+        // after every closure below has returned (the same holds in each of them).
+        let count = unsafe { state.get() }.handle_count(&d);
+        local::drop_handle(
+            count,
+            // SAFETY: as above.
+            || unsafe { state.get() }.owns_alone(&d),
+            // SAFETY: as above.
+            || unsafe { state.get() }.free_alone(&d),
+            // SAFETY: as above.
+            || unsafe { state.get() }.release_held(&d),
+        );
         lifetime::after_clear(state);
     }
 }

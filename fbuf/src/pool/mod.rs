@@ -1084,22 +1084,28 @@ impl Shared {
         journal::import_for_dead(j, e, &self.class(class), slot, d.generation, dead)
     }
 
-    fn release(&self, d: &Desc) {
-        let c = &self.layout.classes[d.class as usize];
-        let slots = self.class(d.class as usize);
-        let (index, slot) = (c.first_slot + d.slot as usize, d.slot as usize);
-        // The last handle of a slot nobody else holds: freed with plain stores (see
-        // `LocalRefs::give_only` and `ClassSlots::free_alone`).
-        let alone = || slots.owns_alone(slot, d.generation, self.me);
-        if self
-            .local
-            .give_only(index, alone, || slots.free_alone(slot, d.generation))
-            .is_some()
-        {
-            return;
-        }
-        self.local.release(index, || {
-            slots.release_held(slot, self.me);
-        });
+    /// The handle count of `d`'s slot in this process (a checked descriptor).
+    fn handle_count(&self, d: &Desc) -> &crate::sync::AtomicU32 {
+        self.local
+            .cell(self.layout.classes[d.class as usize].first_slot + d.slot as usize)
+    }
+
+    /// Whether this process owns `d`'s slot alone with nothing in flight: its last handle may
+    /// free it with plain stores (`ClassSlots::owns_alone`).
+    fn owns_alone(&self, d: &Desc) -> bool {
+        self.class(d.class as usize)
+            .owns_alone(d.slot as usize, d.generation, self.me)
+    }
+
+    /// Frees `d`'s slot, which this process owns alone (`ClassSlots::free_alone`).
+    fn free_alone(&self, d: &Desc) {
+        self.class(d.class as usize)
+            .free_alone(d.slot as usize, d.generation);
+    }
+
+    /// Gives up this process's holding of `d`'s slot (its last handle went).
+    fn release_held(&self, d: &Desc) {
+        self.class(d.class as usize)
+            .release_held(d.slot as usize, self.me);
     }
 }

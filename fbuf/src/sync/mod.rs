@@ -76,6 +76,10 @@ pub mod seeded {
         /// the dead one would, journaled in its entry: a survivor that takes over from a
         /// recoverer cut off before it marked the entry done drops them again.
         RecoveryDropsBare = 8,
+        /// The orphan sweep frees a state without reading its handle counts.
+        OrphanFreedWhileHeld = 9,
+        /// A handle's drop looks at the orphan list without the light half of the fence.
+        HandleSkipsOrphanFence = 10,
     }
 
     #[cfg(loom)]
