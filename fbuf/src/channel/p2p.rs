@@ -238,7 +238,12 @@ impl Sender {
                     }
                 }
             }
-            drained.collect()
+            // Nothing is left unless a lend failed: no call to collect an empty rest.
+            if failed.is_some() {
+                drained.collect()
+            } else {
+                Vec::new()
+            }
         };
         let mut stuck = false;
         let sent = match (&ring, self.spsc.as_mut()) {
