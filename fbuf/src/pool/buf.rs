@@ -173,7 +173,7 @@ impl Buf {
     pub fn share(&self) -> Result<Desc, ShareError> {
         self.unshared.store(false, Ordering::Relaxed);
         let d = self.lease.desc;
-        let shared = &self.lease.shared();
+        let shared = self.lease.shared();
         let class = shared.class(d.class as usize);
         let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
         // Under the handle-count lock: another thread's journaled lend of this slot clears the
@@ -219,7 +219,7 @@ impl Buf {
     /// Used to return an unsent message to its sender in the form it was loaned.
     pub(crate) fn thaw(self) -> Result<BufMut, Buf> {
         let d = self.lease.desc;
-        let shared = &self.lease.shared();
+        let shared = self.lease.shared();
         let index = shared.layout.classes[d.class as usize].first_slot + d.slot as usize;
         let class = shared.class(d.class as usize);
         let alone = shared.local.locked(index, |count| {
@@ -247,7 +247,7 @@ impl Buf {
     /// Where the bytes are, for egress: the data memfd, the byte offset in it, and the mapping.
     pub(crate) fn location(&self) -> (std::os::fd::BorrowedFd<'_>, u64, *const u8) {
         let d = &self.lease.desc;
-        let shared = &self.lease.shared();
+        let shared = self.lease.shared();
         let c = &shared.layout.classes[d.class as usize];
         let offset = (c.data_offset + d.slot as usize * c.slot_size) as u64;
         (shared.data.fd(), offset, shared.slot_ptr(d))
@@ -263,7 +263,7 @@ impl Clone for Buf {
     fn clone(&self) -> Self {
         self.unshared.store(false, Ordering::Relaxed);
         let d = self.lease.desc;
-        let shared = &self.lease.shared();
+        let shared = self.lease.shared();
         shared
             .local
             .add_held(shared.layout.classes[d.class as usize].first_slot + d.slot as usize);
