@@ -9,6 +9,10 @@
 //! count says it exists. The `Pool` handles share an [`Owner`]; when the last goes, the state is
 //! handed to this process's orphan list, which frees it once every handle count reads 0
 //! ([`crate::alloc::orphans`], where the algorithm and its argument are, model-checked).
+//!
+//! While an orphan exists, a buffer's drop takes the orphan list's lock: a forked snapshot child
+//! that drops buffers of a pool it inherited could then wait on a lock its parent's other thread
+//! held at the fork, which `snapshot::spawn`'s contract (no lock another thread may hold) rules out.
 
 use std::ops::Deref;
 use std::ptr::NonNull;
