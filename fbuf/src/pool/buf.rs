@@ -58,6 +58,14 @@ impl Drop for Lease {
     }
 }
 
+// Buffers cross threads (an async runtime's, a worker pool's), as they did when they held an
+// `Arc`: `SharedPtr` is `Send` and `Sync` like the `&Shared` it stands for.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Buf>();
+    send_and_sync::<BufMut>();
+};
+
 /// A freshly allocated buffer, writable by this process alone. Dereferences to `&mut [u8]` of the
 /// requested length.
 pub struct BufMut {
