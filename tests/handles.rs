@@ -162,3 +162,35 @@ fn the_last_pool_handle_and_the_last_buffers_racing_leave_nothing_behind() {
     }
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
 }
+
+/// More orphans at once than the list watches by address (eight): ten processes' worth of pools
+/// (ten joined participants here) dropped while each keeps a buffer, then the buffers dropped in
+/// another order, with buffers of a live pool coming and going between them. Every one of the
+/// ten leaves with its last buffer, the watched ones and the others alike.
+#[test]
+fn more_orphans_than_are_watched_each_leave_with_their_last_buffer() {
+    let owner = Owner::new(config());
+    let mut kept = Vec::new();
+    for i in 0..10 {
+        let producer = session::join(owner.socket(), Role::Producer).unwrap();
+        let mut b = producer.alloc(200).unwrap();
+        b.copy_from_slice(&pattern(7, i));
+        kept.push((producer.participant(), i, b.freeze()));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // Odd ones first, then even ones, each checked before it goes.
+    kept.sort_by_key(|(_, i, _)| (i % 2 == 0, *i));
+    for (n, (id, i, b)) in kept.into_iter().enumerate() {
+        let live = owner.pool.alloc(200).unwrap().freeze();
+        assert_eq!(&b[..], &pattern(7, i)[..], "buffer {i} of an orphaned pool");
+        assert!(
+            owner.pool.is_alive(id),
+            "participant {id} left with a buffer held"
+        );
+        drop(b);
+        drop(live);
+        wait_gone(&owner, id, &format!("orphan {n} (buffer {i})"));
+    }
+    owner.wait_retired(10);
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}

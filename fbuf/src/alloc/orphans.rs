@@ -6,8 +6,9 @@
 //! handle exists and cleared, by a Release store, as its last touch of the state. The state's
 //! owners (the `Pool` handles) free it through [`Orphans::retire`] when the last of them goes:
 //! at once if every count reads 0, else it is listed, and each handle drop that follows calls
-//! [`Orphans::after_clear`], which looks at the list (one load while it is empty) and frees a
-//! listed state whose counts all read 0.
+//! [`Orphans::after_clear`], which looks at the list (one load while it is empty; while it is
+//! not, the addresses of up to eight listed states, so that handles of other states pass by
+//! without the lock) and frees a listed state whose counts all read 0.
 //!
 //! **Never freed while in use.** Once no owner exists, a count that reads 0 stays 0: making a
 //! handle needs an owner (allocate, import) or a handle of the same slot (clone). So a sweep
@@ -16,10 +17,10 @@
 //!
 //! **Never kept for good.** Dekker's pattern, with the doorbell's asymmetric fence
 //! ([`crate::sync::barrier`]): `retire` lists the state, makes the heavy barrier, then reads the
-//! counts; a handle's drop clears its count, passes the light barrier, then reads whether
-//! anything is listed. Either `retire` reads the cleared count, or the handle sees the listing
-//! and sweeps. (Were the heavy barrier refused at run time, a state could stay listed until the
-//! process exits: a leak, never a use after free.)
+//! counts; a handle's drop clears its count, passes the light barrier, then reads whether its
+//! state is (or may be) listed. Either `retire` reads the cleared count, or the handle sees the
+//! listing and sweeps. (Were the heavy barrier refused at run time, a state could stay listed
+//! until the process exits: a leak, never a use after free.)
 
 use std::ptr::NonNull;
 
@@ -30,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::LocalRefs;
 use crate::sync::seeded::{self, Bug};
-use crate::sync::{AtomicU32, Ordering, barrier};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, barrier};
 
 /// A state whose buffer handles are counted per slot.
 pub trait Handles {
@@ -38,17 +39,26 @@ pub trait Handles {
     fn handles(&self) -> &LocalRefs;
 }
 
+/// Listed states whose addresses a handle drop can check without the lock.
+const WATCHED: usize = if cfg!(loom) { 2 } else { 8 };
+
 /// States whose last owner went while handles of them remained.
 pub struct Orphans<T> {
     list: Mutex<Vec<Orphan<T>>>,
     /// How many are listed: read by every handle drop without the lock.
     listed: AtomicU32,
+    /// The addresses of up to [`WATCHED`] listed states (0: none), so that a handle of any other
+    /// state passes by without the lock; `unwatched` counts the listed states beyond them.
+    watched: [AtomicU64; WATCHED],
+    unwatched: AtomicU32,
 }
 
 struct Orphan<T> {
     state: NonNull<T>,
     /// Every count below this index read 0, and stays 0: the next sweep starts here.
     zero_below: usize,
+    /// Its entry in `watched`, if it has one.
+    watched: Option<usize>,
 }
 
 // SAFETY: the list holds pointers to states that any thread may free (`Box<T>` moved between
@@ -72,6 +82,8 @@ impl<T: Handles> Orphans<T> {
         Orphans {
             list: Mutex::new(Vec::new()),
             listed: AtomicU32::new(0),
+            watched: [const { AtomicU64::new(0) }; WATCHED],
+            unwatched: AtomicU32::new(0),
         }
     }
 
@@ -80,6 +92,8 @@ impl<T: Handles> Orphans<T> {
         Orphans {
             list: Mutex::new(Vec::new()),
             listed: AtomicU32::new(0),
+            watched: std::array::from_fn(|_| AtomicU64::new(0)),
+            unwatched: AtomicU32::new(0),
         }
     }
 
@@ -99,9 +113,21 @@ impl<T: Handles> Orphans<T> {
     /// else frees `state` or uses it but through a handle.
     pub unsafe fn retire(&self, state: NonNull<T>) {
         let mut list = self.lock();
+        let address = state.as_ptr() as u64;
+        let watched = self
+            .watched
+            .iter()
+            .position(|w| w.load(Ordering::Relaxed) == 0);
+        match watched {
+            Some(k) => self.watched[k].store(address, Ordering::Relaxed),
+            None => {
+                self.unwatched.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         list.push(Orphan {
             state,
             zero_below: 0,
+            watched,
         });
         self.listed.fetch_add(1, Ordering::Relaxed);
         // SAFETY: listed, so alive (only `sweep_locked` frees, under the lock we hold).
@@ -125,9 +151,20 @@ impl<T: Handles> Orphans<T> {
         if !seeded::active(Bug::HandleSkipsOrphanFence) {
             barrier::light();
         }
-        if self.listed.load(Ordering::Relaxed) != 0 {
+        if self.listed.load(Ordering::Relaxed) != 0 && self.may_be_listed(state) {
             self.sweep(state);
         }
+    }
+
+    /// Whether `state` is among the watched addresses, or some listed state is not watched.
+    #[cold]
+    fn may_be_listed(&self, state: NonNull<T>) -> bool {
+        let address = state.as_ptr() as u64;
+        self.unwatched.load(Ordering::Relaxed) != 0
+            || self
+                .watched
+                .iter()
+                .any(|w| w.load(Ordering::Relaxed) == address)
     }
 
     #[cold]
@@ -151,6 +188,12 @@ impl<T: Handles> Orphans<T> {
             return;
         }
         let o = list.swap_remove(i);
+        match o.watched {
+            Some(k) => self.watched[k].store(0, Ordering::Relaxed),
+            None => {
+                self.unwatched.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         self.listed.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: made by `Box::into_raw` (`retire`'s contract); its last owner is gone and every
         // count read 0 with Acquire, after each handle's last change, so no handle uses it or can

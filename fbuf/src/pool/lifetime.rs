@@ -10,9 +10,10 @@
 //! handed to this process's orphan list, which frees it once every handle count reads 0
 //! ([`crate::alloc::orphans`], where the algorithm and its argument are, model-checked).
 //!
-//! While an orphan exists, a buffer's drop takes the orphan list's lock: a forked snapshot child
-//! that drops buffers of a pool it inherited could then wait on a lock its parent's other thread
-//! held at the fork, which `snapshot::spawn`'s contract (no lock another thread may hold) rules out.
+//! A drop of an orphan's buffer takes the orphan list's lock (any buffer's drop, when more than
+//! eight pools are orphans at once): a forked snapshot child that drops such buffers could wait
+//! on a lock its parent's other thread held at the fork, which `snapshot::spawn`'s contract (no
+//! lock another thread may hold) rules out.
 
 use std::ops::Deref;
 use std::ptr::NonNull;
