@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Owner;
 use fbuf::layout::{ChannelSpec, ClassSpec, channel_kind};
@@ -33,19 +33,6 @@ fn pattern(tag: u8, i: usize) -> Vec<u8> {
     (0..200)
         .map(|k| tag ^ (i as u8).wrapping_mul(31) ^ k as u8)
         .collect()
-}
-
-/// Waits until participant `id` no longer holds its liveness lock (its pool state was freed,
-/// which closes that fd), or panics after a while.
-fn wait_gone(owner: &Owner, id: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while owner.pool.is_alive(id) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: participant {id} never left"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -110,13 +97,13 @@ fn buffers_outlive_every_pool_handle_and_the_last_one_takes_the_membership() {
     // The last handle of each takes its participant with it: both leave, and every slot they
     // held comes back.
     drop(clones.0);
-    wait_gone(&owner, cid, "the consumer's last buffer dropped");
+    owner.wait_gone(cid, "the consumer's last buffer dropped");
     assert!(
         owner.pool.is_alive(pid),
         "the producer's clone is still held"
     );
     drop(clones.1);
-    wait_gone(&owner, pid, "the producer's last buffer dropped");
+    owner.wait_gone(pid, "the producer's last buffer dropped");
     owner.wait_retired(2);
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
 }
@@ -157,7 +144,7 @@ fn the_last_pool_handle_and_the_last_buffers_racing_leave_nothing_behind() {
         for t in threads {
             t.join().unwrap();
         }
-        wait_gone(&owner, id, &format!("round {round}"));
+        owner.wait_gone(id, &format!("round {round}"));
         owner.wait_retired(round + 1);
     }
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
@@ -189,7 +176,7 @@ fn more_orphans_than_are_watched_each_leave_with_their_last_buffer() {
         );
         drop(b);
         drop(live);
-        wait_gone(&owner, id, &format!("orphan {n} (buffer {i})"));
+        owner.wait_gone(id, &format!("orphan {n} (buffer {i})"));
     }
     owner.wait_retired(10);
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());

@@ -36,7 +36,7 @@
 //! Every word here is written by one participant and read by others only after its death; the
 //! recoverer treats what it reads as untrusted (a bad state, count or position is skipped).
 
-use crate::alloc::{ClassSlots, LocalRefs, MAX_IN_FLIGHT, SlotError};
+use crate::alloc::{ClassSlots, LocalRefs, MAX_IN_FLIGHT, SlotError, local};
 use crate::ring::{MpmcRing, SpscRing};
 use crate::sync::death::cut;
 use crate::sync::{AtomicU64, Ordering};
@@ -432,7 +432,7 @@ pub fn lend(
         (1..=MAX_IN_FLIGHT).contains(&n)
             && (unshared || s.class.owns_alone(s.slot, s.generation, s.me))
     };
-    let moved = s.local.give_only(s.index, alone, || {
+    let moved = local::give_only(s.local.cell(s.index), alone, || {
         set_all(State::Lending(Lend::Move));
         if cut() {
             return;

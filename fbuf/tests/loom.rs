@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use fbuf::alloc::{HeapClass, LocalRefs, SlotError};
+use fbuf::alloc::{HeapClass, LocalRefs, SlotError, local};
 use fbuf::sync::seeded::{self, Bug};
 use loom::sync::Arc;
 use loom::thread;
@@ -213,7 +213,7 @@ fn local_last_release_vs_import() {
 
         let importer = spawn_import(&class, &local, slot, generation);
         let c = class.slots();
-        local.release(0, || {
+        local::drop_counted(local.cell(0), || {
             c.release_held(slot, 0);
         });
         let imported = importer.join().unwrap();
@@ -918,7 +918,7 @@ fn spsc_send_death(steps: usize, handles: u32, co_holder: bool, recoverer: Optio
                         j.end();
                         // The sender lives on and drops its other handle.
                         if handles > 1 {
-                            local.release(0, || {
+                            local::drop_counted(local.cell(0), || {
                                 c.release_held(slot, DEAD);
                             });
                         }
@@ -1394,7 +1394,6 @@ fn seeded_recovery_leaving_markers_is_caught() {
 
 // ---- pool state: freed after the last owner and the last handle ------------------------------
 
-use fbuf::alloc::local;
 use fbuf::alloc::orphans::{Handles, Orphans};
 use loom::sync::atomic::{AtomicBool, Ordering as LoomOrdering};
 

@@ -48,14 +48,30 @@ impl Owner {
 
     /// Waits until `n` participants have been retired by the server (their connections ended).
     pub fn wait_retired(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.server.stats().retired.load(Ordering::SeqCst) < n {
-            assert!(
-                Instant::now() < deadline,
-                "participants were not retired in time"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            "participants were not retired in time",
+            || self.server.stats().retired.load(Ordering::SeqCst) >= n,
+        );
+    }
+
+    /// Waits until participant `id` no longer holds its liveness lock (its process let go of
+    /// the pool, or died); `what` names the moment in the failure message.
+    pub fn wait_gone(&self, id: u32, what: &str) {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{what}: participant {id} never left"),
+            || !self.pool.is_alive(id),
+        );
+    }
+}
+
+/// Polls `done` every 5 ms until it holds; panics with `failure` after `limit`.
+pub fn wait_until(limit: Duration, failure: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

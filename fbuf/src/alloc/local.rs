@@ -91,25 +91,13 @@ impl LocalRefs {
         }
     }
 
-    /// Gives up the handle of a thread that holds the only one, without a locked instruction:
-    /// [`give_only`] on slot `i`'s count.
-    #[inline]
-    pub fn give_only<R>(
-        &self,
-        i: usize,
-        alone: impl FnOnce() -> bool,
-        give: impl FnOnce() -> R,
-    ) -> Option<R> {
-        give_only(&self.counts[i], alone, give)
-    }
-
-    /// Slot `i`'s handle count, for [`drop_handle`].
+    /// Slot `i`'s handle count, for [`give_only`], [`drop_counted`] and [`drop_handle`].
     #[inline(always)]
     pub fn cell(&self, i: usize) -> &AtomicU32 {
         &self.counts[i]
     }
 
-    /// [`LocalRefs::give_only`]'s other half: takes the first handle of a slot without a locked
+    /// [`give_only`]'s other half: takes the first handle of a slot without a locked
     /// instruction when `alone` says the caller's descriptor is the slot's only reference and no
     /// thread of this process has a handle. Then the count becomes 1 and `take` runs (and must
     /// take the holding). Returns None, changing nothing, otherwise (the caller takes the locked
@@ -155,12 +143,6 @@ impl LocalRefs {
             let new = if r.is_ok() { added } else { count };
             (r, new)
         })
-    }
-
-    /// Drops a handle of slot `i`: [`drop_counted`] on its count.
-    #[inline]
-    pub fn release(&self, i: usize, last: impl FnOnce()) {
-        drop_counted(&self.counts[i], last)
     }
 
     /// The first slot at or after `from` that some handle of this process holds (its count is not

@@ -38,21 +38,24 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let (state, d) = (self.state, self.desc);
+        // The views the drop needs, taken while the handle's count still keeps the state: the
+        // slot words (atomics in the mapping) and the count. No `&Shared` outlives this block:
+        // once the count's last change is made, another thread may free the state.
+        let (slots, count, me) = {
+            // SAFETY: this lease is a handle, so its count is not 0 until `drop_handle` clears it.
+            let s = unsafe { state.get() };
+            (s.class(d.class as usize), s.handle_count(&d), s.me)
+        };
+        let (slot, generation) = (d.slot as usize, d.generation);
         // The last handle of a slot nobody else holds is freed with plain stores; any other goes
-        // through the handle-count lock (`alloc::local::drop_handle`). The count's last change is
-        // the last touch of the state: each step reaches the state through `state` for its own
-        // call only, and the count is an atomic, so no reference into the state outlives it.
-        // SAFETY: this lease is a handle, so its count is not 0 until `drop_handle` clears it,
-        // after every closure below has returned (the same holds in each of them).
-        let count = unsafe { state.get() }.handle_count(&d);
+        // through the handle-count lock. The count's last change is the last touch of the state.
         local::drop_handle(
             count,
-            // SAFETY: as above.
-            || unsafe { state.get() }.owns_alone(&d),
-            // SAFETY: as above.
-            || unsafe { state.get() }.free_alone(&d),
-            // SAFETY: as above.
-            || unsafe { state.get() }.release_held(&d),
+            || slots.owns_alone(slot, generation, me),
+            || slots.free_alone(slot, generation),
+            || {
+                slots.release_held(slot, me);
+            },
         );
         lifetime::after_clear(state);
     }

@@ -1090,26 +1090,4 @@ impl Shared {
         self.local
             .cell(self.layout.classes[d.class as usize].first_slot + d.slot as usize)
     }
-
-    /// Whether this process owns `d`'s slot alone with nothing in flight: its last handle may
-    /// free it with plain stores (`ClassSlots::owns_alone`).
-    #[inline]
-    fn owns_alone(&self, d: &Desc) -> bool {
-        self.class(d.class as usize)
-            .owns_alone(d.slot as usize, d.generation, self.me)
-    }
-
-    /// Frees `d`'s slot, which this process owns alone (`ClassSlots::free_alone`).
-    #[inline]
-    fn free_alone(&self, d: &Desc) {
-        self.class(d.class as usize)
-            .free_alone(d.slot as usize, d.generation);
-    }
-
-    /// Gives up this process's holding of `d`'s slot (its last handle went).
-    #[inline]
-    fn release_held(&self, d: &Desc) {
-        self.class(d.class as usize)
-            .release_held(d.slot as usize, self.me);
-    }
 }
