@@ -116,6 +116,8 @@ pub fn main(args: &[String]) -> ExitCode {
         "svc-flood" => crate::service_peers::flood(arg(1), arg(2)),
         "svc-list" => crate::service_peers::list(arg(1)),
         "svc-race-sender" => crate::service_peers::race_sender(arg(1), arg(2)),
+        "svc-records-tx" => crate::service_peers::records_tx(arg(1), arg(2), num(3)),
+        "svc-records-forge" => crate::service_peers::records_forge(arg(1), arg(2)),
         _ => usage(),
     };
     match result {

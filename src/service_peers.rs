@@ -9,6 +9,8 @@
 //! fbuf peer svc-hold SOCKET NAME               open a stream service's sender, say READY, wait
 //! fbuf peer svc-flood SOCKET NAME              send (pid, seq) on a many-to-one service until killed
 //! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
+//! fbuf peer svc-records-tx SOCKET NAME COUNT   COUNT records packed into 4 KiB buffers on NAME
+//! fbuf peer svc-records-forge SOCKET NAME      four buffers of hand-made, partly bad records
 //! fbuf peer svc-census SOCKET NAME             hold a buffer, subscribe to NAME-roll, say READY,
 //!                                              take and keep one roll sample, send (id, pid,
 //!                                              slot, roll value) on the many-to-one NAME, wait
@@ -301,4 +303,82 @@ pub fn list(socket: &str) -> Res {
         );
     }
     Ok(format!("services={}", services.len()))
+}
+
+/// The length of record `seq` in the records tests: 0 to 300 bytes.
+pub fn record_len(seq: u64) -> usize {
+    (seq.wrapping_mul(7919) % 301) as usize
+}
+
+/// Byte `i` of record `seq` in the records tests.
+pub fn record_byte(seq: u64, i: usize) -> u8 {
+    (seq as u8).wrapping_mul(31).wrapping_add(i as u8) ^ 0x5a
+}
+
+/// `fbuf peer svc-records-tx SOCKET NAME COUNT`: COUNT records (lengths `record_len`, bytes
+/// `record_byte`) packed into 4 KiB buffers on the byte stream NAME, each sent when the next
+/// record does not fit.
+pub fn records_tx(socket: &str, name: &str, count: u64) -> Res {
+    use fbuf::records::RecordWriter;
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut tx = svc.sender()?;
+    let (mut seq, mut buffers) = (0u64, 0u64);
+    while seq < count {
+        let mut b = tx.loan_bytes_timeout(4096, WAIT)?;
+        let mut w = RecordWriter::new(b.bytes_mut());
+        while seq < count {
+            let len = record_len(seq);
+            let fill = |dst: &mut [u8]| {
+                for (i, x) in dst.iter_mut().enumerate() {
+                    *x = record_byte(seq, i);
+                }
+            };
+            if w.push_with(len, fill).is_err() {
+                break;
+            }
+            seq += 1;
+        }
+        let used = w.len();
+        b.set_len(used);
+        tx.send_timeout(b, WAIT).map_err(|e| format!("send: {e}"))?;
+        buffers += 1;
+    }
+    Ok(format!("sent={seq} buffers={buffers}"))
+}
+
+/// `fbuf peer svc-records-forge SOCKET NAME`: what a hostile producer can put in a buffer of
+/// records, four buffers on the byte stream NAME: a record, then a zeroed header; a record, then
+/// a header that claims 1 MiB; a record, then 5 stray bytes; three good records.
+pub fn records_forge(socket: &str, name: &str) -> Res {
+    use fbuf::records::{CHECK, RecordWriter};
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut tx = svc.sender()?;
+    let good = |records: &[&[u8]]| {
+        let mut v = vec![0u8; 4096];
+        let mut w = RecordWriter::new(&mut v);
+        for r in records {
+            w.push(r).expect("fits");
+        }
+        let used = w.len();
+        v.truncate(used);
+        v
+    };
+    let mut zeroed = good(&[b"first"]);
+    zeroed.extend([0u8; 8]);
+    let mut overrun = good(&[b"second"]);
+    let claim = 1u32 << 20;
+    overrun.extend(claim.to_le_bytes());
+    overrun.extend((claim ^ CHECK).to_le_bytes());
+    overrun.extend([7u8; 10]);
+    let mut stray = good(&[b"third"]);
+    stray.extend([1u8; 5]);
+    let cases = [zeroed, overrun, stray, good(&[b"a", b"bb", b"ccc"])];
+    for bytes in &cases {
+        let mut b = tx.loan_bytes_timeout(bytes.len(), WAIT)?;
+        b.bytes_mut().copy_from_slice(bytes);
+        tx.send_timeout(b, WAIT).map_err(|e| format!("send: {e}"))?;
+    }
+    Ok(format!("sent={}", cases.len()))
 }

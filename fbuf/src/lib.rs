@@ -16,6 +16,9 @@
 //!    endpoints, the handshake, named services.
 //! 6. [`snapshot`], [`egress`]: copy-on-write snapshots; zero-copy egress and ingress.
 //!
+//! Beside them, [`records`]: many small messages packed into one buffer (a pure format, no
+//! shared state), so a burst of them is handed over with one descriptor.
+//!
 //! The lower layers stay public for the benchmarks, the fuzzers and the loom models, but out of
 //! these docs: their calls are the format and the algorithms, not an API.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -42,6 +45,8 @@ pub mod inspect;
 pub mod layout;
 #[cfg(not(loom))]
 pub mod pool;
+#[cfg(not(loom))]
+pub mod records;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub mod region;

@@ -109,6 +109,34 @@ impl<T: Message + ?Sized> SampleMut<T> {
     }
 }
 
+impl SampleMut<[u8]> {
+    /// The most bytes the payload can hold: the slot's size, less any header the service puts
+    /// before the payload.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity() - self.offset
+    }
+
+    /// Sets the payload's length, up to [`SampleMut::capacity`]: loan the whole slot, fill it
+    /// (with a [`RecordWriter`](crate::records::RecordWriter), say), then cut it to what was
+    /// written, so the receiver sees only that.
+    ///
+    /// # Panics
+    /// If `len` is beyond the capacity.
+    pub fn set_len(&mut self, len: usize) {
+        let cap = self.capacity();
+        assert!(len <= cap, "length {len} beyond capacity {cap}");
+        self.buf.set_len(self.offset + len);
+    }
+}
+
+impl Sample<[u8]> {
+    /// The records packed in this sample by a [`RecordWriter`](crate::records::RecordWriter),
+    /// each a slice of the pool buffer, checked as untrusted (see [`crate::records`]).
+    pub fn records(&self) -> crate::records::Records<'_> {
+        crate::records::read(self.bytes())
+    }
+}
+
 impl<T: Message + ?Sized> Deref for SampleMut<T> {
     type Target = T;
     fn deref(&self) -> &T {
