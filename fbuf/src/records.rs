@@ -94,6 +94,7 @@ impl<'a> RecordWriter<'a> {
 
     /// Appends a record of `len` bytes that `write` fills in place (serialize straight into the
     /// shared buffer). The bytes `write` leaves untouched are whatever the slot held before.
+    #[inline]
     pub fn push_with(&mut self, len: usize, write: impl FnOnce(&mut [u8])) -> Result<(), Full> {
         let needs = footprint(len);
         let left = self.buf.len() - self.used;
@@ -106,8 +107,11 @@ impl<'a> RecordWriter<'a> {
         self.buf[at + 4..at + 8].copy_from_slice(&(len32 ^ CHECK).to_le_bytes());
         let body = at + HEADER;
         write(&mut self.buf[body..body + len]);
-        // Zero the padding: stale bytes of an earlier message are never sent.
-        self.buf[body + len..at + needs].fill(0);
+        // Zero the padding: stale bytes of an earlier message are never sent. (Most records are
+        // a multiple of 8 long; the test spares them a call to `memset` for nothing.)
+        if body + len < at + needs {
+            self.buf[body + len..at + needs].fill(0);
+        }
         self.used += needs;
         self.count += 1;
         Ok(())
@@ -155,6 +159,7 @@ pub struct Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = Result<&'a [u8], RecordError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done || self.at == self.bytes.len() {
             return None;
