@@ -784,3 +784,48 @@ fn processes_racing_for_a_streams_sender_get_exactly_one() {
         }
     }
 }
+
+#[test]
+fn a_batch_sends_what_fits_and_keeps_the_rest_writable_in_order() {
+    use fbuf::service::TrySendError;
+    let pool = PoolConfig::builder()
+        .class(512, 64)
+        .services(2)
+        .rings(2)
+        .ring_capacity(4)
+        .name("batch-test")
+        .create()
+        .unwrap();
+    let svc = pool
+        .service("batch")
+        .stream::<u64>()
+        .capacity(4)
+        .open_or_create()
+        .unwrap();
+    let (mut tx, mut rx) = (svc.sender().unwrap(), svc.receiver().unwrap());
+    let values = |b: &[fbuf::SampleMut<u64>]| b.iter().map(|s| **s).collect::<Vec<_>>();
+    let mut batch: Vec<_> = (0..6u64).map(|i| tx.loan_with(&i).unwrap()).collect();
+    assert_eq!(tx.send_batch(&mut batch).unwrap(), 4);
+    assert_eq!(values(&batch), [4, 5]);
+    // Full: nothing goes, and what stays is as it was, in order and still writable.
+    assert_eq!(tx.send_batch(&mut batch).unwrap(), 0);
+    *batch[1] = 50;
+    assert_eq!(values(&batch), [4, 50]);
+    let got: Vec<u64> = (0..4).map(|_| *rx.try_recv().unwrap()).collect();
+    assert_eq!(got, [0, 1, 2, 3]);
+    batch.push(tx.loan_with(&6).unwrap());
+    assert_eq!(tx.send_batch(&mut batch).unwrap(), 3);
+    assert!(batch.is_empty());
+    let got: Vec<u64> = (0..3).map(|_| *rx.try_recv().unwrap()).collect();
+    assert_eq!(got, [4, 50, 6]);
+    // A full ring whose receiver is gone: the send says so and gives the first sample back.
+    let mut more: Vec<_> = (10..15u64).map(|i| tx.loan_with(&i).unwrap()).collect();
+    assert_eq!(tx.send_batch(&mut more).unwrap(), 4);
+    drop(rx);
+    match tx.send_batch(&mut more) {
+        Err(TrySendError::Disconnected(s)) => assert_eq!(*s, 14),
+        other => panic!("{other:?}"),
+    }
+    drop((more, tx, svc));
+    assert_eq!(pool.free_count(), pool.slot_count());
+}

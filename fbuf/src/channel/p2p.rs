@@ -9,7 +9,7 @@ use super::{FUTEX, OpenError, RecvError, SendError, WaitStrategy, channel, deadl
 use crate::journal::{ENTRIES, Op, State};
 use crate::layout::{UnitLayout, channel_kind};
 use crate::pool::{Buf, Pool};
-use crate::ring::{ProducerState, Push};
+use crate::ring::{ProducerState, Push, Stuck};
 
 /// The sending end of a one-to-one or many-to-one channel.
 pub struct Sender {
@@ -203,13 +203,8 @@ impl Sender {
             return Err(SendError::Disconnected(bufs.remove(0)));
         }
         let ring = unit.ring();
-        let room = match (&ring, self.spsc.as_mut()) {
-            (UnitRing::Spsc(r), Some(st)) => match r.room(st) {
-                Ok(n) => n,
-                Err(_) => return Err(SendError::Corrupted(bufs.remove(0))),
-            },
-            (UnitRing::Mpmc(r), _) => r.capacity().saturating_sub(r.len()),
-            _ => 0,
+        let Ok(room) = room_in(&ring, self.spsc.as_mut(), bufs.len()) else {
+            return Err(SendError::Corrupted(bufs.remove(0)));
         };
         let n = room.min(bufs.len()).min(ENTRIES);
         if n == 0 {
@@ -316,6 +311,16 @@ impl Sender {
         }
     }
 
+    /// How many of `want` buffers a `send_batch` could send now (at most `journal::ENTRIES`):
+    /// 0 when the ring is full. A ring whose indices cannot be trusted reads as room, so that the
+    /// send that follows reports it.
+    pub(crate) fn room(&mut self, want: usize) -> usize {
+        let unit = Unit::new(&self.pool, self.unit);
+        room_in(&unit.ring(), self.spsc.as_mut(), want.min(ENTRIES))
+            .unwrap_or(ENTRIES)
+            .min(ENTRIES)
+    }
+
     /// Whether a receiver is registered and alive now (a service side that joined and opened
     /// the channel is ready to be sent to).
     pub fn has_receiver(&self) -> bool {
@@ -326,6 +331,20 @@ impl Sender {
     pub fn is_disconnected(&self) -> bool {
         Unit::new(&self.pool, self.unit).receiver_gone()
     }
+}
+
+/// Free cells in `ring` (for an SPSC ring, through its producer's state, which looks at the
+/// shared head only if it knows of fewer than `want`).
+fn room_in(
+    ring: &UnitRing<'_>,
+    spsc: Option<&mut ProducerState>,
+    want: usize,
+) -> Result<usize, Stuck> {
+    Ok(match (ring, spsc) {
+        (UnitRing::Spsc(r), Some(st)) => r.room(st, want)?,
+        (UnitRing::Mpmc(r), _) => r.capacity().saturating_sub(r.len()),
+        _ => 0,
+    })
 }
 
 impl Drop for Sender {

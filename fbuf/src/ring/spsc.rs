@@ -222,10 +222,11 @@ impl<'a, T: Pod> SpscRing<'a, T> {
         Ok(n)
     }
 
-    /// How many values the producer can push now (refreshing its view of the head if needed).
-    pub fn room(&self, st: &mut ProducerState) -> Result<usize, Stuck> {
+    /// How many values the producer can push now: its view of the head is refreshed (a load of
+    /// the consumer's line) only when that view leaves room for fewer than `want`, as `push` does.
+    pub fn room(&self, st: &mut ProducerState, want: usize) -> Result<usize, Stuck> {
         let cap = self.capacity() as u64;
-        if st.tail.wrapping_sub(st.cached_head) == cap {
+        if cap - st.tail.wrapping_sub(st.cached_head) < (want as u64).clamp(1, cap) {
             let head = self.head.load(Ordering::Acquire);
             if !self.moved_forward(st.cached_head, head) {
                 return Err(Stuck);

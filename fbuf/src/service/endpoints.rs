@@ -384,17 +384,34 @@ impl<T: Message + ?Sized> Sender<T> {
         samples: &mut Vec<SampleMut<T>>,
     ) -> Result<usize, TrySendError<SampleMut<T>>> {
         let off = samples.first().map_or(0, |s| s.offset);
+        // Only as many as there is room for are frozen: what does not go must be thawed back
+        // (a lock and a look at the slot's word each), and a sender that finds the ring full
+        // again and again would do that for the whole batch on every try. A full ring with its
+        // receiver gone still goes through the send, which reports that.
+        let room = self.inner.room(samples.len());
+        if room == 0 && !self.inner.is_disconnected() {
+            return Ok(0);
+        }
+        let n = samples.len().min(room.max(1));
         let mut bufs = std::mem::take(&mut self.scratch);
-        bufs.extend(samples.drain(..).map(|s| s.into_buf().freeze()));
+        bufs.extend(samples.drain(..n).map(|s| s.into_buf().freeze()));
         let r = self.inner.send_batch(&mut bufs);
-        // What did not go comes back writable (nobody else saw it).
+        // What did not go comes back writable (nobody else saw it), ahead of the rest.
+        let mut unsent = Vec::new();
+        let mut corrupted = false;
         for b in bufs.drain(..) {
             match back(b, off) {
-                Some(s) => samples.push(s),
-                None => return Err(TrySendError::Fault(Fault::Corrupted, None)),
+                Some(s) => unsent.push(s),
+                None => corrupted = true,
             }
         }
+        if !unsent.is_empty() {
+            samples.splice(0..0, unsent);
+        }
         self.scratch = bufs;
+        if corrupted {
+            return Err(TrySendError::Fault(Fault::Corrupted, None));
+        }
         r.map_err(|e| failed::<T>(e, off).into())
     }
 
