@@ -92,6 +92,13 @@ impl<'a> RecordWriter<'a> {
         self.push_with(record.len(), |dst| dst.copy_from_slice(record))
     }
 
+    /// Appends `value`'s bytes as one record. Records start 8-byte aligned within the buffer
+    /// (and pool slots 64-byte aligned), so the receiver can view a `T` aligned to 8 or less in
+    /// place: `bytemuck::try_from_bytes::<T>(record)`.
+    pub fn push_pod<T: bytemuck::Pod>(&mut self, value: &T) -> Result<(), Full> {
+        self.push(bytemuck::bytes_of(value))
+    }
+
     /// Appends a record of `len` bytes that `write` fills in place (serialize straight into the
     /// shared buffer). The bytes `write` leaves untouched are whatever the slot held before.
     #[inline]
@@ -224,6 +231,39 @@ mod tests {
         assert!(offsets.iter().all(|o| o % ALIGN == 0), "{offsets:?}");
         // The padding after the 1-byte record is zero, not the slot's old 0xaa.
         assert_eq!(&buf[offsets[1] + 1..offsets[2] - HEADER], &[0u8; 7]);
+    }
+
+    #[test]
+    fn pod_records_are_viewed_in_place() {
+        #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        #[repr(C)]
+        struct Tick {
+            price: u64,
+            size: u32,
+            venue: u16,
+            side: u8,
+            flags: u8,
+        }
+        // An 8-aligned buffer, as a pool slot is.
+        let mut words = [0u64; 16];
+        let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
+        let mut w = RecordWriter::new(buf);
+        let ticks = [1u64, 2, 3].map(|i| Tick {
+            price: 100 + i,
+            size: 10 * i as u32,
+            venue: 7,
+            side: i as u8 & 1,
+            flags: 0,
+        });
+        for t in &ticks {
+            w.push_pod(t).unwrap();
+        }
+        let used = w.len();
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let seen: Vec<&Tick> = read(&bytes[..used])
+            .map(|r| bytemuck::try_from_bytes(r.unwrap()).unwrap())
+            .collect();
+        assert_eq!(seen, ticks.iter().collect::<Vec<_>>());
     }
 
     #[test]
