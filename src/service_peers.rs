@@ -11,6 +11,9 @@
 //! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
 //! fbuf peer svc-records-tx SOCKET NAME COUNT   COUNT records packed into 4 KiB buffers on NAME
 //! fbuf peer svc-records-forge SOCKET NAME      four buffers of hand-made, partly bad records
+//! fbuf peer svc-drain-victim SOCKET NAME N GO  queue N buffers on NAME, close its receiver, say
+//!                                              READY; once file GO exists remove NAME (its last
+//!                                              user), draining the N
 //! fbuf peer svc-census SOCKET NAME             hold a buffer, subscribe to NAME-roll, say READY,
 //!                                              take and keep one roll sample, send (id, pid,
 //!                                              slot, roll value) on the many-to-one NAME, wait
@@ -381,4 +384,42 @@ pub fn records_forge(socket: &str, name: &str) -> Res {
         tx.send_timeout(b, WAIT).map_err(|e| format!("send: {e}"))?;
     }
     Ok(format!("sent={}", cases.len()))
+}
+
+/// `fbuf peer svc-drain-victim SOCKET NAME N GO`: opens the stream NAME (capacity 1024) as its
+/// sender and receiver, queues N buffers, closes the receiver with them still queued, says READY,
+/// and as soon as file GO exists (it spins on it, so it starts within microseconds, not after a
+/// wake-up) closes the rest: as the service's last user it removes it, draining the N
+/// descriptors. The tests kill it somewhere in that drain.
+pub fn drain_victim(socket: &str, name: &str, n: u64, go: &str) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool
+        .service(name)
+        .stream::<u64>()
+        .capacity(1024)
+        .open_or_create()?;
+    let mut tx = svc.sender()?;
+    let rx = svc.receiver()?;
+    for i in 0..n {
+        tx.try_send(tx.loan_with(&i)?)
+            .map_err(|e| format!("send {i}: {e}"))?;
+    }
+    drop(rx);
+    eprintln!("READY");
+    let give_up = Instant::now() + WAIT;
+    while !std::path::Path::new(go).exists() {
+        if Instant::now() > give_up {
+            return Err("never told to go".into());
+        }
+        std::hint::spin_loop();
+    }
+    let t = Instant::now();
+    drop(tx);
+    drop(svc);
+    let took = t.elapsed().as_micros();
+    Ok(format!(
+        "removed={} took_us={took} queued_after={}",
+        pool.services().is_empty() as u8,
+        pool.slot_count() - pool.free_count()
+    ))
 }

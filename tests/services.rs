@@ -829,3 +829,99 @@ fn a_batch_sends_what_fits_and_keeps_the_rest_writable_in_order() {
     drop((more, tx, svc));
     assert_eq!(pool.free_count(), pool.slot_count());
 }
+
+#[test]
+fn a_remover_killed_while_draining_a_service_loses_no_slot() {
+    // The last user of a service drains its rings as it removes it. Killed in the middle, it
+    // must leave every descriptor accounted for: the ones it had dropped, the one it was
+    // dropping, and the ones still queued. Before the drain was journaled, a kill between a pop
+    // and its discard leaked that slot for good.
+    const QUEUED: &str = "1000";
+    let owner = Owner::new(
+        PoolConfig::builder()
+            .class(512, 2048)
+            .services(4)
+            .rings(4)
+            .ring_capacity(1024)
+            .name("drain-kill-test")
+            .build(),
+    );
+    let sock = owner.socket();
+    let dir = std::env::temp_dir().join(format!("fbuf-drain-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let go = |name: &str| dir.join(name).display().to_string();
+    // One removal left alone, to learn how long it takes on this machine.
+    let mut calm = KillOnDrop(
+        peer(&["svc-drain-victim", &sock, "drain/calm", QUEUED, &go("calm")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = ready(&mut calm.0);
+    std::fs::write(go("calm"), b"").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(calm.0.wait().unwrap().success(), "{rest}");
+    let r = result(rest.as_bytes());
+    // The victim drained the queue itself, before it went.
+    assert_eq!(
+        (r["removed"].as_str(), r["queued_after"].as_str()),
+        ("1", "0"),
+        "{rest}"
+    );
+    let took: u64 = r["took_us"].parse().unwrap();
+    eprintln!("a calm removal of {QUEUED} queued buffers took {took} us");
+    owner.wait_retired(1);
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..40u64 {
+        let name = format!("drain/{round}");
+        let flag = go(&round.to_string());
+        let mut victim = KillOnDrop(
+            peer(&["svc-drain-victim", &sock, &name, QUEUED, &flag])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let _err = ready(&mut victim.0);
+        assert_eq!(owner.pool.free_count(), owner.pool.slot_count() - 1000);
+        // Kill it at a moment from its start to the end of the removal, as timed above.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = Duration::from_micros(state % (took + 20));
+        std::fs::write(&flag, b"").unwrap();
+        let t = Instant::now();
+        while t.elapsed() < delay {
+            std::hint::spin_loop();
+        }
+        let _ = victim.0.kill();
+        victim.0.wait().unwrap();
+        owner.wait_retired(round as usize + 2);
+        // The next holder of the directory lock finishes a removal the victim left half-done.
+        let probe = owner
+            .pool
+            .service("probe")
+            .stream::<u64>()
+            .open_or_create()
+            .unwrap();
+        drop(probe);
+        wait_until("the victim's service to go", || {
+            owner.pool.services().is_empty()
+        });
+        assert_eq!(
+            owner.pool.free_count(),
+            owner.pool.slot_count(),
+            "round {round}: killed {delay:?} into the removal, slots leaked"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    // Every ring came back too: one service can take all four.
+    let all = owner
+        .pool
+        .service("all-rings")
+        .publish_subscribe::<u64>()
+        .subscriber_max(3)
+        .create();
+    assert!(all.is_ok(), "{all:?}");
+}

@@ -212,9 +212,47 @@ pub(crate) fn unit_stats(pool: &Pool, units: &[crate::layout::UnitLayout]) -> Ve
 }
 
 /// Drops every descriptor queued in a unit whose service is being removed (nobody receives
-/// there any more), so their slots come back.
-pub(crate) fn drain_unit(pool: &Pool, layout: crate::layout::UnitLayout) -> usize {
-    Unit::new(pool, layout).drain()
+/// there any more), so their slots come back: received as the unit's receiver would, registered
+/// as it and journaled (journal unit `unit_id`), then released. A remover killed part-way is then
+/// a dead receiver like any other: its reaper finishes the receive it was in from its journal and
+/// drains the rest as it (`Unit::forget`), so no descriptor is dropped twice or lost.
+///
+/// `None` when another participant is registered as the unit's receiver (one that died and is
+/// not retired yet): its reaper drains the ring, and the removal waits for that.
+pub(crate) fn drain_unit(
+    pool: &Pool,
+    layout: crate::layout::UnitLayout,
+    unit_id: u32,
+) -> Option<usize> {
+    let unit = Unit::new(pool, layout);
+    if !unit.claim_receiver() {
+        return None;
+    }
+    let mut reader = match reader::RingReader::new(pool, layout, unit_id) {
+        Ok(r) => r,
+        Err(_) => {
+            // No journal left in this process (every endpoint slot in use), or indices that
+            // cannot be trusted: drop them bare, as before the journaled drain (a death in the
+            // middle of that leaks the one descriptor it was dropping).
+            unit.release_receiver();
+            return Some(unit.drain());
+        }
+    };
+    let mut out = Vec::with_capacity(crate::journal::ENTRIES);
+    let mut dropped = 0;
+    // A ring holds at most its capacity; a peer that keeps refilling it cannot keep us here.
+    for _ in 0..=layout.capacity / crate::journal::ENTRIES + 1 {
+        match reader.recv_batch(&mut out, crate::journal::ENTRIES) {
+            Ok(n) => dropped += n,
+            // Every descriptor of the batch failed its checks (each was dropped by name).
+            Err(RecvError::Desc(_)) => {}
+            Err(_) => break,
+        }
+        out.clear();
+    }
+    drop(reader);
+    unit.release_receiver();
+    Some(dropped)
 }
 
 /// Deadline for an optional timeout.

@@ -327,8 +327,10 @@ impl<'a> Unit<'a> {
         self.words[0].load(Ordering::Acquire)
     }
 
-    /// Pops every descriptor and discards it (the receiver is gone). Owner only, after the
-    /// receiver died, so it is the only consumer. Returns how many were dropped.
+    /// Pops every descriptor and discards it, unjournaled: a death between a pop and its
+    /// discard leaks that descriptor. Only the fallback of `channel::drain_unit` (a remover with
+    /// no journal left, or a ring it cannot read as a receiver); the caller is the only consumer.
+    /// Returns how many were dropped.
     pub fn drain(&self) -> usize {
         let mut n = 0;
         let mut one = [Desc::default()];

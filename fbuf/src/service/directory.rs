@@ -200,7 +200,11 @@ impl<'p> Directory<'p> {
                     .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Ok(Locked { dir: self, me });
+                    // A removal left waiting for a dead receiver's reaper is finished by
+                    // whoever takes the lock next (a look at each entry's state word).
+                    let locked = Locked { dir: self, me };
+                    locked.repair();
+                    return Ok(locked);
                 }
                 continue;
             }
@@ -479,17 +483,24 @@ impl Locked<'_, '_> {
         unused.len()
     }
 
-    /// Drops what waits in the service's rings (the slots come back) and frees the entry.
+    /// Drops what waits in the service's rings (the slots come back) and frees the entry. A ring
+    /// whose receiver registration still names a participant that died and is not retired yet
+    /// is left to its reaper: the entry then stays `REMOVING`, and a later holder of the lock
+    /// finishes the removal ([`Locked::repair`]).
     fn remove(&self, e: &Entry) {
         let w = self.dir.words(e.index);
         let gen_bits = u64::from(e.generation) << 32;
         w[0].store(gen_bits | u64::from(REMOVING), Ordering::Release);
+        let mut drained = true;
         for k in 0..e.spec.rings {
             if let Some(u) = self.dir.unit(e, k) {
-                crate::channel::drain_unit(self.dir.pool, u);
+                let id = SERVICE_UNIT + e.first_unit + k;
+                drained &= crate::channel::drain_unit(self.dir.pool, u, id).is_some();
             }
         }
-        w[0].store(gen_bits | u64::from(FREE), Ordering::Release);
+        if drained {
+            w[0].store(gen_bits | u64::from(FREE), Ordering::Release);
+        }
     }
 
     /// Repairs what a dead lock holder left half-done: a half-created entry is freed, a
