@@ -105,6 +105,37 @@ fn corrupt_mpmc_stamps_give_corrupted_within_a_bounded_wait() {
 }
 
 #[test]
+fn a_many_to_one_cell_whose_push_is_journaled_reads_empty_not_corrupted() {
+    use fbuf::journal::{Claim, Journal, Op, State, WORDS};
+    let pool = Pool::create(&config()).unwrap();
+    let _tx = pool.sender(1).unwrap();
+    let mut rx = pool.receiver(1).unwrap();
+    let a = Attacker::new(&pool);
+    let u = a.layout.channels[1].units[0];
+    // Position 0 claimed by a push that has not published it: the tail moved, the cell's stamp
+    // did not (a sender descheduled mid-push, or killed there and not yet recovered).
+    a.word(u.tail_offset).store(1, Ordering::SeqCst);
+    // The claim, as the pusher journals it before its CAS: participant 0 (this process, alive),
+    // in a journal its endpoints do not use; journal unit 1 << 8 is channel 1's unit 0.
+    let k = a.layout.journals_per_participant - 1;
+    let j = Journal::new(a.words(
+        a.layout.journals_offset + k * fbuf::layout::JOURNAL_SIZE,
+        WORDS,
+    ));
+    let d = pool.alloc(10).unwrap().freeze().desc();
+    j.begin(Op::Send, 1 << 8, 0, [d.to_words()].into_iter());
+    j.set_pos(0);
+    j.set(0, State::Pushing(Claim::Claimed));
+    // The receiver waits for it, bounded, and says there is nothing yet.
+    let t = Instant::now();
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
+    assert!(t.elapsed() < Duration::from_secs(20));
+    // The same cell with no claim anywhere is corruption.
+    j.end();
+    assert_eq!(rx.try_recv().unwrap_err(), RecvError::Corrupted);
+}
+
+#[test]
 fn garbage_descriptors_in_a_ring_are_refused_by_name() {
     let pool = Pool::create(&config()).unwrap();
     let _tx = pool.sender(0).unwrap();

@@ -144,6 +144,19 @@ impl Attacker {
         }
     }
 
+    /// The `n` 64-bit words from `offset` (8-aligned, inside the mapping).
+    pub fn words(&self, offset: usize, n: usize) -> &[std::sync::atomic::AtomicU64] {
+        assert!(offset.is_multiple_of(8) && offset + 8 * n <= self.map.len());
+        // SAFETY: checked just above: aligned and inside the mapping, which lives as long as
+        // `self`; shared memory is only touched atomically.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(offset) as *const std::sync::atomic::AtomicU64,
+                n,
+            )
+        }
+    }
+
     /// The 64-bit word at `offset` (8-aligned, inside the mapping: offsets come from the layout).
     pub fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
         assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());

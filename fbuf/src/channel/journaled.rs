@@ -165,18 +165,45 @@ impl Recoverer for Env<'_> {
 /// Whether a live participant's journal says it is claiming or holds position `pos` of `unit`.
 fn live_claim(pool: &Pool, dead: u32, unit: u32, pos: u64) -> bool {
     let s = pool.shared();
+    claim_named(pool, unit, pos, true, |p| {
+        p != dead && s.participant(p).is_active()
+    })
+}
+
+/// Whether a sender's push of position `pos` of journal unit `unit` is under way, or was cut
+/// short by the sender's death and awaits its recovery (which completes or tombstones the cell):
+/// some participant still in the table, alive or not, journals a claim of that position. A
+/// receiver stuck at `pos` then has nothing to read yet; without such a claim, a cell stuck
+/// there is corruption.
+pub(crate) fn push_pending(pool: &Pool, unit: u32, pos: u64) -> bool {
+    let s = pool.shared();
+    claim_named(pool, unit, pos, false, |p| {
+        let e = s.participant(p);
+        e.is_active() || e.recoverer().is_some()
+    })
+}
+
+/// Whether a journal of a participant `include` accepts names an unfinished claim of position
+/// `pos` in journal unit `unit`: a push's, or with `pops` a pop's as well.
+fn claim_named(
+    pool: &Pool,
+    unit: u32,
+    pos: u64,
+    pops: bool,
+    include: impl Fn(u32) -> bool,
+) -> bool {
+    let s = pool.shared();
     (0..s.max_participants())
-        .filter(|&p| p != dead && s.participant(p).is_active())
+        .filter(|&p| include(p))
         .flat_map(|p| (0..s.layout().journals_per_participant).map(move |k| (p, k)))
         .any(|(p, k)| {
             let rec = s.journal(p, k).read();
             rec.op != Op::Idle
                 && rec.unit == unit
                 && rec.pos == pos
-                && rec
-                    .entries
-                    .iter()
-                    .any(|(st, _)| matches!(st, State::Pushing(_) | State::Popping(_)))
+                && rec.entries.iter().any(|(st, _)| {
+                    matches!(st, State::Pushing(_)) || (pops && matches!(st, State::Popping(_)))
+                })
         })
 }
 

@@ -136,7 +136,11 @@ impl RingReader {
             Ok(n) => n,
             Err(Stuck) => {
                 j.end();
-                return Err(RecvError::Corrupted);
+                return Err(if self.push_pending(&unit) {
+                    RecvError::Empty
+                } else {
+                    RecvError::Corrupted
+                });
             }
         };
         if n == 0 {
@@ -174,6 +178,20 @@ impl RingReader {
         match first_err {
             Some(e) if out.len() == before => Err(e.into()),
             _ => Ok(n),
+        }
+    }
+
+    /// Whether the many-to-one cell this receiver is stuck at is a sender's push still under
+    /// way, or one its death cut short and its recovery will finish (a tombstone at worst): then
+    /// the ring is empty for now, not corrupt. (With the owner gone, the waits run that recovery:
+    /// `wait_for_data` checks peers. Not here: a service's removal drains under the directory
+    /// lock, which a recovery takes.)
+    fn push_pending(&self, unit: &Unit<'_>) -> bool {
+        match unit.ring() {
+            UnitRing::Mpmc(r) => {
+                super::journaled::push_pending(&self.pool, self.unit_id, r.head_pos())
+            }
+            UnitRing::Spsc(_) => false,
         }
     }
 
