@@ -118,7 +118,9 @@ pub fn main(args: &[String]) -> ExitCode {
         "svc-race-sender" => crate::service_peers::race_sender(arg(1), arg(2)),
         "svc-records-tx" => crate::service_peers::records_tx(arg(1), arg(2), num(3)),
         "svc-records-forge" => crate::service_peers::records_forge(arg(1), arg(2)),
-        "svc-drain-victim" => crate::service_peers::drain_victim(arg(1), arg(2), num(3), arg(4)),
+        "svc-drain-victim" => {
+            crate::service_peers::drain_victim(arg(1), arg(2), num(3), arg(4), arg(5))
+        }
         _ => usage(),
     };
     match result {

@@ -11,9 +11,10 @@
 //! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
 //! fbuf peer svc-records-tx SOCKET NAME COUNT   COUNT records packed into 4 KiB buffers on NAME
 //! fbuf peer svc-records-forge SOCKET NAME      four buffers of hand-made, partly bad records
-//! fbuf peer svc-drain-victim SOCKET NAME N GO  queue N buffers on NAME, close its receiver, say
-//!                                              READY; once file GO exists remove NAME (its last
-//!                                              user), draining the N
+//! fbuf peer svc-drain-victim SOCKET NAME N GO KIND  queue N buffers on NAME (a stream, or
+//!                                              KIND many-to-one), close its receiver, say READY;
+//!                                              once file GO exists remove NAME (its last user),
+//!                                              draining the N
 //! fbuf peer svc-census SOCKET NAME             hold a buffer, subscribe to NAME-roll, say READY,
 //!                                              take and keep one roll sample, send (id, pid,
 //!                                              slot, roll value) on the many-to-one NAME, wait
@@ -386,25 +387,43 @@ pub fn records_forge(socket: &str, name: &str) -> Res {
     Ok(format!("sent={}", cases.len()))
 }
 
-/// `fbuf peer svc-drain-victim SOCKET NAME N GO`: opens the stream NAME (capacity 1024) as its
-/// sender and receiver, queues N buffers, closes the receiver with them still queued, says READY,
-/// and as soon as file GO exists (it spins on it, so it starts within microseconds, not after a
-/// wake-up) closes the rest: as the service's last user it removes it, draining the N
-/// descriptors. The tests kill it somewhere in that drain.
-pub fn drain_victim(socket: &str, name: &str, n: u64, go: &str) -> Res {
+/// `fbuf peer svc-drain-victim SOCKET NAME N GO KIND`: opens NAME, a stream or (KIND
+/// `many-to-one`) a many-to-one service, capacity 1024, as its sender and receiver, queues N
+/// buffers, closes the receiver with them still queued, says READY, and as soon as file GO exists
+/// (it spins on it, so it starts within microseconds, not after a wake-up) closes the rest: as
+/// the service's last user it removes it, draining the N descriptors. The tests kill it somewhere
+/// in that drain.
+pub fn drain_victim(socket: &str, name: &str, n: u64, go: &str, kind: &str) -> Res {
     let pool = session::join(socket, Role::Producer)?;
-    let svc = pool
-        .service(name)
-        .stream::<u64>()
-        .capacity(1024)
-        .open_or_create()?;
-    let mut tx = svc.sender()?;
-    let rx = svc.receiver()?;
-    for i in 0..n {
-        tx.try_send(tx.loan_with(&i)?)
-            .map_err(|e| format!("send {i}: {e}"))?;
-    }
-    drop(rx);
+    let fill = |tx: &mut fbuf::service::Sender<u64>| -> Result<(), String> {
+        for i in 0..n {
+            let b = tx.loan_with(&i).map_err(|e| e.to_string())?;
+            tx.try_send(b).map_err(|e| format!("send {i}: {e}"))?;
+        }
+        Ok(())
+    };
+    // The sender and the service, kept until the removal (the receiver is closed at once).
+    let kept: Box<dyn std::any::Any> = if kind == "many-to-one" {
+        let svc = pool
+            .service(name)
+            .many_to_one::<u64>()
+            .capacity(1024)
+            .open_or_create()?;
+        let (mut tx, rx) = (svc.sender()?, svc.receiver()?);
+        fill(&mut tx)?;
+        drop(rx);
+        Box::new((tx, svc))
+    } else {
+        let svc = pool
+            .service(name)
+            .stream::<u64>()
+            .capacity(1024)
+            .open_or_create()?;
+        let (mut tx, rx) = (svc.sender()?, svc.receiver()?);
+        fill(&mut tx)?;
+        drop(rx);
+        Box::new((tx, svc))
+    };
     eprintln!("READY");
     let give_up = Instant::now() + WAIT;
     while !std::path::Path::new(go).exists() {
@@ -414,8 +433,7 @@ pub fn drain_victim(socket: &str, name: &str, n: u64, go: &str) -> Res {
         std::hint::spin_loop();
     }
     let t = Instant::now();
-    drop(tx);
-    drop(svc);
+    drop(kept);
     let took = t.elapsed().as_micros();
     Ok(format!(
         "removed={} took_us={took} queued_after={}",
