@@ -28,6 +28,8 @@
 //!                                       by then) serve the pool on SOCKET; a STATS line on stdout
 //!                                       for each further line on stdin
 //! fbuf peer hold-size SOCKET N SIZE    allocate N buffers of SIZE bytes, say READY, wait
+//! fbuf peer egress-die SOCKET PATH SIZE  send SIZE bytes of `A` from the pool by sendfile to
+//!                                       the Unix socket PATH, keep the lease, say READY, wait
 //! fbuf peer alloc-wait SOCKET SIZE SECS [N]  allocate N (1) buffers of SIZE bytes, all held at
 //!                                       once, waiting up to SECS in all
 //! fbuf peer send-forever SOCKET CH      send on CH with no timeout until an error; report it
@@ -77,6 +79,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "snap-orphan" => snap_orphan(),
         "serve" => serve(arg(1), num(2), num(3) == 1, arg(4).parse().unwrap_or(0)),
         "hold-size" => hold_size(arg(1), num(2), num(3) as usize),
+        "egress-die" => egress_die(arg(1), arg(2), num(3) as usize),
         "adopt" => adopt(arg(1), arg(2) == "consumer"),
         "alloc-wait" => alloc_wait(arg(1), num(2) as usize, num(3), arg(4).parse().unwrap_or(1)),
         "send-forever" => send_forever(arg(1), num(2) as usize),
@@ -648,6 +651,23 @@ fn hold_size(socket: &str, n: u64, size: usize) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     let held: Vec<_> = (0..n).map(|_| pool.alloc(size)).collect::<Result<_, _>>()?;
     eprintln!("READY {}", held.len());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Allocates a buffer of SIZE bytes of `A`, sends it by `sendfile` to the Unix socket at PATH
+/// (whose peer does not read yet), keeps the lease open, says READY and waits to be killed: a
+/// participant that dies while the kernel still reads its buffer.
+fn egress_die(socket: &str, path: &str, size: usize) -> Res {
+    let pool = session::join(socket, Role::Producer)?;
+    let mut b = pool.alloc(size)?;
+    b.fill(b'A');
+    let buf = b.freeze();
+    let sock = std::os::unix::net::UnixStream::connect(path)?;
+    let mut egress = fbuf::egress::Egress::new(std::os::fd::AsFd::as_fd(&sock))?;
+    let lease = egress.send(&[buf], Some(fbuf::egress::Method::Sendfile))?;
+    eprintln!("READY {}", lease.len());
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }

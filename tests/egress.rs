@@ -242,3 +242,57 @@ fn gather_to_a_file_and_ingress_from_a_socket() {
     fbuf::egress::recv_exact_into(b.as_fd(), &mut into, 4096).unwrap();
     assert_eq!(&into[..], &expect[..4096]);
 }
+
+#[test]
+fn a_participant_killed_with_a_lease_open_cannot_change_the_bytes_in_flight() {
+    // A producer process sends a slot of `A`s by sendfile to a Unix socket nobody reads yet and
+    // is SIGKILLed with its lease open. Its recovery frees the slot; the owner reuses it at once
+    // for `B`s. The socket's reader, reading only then, must still get the `A`s: recovery gives
+    // the slots of a participant that lent buffers to the kernel fresh pages before reuse.
+    const SIZE: usize = 64 << 10;
+    let owner = common::Owner::new(PoolConfig {
+        classes: vec![ClassSpec {
+            slot_size: SIZE as u32,
+            slot_count: 1,
+        }],
+        channels: vec![],
+        name: "egress-death".into(),
+        ..Default::default()
+    });
+    let dir = std::env::temp_dir().join(format!("fbuf-egress-death-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("reader.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut sender = common::KillOnDrop(
+        peer(&[
+            "egress-die",
+            &owner.socket(),
+            &path.display().to_string(),
+            &SIZE.to_string(),
+        ])
+        .spawn()
+        .unwrap(),
+    );
+    let (mut reader, _) = listener.accept().unwrap();
+    assert_eq!(common::first_line(&mut sender), "READY 1");
+    sender.0.kill().unwrap();
+    sender.0.wait().unwrap();
+    owner.wait_retired(1);
+    let mut again = owner
+        .pool
+        .alloc(SIZE)
+        .expect("recovery freed the only slot");
+    again.fill(b'B');
+    let mut got = vec![0u8; SIZE];
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    reader.read_exact(&mut got).unwrap();
+    let changed = got.iter().filter(|&&b| b != b'A').count();
+    assert_eq!(
+        changed, 0,
+        "{changed} of {SIZE} bytes in flight changed after the crash"
+    );
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}

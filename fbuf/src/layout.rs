@@ -84,7 +84,7 @@ pub const MAX_SERVICES: u32 = 4096;
 /// Most ring units a pool can lend to services.
 pub const MAX_SERVICE_RINGS: u32 = 65536;
 
-const PAGE: usize = 4096;
+pub(crate) const PAGE: usize = 4096;
 const LINE: usize = 64;
 
 /// One size class as recorded in the header.

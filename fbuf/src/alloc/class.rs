@@ -644,10 +644,22 @@ impl<'a> ClassSlots<'a> {
     /// Releases every slot `holder` holds (it died), after finishing the steps it left marked.
     /// Returns `(released, freed)` counts.
     pub fn reclaim(&self, holder: u32) -> (usize, usize) {
+        self.reclaim_with(holder, |_| {})
+    }
+
+    /// [`ClassSlots::reclaim`], calling `last` for each slot `holder` holds alone (its owner,
+    /// nobody else, nothing in flight) just before releasing it: the release then frees it, and
+    /// until then nobody else can take it (a holding needs a descriptor, and there is none), so
+    /// `last` may still do what the slot's next owner must not see.
+    pub fn reclaim_with(&self, holder: u32, mut last: impl FnMut(usize)) -> (usize, usize) {
         self.settle(holder);
         let (mut released, mut freed) = (0, 0);
         for slot in 0..self.states.len() {
             if self.is_held_by(slot, holder) {
+                let word = SlotState(self.states[slot].load(Ordering::Acquire));
+                if word == SlotState::allocated(word.generation(), holder) {
+                    last(slot);
+                }
                 released += 1;
                 freed += usize::from(self.release(slot, holder));
             }

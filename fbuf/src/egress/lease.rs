@@ -92,6 +92,11 @@ impl Lease {
         calls: Option<(u32, u32)>,
         zerocopy: Option<Arc<Mutex<ZeroCopyState>>>,
     ) -> Lease {
+        if !matches!(until, Until::Now)
+            && let Some(b) = bufs.first()
+        {
+            b.note_kernel_lease();
+        }
         Lease {
             bufs,
             until,

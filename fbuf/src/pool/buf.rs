@@ -264,6 +264,13 @@ impl Buf {
         (shared.data.fd(), offset, shared.slot_ptr(d))
     }
 
+    /// Records in this process's participant entry that it lends buffers to the kernel, so that
+    /// if it dies with a lease open, its recovery gives its slots fresh pages before reuse.
+    pub(crate) fn note_kernel_lease(&self) {
+        let s = self.lease.shared();
+        s.participant(s.me).mark_egressed();
+    }
+
     /// The descriptor of this buffer (for logging; to send it, use [`Buf::share`]).
     pub fn desc(&self) -> Desc {
         self.lease.desc

@@ -322,6 +322,9 @@ pub struct Reclaimed {
     pub released: usize,
     /// Of those, slots that became free.
     pub freed: usize,
+    /// Of those, slots given fresh pages first, because the participant had lent buffers to the
+    /// kernel (docs/architecture.md, "Known limits").
+    pub renewed: usize,
 }
 
 pub(crate) struct Shared {
@@ -756,8 +759,36 @@ impl Pool {
         if participant >= self.shared.layout.max_participants {
             return r;
         }
-        for c in 0..self.shared.layout.classes.len() {
-            let (released, freed) = self.shared.class(c).reclaim(participant);
+        // A participant that lent buffers to the kernel (egress) may have died with the kernel
+        // still reading some: a socket or a pipe queue references the slot's pages until its
+        // reader reads them. Its lease died with it, so nothing says which. Each page-aligned
+        // slot it held alone gets fresh pages before it is freed: the queued readers keep the
+        // old ones, the slot's next owner writes new ones. (Slots smaller than a page share
+        // pages with their neighbours and cannot; a consumer's recovery has no writable fd to
+        // do it with. docs/architecture.md, "Known limits".)
+        let fresh_pages =
+            self.shared.writable && self.shared.participant(participant).has_egressed();
+        for (c, spec) in self.shared.layout.classes.iter().enumerate() {
+            let class = self.shared.class(c);
+            let (released, freed) = if fresh_pages
+                && spec.data_offset % crate::layout::PAGE == 0
+                && spec.slot_size % crate::layout::PAGE == 0
+            {
+                class.reclaim_with(participant, |slot| {
+                    let offset = (spec.data_offset + slot * spec.slot_size) as u64;
+                    if crate::sys::memfd::punch_hole(
+                        self.shared.data.fd(),
+                        offset,
+                        spec.slot_size as u64,
+                    )
+                    .is_ok()
+                    {
+                        r.renewed += 1;
+                    }
+                })
+            } else {
+                class.reclaim(participant)
+            };
             r.released += released;
             r.freed += freed;
         }

@@ -48,7 +48,12 @@ impl Role {
     }
 }
 
-/// A view of one entry: `state`, `pid`, `role`, then padding to 64 bytes.
+/// The entry's word that says its participant has lent buffers to the kernel (an egress lease):
+/// recovery then gives the slots it held alone fresh pages before they are reused.
+const EGRESSED: usize = 4;
+
+/// A view of one entry: `state`, `pid`, `role`, `epoch`, whether it egressed, then padding to 64
+/// bytes.
 pub struct Entry<'a> {
     words: &'a [AtomicU32],
 }
@@ -58,7 +63,7 @@ pub const ENTRY_WORDS: usize = 16;
 
 impl<'a> Entry<'a> {
     pub fn new(words: &'a [AtomicU32]) -> Self {
-        assert!(words.len() >= 4);
+        assert!(words.len() > EGRESSED);
         Entry { words }
     }
 
@@ -72,6 +77,7 @@ impl<'a> Entry<'a> {
             return false;
         }
         self.words[1].store(pid, Ordering::Relaxed);
+        self.words[EGRESSED].store(0, Ordering::Relaxed);
         // Epoch 0 is never used, so 0 can mean "nobody" in endpoint words.
         let epoch = self.words[3].load(Ordering::Relaxed).wrapping_add(1).max(1);
         self.words[3].store(epoch, Ordering::Relaxed);
@@ -152,6 +158,20 @@ impl<'a> Entry<'a> {
         self.words[1].store(0, Ordering::Relaxed);
         self.words[2].store(0, Ordering::Relaxed);
         self.words[0].store(FREE, Ordering::Release);
+    }
+
+    /// Records that this participant has lent buffers to the kernel (written by the participant
+    /// itself, once: untrusted like every word here; a scribbled value only costs recovery a few
+    /// system calls, or spares them).
+    pub fn mark_egressed(&self) {
+        if self.words[EGRESSED].load(Ordering::Relaxed) == 0 {
+            self.words[EGRESSED].store(1, Ordering::Release);
+        }
+    }
+
+    /// Whether this participant has lent buffers to the kernel since it was admitted.
+    pub fn has_egressed(&self) -> bool {
+        self.words[EGRESSED].load(Ordering::Acquire) != 0
     }
 
     /// The epoch of the current (or last) claim.

@@ -58,6 +58,25 @@ pub fn seals(fd: impl AsFd) -> io::Result<Option<SealFlag>> {
 }
 
 /// The file's size in bytes (`fstat`).
+/// Gives bytes `offset..offset + len` of a memfd fresh pages: the old ones leave the file (pages
+/// the kernel still reads, queued in a socket or a pipe, stay as they were for those readers) and
+/// the range reads as zeros until written. The size does not change, so no mapping can fault
+/// past the end.
+pub fn punch_hole(fd: impl AsFd, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let (offset, len) = (
+        i64::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?,
+        i64::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?,
+    );
+    fallocate(
+        fd.as_fd(),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+    .map_err(io::Error::from)
+}
+
 pub fn size(fd: impl AsFd) -> io::Result<u64> {
     let st = nix::sys::stat::fstat(fd.as_fd())?;
     Ok(st.st_size as u64)
