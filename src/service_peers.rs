@@ -395,34 +395,28 @@ pub fn records_forge(socket: &str, name: &str) -> Res {
 /// in that drain.
 pub fn drain_victim(socket: &str, name: &str, n: u64, go: &str, kind: &str) -> Res {
     let pool = session::join(socket, Role::Producer)?;
-    let fill = |tx: &mut fbuf::service::Sender<u64>| -> Result<(), String> {
-        for i in 0..n {
-            let b = tx.loan_with(&i).map_err(|e| e.to_string())?;
-            tx.try_send(b).map_err(|e| format!("send {i}: {e}"))?;
-        }
-        Ok(())
-    };
-    // The sender and the service, kept until the removal (the receiver is closed at once).
-    let kept: Box<dyn std::any::Any> = if kind == "many-to-one" {
-        let svc = pool
-            .service(name)
-            .many_to_one::<u64>()
-            .capacity(1024)
-            .open_or_create()?;
-        let (mut tx, rx) = (svc.sender()?, svc.receiver()?);
-        fill(&mut tx)?;
-        drop(rx);
-        Box::new((tx, svc))
+    // Opens the service with `$kind` (a builder method), queues the N buffers and closes the
+    // receiver; the sender and the service are kept until the removal.
+    macro_rules! queued {
+        ($kind:ident) => {{
+            let svc = pool
+                .service(name)
+                .$kind::<u64>()
+                .capacity(1024)
+                .open_or_create()?;
+            let (mut tx, rx) = (svc.sender()?, svc.receiver()?);
+            for i in 0..n {
+                tx.try_send(tx.loan_with(&i)?)
+                    .map_err(|e| format!("send {i}: {e}"))?;
+            }
+            drop(rx);
+            Box::new((tx, svc)) as Box<dyn std::any::Any>
+        }};
+    }
+    let kept = if kind == "many-to-one" {
+        queued!(many_to_one)
     } else {
-        let svc = pool
-            .service(name)
-            .stream::<u64>()
-            .capacity(1024)
-            .open_or_create()?;
-        let (mut tx, rx) = (svc.sender()?, svc.receiver()?);
-        fill(&mut tx)?;
-        drop(rx);
-        Box::new((tx, svc))
+        queued!(stream)
     };
     eprintln!("READY");
     let give_up = Instant::now() + WAIT;
