@@ -53,6 +53,8 @@ pub fn run(args: &[String]) -> Res<()> {
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
         "stream-tx" => stream_tx(a(1), a(2), n(3)?, n(4)? as usize)?,
         "stream-rx" => stream_rx(a(1), a(2), n(3)?)?,
+        "records-tx" => records_tx(a(1), a(2), n(3)?)?,
+        "records-rx" => records_rx(a(1), a(2), n(3)?)?,
         "zpub" => zenoh_pub(a(1), a(2), n(3)?, n(4)? as usize)?,
         "zsub" => zenoh_sub(a(1), a(2), n(3)?)?,
         "zping" => zenoh_ping(a(1), n(2)?, n(3)? as usize)?,
@@ -266,6 +268,77 @@ fn stream_rx(socket: &str, name: &str, count: u64) -> Res<String> {
         }
     }
     Ok(format!("count={got} bad={bad} out_of_order={out_of_order}"))
+}
+
+/// The length of record `seq` of `records-tx`: 16 to 215 bytes.
+fn record_len(seq: u64) -> usize {
+    16 + (seq.wrapping_mul(7919) % 200) as usize
+}
+
+/// Sends `count` records (each a frame of `record_len` bytes: its seq, then the pattern) packed
+/// into buffers of up to 8 KiB on a stream service, once its receiver is there.
+fn records_tx(socket: &str, name: &str, count: u64) -> Res<String> {
+    use fbuf::records::RecordWriter;
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut tx = svc.sender()?;
+    println!("READY");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tx.has_receiver() {
+        if Instant::now() > deadline {
+            return Err("no receiver came".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (mut seq, mut buffers) = (0u64, 0u64);
+    while seq < count {
+        let mut b = tx.loan_bytes_timeout(8192, super::LOAN_WAIT)?;
+        let mut w = RecordWriter::new(b.bytes_mut());
+        while seq < count && w.push_with(record_len(seq), |r| fill(r, seq)).is_ok() {
+            seq += 1;
+        }
+        let used = w.len();
+        b.set_len(used);
+        tx.send_timeout(b, Duration::from_secs(30))
+            .map_err(|e| format!("send {buffers}: {e}"))?;
+        buffers += 1;
+    }
+    Ok(format!("sent={seq} buffers={buffers}"))
+}
+
+/// Receives `count` records from a stream service: each one's bytes, length, order and 8-byte
+/// alignment within its buffer checked.
+fn records_rx(socket: &str, name: &str, count: u64) -> Res<String> {
+    let pool = session::join(socket, Role::Consumer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut rx = svc.receiver()?;
+    println!("READY");
+    let (mut got, mut bad, mut misaligned, mut buffers) = (0u64, 0u64, 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got < count && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(s) => {
+                buffers += 1;
+                let start = s.bytes().as_ptr() as usize;
+                for r in s.records() {
+                    let Ok(r) = r else {
+                        bad += 1;
+                        break;
+                    };
+                    misaligned += u64::from((r.as_ptr() as usize - start) % 8 != 0);
+                    if check(r) != Some(got) || r.len() != record_len(got) {
+                        bad += 1;
+                    }
+                    got += 1;
+                }
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(format!(
+        "count={got} bad={bad} misaligned={misaligned} buffers={buffers}"
+    ))
 }
 
 // ---- the benchmark's roles: Zenoh alone, and fbuf ping-pong through two pairs of bridges ----
