@@ -325,7 +325,7 @@ fn records_rx(socket: &str, name: &str, count: u64) -> Res<String> {
                         bad += 1;
                         break;
                     };
-                    misaligned += u64::from((r.as_ptr() as usize - start) % 8 != 0);
+                    misaligned += u64::from(!(r.as_ptr() as usize - start).is_multiple_of(8));
                     if check(r) != Some(got) || r.len() != record_len(got) {
                         bad += 1;
                     }
