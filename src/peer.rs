@@ -29,7 +29,8 @@
 //!                                       for each further line on stdin
 //! fbuf peer hold-size SOCKET N SIZE    allocate N buffers of SIZE bytes, say READY, wait
 //! fbuf peer egress-die SOCKET PATH SIZE  send SIZE bytes of `A` from the pool by sendfile to
-//!                                       the Unix socket PATH, keep the lease, say READY, wait
+//!                                       the Unix socket PATH, keep the lease; share a buffer of
+//!                                       `C`s; say READY with its descriptor, wait
 //! fbuf peer alloc-wait SOCKET SIZE SECS [N]  allocate N (1) buffers of SIZE bytes, all held at
 //!                                       once, waiting up to SECS in all
 //! fbuf peer send-forever SOCKET CH      send on CH with no timeout until an error; report it
@@ -657,17 +658,23 @@ fn hold_size(socket: &str, n: u64, size: usize) -> Res {
 }
 
 /// Allocates a buffer of SIZE bytes of `A`, sends it by `sendfile` to the Unix socket at PATH
-/// (whose peer does not read yet), keeps the lease open, says READY and waits to be killed: a
-/// participant that dies while the kernel still reads its buffer.
+/// (whose peer does not read yet) and keeps the lease open; allocates a second of `C`s and shares
+/// it, keeping its own handle too; says `READY <lease length> <descriptor words>` and waits to be
+/// killed: a participant that dies while the kernel still reads one buffer and another process
+/// may hold the other.
 fn egress_die(socket: &str, path: &str, size: usize) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     let mut b = pool.alloc(size)?;
     b.fill(b'A');
     let buf = b.freeze();
+    let mut c = pool.alloc(size)?;
+    c.fill(b'C');
+    let kept = c.freeze();
+    let [w0, w1] = kept.share()?.to_words();
     let sock = std::os::unix::net::UnixStream::connect(path)?;
     let mut egress = fbuf::egress::Egress::new(std::os::fd::AsFd::as_fd(&sock))?;
     let lease = egress.send(&[buf], Some(fbuf::egress::Method::Sendfile))?;
-    eprintln!("READY {}", lease.len());
+    eprintln!("READY {} {w0} {w1}", lease.len());
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -248,12 +248,13 @@ fn a_participant_killed_with_a_lease_open_cannot_change_the_bytes_in_flight() {
     // A producer process sends a slot of `A`s by sendfile to a Unix socket nobody reads yet and
     // is SIGKILLed with its lease open. Its recovery frees the slot; the owner reuses it at once
     // for `B`s. The socket's reader, reading only then, must still get the `A`s: recovery gives
-    // the slots of a participant that lent buffers to the kernel fresh pages before reuse.
+    // the slots of a participant that lent buffers to the kernel fresh pages before reuse. Only
+    // those it held alone: a slot of `C`s it shared with the owner keeps its pages and bytes.
     const SIZE: usize = 64 << 10;
     let owner = common::Owner::new(PoolConfig {
         classes: vec![ClassSpec {
             slot_size: SIZE as u32,
-            slot_count: 1,
+            slot_count: 2,
         }],
         channels: vec![],
         name: "egress-death".into(),
@@ -274,14 +275,22 @@ fn a_participant_killed_with_a_lease_open_cannot_change_the_bytes_in_flight() {
         .unwrap(),
     );
     let (mut reader, _) = listener.accept().unwrap();
-    assert_eq!(common::first_line(&mut sender), "READY 1");
+    let ready = common::first_line(&mut sender);
+    let words: Vec<&str> = ready.split(' ').collect();
+    assert_eq!(words[..2], ["READY", "1"], "{ready}");
+    let shared = fbuf::Desc::from_words([words[2].parse().unwrap(), words[3].parse().unwrap()]);
+    let kept = owner.pool.import(shared).unwrap();
     sender.0.kill().unwrap();
     sender.0.wait().unwrap();
     owner.wait_retired(1);
+    assert!(
+        kept.iter().all(|&b| b == b'C'),
+        "a slot the owner holds lost its bytes"
+    );
     let mut again = owner
         .pool
         .alloc(SIZE)
-        .expect("recovery freed the only slot");
+        .expect("recovery freed the sent slot");
     again.fill(b'B');
     let mut got = vec![0u8; SIZE];
     reader
@@ -293,6 +302,6 @@ fn a_participant_killed_with_a_lease_open_cannot_change_the_bytes_in_flight() {
         changed, 0,
         "{changed} of {SIZE} bytes in flight changed after the crash"
     );
-    drop(again);
+    drop((again, kept));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -130,6 +130,21 @@ fn a_many_to_one_cell_whose_push_is_journaled_reads_empty_not_corrupted() {
     let t = Instant::now();
     assert_eq!(rx.try_recv().unwrap_err(), RecvError::Empty);
     assert!(t.elapsed() < Duration::from_secs(20));
+    // A wait for it honours its timeout (the claim may be forged, or its recovery never come).
+    // On a thread of its own, so that a wait that never ends fails this test instead of hanging.
+    let (done, answer) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = rx.recv_timeout(Some(Duration::from_millis(100)));
+        let _ = done.send(r.map(|_| ()));
+        rx
+    });
+    let waited = answer.recv_timeout(Duration::from_secs(30));
+    assert_eq!(
+        waited,
+        Ok(Err(RecvError::Timeout)),
+        "a 100 ms receive on a claimed cell did not time out"
+    );
+    let mut rx = waiter.join().unwrap();
     // The same cell with no claim anywhere is corruption.
     j.end();
     assert_eq!(rx.try_recv().unwrap_err(), RecvError::Corrupted);

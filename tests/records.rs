@@ -34,28 +34,35 @@ fn record_byte(seq: u64, i: usize) -> u8 {
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[test]
-fn records_packed_by_another_process_arrive_byte_exact_and_in_order() {
-    const COUNT: u64 = 30_000;
+type ByteStream = fbuf::Service<fbuf::service::Stream<[u8]>>;
+
+/// A pool with the byte stream `name` open for receiving in this process, and the peer that
+/// sends on it, `fbuf peer ROLE SOCKET NAME EXTRA...`.
+fn receiving_from(
+    role: &str,
+    name: &str,
+    extra: &[&str],
+) -> (Owner, ByteStream, fbuf::service::Receiver<[u8]>, KillOnDrop) {
     let owner = Owner::new(config());
     let svc = owner
         .pool
-        .service("records/exact")
+        .service(name)
         .stream::<[u8]>()
         .open_or_create()
         .unwrap();
-    let mut rx = svc.receiver().unwrap();
-    let producer = KillOnDrop(
-        peer(&[
-            "svc-records-tx",
-            &owner.socket(),
-            "records/exact",
-            &COUNT.to_string(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
+    let rx = svc.receiver().unwrap();
+    let socket = owner.socket();
+    let mut args = vec![role, &socket, name];
+    args.extend_from_slice(extra);
+    let sender = KillOnDrop(peer(&args).stderr(Stdio::piped()).spawn().unwrap());
+    (owner, svc, rx, sender)
+}
+
+#[test]
+fn records_packed_by_another_process_arrive_byte_exact_and_in_order() {
+    const COUNT: u64 = 30_000;
+    let (owner, _svc, mut rx, producer) =
+        receiving_from("svc-records-tx", "records/exact", &[&COUNT.to_string()]);
     let (mut seq, mut buffers) = (0u64, 0u64);
     while seq < COUNT {
         let s = rx.recv_timeout(WAIT).expect("a buffer of records");
@@ -96,20 +103,7 @@ fn records_packed_by_another_process_arrive_byte_exact_and_in_order() {
 
 #[test]
 fn a_hostile_producers_records_give_named_errors_and_lose_no_slot() {
-    let owner = Owner::new(config());
-    let svc = owner
-        .pool
-        .service("records/forged")
-        .stream::<[u8]>()
-        .open_or_create()
-        .unwrap();
-    let mut rx = svc.receiver().unwrap();
-    let forger = KillOnDrop(
-        peer(&["svc-records-forge", &owner.socket(), "records/forged"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (owner, _svc, mut rx, forger) = receiving_from("svc-records-forge", "records/forged", &[]);
     let mut walks = Vec::new();
     for _ in 0..4 {
         let s = rx.recv_timeout(WAIT).expect("a forged buffer");

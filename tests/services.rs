@@ -285,6 +285,53 @@ fn a_lock_left_by_a_dead_holder_is_taken_over_and_half_work_repaired() {
 }
 
 #[test]
+fn a_removal_waits_for_a_dead_receivers_reaper_and_the_next_lock_holder_finishes_it() {
+    let owner = Owner::new(config());
+    let attacker = common::Attacker::new(&owner.pool, &config());
+    let (_, entries) = directory_words(&attacker);
+    let receiver_word = attacker.layout.services.units[0].endpoint_offset;
+    let svc = owner
+        .pool
+        .service("orphaned")
+        .stream::<u64>()
+        .create()
+        .unwrap();
+    let mut tx = svc.sender().unwrap();
+    let rx = svc.receiver().unwrap();
+    for i in 0..3u64 {
+        tx.try_send(tx.loan_with(&i).unwrap()).unwrap();
+    }
+    drop(rx);
+    // The ring's receiver registration names participant 7 (never admitted, so dead) as if it
+    // had died and were not retired yet: only its reaper may drain what waits there.
+    attacker
+        .word(receiver_word)
+        .store((1 << 32) | 8, Ordering::SeqCst);
+    let removing = |w: u64| w & 0xffff_ffff == 3;
+    // The last user closes: the removal leaves the ring to that reaper, and the entry waits.
+    drop((tx, svc));
+    assert!(removing(
+        attacker.word(entries as usize).load(Ordering::SeqCst)
+    ));
+    assert!(owner.pool.services().is_empty());
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count() - 3);
+    // The reaper has been (its registration cleared): the next holder of the directory lock,
+    // taking it in the ordinary way, finishes the removal and the three slots come back.
+    attacker.word(receiver_word).store(0, Ordering::SeqCst);
+    let probe = owner
+        .pool
+        .service("probe")
+        .stream::<u64>()
+        .create()
+        .unwrap();
+    drop(probe);
+    assert!(!removing(
+        attacker.word(entries as usize).load(Ordering::SeqCst)
+    ));
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
+
+#[test]
 fn scribbled_directory_entries_are_skipped_not_followed() {
     let owner = Owner::new(config());
     let attacker = common::Attacker::new(&owner.pool, &config());

@@ -223,11 +223,15 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
     ))
 }
 
-/// Sends `count` frames of `size` bytes on a stream service, once its receiver is there.
-fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
+/// The byte stream `name`, as the stream roles open it.
+type ByteStream = fbuf::Service<fbuf::service::Stream<[u8]>>;
+
+/// Joins as a producer, opens stream `name`'s sender, says READY and waits (up to 30 s) for its
+/// receiver. The service is returned with the sender, to be kept as long.
+fn stream_sender(socket: &str, name: &str) -> Res<(ByteStream, fbuf::service::Sender<[u8]>)> {
     let pool = session::join(socket, Role::Producer)?;
     let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
-    let mut tx = svc.sender()?;
+    let tx = svc.sender()?;
     println!("READY");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !tx.has_receiver() {
@@ -236,6 +240,37 @@ fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    Ok((svc, tx))
+}
+
+/// Joins as a consumer, opens stream `name`'s receiver and says READY; then hands each sample
+/// to `take` with the number of messages taken so far, and adds the number it took from it,
+/// until `count` were taken or 60 s passed. Returns how many were taken.
+fn stream_receive(
+    socket: &str,
+    name: &str,
+    count: u64,
+    mut take: impl FnMut(fbuf::Sample<[u8]>, u64) -> u64,
+) -> Res<u64> {
+    let pool = session::join(socket, Role::Consumer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut rx = svc.receiver()?;
+    println!("READY");
+    let mut got = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got < count && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(s) => got += take(s, got),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
+}
+
+/// Sends `count` frames of `size` bytes on a stream service, once its receiver is there.
+fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
+    let (_svc, mut tx) = stream_sender(socket, name)?;
     for seq in 0..count {
         let mut b = tx.loan_bytes_timeout(size, super::LOAN_WAIT)?;
         fill(&mut b, seq);
@@ -247,26 +282,15 @@ fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
 
 /// Receives `count` frames from a stream service, every byte and the order checked.
 fn stream_rx(socket: &str, name: &str, count: u64) -> Res<String> {
-    let pool = session::join(socket, Role::Consumer)?;
-    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
-    let mut rx = svc.receiver()?;
-    println!("READY");
-    let (mut got, mut bad, mut out_of_order) = (0u64, 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got < count && Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(s) => {
-                match check(s.bytes()) {
-                    Some(seq) if seq == got => {}
-                    Some(_) => out_of_order += 1,
-                    None => bad += 1,
-                }
-                got += 1;
-            }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-            Err(e) => return Err(e.into()),
+    let (mut bad, mut out_of_order) = (0u64, 0u64);
+    let got = stream_receive(socket, name, count, |s, next| {
+        match check(s.bytes()) {
+            Some(seq) if seq == next => {}
+            Some(_) => out_of_order += 1,
+            None => bad += 1,
         }
-    }
+        1
+    })?;
     Ok(format!("count={got} bad={bad} out_of_order={out_of_order}"))
 }
 
@@ -279,17 +303,7 @@ fn record_len(seq: u64) -> usize {
 /// into buffers of up to 8 KiB on a stream service, once its receiver is there.
 fn records_tx(socket: &str, name: &str, count: u64) -> Res<String> {
     use fbuf::records::RecordWriter;
-    let pool = session::join(socket, Role::Producer)?;
-    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
-    let mut tx = svc.sender()?;
-    println!("READY");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !tx.has_receiver() {
-        if Instant::now() > deadline {
-            return Err("no receiver came".into());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let (_svc, mut tx) = stream_sender(socket, name)?;
     let (mut seq, mut buffers) = (0u64, 0u64);
     while seq < count {
         let mut b = tx.loan_bytes_timeout(8192, super::LOAN_WAIT)?;
@@ -309,33 +323,24 @@ fn records_tx(socket: &str, name: &str, count: u64) -> Res<String> {
 /// Receives `count` records from a stream service: each one's bytes, length, order and 8-byte
 /// alignment within its buffer checked.
 fn records_rx(socket: &str, name: &str, count: u64) -> Res<String> {
-    let pool = session::join(socket, Role::Consumer)?;
-    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
-    let mut rx = svc.receiver()?;
-    println!("READY");
-    let (mut got, mut bad, mut misaligned, mut buffers) = (0u64, 0u64, 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got < count && Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(s) => {
-                buffers += 1;
-                let start = s.bytes().as_ptr() as usize;
-                for r in s.records() {
-                    let Ok(r) = r else {
-                        bad += 1;
-                        break;
-                    };
-                    misaligned += u64::from(!(r.as_ptr() as usize - start).is_multiple_of(8));
-                    if check(r) != Some(got) || r.len() != record_len(got) {
-                        bad += 1;
-                    }
-                    got += 1;
-                }
+    let (mut bad, mut misaligned, mut buffers) = (0u64, 0u64, 0u64);
+    let got = stream_receive(socket, name, count, |s, first| {
+        buffers += 1;
+        let start = s.bytes().as_ptr() as usize;
+        let mut next = first;
+        for r in s.records() {
+            let Ok(r) = r else {
+                bad += 1;
+                break;
+            };
+            misaligned += u64::from(!(r.as_ptr() as usize - start).is_multiple_of(8));
+            if check(r) != Some(next) || r.len() != record_len(next) {
+                bad += 1;
             }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-            Err(e) => return Err(e.into()),
+            next += 1;
         }
-    }
+        next - first
+    })?;
     Ok(format!(
         "count={got} bad={bad} misaligned={misaligned} buffers={buffers}"
     ))

@@ -248,6 +248,9 @@ mod tests {
         let mut words = [0u64; 16];
         let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
         let mut w = RecordWriter::new(buf);
+        // A record whose length is not a multiple of 8 first: the ticks after it must still
+        // start aligned.
+        w.push(b"eur").unwrap();
         let ticks = [1u64, 2, 3].map(|i| Tick {
             price: 100 + i,
             size: 10 * i as u32,
@@ -260,7 +263,9 @@ mod tests {
         }
         let used = w.len();
         let bytes: &[u8] = bytemuck::cast_slice(&words);
-        let seen: Vec<&Tick> = read(&bytes[..used])
+        let mut records = read(&bytes[..used]);
+        assert_eq!(records.next(), Some(Ok(&b"eur"[..])));
+        let seen: Vec<&Tick> = records
             .map(|r| bytemuck::try_from_bytes(r.unwrap()).unwrap())
             .collect();
         assert_eq!(seen, ticks.iter().collect::<Vec<_>>());

@@ -107,6 +107,12 @@ impl RingReader {
                 Err(RecvError::Empty) => {}
                 other => return other,
             }
+            // A ring can read empty and not be (a many-to-one cell a sender claimed and has not
+            // published: `push_pending`); the wait below then returns at once, so the deadline is
+            // checked here too.
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(RecvError::Timeout);
+            }
             let unit = Unit::new(&self.pool, self.unit);
             if !wait_for_data(
                 &unit,

@@ -29,6 +29,7 @@ use crate::layout::{
 };
 use crate::region::{Region, RegionError};
 use crate::sync::{AtomicU64, Ordering};
+use crate::sys::memfd;
 use bytemuck::Zeroable;
 use participants::{ENTRY_WORDS, Entry};
 
@@ -354,7 +355,7 @@ pub(crate) static REAPER: std::sync::OnceLock<fn(&Pool)> = std::sync::OnceLock::
 /// Participant `id`'s liveness lock (`sys::lock`), held on a new open file description of the
 /// control memfd: whoever keeps that fd is alive for everyone else, until the kernel closes it.
 fn liveness_lock(control: &Region, id: u32) -> std::io::Result<OwnedFd> {
-    let fd = crate::sys::memfd::reopen(control.fd())?;
+    let fd = memfd::reopen(control.fd())?;
     crate::sys::lock::hold(&fd, id)?;
     Ok(fd)
 }
@@ -405,7 +406,7 @@ impl Pool {
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
         // Consumers get a read-only fd; mode 0400 keeps them (when of another uid) from reopening
         // it read-write through /proc. docs/safety.md says against whom this holds.
-        crate::sys::memfd::restrict_reopen(data.fd()).map_err(|source| RegionError::Io {
+        memfd::restrict_reopen(data.fd()).map_err(|source| RegionError::Io {
             what: "fchmod",
             source,
         })?;
@@ -766,29 +767,17 @@ impl Pool {
         // old ones, the slot's next owner writes new ones. (Slots smaller than a page share
         // pages with their neighbours and cannot; a consumer's recovery has no writable fd to
         // do it with. docs/architecture.md, "Known limits".)
-        let fresh_pages =
-            self.shared.writable && self.shared.participant(participant).has_egressed();
+        let egressed = self.shared.writable && self.shared.participant(participant).has_egressed();
+        let data = self.shared.data.fd();
         for (c, spec) in self.shared.layout.classes.iter().enumerate() {
-            let class = self.shared.class(c);
-            let (released, freed) = if fresh_pages
-                && spec.data_offset % crate::layout::PAGE == 0
-                && spec.slot_size % crate::layout::PAGE == 0
-            {
-                class.reclaim_with(participant, |slot| {
-                    let offset = (spec.data_offset + slot * spec.slot_size) as u64;
-                    if crate::sys::memfd::punch_hole(
-                        self.shared.data.fd(),
-                        offset,
-                        spec.slot_size as u64,
-                    )
-                    .is_ok()
-                    {
-                        r.renewed += 1;
-                    }
-                })
-            } else {
-                class.reclaim(participant)
-            };
+            let page = crate::layout::PAGE;
+            let renew = egressed && spec.data_offset % page == 0 && spec.slot_size % page == 0;
+            let (size, start) = (spec.slot_size as u64, spec.data_offset as u64);
+            let (released, freed) = self.shared.class(c).reclaim_with(participant, |slot| {
+                if renew && memfd::punch_hole(data, start + slot as u64 * size, size).is_ok() {
+                    r.renewed += 1;
+                }
+            });
             r.released += released;
             r.freed += freed;
         }

@@ -57,7 +57,6 @@ pub fn seals(fd: impl AsFd) -> io::Result<Option<SealFlag>> {
     }
 }
 
-/// The file's size in bytes (`fstat`).
 /// Gives bytes `offset..offset + len` of a memfd fresh pages: the old ones leave the file (pages
 /// the kernel still reads, queued in a socket or a pipe, stay as they were for those readers) and
 /// the range reads as zeros until written. The size does not change, so no mapping can fault
@@ -77,6 +76,7 @@ pub fn punch_hole(fd: impl AsFd, offset: u64, len: u64) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// The file's size in bytes (`fstat`).
 pub fn size(fd: impl AsFd) -> io::Result<u64> {
     let st = nix::sys::stat::fstat(fd.as_fd())?;
     Ok(st.st_size as u64)
