@@ -166,6 +166,15 @@ impl RingReader {
         // Entries 0..n are the popped cells, in `batch` order. The imports first, the handles
         // after (see `Pool::import_entry_held`); `taken` keeps the imported ones in order.
         let mut taken = 0;
+        // A batch's payloads are asked for before any import waits on a slot word, so their
+        // first lines cross while the words do. Only for messages longer than one line: for
+        // 64-byte ones each import's own prefetch is enough, and this loop measured as a cost
+        // (docs/benchmarks.md, "A real PREFETCHW").
+        if n > 1 {
+            for d in &self.batch[..n] {
+                self.pool.prefetch_payload(d);
+            }
+        }
         for e in 0..n {
             let d = self.batch[e];
             if !awaits_import(&j, e, &d) {

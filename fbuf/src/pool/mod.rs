@@ -648,6 +648,22 @@ impl Pool {
             generation,
             len: len as u32,
         };
+        // Next-fit allocation hands out the slot after this one next, and the caller is about to
+        // write this one. A write to a payload line that the slot's last reader still has waits
+        // for that line to come over, and the next allocation's locked CAS waits for that write
+        // to land: so each small message paid a line transfer in series. Asking for the next
+        // slot's first line now, for writing, starts that transfer a message early
+        // (docs/benchmarks.md, "A real PREFETCHW": 1.1-1.3x the rates). Not checked first for
+        // being free: reading its word costs a load of a line another core may hold, which
+        // measured as eating the gain; a queued slot's line pulled away from its reader costs
+        // that reader one transfer, never a wrong byte.
+        if slot + 1 < s.layout.classes[class].slot_count {
+            let next = Desc {
+                slot: slot as u32 + 1,
+                ..desc
+            };
+            crate::sync::prefetch::<true>(s.slot_ptr(&next));
+        }
         Ok(BufMut::new(self, desc))
     }
 
@@ -709,6 +725,16 @@ impl Pool {
     ) -> Result<Buf, DescError> {
         self.import_entry_held(j, e, desc)?;
         Ok(self.held(desc))
+    }
+
+    /// Asks for the first line of a received message longer than one line, ahead of a batch's
+    /// imports (see `RingReader::recv_batch`).
+    #[inline]
+    pub(crate) fn prefetch_payload(&self, desc: &Desc) {
+        let s = &self.shared;
+        if desc.len > 64 && s.check(desc).is_ok() {
+            crate::sync::prefetch::<false>(s.slot_ptr(desc));
+        }
     }
 
     /// A handle for a slot this process has just taken a holding of (by

@@ -19,23 +19,51 @@ pub mod readiness;
 /// write (`WRITE` true: PREFETCHW, which fetches the line in a state this core may write, so a
 /// load followed by a store or CAS takes one transfer instead of a shared fetch and an upgrade).
 /// No effect on correctness, none off x86-64 or under loom; never faults, whatever `p` is.
+///
+/// PREFETCHW is written as inline assembly: `_mm_prefetch::<_MM_HINT_ET0>` compiles to a plain
+/// PREFETCHT0 unless the build enables the `prfchw` target feature, which a default build does
+/// not (and which stable Rust cannot even name). So until 2026-11-27 every "PREFETCHW" here was
+/// a PREFETCHT0 in the binary. It is issued only where CPUID says the CPU has it (every x86-64
+/// CPU from AMD, Intel's since Broadwell); elsewhere the read prefetch stands in.
 #[inline(always)]
 pub(crate) fn prefetch<const WRITE: bool>(p: *const u8) {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
     {
-        use std::arch::x86_64::{_MM_HINT_ET0, _MM_HINT_T0, _mm_prefetch};
-        // SAFETY: a prefetch only hints the cache: it reads and writes nothing architecturally
-        // and does not fault on any address, mapped or not.
-        unsafe {
-            if WRITE {
-                _mm_prefetch::<_MM_HINT_ET0>(p.cast());
-            } else {
-                _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        if WRITE && has_prefetchw() {
+            // SAFETY: PREFETCHW only hints the cache: it reads and writes nothing
+            // architecturally, touches no register but its address operand, and does not fault
+            // on any address, mapped or not. CPUID said this CPU decodes it.
+            unsafe {
+                std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, preserves_flags));
             }
+        } else {
+            // SAFETY: as above, for PREFETCHT0, which every x86-64 CPU has.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
         }
     }
     #[cfg(not(all(target_arch = "x86_64", not(loom))))]
     let _ = p;
+}
+
+/// Whether this CPU has PREFETCHW (CPUID leaf 0x8000_0001, ECX bit 8), asked once per process.
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+#[inline(always)]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::AtomicU8;
+    // 0: not asked yet, 1: no, 2: yes. A race between two first askers stores the same answer.
+    static ANSWER: AtomicU8 = AtomicU8::new(0);
+    #[cold]
+    #[inline(never)]
+    fn ask() -> bool {
+        let yes = std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+        ANSWER.store(1 + yes as u8, Ordering::Relaxed);
+        yes
+    }
+    match ANSWER.load(Ordering::Relaxed) {
+        0 => ask(),
+        a => a == 2,
+    }
 }
 
 /// Tells the CPU (or loom's scheduler) that this thread is waiting for another one.
@@ -162,5 +190,39 @@ pub mod death {
         });
         #[cfg(not(loom))]
         false
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64", not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The CPUID bit asked is the one Linux reports as `3dnowprefetch` (PREFETCH/PREFETCHW).
+    #[test]
+    fn prefetchw_is_detected_as_the_kernel_sees_it() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+        let flags = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .expect("a flags line");
+        let kernel = flags.split_whitespace().any(|f| f == "3dnowprefetch");
+        assert_eq!(has_prefetchw(), kernel, "asked once");
+        assert_eq!(has_prefetchw(), kernel, "then remembered");
+    }
+
+    /// A prefetch of any address, mapped or not, does nothing: no fault, no value changed.
+    #[test]
+    fn prefetches_never_fault_or_write() {
+        let word = std::sync::atomic::AtomicU64::new(7);
+        for p in [
+            std::ptr::null::<u8>(),
+            8 as *const u8,
+            usize::MAX as *const u8,
+            (&word as *const std::sync::atomic::AtomicU64).cast(),
+        ] {
+            prefetch::<true>(p);
+            prefetch::<false>(p);
+        }
+        assert_eq!(word.load(Ordering::Relaxed), 7);
     }
 }
