@@ -661,15 +661,6 @@ impl Pool {
             generation,
             len: len as u32,
         };
-        // Next-fit allocation hands out the slot after this one next, and the caller is about to
-        // write this one. A write to a payload line that the slot's last reader still has waits
-        // for that line to come over, and the next allocation's locked CAS waits for that write
-        // to land: so each small message paid a line transfer in series. Asking for the next
-        // slot's first line now, for writing, starts that transfer a message early
-        // (docs/benchmarks.md, "A real PREFETCHW": 1.1-1.3x the rates). Not checked first for
-        // being free: reading its word costs a load of a line another core may hold, which
-        // measured as eating the gain; a queued slot's line pulled away from its reader costs
-        // that reader one transfer, never a wrong byte.
         // The caller asked for `len` bytes and is about to write them: the rest of the first
         // lines are asked for too, so their transfers run side by side rather than one store
         // after another (more would only wait for the same few fill buffers). Records gained
@@ -678,6 +669,16 @@ impl Pool {
         if len > 64 {
             ask_lines(s.slot_ptr(&desc), len);
         }
+        // Next-fit allocation hands out the slot after this one next. A write to a payload line
+        // that the slot's last reader still has waits for that line to come over, and the next
+        // allocation's locked CAS waits for that write to land: so each small message paid a
+        // line transfer in series. Asking for the next slot's first line now, for writing,
+        // starts that transfer a message early (docs/benchmarks.md, "A real PREFETCHW":
+        // 1.1-1.3x the rates). Not checked first for being free: reading its word costs a load
+        // of a line another core may hold, which measured as eating the gain; a queued slot's
+        // line pulled away from its reader costs that reader one transfer, never a wrong byte.
+        // (`next` is in bounds as a checked descriptor would be: same class, a slot below the
+        // class's count.)
         if slot + 1 < s.layout.classes[class].slot_count {
             let next = Desc {
                 slot: slot as u32 + 1,
@@ -1127,11 +1128,13 @@ impl Shared {
         Ok((d.class as usize, d.slot as usize))
     }
 
-    /// Pointer to the first byte of a checked descriptor's slot.
+    /// Pointer to the first byte of a descriptor's slot. The descriptor passed `check`, or its
+    /// class and slot are in bounds for another reason (the allocation's next slot).
     fn slot_ptr(&self, d: &Desc) -> *mut u8 {
         let c = &self.layout.classes[d.class as usize];
-        // SAFETY: `d` passed `check`, so the slot lies inside the data mapping by construction
-        // of the layout (which `attach` verified against the region's size).
+        // SAFETY: `d`'s class exists and its slot is below the class's count (`check`, or the
+        // caller's own bound), so the slot lies inside the data mapping by construction of the
+        // layout (which `attach` verified against the region's size).
         unsafe {
             self.data
                 .ptr()
