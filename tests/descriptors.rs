@@ -261,3 +261,67 @@ fn a_clone_keeps_its_slot_when_the_other_handle_goes() {
         assert_eq!(pool.free_count(), 4, "nothing leaked");
     }
 }
+
+/// Where a thread's loans land (`fbuf/src/pool/placement.rs`): one small loan at a time is
+/// spread a line of slot words apart; a loan made while the previous one is still held (a batch)
+/// or after a receive (an answer) takes the next slot; large slots always take the next one.
+#[test]
+fn loans_spread_one_at_a_time_and_stay_adjacent_in_a_batch_an_answer_or_a_large_slot() {
+    let pool = Pool::create(&PoolConfig {
+        classes: vec![
+            ClassSpec {
+                slot_size: 64,
+                slot_count: 64,
+            },
+            ClassSpec {
+                slot_size: 4096,
+                slot_count: 16,
+            },
+        ],
+        channels: vec![],
+        name: "placement-test".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let slot = |b: &fbuf::BufMut| b.desc().slot;
+    // Each in a fresh thread: the guess is per thread.
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            let a = pool.alloc(64).unwrap();
+            let b = pool.alloc(64).unwrap(); // `a` still held: a batch
+            assert_eq!(
+                (slot(&a), slot(&b)),
+                (0, 8),
+                "the first loan spreads, the second not"
+            );
+            drop((a, b));
+            let c = pool.alloc(64).unwrap();
+            assert_eq!(slot(&c), 9, "after the batch, the cursor went on from it");
+            drop(c);
+            let d = pool.alloc(64).unwrap();
+            assert_eq!(slot(&d), 17, "one at a time: a line of words on");
+            // An answer: this thread imports a buffer, then loans.
+            let d = d.freeze();
+            let again = pool.import(d.share().unwrap()).unwrap();
+            drop((d, again));
+            let e = pool.alloc(64).unwrap();
+            assert_eq!(
+                slot(&e),
+                25,
+                "the loan after a receive takes the cursor's slot"
+            );
+            let f = pool.alloc(64).unwrap();
+            assert_eq!(slot(&f), 26, "and goes on adjacent while `e` is held");
+        })
+        .join()
+        .unwrap();
+        t.spawn(|| {
+            let g = pool.alloc(4096).unwrap();
+            drop(g);
+            let h = pool.alloc(4096).unwrap();
+            assert_eq!(h.desc().slot, 1, "4 KiB slots are never spread");
+        })
+        .join()
+        .unwrap();
+    });
+}

@@ -12,10 +12,10 @@
 //! participant in the word itself, which capped a pool at 24 participants and a slot at 255
 //! descriptors in flight; the rows lift both caps (docs/architecture.md).
 //!
-//! Allocation is next-fit: a shared cursor names the slot after the last one allocated, and the
-//! allocator claims the first free slot from there by CAS. In streaming use slots come back in
-//! about the order they went out, so the slot under the cursor is almost always free: one load and
-//! one CAS, O(1). The scan is O(n) only when the class is nearly exhausted. An earlier version kept
+//! Allocation is next-fit: a shared cursor names the slot after the last one allocated (the
+//! next one, or the one 8 on: [`Placement`]), and the allocator claims the first free slot from
+//! there by CAS. In streaming use slots come back in about the order they went out, so the slot
+//! under the cursor is almost always free: one load and one CAS, O(1). The scan is O(n) only when the class is nearly exhausted. An earlier version kept
 //! a bitmap of free hints; allocators clearing and releasers setting bits in the same words made
 //! those words bounce between cores on every message, and dropping the bitmap nearly doubled the
 //! 64-byte message rate between two processes (docs/benchmarks.md).
@@ -37,6 +37,28 @@ use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, prefetch, spin_hint}
 /// participants' rows never share a line.
 pub const fn row_bytes(slots: usize) -> usize {
     slots.div_ceil(128) * 128
+}
+
+/// State words in one 64-byte cache line.
+const WORDS_PER_LINE: usize = 8;
+
+/// Which free slot an allocation looks at first, after the one the cursor names.
+///
+/// Slot words sit 8 to a cache line. A sender that allocates, writes and sends one message at a
+/// time, with a receiver a message or two behind it, worked on the same line as that receiver:
+/// its allocation's CAS on slot `s + 1` and the receiver's import and release of slot `s` took
+/// the line from each other several times per message. Spread placement takes the slot 8 on
+/// instead, whose word is on the next line (1.7x the one-per-call rate of 64-byte messages between
+/// two processes, docs/benchmarks.md, "Spread placement"). A batch wants the opposite: 32
+/// neighbouring slots share 4 lines, which cross between the cores once each. The pool picks per
+/// allocation (`pool::placement`); either order is only where the search starts, never which
+/// slot may be taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The slot after the last one allocated.
+    Adjacent,
+    /// The slot 8 after the last one allocated, on the next line of words.
+    Spread,
 }
 
 /// The shared words of one size class.
@@ -172,23 +194,63 @@ impl<'a> ClassSlots<'a> {
     }
 
     /// Claims a free slot for `holder` (as its owner); returns `(slot, generation)`, or `None` if
-    /// every slot is taken (or `holder` has no row).
+    /// every slot is taken (or `holder` has no row). Looks from the cursor in
+    /// [`Placement::Adjacent`] order.
     #[inline]
     pub fn alloc(&self, holder: u32) -> Option<(usize, u32)> {
+        self.alloc_placed(holder, Placement::Adjacent)
+            .map(|(slot, generation, _)| (slot, generation))
+    }
+
+    /// [`ClassSlots::alloc`] looking in `placement`'s order; also returns the slot the cursor
+    /// names next (where the next allocation looks first), so the caller can ask for its lines.
+    /// Either order visits every slot once in `n` steps, so a free slot is found if there is one.
+    #[inline]
+    pub fn alloc_placed(&self, holder: u32, placement: Placement) -> Option<(usize, u32, usize)> {
         let n = self.states.len();
         if n == 0 || self.bit(0, holder).is_none() {
             return None;
         }
-        let start = self.cursor.load(Ordering::Relaxed) as usize % n;
-        for k in 0..n {
-            let slot = (start + k) % n;
+        let mut slot = self.cursor.load(Ordering::Relaxed) as usize % n;
+        for _ in 0..n {
             if let Some(generation) = self.try_claim(slot, holder) {
-                self.cursor
-                    .store(((slot + 1) % n) as u32, Ordering::Relaxed);
-                return Some((slot, generation));
+                let next = self.next_after(slot, placement);
+                self.cursor.store(next as u32, Ordering::Relaxed);
+                if placement == Placement::Spread {
+                    // The next slot's word is on another line than this one's: ask for it now,
+                    // for its CAS (measured: without this, spreading bought half as much).
+                    self.prefetch_word(next);
+                }
+                return Some((slot, generation, next));
             }
+            slot = self.next_after(slot, placement);
         }
         None
+    }
+
+    /// The slot after `slot` in `placement`'s order (below `n`, the slot count). Spread order is
+    /// lanes: `0, 8, 16, ..`, then `1, 9, 17, ..`, and so on, one cycle through every slot; a
+    /// class whose count is not a multiple of 8 (or below 16) has no lanes and is adjacent.
+    pub fn next_after(&self, slot: usize, placement: Placement) -> usize {
+        let n = self.states.len();
+        let lanes = placement == Placement::Spread && n >= 16 && n.is_multiple_of(WORDS_PER_LINE);
+        if !lanes {
+            return (slot + 1) % n.max(1);
+        }
+        let ahead = slot + WORDS_PER_LINE;
+        if ahead < n {
+            ahead
+        } else {
+            (slot % WORDS_PER_LINE + 1) % WORDS_PER_LINE
+        }
+    }
+
+    /// Asks for `slot`'s state word's line for writing (nothing if there is no such slot).
+    #[inline]
+    fn prefetch_word(&self, slot: usize) {
+        if let Some(w) = self.states.get(slot) {
+            prefetch::<true>((w as *const AtomicU64).cast());
+        }
     }
 
     /// One CAS from free to owned by `holder`, with the generation bumped.
@@ -778,6 +840,54 @@ mod tests {
         assert!(c.release(a, 0));
         let (b, _) = c.alloc(0).unwrap();
         assert_ne!(a, b, "a just-freed slot is not reused at once");
+    }
+
+    #[test]
+    fn spread_order_is_one_cycle_through_every_slot_a_line_apart() {
+        for n in [16, 64, 4096] {
+            let heap = HeapClass::new(n);
+            let c = heap.slots();
+            let mut seen = vec![false; n];
+            let mut slot = 3;
+            for _ in 0..n {
+                assert!(!seen[slot], "{n} slots: slot {slot} visited twice");
+                seen[slot] = true;
+                let next = c.next_after(slot, Placement::Spread);
+                if next > slot {
+                    assert_eq!(next - slot, WORDS_PER_LINE, "{n} slots: {slot} -> {next}");
+                }
+                slot = next;
+            }
+            assert_eq!(slot, 3, "{n} slots: the cycle closes");
+            assert!(seen.iter().all(|&v| v));
+        }
+        // No lanes where the count is not a multiple of a line of words, or is below two lines.
+        for n in [8, 12, 100] {
+            let heap = HeapClass::new(n);
+            let c = heap.slots();
+            assert_eq!(c.next_after(n - 1, Placement::Spread), 0);
+            assert_eq!(c.next_after(2, Placement::Spread), 3);
+        }
+    }
+
+    #[test]
+    fn spread_allocation_steps_a_line_and_still_finds_the_last_free_slot() {
+        let heap = HeapClass::new(32);
+        let c = heap.slots();
+        let taken: Vec<usize> = (0..5)
+            .map(|_| c.alloc_placed(0, Placement::Spread).unwrap().0)
+            .collect();
+        assert_eq!(taken, [0, 8, 16, 24, 1]);
+        let (a, _, next) = c.alloc_placed(0, Placement::Adjacent).unwrap();
+        assert_eq!((a, next), (9, 10), "adjacent goes on from the cursor");
+        for _ in 6..31 {
+            c.alloc_placed(0, Placement::Spread).unwrap();
+        }
+        let last = c.alloc_placed(0, Placement::Spread).unwrap().0;
+        assert_eq!(c.free_count(), 0, "slot {last} was the last");
+        assert!(c.alloc_placed(0, Placement::Spread).is_none());
+        assert!(c.release(17, 0));
+        assert_eq!(c.alloc_placed(0, Placement::Spread).map(|t| t.0), Some(17));
     }
 
     #[test]

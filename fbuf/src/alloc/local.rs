@@ -155,9 +155,19 @@ impl LocalRefs {
             .map(|k| from + k)
     }
 
-    /// The current count (for tests and diagnostics).
+    /// The current count (for tests, diagnostics and the allocation's placement guess).
     pub fn count(&self, i: usize) -> u32 {
         self.counts[i].load(Ordering::Relaxed)
+    }
+
+    /// Slots counted.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether no slot is counted.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
     }
 }
 

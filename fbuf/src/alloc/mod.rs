@@ -5,7 +5,7 @@ pub mod local;
 pub mod orphans;
 pub mod state;
 
-pub use class::{ClassSlots, HeapClass, SlotError, row_bytes};
+pub use class::{ClassSlots, HeapClass, Placement, SlotError, row_bytes};
 pub use local::LocalRefs;
 pub use state::{MAX_HOLDERS, MAX_IN_FLIGHT, PARTICIPANT_LIMIT, SlotState};
 

@@ -10,6 +10,7 @@ mod desc;
 mod lifetime;
 #[doc(hidden)]
 pub mod participants;
+mod placement;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -642,14 +643,17 @@ impl Pool {
             len,
             max: s.layout.classes.last().map_or(0, |c| c.slot_size),
         })?;
-        let (slot, generation) = s.class(class).alloc(s.me).ok_or(AllocError::Exhausted {
-            class,
-            slot_size: s.layout.classes[class].slot_size,
-        })?;
-        if !s
-            .local
-            .first_after_alloc(s.layout.classes[class].first_slot + slot)
-        {
+        let placement = placement::choose(&s.local, s.layout.classes[class].slot_size);
+        let (slot, generation, next_slot) =
+            s.class(class)
+                .alloc_placed(s.me, placement)
+                .ok_or(AllocError::Exhausted {
+                    class,
+                    slot_size: s.layout.classes[class].slot_size,
+                })?;
+        let index = s.layout.classes[class].first_slot + slot;
+        placement::loaned(index);
+        if !s.local.first_after_alloc(index) {
             // Our bit was cleared behind our back and the slot looked free: keep the bit (our
             // live handles need it) and refuse to alias them.
             return Err(AllocError::Corrupted { class, slot });
@@ -669,7 +673,7 @@ impl Pool {
         if len > 64 {
             ask_lines(s.slot_ptr(&desc), len);
         }
-        // Next-fit allocation hands out the slot after this one next. A write to a payload line
+        // Next-fit allocation hands out the slot the cursor names next. A write to a payload line
         // that the slot's last reader still has waits for that line to come over, and the next
         // allocation's locked CAS waits for that write to land: so each small message paid a
         // line transfer in series. Asking for the next slot's first line now, for writing,
@@ -679,9 +683,9 @@ impl Pool {
         // line pulled away from its reader costs that reader one transfer, never a wrong byte.
         // (`next` is in bounds as a checked descriptor would be: same class, a slot below the
         // class's count.)
-        if slot + 1 < s.layout.classes[class].slot_count {
+        if next_slot < s.layout.classes[class].slot_count {
             let next = Desc {
-                slot: slot as u32 + 1,
+                slot: next_slot as u32,
                 ..desc
             };
             crate::sync::prefetch::<true>(s.slot_ptr(&next));
@@ -723,6 +727,7 @@ impl Pool {
     /// Turns a descriptor another process made with [`Buf::share`] into a handle. Every field is
     /// checked first; a descriptor can be imported once.
     pub fn import(&self, desc: Desc) -> Result<Buf, DescError> {
+        placement::received();
         let s = &self.shared;
         let (class, slot) = s.check(&desc)?;
         let slots = s.class(class);
@@ -776,6 +781,7 @@ impl Pool {
         e: usize,
         desc: Desc,
     ) -> Result<(), DescError> {
+        placement::received();
         let s = &self.shared;
         if let Err(err) = s.check(&desc) {
             j.set(e, journal::State::Done);
