@@ -48,7 +48,7 @@ const WORDS_PER_LINE: usize = 8;
 /// time, with a receiver a message or two behind it, worked on the same line as that receiver:
 /// its allocation's CAS on slot `s + 1` and the receiver's import and release of slot `s` took
 /// the line from each other several times per message. Spread placement takes the slot 8 on
-/// instead, whose word is on the next line (1.7x the one-per-call rate of 64-byte messages between
+/// instead, whose word is on the next line (1.6-1.9x the one-per-call rate of 64-byte messages between
 /// two processes, docs/benchmarks.md, "Spread placement"). A batch wants the opposite: 32
 /// neighbouring slots share 4 lines, which cross between the cores once each. The pool picks per
 /// allocation (`pool::placement`); either order is only where the search starts, never which

@@ -26,8 +26,8 @@ thread_local! {
 }
 
 /// Largest slots that are spread. At 4 KiB a slot's own lines, not its word's, are what
-/// crosses between the cores, and spreading 4 KiB slots measured 0.8x the rate of records packed
-/// in them (docs/benchmarks.md, "Spread placement"); 64-byte slots gained 1.7x. Sizes between
+/// crosses between the cores, and spreading 4 KiB slots measured 0.75-0.89x the rate of records packed
+/// in them (docs/benchmarks.md, "Spread placement"); 64-byte slots gained 1.6-1.9x. Sizes between
 /// were not measured apart: up to four lines is the guess.
 const SPREAD_MAX_SLOT: usize = 256;
 
