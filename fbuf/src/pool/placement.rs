@@ -4,10 +4,11 @@
 //! a receiver on another core (a stream one message per call); adjacent placement when it loans a
 //! batch before sending it, or when it answers what it just received (a ping-pong, a request and
 //! its reply), where the line of the slot it released a moment ago is still in its cache
-//! (docs/benchmarks.md, "Spread placement": spreading a ping-pong's loans made its one way about
-//! 1.08x longer). So a thread's allocation is spread unless:
-//! - its previous loan is still held in this process (a batch being filled), or
-//! - it imported a buffer since its previous loan (it answers).
+//! (docs/benchmarks.md, "Spread placement": spreading a ping-pong's loans made its one way
+//! 1.02-1.17x longer). So a thread's allocation is spread unless:
+//! - its previous loan is still held in this process (a batch being filled),
+//! - it imported a buffer since its previous loan (it answers), or
+//! - the slot is larger than [`SPREAD_MAX_SLOT`].
 //!
 //! Only where a search starts depends on the guess, never which slot may be taken: a wrong guess
 //! costs speed, not correctness. The state is two thread-locals, so a guess costs no shared
@@ -26,9 +27,9 @@ thread_local! {
 }
 
 /// Largest slots that are spread. At 4 KiB a slot's own lines, not its word's, are what
-/// crosses between the cores, and spreading 4 KiB slots measured 0.75-0.89x the rate of records packed
-/// in them (docs/benchmarks.md, "Spread placement"); 64-byte slots gained 1.6-1.9x. Sizes between
-/// were not measured apart: up to four lines is the guess.
+/// crosses between the cores, and spreading 4 KiB slots measured 0.75-0.89x the rate of records
+/// packed in them (docs/benchmarks.md, "Spread placement"); 64-byte slots gained 1.6-1.9x. Sizes
+/// between were not measured apart: up to four lines is the guess.
 const SPREAD_MAX_SLOT: usize = 256;
 
 /// The placement for this thread's next allocation of a `slot_size`-byte slot from a pool
