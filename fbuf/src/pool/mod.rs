@@ -643,6 +643,7 @@ impl Pool {
             len,
             max: s.layout.classes.last().map_or(0, |c| c.slot_size),
         })?;
+        // Where the search starts: a guess at how this thread sends (`placement`).
         let placement = placement::choose(&s.local, s.layout.classes[class].slot_size);
         let (slot, generation, next_slot) =
             s.class(class)
