@@ -234,11 +234,16 @@ fn a_service_whose_last_user_is_killed_goes_with_it() {
     });
     // Its rings and its three queued buffers are back: a service can take every ring again.
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
-    let all = owner
-        .pool
+    assert_every_ring_free(&owner.pool, 32);
+}
+
+/// Every service ring of the pool is free: a publish-subscribe service of `subscribers`, sized
+/// by the caller to need all of them, can be created.
+fn assert_every_ring_free(pool: &fbuf::Pool, subscribers: u32) {
+    let all = pool
         .service("all-rings")
         .publish_subscribe::<u64>()
-        .subscriber_max(32)
+        .subscriber_max(subscribers)
         .create();
     assert!(all.is_ok(), "{all:?}");
 }
@@ -982,11 +987,5 @@ fn removers_killed_while_draining(kind: &str, rounds: u64) {
     }
     let _ = std::fs::remove_dir_all(&dir);
     // Every ring came back too: one service can take all four.
-    let all = owner
-        .pool
-        .service("all-rings")
-        .publish_subscribe::<u64>()
-        .subscriber_max(3)
-        .create();
-    assert!(all.is_ok(), "{all:?}");
+    assert_every_ring_free(&owner.pool, 3);
 }

@@ -85,7 +85,7 @@ pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_SERVICE_RINGS: u32 = 65536;
 
 pub(crate) const PAGE: usize = 4096;
-const LINE: usize = 64;
+pub(crate) const LINE: usize = 64;
 
 /// One size class as recorded in the header.
 #[repr(C)]

@@ -25,8 +25,8 @@ pub use participants::Role;
 use crate::alloc::{ClassSlots, DEFAULT_MAX_PARTICIPANTS, LocalRefs, row_bytes};
 use crate::journal::{self, Journal, SlotRef};
 use crate::layout::{
-    ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, Layout, LayoutError, MAGIC, MAX_CHANNELS,
-    MAX_CLASSES, ServiceLimits, VERSION, channel_kind,
+    ChannelSpec, ClassSpec, HEADER_SIZE, HeaderFields, LINE, Layout, LayoutError, MAGIC,
+    MAX_CHANNELS, MAX_CLASSES, ServiceLimits, VERSION, channel_kind,
 };
 use crate::region::{Region, RegionError};
 use crate::sync::{AtomicU64, Ordering};
@@ -42,8 +42,8 @@ const LOAN_LINES_ASKED: usize = 8;
 /// line: a 64-byte loan, the common small message, does not carry the loop).
 #[inline(never)]
 fn ask_lines(here: *const u8, len: usize) {
-    for line in 1..len.div_ceil(64).min(LOAN_LINES_ASKED) {
-        crate::sync::prefetch::<true>(here.wrapping_add(line * 64));
+    for line in 1..len.div_ceil(LINE).min(LOAN_LINES_ASKED) {
+        crate::sync::prefetch::<true>(here.wrapping_add(line * LINE));
     }
 }
 
@@ -643,16 +643,17 @@ impl Pool {
             len,
             max: s.layout.classes.last().map_or(0, |c| c.slot_size),
         })?;
+        let spec = &s.layout.classes[class];
         // Where the search starts: a guess at how this thread sends (`placement`).
-        let placement = placement::choose(&s.local, s.layout.classes[class].slot_size);
+        let placement = placement::choose(&s.local, spec.slot_size);
         let (slot, generation, next_slot) =
             s.class(class)
                 .alloc_placed(s.me, placement)
                 .ok_or(AllocError::Exhausted {
                     class,
-                    slot_size: s.layout.classes[class].slot_size,
+                    slot_size: spec.slot_size,
                 })?;
-        let index = s.layout.classes[class].first_slot + slot;
+        let index = spec.first_slot + slot;
         placement::loaned(index);
         if !s.local.first_after_alloc(index) {
             // Our bit was cleared behind our back and the slot looked free: keep the bit (our
@@ -671,7 +672,7 @@ impl Pool {
         // after another (more would only wait for the same few fill buffers). Records gained
         // from it, beside their reader's read-ahead (docs/benchmarks.md, "Prefetching what a
         // buffer will hold"); a 64-byte message has no line beyond its first.
-        if len > 64 {
+        if len > LINE {
             ask_lines(s.slot_ptr(&desc), len);
         }
         // Next-fit allocation hands out the slot the cursor names next. A write to a payload line
@@ -684,7 +685,7 @@ impl Pool {
         // line pulled away from its reader costs that reader one transfer, never a wrong byte.
         // (`next` is in bounds as a checked descriptor would be: same class, a slot below the
         // class's count.)
-        if next_slot < s.layout.classes[class].slot_count {
+        if next_slot < spec.slot_count {
             let next = Desc {
                 slot: next_slot as u32,
                 ..desc
@@ -760,7 +761,7 @@ impl Pool {
     #[inline]
     pub(crate) fn prefetch_payload(&self, desc: &Desc) {
         let s = &self.shared;
-        if desc.len > 64 && s.check(desc).is_ok() {
+        if desc.len as usize > LINE && s.check(desc).is_ok() {
             crate::sync::prefetch::<false>(s.slot_ptr(desc));
         }
     }
