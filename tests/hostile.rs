@@ -408,3 +408,119 @@ fn a_descriptor_taken_from_someone_elses_ring_is_named_not_lost() {
     drop(stolen);
     assert_eq!(pool.free_count(), pool.slot_count(), "nothing leaked");
 }
+
+/// A peer copies each descriptor sent on one channel into a second channel's ring (any
+/// participant can write any ring), and two threads of one receiving process pop the two copies
+/// at the same moment, round after round. Exactly one of them may get the buffer, the other a
+/// named error, and the process's handle count must stay right: before the count's first step
+/// was a CAS, both threads could take the slot and hold two handles counted as one, and the
+/// first one's drop freed the slot under the second (loom:
+/// `duplicated_lone_descriptor_imported_by_two_threads`).
+#[test]
+fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    const ROUNDS: u64 = 100_000;
+    let spsc = ChannelSpec {
+        kind: channel_kind::ONE_TO_ONE,
+        capacity: 8,
+        receivers: 1,
+        reserved: 0,
+    };
+    let config = PoolConfig {
+        channels: vec![spsc, spsc],
+        ..PoolConfig::default()
+    };
+    let pool = Pool::create(&config).unwrap();
+    let a = common::Attacker::new(&pool, &config);
+    let dir = std::env::temp_dir().join(format!("fbuf-dup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server =
+        fbuf::session::Server::start(pool.clone(), dir.join("s"), Default::default()).unwrap();
+    let receiving = fbuf::session::join(server.path(), fbuf::Role::Consumer).unwrap();
+    let mut tx = pool.sender(0).unwrap();
+    // Each thread spins until `go` names the round, takes what its ring holds, and reports.
+    let go = Arc::new(AtomicU64::new(0));
+    let reported = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|ch| {
+            let mut rx = receiving.receiver(ch).unwrap();
+            let (go, reported, done, taken) =
+                (go.clone(), reported.clone(), done.clone(), taken.clone());
+            let pool = receiving.clone();
+            std::thread::spawn(move || {
+                for round in 1..=ROUNDS {
+                    let mut spins = 0u32;
+                    while go.load(Ordering::Acquire) != round {
+                        // Two cores, three threads: let the one that sends run.
+                        spins += 1;
+                        if spins.is_multiple_of(64) {
+                            std::thread::yield_now();
+                        }
+                        std::hint::spin_loop();
+                    }
+                    let got = rx.try_recv();
+                    reported.fetch_add(1, Ordering::AcqRel);
+                    match got {
+                        Ok(b) => {
+                            assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
+                            taken.fetch_add(1, Ordering::SeqCst);
+                            // Held until both threads have tried, then dropped.
+                            while reported.load(Ordering::Acquire) < 2 * round {
+                                std::thread::yield_now();
+                            }
+                            drop(b);
+                        }
+                        Err(RecvError::Desc(_)) => {}
+                        Err(e) => panic!("round {round}: {e:?}"),
+                    }
+                    done.fetch_add(1, Ordering::AcqRel);
+                }
+                drop(pool);
+            })
+        })
+        .collect();
+    let cell = |ch: usize, pos: u64| {
+        let u = a.layout.channels[ch].units[0];
+        u.values_offset + (pos as usize % u.capacity) * 32
+    };
+    for round in 1..=ROUNDS {
+        let mut b = pool.alloc(64).unwrap();
+        b[..8].copy_from_slice(&round.to_le_bytes());
+        tx.try_send(b.freeze()).unwrap();
+        // The copy: the descriptor's two words, then the stamp and the tail of channel 1.
+        let (from, to) = (cell(0, round - 1), cell(1, round - 1));
+        for w in [8, 16] {
+            let v = a.word(from + w).load(Ordering::SeqCst);
+            a.word(to + w).store(v, Ordering::SeqCst);
+        }
+        a.word(to).store(round, Ordering::SeqCst);
+        let tail = a.layout.channels[1].units[0].tail_offset;
+        a.word(tail).store(round, Ordering::SeqCst);
+        go.store(round, Ordering::Release);
+        let limit = Instant::now() + Duration::from_secs(10);
+        while done.load(Ordering::Acquire) < 2 * round {
+            assert!(
+                Instant::now() < limit,
+                "round {round}: a receiving thread is stuck ({} took the buffer)",
+                taken.load(Ordering::SeqCst) as u64 + 1 - round
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            taken.load(Ordering::SeqCst) as u64,
+            round,
+            "round {round}: one descriptor in flight, one buffer taken"
+        );
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(pool.free_count(), pool.slot_count(), "nothing leaked");
+    drop(receiving);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

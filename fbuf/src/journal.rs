@@ -501,8 +501,9 @@ pub fn lend(
 #[inline]
 pub fn import(j: &Journal<'_>, e: usize, s: &SlotRef<'_, '_>) -> Result<(), SlotError> {
     // The common case, the only descriptor of a slot nobody holds, taken by a process with no
-    // handle to it: no locked instruction (see `ClassSlots::lent_alone` and
-    // `LocalRefs::take_only`), journaled like the `Fresh` import below.
+    // handle to it: no locked instruction on a shared line, only the CAS of our own handle
+    // count (see `ClassSlots::lent_alone` and `LocalRefs::take_only`), journaled like the
+    // `Fresh` import below.
     let alone = || s.class.lent_alone(s.slot, s.generation, s.me);
     let taken = s.local.take_only(s.index, alone, || {
         j.set(e, State::Importing(Import::Fresh));

@@ -556,6 +556,45 @@ fn local_hand_off_vs_import() {
     });
 }
 
+/// A peer duplicated a descriptor (every participant can write any ring) and two threads of one
+/// receiving process import the copies at once, each from its own ring and journal. The slot was
+/// handed off alone ("one in flight, no holder"), so each sees the lone import's case: at most
+/// one may take it, and the process's handle count must equal the handles it got. (With the
+/// count taken by a load and a store, both threads read 0 and both got a handle counted once:
+/// the first handle's drop freed the slot under the second.)
+#[test]
+fn duplicated_lone_descriptor_imported_by_two_threads() {
+    let _g = serial();
+    loom::model(|| {
+        let class = Arc::new(HeapClass::new(1));
+        let local = Arc::new(LocalRefs::new(1));
+        let (slot, generation) = class.slots().alloc(1).unwrap(); // the sender, participant 1
+        class.slots().hand_off_alone(slot, generation, 1, 1);
+        let import = move |class: Arc<HeapClass>, local: Arc<LocalRefs>| {
+            let words = journal_words();
+            let j = Journal::new(&words);
+            j.begin(Op::Recv, 0, 0, std::iter::empty());
+            let e = j
+                .push_entry([slot as u64, u64::from(generation)], State::Popped)
+                .unwrap();
+            let c = class.slots();
+            let s = slot_ref(&c, &local, 0, slot, generation, 0);
+            journal::import(&j, e, &s).is_ok()
+        };
+        let other = {
+            let (class, local) = (class.clone(), local.clone());
+            thread::spawn(move || import(class, local))
+        };
+        let here = import(class.clone(), local.clone());
+        let taken = u32::from(here) + u32::from(other.join().unwrap());
+        assert_eq!(taken, 1, "one descriptor in flight, one import");
+        assert_eq!(local.count(0), taken, "every handle counted");
+        let s = class.slots().state(0).unwrap();
+        assert!(class.slots().is_held_by(0, 0));
+        assert_eq!((s.all_holders(), s.in_flight()), (1, 0));
+    });
+}
+
 /// Reclamation: the owner releases a dead participant's holdings while a live holder of the same
 /// slot releases its own. The slot is freed exactly once, and only after both are gone.
 #[test]

@@ -575,7 +575,11 @@ impl<'a> ClassSlots<'a> {
     /// is clear. Then nobody else may change the word until the caller does: taking or dropping
     /// the descriptor needs the descriptor, which the caller alone popped; holding, lending or
     /// releasing needs a holding, and there is none; recovery touches only a dead participant's
-    /// holdings and markers. So [`ClassSlots::take_alone`] may follow without a CAS.
+    /// holdings and markers. So [`ClassSlots::take_alone`] may follow without a CAS. ("Alone"
+    /// assumes no peer copied the descriptor into another ring. Within one process the handle
+    /// count's CAS in `LocalRefs::take_only` lets one copy through; copies taken by two processes
+    /// can both store the word, which leaves it naming one of them, no worse than a peer's
+    /// scribble on it.)
     ///
     /// The load is Acquire: it pairs with the Release of the hand-off, so the bytes the sender
     /// wrote are visible to the taker, as with [`ClassSlots::take_lent`].

@@ -97,16 +97,21 @@ impl LocalRefs {
         &self.counts[i]
     }
 
-    /// [`give_only`]'s other half: takes the first handle of a slot without a locked
-    /// instruction when `alone` says the caller's descriptor is the slot's only reference and no
-    /// thread of this process has a handle. Then the count becomes 1 and `take` runs (and must
-    /// take the holding). Returns None, changing nothing, otherwise (the caller takes the locked
-    /// path).
+    /// [`give_only`]'s other half: takes the first handle of a slot without the count's lock
+    /// (and the slot word's CAS) when `alone` says the caller's descriptor is the slot's only
+    /// reference and no thread of this process has a handle. Then the count becomes 1 and `take`
+    /// runs (and must take the holding). Returns None, changing nothing, otherwise (the caller
+    /// takes the locked path).
     ///
     /// `alone` runs first: its Acquire read of the slot word orders the count's read after the
     /// last release of the slot by a thread of ours (which stored 0 before it freed the slot), so
-    /// a 0 read then is not an old one. No lock is needed: with no handle of ours and the
-    /// descriptor the caller's, no other thread of this process can add one.
+    /// a 0 read then is not an old one. The count goes from 0 to 1 by CAS, not by a load and a
+    /// store: the descriptor is the caller's alone only if no peer copied it, and any peer can
+    /// write any ring. Two threads of ours that popped copies would both read 0, both take, and
+    /// hold two handles counted as one: the first one's drop would free the slot under the second
+    /// (loom: `duplicated_lone_descriptor_imported_by_two_threads`). With the CAS one of them
+    /// wins and the other takes the locked path, where the slot word refuses its copy. The CAS is
+    /// on this process's own line, which no other core writes.
     #[inline]
     pub fn take_only<R>(
         &self,
@@ -115,10 +120,13 @@ impl LocalRefs {
         take: impl FnOnce() -> R,
     ) -> Option<R> {
         let count = &self.counts[i];
-        if !alone() || count.load(Ordering::Relaxed) != 0 {
+        if !alone()
+            || count
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
             return None;
         }
-        count.store(1, Ordering::Relaxed);
         Some(take())
     }
 
