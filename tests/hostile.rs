@@ -409,59 +409,118 @@ fn a_descriptor_taken_from_someone_elses_ring_is_named_not_lost() {
     assert_eq!(pool.free_count(), pool.slot_count(), "nothing leaked");
 }
 
-/// A peer copies each descriptor sent on one channel into a second channel's ring (any
-/// participant can write any ring), and two threads of one receiving process pop the two copies
-/// at the same moment, round after round. Exactly one of them may get the buffer, the other a
-/// named error, and the process's handle count must stay right: before the count's first step
-/// was a CAS, both threads could take the slot and hold two handles counted as one, and the
-/// first one's drop freed the slot under the second (loom:
-/// `duplicated_lone_descriptor_imported_by_two_threads`).
+/// Two one-to-one channels: the pool's owner sends on channel 0, a receiving process (joined
+/// through a session) holds both receivers, and a peer copies what is queued on channel 0 into
+/// channel 1's ring, as any participant can.
+struct CopiedRings {
+    pool: Pool,
+    attacker: common::Attacker,
+    receiving: Pool,
+    _server: fbuf::session::Server,
+    dir: std::path::PathBuf,
+}
+
+impl CopiedRings {
+    fn new(name: &str) -> CopiedRings {
+        let spsc = ChannelSpec {
+            kind: channel_kind::ONE_TO_ONE,
+            capacity: 8,
+            receivers: 1,
+            reserved: 0,
+        };
+        let config = PoolConfig {
+            channels: vec![spsc, spsc],
+            ..PoolConfig::default()
+        };
+        let pool = Pool::create(&config).unwrap();
+        let attacker = common::Attacker::new(&pool, &config);
+        let dir = std::env::temp_dir().join(format!("fbuf-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server =
+            fbuf::session::Server::start(pool.clone(), dir.join("s"), Default::default()).unwrap();
+        let receiving = fbuf::session::join(server.path(), fbuf::Role::Consumer).unwrap();
+        CopiedRings {
+            pool,
+            attacker,
+            receiving,
+            _server: server,
+            dir,
+        }
+    }
+
+    /// Copies the descriptor at position `pos` of channel 0 into channel 1 at the same position:
+    /// its two words, then the cell's stamp and the ring's tail.
+    fn copy(&self, pos: u64) {
+        let a = &self.attacker;
+        let cell = |ch: usize| {
+            let u = a.layout.channels[ch].units[0];
+            u.values_offset + (pos as usize % u.capacity) * 32
+        };
+        for w in [8, 16] {
+            let v = a.word(cell(0) + w).load(Ordering::SeqCst);
+            a.word(cell(1) + w).store(v, Ordering::SeqCst);
+        }
+        a.word(cell(1)).store(pos + 1, Ordering::SeqCst);
+        let tail = a.layout.channels[1].units[0].tail_offset;
+        a.word(tail).store(pos + 1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CopiedRings {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Spins until `word` reads at least `round`, yielding now and then (two cores, three threads:
+/// the one that sends must get to run).
+fn wait_for(word: &std::sync::atomic::AtomicU64, round: u64) {
+    let mut spins = 0u32;
+    while word.load(Ordering::Acquire) < round {
+        spins += 1;
+        if spins.is_multiple_of(64) {
+            std::thread::yield_now();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Waits, yielding, until `word` reads at least `n`; fails the test after 10 s.
+fn within_10s(word: &std::sync::atomic::AtomicU64, n: u64, what: impl Fn() -> String) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    while word.load(Ordering::Acquire) < n {
+        assert!(Instant::now() < limit, "{}", what());
+        std::thread::yield_now();
+    }
+}
+
+/// A peer copies each descriptor sent on channel 0 into channel 1's ring, and two threads of one
+/// receiving process pop the two copies at the same moment, round after round. Exactly one of
+/// them may get the buffer, the other a named error, and the process's handle count must stay
+/// right: before the count's first step was a CAS, both threads could take the slot and hold two
+/// handles counted as one; the first one's drop freed the slot under the second, whose drop then
+/// waited forever (loom: `duplicated_lone_descriptor_imported_by_two_threads`).
 #[test]
 fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize};
 
     const ROUNDS: u64 = 100_000;
-    let spsc = ChannelSpec {
-        kind: channel_kind::ONE_TO_ONE,
-        capacity: 8,
-        receivers: 1,
-        reserved: 0,
-    };
-    let config = PoolConfig {
-        channels: vec![spsc, spsc],
-        ..PoolConfig::default()
-    };
-    let pool = Pool::create(&config).unwrap();
-    let a = common::Attacker::new(&pool, &config);
-    let dir = std::env::temp_dir().join(format!("fbuf-dup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let server =
-        fbuf::session::Server::start(pool.clone(), dir.join("s"), Default::default()).unwrap();
-    let receiving = fbuf::session::join(server.path(), fbuf::Role::Consumer).unwrap();
-    let mut tx = pool.sender(0).unwrap();
-    // Each thread spins until `go` names the round, takes what its ring holds, and reports.
+    let rings = CopiedRings::new("dup-take");
+    let mut tx = rings.pool.sender(0).unwrap();
+    // Each thread waits until `go` names the round, takes what its ring holds, and reports.
     let go = Arc::new(AtomicU64::new(0));
     let reported = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let taken = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..2)
         .map(|ch| {
-            let mut rx = receiving.receiver(ch).unwrap();
+            let mut rx = rings.receiving.receiver(ch).unwrap();
             let (go, reported, done, taken) =
                 (go.clone(), reported.clone(), done.clone(), taken.clone());
-            let pool = receiving.clone();
             std::thread::spawn(move || {
                 for round in 1..=ROUNDS {
-                    let mut spins = 0u32;
-                    while go.load(Ordering::Acquire) != round {
-                        // Two cores, three threads: let the one that sends run.
-                        spins += 1;
-                        if spins.is_multiple_of(64) {
-                            std::thread::yield_now();
-                        }
-                        std::hint::spin_loop();
-                    }
+                    wait_for(&go, round);
                     let got = rx.try_recv();
                     reported.fetch_add(1, Ordering::AcqRel);
                     match got {
@@ -469,9 +528,7 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
                             assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
                             taken.fetch_add(1, Ordering::SeqCst);
                             // Held until both threads have tried, then dropped.
-                            while reported.load(Ordering::Acquire) < 2 * round {
-                                std::thread::yield_now();
-                            }
+                            wait_for(&reported, 2 * round);
                             drop(b);
                         }
                         Err(RecvError::Desc(_)) => {}
@@ -479,37 +536,19 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
                     }
                     done.fetch_add(1, Ordering::AcqRel);
                 }
-                drop(pool);
             })
         })
         .collect();
-    let cell = |ch: usize, pos: u64| {
-        let u = a.layout.channels[ch].units[0];
-        u.values_offset + (pos as usize % u.capacity) * 32
-    };
     for round in 1..=ROUNDS {
-        let mut b = pool.alloc(64).unwrap();
+        let mut b = rings.pool.alloc(64).unwrap();
         b[..8].copy_from_slice(&round.to_le_bytes());
         tx.try_send(b.freeze()).unwrap();
-        // The copy: the descriptor's two words, then the stamp and the tail of channel 1.
-        let (from, to) = (cell(0, round - 1), cell(1, round - 1));
-        for w in [8, 16] {
-            let v = a.word(from + w).load(Ordering::SeqCst);
-            a.word(to + w).store(v, Ordering::SeqCst);
-        }
-        a.word(to).store(round, Ordering::SeqCst);
-        let tail = a.layout.channels[1].units[0].tail_offset;
-        a.word(tail).store(round, Ordering::SeqCst);
+        rings.copy(round - 1);
         go.store(round, Ordering::Release);
-        let limit = Instant::now() + Duration::from_secs(10);
-        while done.load(Ordering::Acquire) < 2 * round {
-            assert!(
-                Instant::now() < limit,
-                "round {round}: a receiving thread is stuck ({} took the buffer)",
-                taken.load(Ordering::SeqCst) as u64 + 1 - round
-            );
-            std::thread::yield_now();
-        }
+        within_10s(&done, 2 * round, || {
+            let n = taken.load(Ordering::SeqCst) as u64 + 1 - round;
+            format!("round {round}: a receiving thread is stuck ({n} took the buffer)")
+        });
         assert_eq!(
             taken.load(Ordering::SeqCst) as u64,
             round,
@@ -519,8 +558,84 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(pool.free_count(), pool.slot_count(), "nothing leaked");
-    drop(receiving);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        rings.pool.free_count(),
+        rings.pool.slot_count(),
+        "nothing leaked"
+    );
+}
+
+/// A peer keeps a copy of a delivered descriptor and queues it again on channel 1 while the
+/// receiving process drops the buffer, round after round: one thread drops the slot's only
+/// handle (plain stores, no lock) at the moment another imports the stale copy (under the
+/// count's lock, refused). The count must end at 0: before the lock's end was a CAS, the
+/// refused import could store its stale 1 after the drop's 0, and the next delivery of that slot
+/// to this process was refused as held (`NotHeld`) and its buffer lost. (loom cannot check this
+/// race: it lets a plain store land between the read and the write of another thread's CAS,
+/// tokio-rs/loom#254, and then reports counts no machine can produce.)
+#[test]
+fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    const ROUNDS: u64 = 200_000;
+    let rings = CopiedRings::new("dup-drop");
+    let mut tx = rings.pool.sender(0).unwrap();
+    let (held, go, done) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut rx = rings.receiving.receiver(0).unwrap();
+    let holder = {
+        let (held, go, done) = (held.clone(), go.clone(), done.clone());
+        std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                let b = loop {
+                    match rx.try_recv() {
+                        Ok(b) => break b,
+                        Err(RecvError::Empty) => std::thread::yield_now(),
+                        Err(e) => panic!("round {round}: the real delivery was refused: {e:?}"),
+                    }
+                };
+                assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
+                held.store(round, Ordering::Release);
+                wait_for(&go, round);
+                drop(b);
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    let mut rx_copy = rings.receiving.receiver(1).unwrap();
+    let importer = {
+        let (go, done) = (go.clone(), done.clone());
+        std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                wait_for(&go, round);
+                match rx_copy.try_recv() {
+                    Err(RecvError::Desc(_)) => {}
+                    other => panic!("round {round}: a stale copy gave {other:?}"),
+                }
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    for round in 1..=ROUNDS {
+        let mut b = rings.pool.alloc(64).unwrap();
+        b[..8].copy_from_slice(&round.to_le_bytes());
+        tx.try_send(b.freeze()).unwrap();
+        within_10s(&held, round, || format!("round {round}: never delivered"));
+        rings.copy(round - 1);
+        go.store(round, Ordering::Release);
+        within_10s(&done, 2 * round, || {
+            format!("round {round}: a thread is stuck")
+        });
+    }
+    holder.join().unwrap();
+    importer.join().unwrap();
+    assert_eq!(
+        rings.pool.free_count(),
+        rings.pool.slot_count(),
+        "nothing leaked"
+    );
 }

@@ -84,8 +84,15 @@ impl LocalRefs {
                 .is_ok()
             {
                 let (r, new) = f(v);
-                // SYNC POINT (transition end): Release, as in `acquire`.
-                count.store(new, Ordering::Release);
+                // SYNC POINT (transition end): Release, as in `acquire`. A CAS, not a store: a
+                // thread of ours dropping the slot's only handle by `give_only` takes no lock, and
+                // a copied descriptor imported here meanwhile (a peer can copy any) is refused,
+                // so `new` is the stale `v` by then; a store of it after the drop's 0 left a
+                // count with no handle behind it, and the slot's next delivery here was refused
+                // (`tests/hostile.rs::a_stale_copy_imported_while_the_only_handle_drops_leaves_
+                // the_count_right`). If the count is not ours any more, the drop's value stands.
+                let _ =
+                    count.compare_exchange(TRANSITION, new, Ordering::Release, Ordering::Relaxed);
                 return r;
             }
         }
@@ -185,7 +192,9 @@ impl LocalRefs {
 ///
 /// No lock is needed: with one handle, ours, no other thread of this process can add or drop
 /// one (adding needs a handle to clone, or a descriptor in flight to import, which `alone` rules
-/// out). The count reads `TRANSITION` while `give` runs, as under the lock: a thread of ours that
+/// out). A thread importing a stale copy of the slot's descriptor (a peer can copy any) may hold
+/// the count's lock meanwhile; the word refuses its import, and its lock ends with a CAS that
+/// leaves our 0 standing (`LocalRefs::locked`). The count reads `TRANSITION` while `give` runs, as under the lock: a thread of ours that
 /// claims the slot as soon as `give` let it go waits for the 0 that follows. That 0, a Release
 /// store, is the handle's last touch of this process's pool state, which may be freed as soon as
 /// every count reads 0 (`pool::lifetime`): nothing here touches anything after it, and `count`
