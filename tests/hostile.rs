@@ -422,6 +422,10 @@ struct CopiedRings {
 
 impl CopiedRings {
     fn new(name: &str) -> CopiedRings {
+        CopiedRings::with_classes(name, PoolConfig::default().classes)
+    }
+
+    fn with_classes(name: &str, classes: Vec<fbuf::layout::ClassSpec>) -> CopiedRings {
         let spsc = ChannelSpec {
             kind: channel_kind::ONE_TO_ONE,
             capacity: 8,
@@ -429,6 +433,7 @@ impl CopiedRings {
             reserved: 0,
         };
         let config = PoolConfig {
+            classes,
             channels: vec![spsc, spsc],
             ..PoolConfig::default()
         };
@@ -448,19 +453,34 @@ impl CopiedRings {
         }
     }
 
-    /// Copies the descriptor at position `pos` of channel 0 into channel 1 at the same position:
-    /// its two words, then the cell's stamp and the ring's tail.
+    /// The offset of channel `ch`'s SPSC cell for position `pos`.
+    fn cell(&self, ch: usize, pos: u64) -> usize {
+        let u = self.attacker.layout.channels[ch].units[0];
+        u.values_offset + (pos as usize % u.capacity) * 32
+    }
+
+    /// Copies the descriptor at position `pos` of channel 0 into channel 1 at the same position.
     fn copy(&self, pos: u64) {
         let a = &self.attacker;
-        let cell = |ch: usize| {
-            let u = a.layout.channels[ch].units[0];
-            u.values_offset + (pos as usize % u.capacity) * 32
-        };
-        for w in [8, 16] {
-            let v = a.word(cell(0) + w).load(Ordering::SeqCst);
-            a.word(cell(1) + w).store(v, Ordering::SeqCst);
-        }
-        a.word(cell(1)).store(pos + 1, Ordering::SeqCst);
+        let words = [8, 16].map(|w| a.word(self.cell(0, pos) + w).load(Ordering::SeqCst));
+        self.queue(pos, words);
+    }
+
+    /// Queues `desc` on channel 1 at position `pos`, as its sender would have.
+    fn forge(&self, pos: u64, desc: fbuf::Desc) {
+        let raw = bytemuck::bytes_of(&desc);
+        let word = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap());
+        self.queue(pos, [word(0), word(1)]);
+    }
+
+    /// Writes a descriptor's two words into channel 1's cell for `pos`, then the cell's stamp and
+    /// the ring's tail.
+    fn queue(&self, pos: u64, words: [u64; 2]) {
+        let a = &self.attacker;
+        let cell = self.cell(1, pos);
+        a.word(cell + 8).store(words[0], Ordering::SeqCst);
+        a.word(cell + 16).store(words[1], Ordering::SeqCst);
+        a.word(cell).store(pos + 1, Ordering::SeqCst);
         let tail = a.layout.channels[1].units[0].tail_offset;
         a.word(tail).store(pos + 1, Ordering::SeqCst);
     }
@@ -632,6 +652,86 @@ fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
         });
     }
     holder.join().unwrap();
+    importer.join().unwrap();
+    assert_eq!(
+        rings.pool.free_count(),
+        rings.pool.slot_count(),
+        "nothing leaked"
+    );
+}
+
+/// A peer queues, on channel 1, a descriptor of a free slot's last life, and this process
+/// imports it at the moment another of its threads allocates that slot again, round after
+/// round. The import must be refused and the allocation must get the slot with its handle
+/// counted: the allocation records its first handle with a plain store, which is right only
+/// because the refused import's lock ends with a CAS from its mark (with a plain store there,
+/// the import's 0 landed over the allocation's 1, and the new buffer's drop then waited forever
+/// for a count that was already 0).
+#[test]
+fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_right() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    const ROUNDS: u64 = 200_000;
+    // One slot, so every allocation takes it again.
+    let one_slot = vec![fbuf::layout::ClassSpec {
+        slot_size: 64,
+        slot_count: 1,
+    }];
+    let rings = CopiedRings::with_classes("dup-alloc", one_slot);
+    let (generation, go, done) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let allocator = {
+        let pool = rings.pool.clone();
+        let (generation, go, done) = (generation.clone(), go.clone(), done.clone());
+        std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                wait_for(&go, round);
+                let mut b = match pool.alloc(64) {
+                    Ok(b) => b,
+                    Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
+                };
+                b[..8].copy_from_slice(&round.to_le_bytes());
+                generation.store(u64::from(b.desc().generation), Ordering::Release);
+                drop(b);
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    let mut rx_copy = rings.pool.receiver(1).unwrap();
+    let importer = {
+        let (go, done) = (go.clone(), done.clone());
+        std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                wait_for(&go, round);
+                match rx_copy.try_recv() {
+                    Err(RecvError::Desc(_)) => {}
+                    other => panic!("round {round}: a stale descriptor gave {other:?}"),
+                }
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    for round in 1..=ROUNDS {
+        // The slot's last life, free now: the allocation about to run makes the next one.
+        let last = generation.load(Ordering::Acquire) as u32;
+        let stale = fbuf::Desc {
+            class: 0,
+            flags: 0,
+            slot: 0,
+            generation: last,
+            len: 64,
+        };
+        rings.forge(round - 1, stale);
+        go.store(round, Ordering::Release);
+        within_10s(&done, 2 * round, || {
+            format!("round {round}: a thread is stuck")
+        });
+    }
+    allocator.join().unwrap();
     importer.join().unwrap();
     assert_eq!(
         rings.pool.free_count(),

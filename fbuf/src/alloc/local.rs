@@ -33,15 +33,29 @@ impl LocalRefs {
     /// Returns false, changing nothing, if this process already has handles to the slot: then the
     /// slot was not really free, a peer cleared our holding, and the caller must not hand out
     /// a second, aliasing handle.
+    ///
+    /// A load and a store, not a CAS (one locked instruction fewer per allocation). Who else may
+    /// write a count of 0 for a slot we have just claimed: a thread of ours finishing the slot's
+    /// previous life, whose last write is the 0 we read (we wait while it is `TRANSITION`); and
+    /// a thread of ours importing a stale copy of an old descriptor under the count's lock,
+    /// which the freshly claimed word refuses (no descriptor of it is in flight) and whose lock
+    /// ends with a CAS from its mark: if our 1 overwrote the mark, that CAS fails and the 1
+    /// stands; if it took the lock after our store, it read 1 and puts 1 back.
     pub fn first_after_alloc(&self, i: usize) -> bool {
+        let count = &self.counts[i];
         loop {
-            match self.counts[i].compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return true,
+            // Acquire: pairs with the previous life's last Release of the count, so whatever
+            // its handles did happens-before what the new one does.
+            match count.load(Ordering::Acquire) {
                 // Another thread of ours may still be finishing a 1→0 transition of this slot's
                 // previous life (it cleared the bit, which let us claim the slot, and has yet to
                 // store 0): one store away, in our own process, so waiting for it ends.
-                Err(TRANSITION) | Err(0) => spin_hint(),
-                Err(_) => return false,
+                TRANSITION => spin_hint(),
+                0 => {
+                    count.store(1, Ordering::Relaxed);
+                    return true;
+                }
+                _ => return false,
             }
         }
     }
