@@ -486,6 +486,37 @@ impl CopiedRings {
     }
 }
 
+impl CopiedRings {
+    fn assert_nothing_leaked(&self) {
+        assert_eq!(
+            self.pool.free_count(),
+            self.pool.slot_count(),
+            "nothing leaked"
+        );
+    }
+}
+
+/// A thread that, each round once `go` names it, pops the copy queued on `rx` and expects it
+/// refused by name, then counts itself `done`.
+fn refuse_copies(
+    mut rx: fbuf::channel::Receiver,
+    rounds: u64,
+    go: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    let (go, done) = (go.clone(), done.clone());
+    std::thread::spawn(move || {
+        for round in 1..=rounds {
+            wait_for(&go, round);
+            match rx.try_recv() {
+                Err(RecvError::Desc(_)) => {}
+                other => panic!("round {round}: a stale copy gave {other:?}"),
+            }
+            done.fetch_add(1, Ordering::AcqRel);
+        }
+    })
+}
+
 impl Drop for CopiedRings {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -578,11 +609,7 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(
-        rings.pool.free_count(),
-        rings.pool.slot_count(),
-        "nothing leaked"
-    );
+    rings.assert_nothing_leaked();
 }
 
 /// A peer keeps a copy of a delivered descriptor and queues it again on channel 1 while the
@@ -626,20 +653,7 @@ fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
             }
         })
     };
-    let mut rx_copy = rings.receiving.receiver(1).unwrap();
-    let importer = {
-        let (go, done) = (go.clone(), done.clone());
-        std::thread::spawn(move || {
-            for round in 1..=ROUNDS {
-                wait_for(&go, round);
-                match rx_copy.try_recv() {
-                    Err(RecvError::Desc(_)) => {}
-                    other => panic!("round {round}: a stale copy gave {other:?}"),
-                }
-                done.fetch_add(1, Ordering::AcqRel);
-            }
-        })
-    };
+    let importer = refuse_copies(rings.receiving.receiver(1).unwrap(), ROUNDS, &go, &done);
     for round in 1..=ROUNDS {
         let mut b = rings.pool.alloc(64).unwrap();
         b[..8].copy_from_slice(&round.to_le_bytes());
@@ -653,11 +667,7 @@ fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
     }
     holder.join().unwrap();
     importer.join().unwrap();
-    assert_eq!(
-        rings.pool.free_count(),
-        rings.pool.slot_count(),
-        "nothing leaked"
-    );
+    rings.assert_nothing_leaked();
 }
 
 /// A peer queues, on channel 1, a descriptor of a free slot's last life, and this process
@@ -701,20 +711,7 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
             }
         })
     };
-    let mut rx_copy = rings.pool.receiver(1).unwrap();
-    let importer = {
-        let (go, done) = (go.clone(), done.clone());
-        std::thread::spawn(move || {
-            for round in 1..=ROUNDS {
-                wait_for(&go, round);
-                match rx_copy.try_recv() {
-                    Err(RecvError::Desc(_)) => {}
-                    other => panic!("round {round}: a stale descriptor gave {other:?}"),
-                }
-                done.fetch_add(1, Ordering::AcqRel);
-            }
-        })
-    };
+    let importer = refuse_copies(rings.pool.receiver(1).unwrap(), ROUNDS, &go, &done);
     for round in 1..=ROUNDS {
         // The slot's last life, free now: the allocation about to run makes the next one.
         let last = generation.load(Ordering::Acquire) as u32;
@@ -733,9 +730,5 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
     }
     allocator.join().unwrap();
     importer.join().unwrap();
-    assert_eq!(
-        rings.pool.free_count(),
-        rings.pool.slot_count(),
-        "nothing leaked"
-    );
+    rings.assert_nothing_leaked();
 }
