@@ -673,10 +673,9 @@ fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
 /// A peer queues, on channel 1, a descriptor of a free slot's last life, and this process
 /// imports it at the moment another of its threads allocates that slot again, round after
 /// round. The import must be refused and the allocation must get the slot with its handle
-/// counted: the allocation records its first handle with a plain store, which is right only
-/// because the refused import's lock ends with a CAS from its mark (with a plain store there,
-/// the import's 0 landed over the allocation's 1, and the new buffer's drop then waited forever
-/// for a count that was already 0).
+/// counted. (Tried with the allocation's count taken by a load and a store: with the lock's end
+/// a plain store as well, the import's 0 landed over the allocation's 1, and the new buffer's
+/// drop then waited forever for a count that was already 0.)
 #[test]
 fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_right() {
     use std::sync::Arc;
@@ -730,5 +729,112 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
     }
     allocator.join().unwrap();
     importer.join().unwrap();
+    rings.assert_nothing_leaked();
+}
+
+/// A peer forges, on channel 1, a descriptor of a slot's *next* life (generations are
+/// sequential), and a thread of the allocating process imports it at the moment another thread
+/// allocates that slot and sends the buffer on channel 0, round after round. The forged copy
+/// may win the buffer from the real receiver, a thread of the same process (any participant can
+/// take a queued descriptor), but exactly one of the two gets it, every handle is counted and
+/// nothing leaks. An allocation
+/// that recorded its first handle with a load and a store instead of a CAS let the import's
+/// locked step run on into the send: the send's last store, 0, landed over the importer's new
+/// handle.
+#[test]
+fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+    const ROUNDS: u64 = 1_000_000;
+    let one_slot = vec![fbuf::layout::ClassSpec {
+        slot_size: 64,
+        slot_count: 1,
+    }];
+    let rings = CopiedRings::with_classes("dup-next", one_slot);
+    let (generation, go, reported, done) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let taken = Arc::new(AtomicUsize::new(0));
+    // Takes this round's buffer from `rx` (or is refused: the other one took it), holds it until
+    // both takers have tried, then counts itself done.
+    let taker = |mut rx: fbuf::channel::Receiver, real: bool| {
+        let (go, reported, done, taken) =
+            (go.clone(), reported.clone(), done.clone(), taken.clone());
+        std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                wait_for(&go, round);
+                let got = loop {
+                    match rx.try_recv() {
+                        // The real descriptor is queued once the sender has sent it.
+                        Err(RecvError::Empty) if real => std::thread::yield_now(),
+                        other => break other,
+                    }
+                };
+                reported.fetch_add(1, Ordering::AcqRel);
+                match got {
+                    Ok(b) => {
+                        assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
+                        taken.fetch_add(1, Ordering::SeqCst);
+                        wait_for(&reported, 2 * round);
+                        drop(b);
+                    }
+                    Err(RecvError::Desc(_)) => {}
+                    Err(e) => panic!("round {round}: {e:?}"),
+                }
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    // Both takers in the allocating process: copies taken by two processes at once can both get
+    // the buffer (docs/safety.md), copies taken by one may not.
+    let real = taker(rings.pool.receiver(0).unwrap(), true);
+    let forged = taker(rings.pool.receiver(1).unwrap(), false);
+    let sender = {
+        let pool = rings.pool.clone();
+        let mut tx = pool.sender(0).unwrap();
+        let (generation, go, done) = (generation.clone(), go.clone(), done.clone());
+        std::thread::spawn(move || {
+            for round in 1..=ROUNDS {
+                wait_for(&go, round);
+                let mut b = match pool.alloc(64) {
+                    Ok(b) => b,
+                    Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
+                };
+                b[..8].copy_from_slice(&round.to_le_bytes());
+                generation.store(u64::from(b.desc().generation), Ordering::Release);
+                tx.try_send(b.freeze()).unwrap();
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+        })
+    };
+    for round in 1..=ROUNDS {
+        // The slot is free; the allocation about to run makes the life after the last one.
+        let next = generation.load(Ordering::Acquire) as u32 + 1;
+        let forged_desc = fbuf::Desc {
+            class: 0,
+            flags: 0,
+            slot: 0,
+            generation: next,
+            len: 64,
+        };
+        rings.forge(round - 1, forged_desc);
+        go.store(round, Ordering::Release);
+        within_10s(&done, 3 * round, || {
+            let n = taken.load(Ordering::SeqCst) as u64 + 1 - round;
+            format!("round {round}: a thread is stuck ({n} took the buffer)")
+        });
+        assert_eq!(
+            taken.load(Ordering::SeqCst) as u64,
+            round,
+            "round {round}: one buffer, one taker"
+        );
+    }
+    for t in [real, forged, sender] {
+        t.join().unwrap();
+    }
     rings.assert_nothing_leaked();
 }
