@@ -484,9 +484,7 @@ impl CopiedRings {
         let tail = a.layout.channels[1].units[0].tail_offset;
         a.word(tail).store(pos + 1, Ordering::SeqCst);
     }
-}
 
-impl CopiedRings {
     fn assert_nothing_leaked(&self) {
         assert_eq!(
             self.pool.free_count(),
@@ -496,30 +494,79 @@ impl CopiedRings {
     }
 }
 
-/// A thread that, each round once `go` names it, pops the copy queued on `rx` and expects it
-/// refused by name, then counts itself `done`.
-fn refuse_copies(
-    mut rx: fbuf::channel::Receiver,
-    rounds: u64,
-    go: &std::sync::Arc<std::sync::atomic::AtomicU64>,
-    done: &std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    let (go, done) = (go.clone(), done.clone());
-    std::thread::spawn(move || {
-        for round in 1..=rounds {
-            wait_for(&go, round);
-            match rx.try_recv() {
-                Err(RecvError::Desc(_)) => {}
-                other => panic!("round {round}: a stale copy gave {other:?}"),
-            }
-            done.fetch_add(1, Ordering::AcqRel);
-        }
-    })
-}
-
 impl Drop for CopiedRings {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The rounds of a race test, shared by its threads: the main thread starts each round with
+/// `go`; each thread adds 1 to `done` when its part of a round is over. The test runs up to
+/// `max` rounds or for `budget`, whichever ends first, so a loaded machine runs fewer rounds
+/// instead of running for hours (the threads spin and yield, and yielding to busy processes
+/// buys little time).
+struct Rounds {
+    go: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+    /// The last round that runs: `u64::MAX` until the main thread ends the test.
+    last: std::sync::atomic::AtomicU64,
+    /// Threads taking part in each round.
+    threads: u64,
+}
+
+impl Rounds {
+    fn new(threads: u64) -> std::sync::Arc<Rounds> {
+        std::sync::Arc::new(Rounds {
+            go: Default::default(),
+            done: Default::default(),
+            last: std::sync::atomic::AtomicU64::new(u64::MAX),
+            threads,
+        })
+    }
+
+    /// Waits until round `round` starts; false if the test ended before it.
+    fn start(&self, round: u64) -> bool {
+        wait_for(&self.go, round);
+        round <= self.last.load(Ordering::Acquire)
+    }
+
+    /// Whether the test ended before round `round`.
+    fn ended_before(&self, round: u64) -> bool {
+        round > self.last.load(Ordering::Acquire)
+    }
+
+    fn finished_part(&self) {
+        self.done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Runs `round` for each round (`1..=max`, or fewer when `budget` is spent): `prepare`
+    /// before the round starts, then waits up to 10 s for every thread's part (`stuck` says
+    /// what is wrong if one never finishes). Then tells the threads the test is over.
+    fn run(
+        &self,
+        max: u64,
+        budget: Duration,
+        mut prepare: impl FnMut(u64),
+        stuck: impl Fn(u64) -> String,
+    ) -> u64 {
+        let end = Instant::now() + budget;
+        let mut ran = 0;
+        for round in 1..=max {
+            if Instant::now() > end {
+                break;
+            }
+            prepare(round);
+            self.go.store(round, Ordering::Release);
+            let limit = Instant::now() + Duration::from_secs(10);
+            while self.done.load(Ordering::Acquire) < self.threads * round {
+                assert!(Instant::now() < limit, "{}", stuck(round));
+                std::thread::yield_now();
+            }
+            ran = round;
+        }
+        self.last.store(ran, Ordering::Release);
+        self.go.store(u64::MAX, Ordering::Release);
+        ran
     }
 }
 
@@ -536,13 +583,26 @@ fn wait_for(word: &std::sync::atomic::AtomicU64, round: u64) {
     }
 }
 
-/// Waits, yielding, until `word` reads at least `n`; fails the test after 10 s.
-fn within_10s(word: &std::sync::atomic::AtomicU64, n: u64, what: impl Fn() -> String) {
-    let limit = Instant::now() + Duration::from_secs(10);
-    while word.load(Ordering::Acquire) < n {
-        assert!(Instant::now() < limit, "{}", what());
-        std::thread::yield_now();
-    }
+/// How long each race test may run (it stops earlier when its rounds are done).
+const RACE_BUDGET: Duration = Duration::from_secs(20);
+
+/// A thread that, each round, pops the copy queued on `rx` and expects it refused by name.
+fn refuse_copies(
+    mut rx: fbuf::channel::Receiver,
+    rounds: &std::sync::Arc<Rounds>,
+) -> std::thread::JoinHandle<()> {
+    let rounds = rounds.clone();
+    std::thread::spawn(move || {
+        let mut round = 1;
+        while rounds.start(round) {
+            match rx.try_recv() {
+                Err(RecvError::Desc(_)) => {}
+                other => panic!("round {round}: a stale copy gave {other:?}"),
+            }
+            rounds.finished_part();
+            round += 1;
+        }
+    })
 }
 
 /// A peer copies each descriptor sent on channel 0 into channel 1's ring, and two threads of one
@@ -556,22 +616,18 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize};
 
-    const ROUNDS: u64 = 100_000;
     let rings = CopiedRings::new("dup-take");
     let mut tx = rings.pool.sender(0).unwrap();
-    // Each thread waits until `go` names the round, takes what its ring holds, and reports.
-    let go = Arc::new(AtomicU64::new(0));
+    let rounds = Rounds::new(2);
     let reported = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
     let taken = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..2)
         .map(|ch| {
             let mut rx = rings.receiving.receiver(ch).unwrap();
-            let (go, reported, done, taken) =
-                (go.clone(), reported.clone(), done.clone(), taken.clone());
+            let (rounds, reported, taken) = (rounds.clone(), reported.clone(), taken.clone());
             std::thread::spawn(move || {
-                for round in 1..=ROUNDS {
-                    wait_for(&go, round);
+                let mut round = 1;
+                while rounds.start(round) {
                     let got = rx.try_recv();
                     reported.fetch_add(1, Ordering::AcqRel);
                     match got {
@@ -585,30 +641,42 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
                         Err(RecvError::Desc(_)) => {}
                         Err(e) => panic!("round {round}: {e:?}"),
                     }
-                    done.fetch_add(1, Ordering::AcqRel);
+                    rounds.finished_part();
+                    round += 1;
                 }
             })
         })
         .collect();
-    for round in 1..=ROUNDS {
-        let mut b = rings.pool.alloc(64).unwrap();
-        b[..8].copy_from_slice(&round.to_le_bytes());
-        tx.try_send(b.freeze()).unwrap();
-        rings.copy(round - 1);
-        go.store(round, Ordering::Release);
-        within_10s(&done, 2 * round, || {
+    let ran = rounds.run(
+        100_000,
+        RACE_BUDGET,
+        |round| {
+            if round > 1 {
+                assert_eq!(
+                    taken.load(Ordering::SeqCst) as u64,
+                    round - 1,
+                    "round {}: one descriptor in flight, one buffer taken",
+                    round - 1
+                );
+            }
+            let mut b = rings.pool.alloc(64).unwrap();
+            b[..8].copy_from_slice(&round.to_le_bytes());
+            tx.try_send(b.freeze()).unwrap();
+            rings.copy(round - 1);
+        },
+        |round| {
             let n = taken.load(Ordering::SeqCst) as u64 + 1 - round;
             format!("round {round}: a receiving thread is stuck ({n} took the buffer)")
-        });
-        assert_eq!(
-            taken.load(Ordering::SeqCst) as u64,
-            round,
-            "round {round}: one descriptor in flight, one buffer taken"
-        );
-    }
+        },
+    );
     for t in threads {
         t.join().unwrap();
     }
+    assert_eq!(
+        taken.load(Ordering::SeqCst) as u64,
+        ran,
+        "one taker a round"
+    );
     rings.assert_nothing_leaked();
 }
 
@@ -625,49 +693,72 @@ fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
 
-    const ROUNDS: u64 = 200_000;
     let rings = CopiedRings::new("dup-drop");
     let mut tx = rings.pool.sender(0).unwrap();
-    let (held, go, done) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let rounds = Rounds::new(2);
+    let held = Arc::new(AtomicU64::new(0));
     let mut rx = rings.receiving.receiver(0).unwrap();
     let holder = {
-        let (held, go, done) = (held.clone(), go.clone(), done.clone());
+        let (rounds, held) = (rounds.clone(), held.clone());
         std::thread::spawn(move || {
-            for round in 1..=ROUNDS {
-                let b = loop {
-                    match rx.try_recv() {
-                        Ok(b) => break b,
-                        Err(RecvError::Empty) => std::thread::yield_now(),
-                        Err(e) => panic!("round {round}: the real delivery was refused: {e:?}"),
-                    }
-                };
+            let mut round = 1;
+            // The real delivery of each round, as soon as it is sent.
+            while let Some(b) = loop {
+                match rx.try_recv() {
+                    Ok(b) => break Some(b),
+                    Err(RecvError::Empty) if rounds.ended_before(round) => break None,
+                    Err(RecvError::Empty) => std::thread::yield_now(),
+                    Err(e) => panic!("round {round}: the real delivery was refused: {e:?}"),
+                }
+            } {
                 assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
                 held.store(round, Ordering::Release);
-                wait_for(&go, round);
+                assert!(rounds.start(round), "round {round} ended before it started");
                 drop(b);
-                done.fetch_add(1, Ordering::AcqRel);
+                rounds.finished_part();
+                round += 1;
             }
         })
     };
-    let importer = refuse_copies(rings.receiving.receiver(1).unwrap(), ROUNDS, &go, &done);
-    for round in 1..=ROUNDS {
-        let mut b = rings.pool.alloc(64).unwrap();
-        b[..8].copy_from_slice(&round.to_le_bytes());
-        tx.try_send(b.freeze()).unwrap();
-        within_10s(&held, round, || format!("round {round}: never delivered"));
-        rings.copy(round - 1);
-        go.store(round, Ordering::Release);
-        within_10s(&done, 2 * round, || {
-            format!("round {round}: a thread is stuck")
-        });
-    }
+    let importer = refuse_copies(rings.receiving.receiver(1).unwrap(), &rounds);
+    rounds.run(
+        200_000,
+        RACE_BUDGET,
+        |round| {
+            let mut b = rings.pool.alloc(64).unwrap();
+            b[..8].copy_from_slice(&round.to_le_bytes());
+            tx.try_send(b.freeze()).unwrap();
+            let limit = Instant::now() + Duration::from_secs(10);
+            while held.load(Ordering::Acquire) < round {
+                assert!(Instant::now() < limit, "round {round}: never delivered");
+                std::thread::yield_now();
+            }
+            rings.copy(round - 1);
+        },
+        |round| format!("round {round}: a thread is stuck"),
+    );
     holder.join().unwrap();
     importer.join().unwrap();
     rings.assert_nothing_leaked();
+}
+
+/// One slot in the pool, so every allocation takes it again.
+fn one_slot() -> Vec<fbuf::layout::ClassSpec> {
+    vec![fbuf::layout::ClassSpec {
+        slot_size: 64,
+        slot_count: 1,
+    }]
+}
+
+/// The one slot's descriptor with generation `generation`.
+fn slot_0(generation: u32) -> fbuf::Desc {
+    fbuf::Desc {
+        class: 0,
+        flags: 0,
+        slot: 0,
+        generation,
+        len: 64,
+    }
 }
 
 /// A peer queues, on channel 1, a descriptor of a free slot's last life, and this process
@@ -681,24 +772,15 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
 
-    const ROUNDS: u64 = 200_000;
-    // One slot, so every allocation takes it again.
-    let one_slot = vec![fbuf::layout::ClassSpec {
-        slot_size: 64,
-        slot_count: 1,
-    }];
-    let rings = CopiedRings::with_classes("dup-alloc", one_slot);
-    let (generation, go, done) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let rings = CopiedRings::with_classes("dup-alloc", one_slot());
+    let rounds = Rounds::new(2);
+    let generation = Arc::new(AtomicU64::new(0));
     let allocator = {
         let pool = rings.pool.clone();
-        let (generation, go, done) = (generation.clone(), go.clone(), done.clone());
+        let (rounds, generation) = (rounds.clone(), generation.clone());
         std::thread::spawn(move || {
-            for round in 1..=ROUNDS {
-                wait_for(&go, round);
+            let mut round = 1;
+            while rounds.start(round) {
                 let mut b = match pool.alloc(64) {
                     Ok(b) => b,
                     Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
@@ -706,27 +788,19 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
                 b[..8].copy_from_slice(&round.to_le_bytes());
                 generation.store(u64::from(b.desc().generation), Ordering::Release);
                 drop(b);
-                done.fetch_add(1, Ordering::AcqRel);
+                rounds.finished_part();
+                round += 1;
             }
         })
     };
-    let importer = refuse_copies(rings.pool.receiver(1).unwrap(), ROUNDS, &go, &done);
-    for round in 1..=ROUNDS {
+    let importer = refuse_copies(rings.pool.receiver(1).unwrap(), &rounds);
+    rounds.run(
+        200_000,
+        RACE_BUDGET,
         // The slot's last life, free now: the allocation about to run makes the next one.
-        let last = generation.load(Ordering::Acquire) as u32;
-        let stale = fbuf::Desc {
-            class: 0,
-            flags: 0,
-            slot: 0,
-            generation: last,
-            len: 64,
-        };
-        rings.forge(round - 1, stale);
-        go.store(round, Ordering::Release);
-        within_10s(&done, 2 * round, || {
-            format!("round {round}: a thread is stuck")
-        });
-    }
+        |round| rings.forge(round - 1, slot_0(generation.load(Ordering::Acquire) as u32)),
+        |round| format!("round {round}: a thread is stuck"),
+    );
     allocator.join().unwrap();
     importer.join().unwrap();
     rings.assert_nothing_leaked();
@@ -737,36 +811,25 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
 /// allocates that slot and sends the buffer on channel 0, round after round. The forged copy
 /// may win the buffer from the real receiver, a thread of the same process (any participant can
 /// take a queued descriptor), but exactly one of the two gets it, every handle is counted and
-/// nothing leaks. An allocation
-/// that recorded its first handle with a load and a store instead of a CAS let the import's
-/// locked step run on into the send: the send's last store, 0, landed over the importer's new
-/// handle.
+/// nothing leaks. An allocation that recorded its first handle with a load and a store instead
+/// of a CAS let the import's locked step run on into the send: the send's last store, 0, landed
+/// over the importer's new handle.
 #[test]
 fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize};
 
-    const ROUNDS: u64 = 1_000_000;
-    let one_slot = vec![fbuf::layout::ClassSpec {
-        slot_size: 64,
-        slot_count: 1,
-    }];
-    let rings = CopiedRings::with_classes("dup-next", one_slot);
-    let (generation, go, reported, done) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let rings = CopiedRings::with_classes("dup-next", one_slot());
+    let rounds = Rounds::new(3);
+    let (generation, reported) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let taken = Arc::new(AtomicUsize::new(0));
     // Takes this round's buffer from `rx` (or is refused: the other one took it), holds it until
-    // both takers have tried, then counts itself done.
+    // both takers have tried, then counts its part done.
     let taker = |mut rx: fbuf::channel::Receiver, real: bool| {
-        let (go, reported, done, taken) =
-            (go.clone(), reported.clone(), done.clone(), taken.clone());
+        let (rounds, reported, taken) = (rounds.clone(), reported.clone(), taken.clone());
         std::thread::spawn(move || {
-            for round in 1..=ROUNDS {
-                wait_for(&go, round);
+            let mut round = 1;
+            while rounds.start(round) {
                 let got = loop {
                     match rx.try_recv() {
                         // The real descriptor is queued once the sender has sent it.
@@ -785,7 +848,8 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
                     Err(RecvError::Desc(_)) => {}
                     Err(e) => panic!("round {round}: {e:?}"),
                 }
-                done.fetch_add(1, Ordering::AcqRel);
+                rounds.finished_part();
+                round += 1;
             }
         })
     };
@@ -796,10 +860,10 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
     let sender = {
         let pool = rings.pool.clone();
         let mut tx = pool.sender(0).unwrap();
-        let (generation, go, done) = (generation.clone(), go.clone(), done.clone());
+        let (rounds, generation) = (rounds.clone(), generation.clone());
         std::thread::spawn(move || {
-            for round in 1..=ROUNDS {
-                wait_for(&go, round);
+            let mut round = 1;
+            while rounds.start(round) {
                 let mut b = match pool.alloc(64) {
                     Ok(b) => b,
                     Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
@@ -807,34 +871,39 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
                 b[..8].copy_from_slice(&round.to_le_bytes());
                 generation.store(u64::from(b.desc().generation), Ordering::Release);
                 tx.try_send(b.freeze()).unwrap();
-                done.fetch_add(1, Ordering::AcqRel);
+                rounds.finished_part();
+                round += 1;
             }
         })
     };
-    for round in 1..=ROUNDS {
-        // The slot is free; the allocation about to run makes the life after the last one.
-        let next = generation.load(Ordering::Acquire) as u32 + 1;
-        let forged_desc = fbuf::Desc {
-            class: 0,
-            flags: 0,
-            slot: 0,
-            generation: next,
-            len: 64,
-        };
-        rings.forge(round - 1, forged_desc);
-        go.store(round, Ordering::Release);
-        within_10s(&done, 3 * round, || {
+    let ran = rounds.run(
+        1_000_000,
+        RACE_BUDGET,
+        |round| {
+            if round > 1 {
+                assert_eq!(
+                    taken.load(Ordering::SeqCst) as u64,
+                    round - 1,
+                    "round {}: one buffer, one taker",
+                    round - 1
+                );
+            }
+            // The slot is free; the allocation about to run makes the life after the last one.
+            let next = generation.load(Ordering::Acquire) as u32 + 1;
+            rings.forge(round - 1, slot_0(next));
+        },
+        |round| {
             let n = taken.load(Ordering::SeqCst) as u64 + 1 - round;
             format!("round {round}: a thread is stuck ({n} took the buffer)")
-        });
-        assert_eq!(
-            taken.load(Ordering::SeqCst) as u64,
-            round,
-            "round {round}: one buffer, one taker"
-        );
-    }
+        },
+    );
     for t in [real, forged, sender] {
         t.join().unwrap();
     }
+    assert_eq!(
+        taken.load(Ordering::SeqCst) as u64,
+        ran,
+        "one taker a round"
+    );
     rings.assert_nothing_leaked();
 }
