@@ -605,6 +605,43 @@ fn refuse_copies(
     })
 }
 
+/// One of two threads racing for each round's buffer, one copy each: takes it from `rx` (or is
+/// refused by name: the other took it), holds it until both have tried (`reported`), then
+/// counts its part done. With `wait`, an empty ring means the copy is not sent yet.
+fn take_once(
+    mut rx: fbuf::channel::Receiver,
+    rounds: &std::sync::Arc<Rounds>,
+    reported: &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    taken: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    wait: bool,
+) -> std::thread::JoinHandle<()> {
+    let (rounds, reported, taken) = (rounds.clone(), reported.clone(), taken.clone());
+    std::thread::spawn(move || {
+        let mut round = 1;
+        while rounds.start(round) {
+            let got = loop {
+                match rx.try_recv() {
+                    Err(RecvError::Empty) if wait => std::thread::yield_now(),
+                    other => break other,
+                }
+            };
+            reported.fetch_add(1, Ordering::AcqRel);
+            match got {
+                Ok(b) => {
+                    assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
+                    taken.fetch_add(1, Ordering::SeqCst);
+                    wait_for(&reported, 2 * round);
+                    drop(b);
+                }
+                Err(RecvError::Desc(_)) => {}
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+            rounds.finished_part();
+            round += 1;
+        }
+    })
+}
+
 /// A peer copies each descriptor sent on channel 0 into channel 1's ring, and two threads of one
 /// receiving process pop the two copies at the same moment, round after round. Exactly one of
 /// them may get the buffer, the other a named error, and the process's handle count must stay
@@ -623,28 +660,8 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
     let taken = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..2)
         .map(|ch| {
-            let mut rx = rings.receiving.receiver(ch).unwrap();
-            let (rounds, reported, taken) = (rounds.clone(), reported.clone(), taken.clone());
-            std::thread::spawn(move || {
-                let mut round = 1;
-                while rounds.start(round) {
-                    let got = rx.try_recv();
-                    reported.fetch_add(1, Ordering::AcqRel);
-                    match got {
-                        Ok(b) => {
-                            assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
-                            taken.fetch_add(1, Ordering::SeqCst);
-                            // Held until both threads have tried, then dropped.
-                            wait_for(&reported, 2 * round);
-                            drop(b);
-                        }
-                        Err(RecvError::Desc(_)) => {}
-                        Err(e) => panic!("round {round}: {e:?}"),
-                    }
-                    rounds.finished_part();
-                    round += 1;
-                }
-            })
+            let rx = rings.receiving.receiver(ch).unwrap();
+            take_once(rx, &rounds, &reported, &taken, false)
         })
         .collect();
     let ran = rounds.run(
@@ -761,6 +778,17 @@ fn slot_0(generation: u32) -> fbuf::Desc {
     }
 }
 
+/// Allocates the one slot for `round`, writes the round into it and tells `generation` its life.
+fn alloc_round(pool: &Pool, round: u64, generation: &std::sync::atomic::AtomicU64) -> fbuf::BufMut {
+    let mut b = match pool.alloc(64) {
+        Ok(b) => b,
+        Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
+    };
+    b[..8].copy_from_slice(&round.to_le_bytes());
+    generation.store(u64::from(b.desc().generation), Ordering::Release);
+    b
+}
+
 /// A peer queues, on channel 1, a descriptor of a free slot's last life, and this process
 /// imports it at the moment another of its threads allocates that slot again, round after
 /// round. The import must be refused and the allocation must get the slot with its handle
@@ -781,12 +809,7 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
         std::thread::spawn(move || {
             let mut round = 1;
             while rounds.start(round) {
-                let mut b = match pool.alloc(64) {
-                    Ok(b) => b,
-                    Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
-                };
-                b[..8].copy_from_slice(&round.to_le_bytes());
-                generation.store(u64::from(b.desc().generation), Ordering::Release);
+                let b = alloc_round(&pool, round, &generation);
                 drop(b);
                 rounds.finished_part();
                 round += 1;
@@ -823,40 +846,22 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
     let rounds = Rounds::new(3);
     let (generation, reported) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let taken = Arc::new(AtomicUsize::new(0));
-    // Takes this round's buffer from `rx` (or is refused: the other one took it), holds it until
-    // both takers have tried, then counts its part done.
-    let taker = |mut rx: fbuf::channel::Receiver, real: bool| {
-        let (rounds, reported, taken) = (rounds.clone(), reported.clone(), taken.clone());
-        std::thread::spawn(move || {
-            let mut round = 1;
-            while rounds.start(round) {
-                let got = loop {
-                    match rx.try_recv() {
-                        // The real descriptor is queued once the sender has sent it.
-                        Err(RecvError::Empty) if real => std::thread::yield_now(),
-                        other => break other,
-                    }
-                };
-                reported.fetch_add(1, Ordering::AcqRel);
-                match got {
-                    Ok(b) => {
-                        assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
-                        taken.fetch_add(1, Ordering::SeqCst);
-                        wait_for(&reported, 2 * round);
-                        drop(b);
-                    }
-                    Err(RecvError::Desc(_)) => {}
-                    Err(e) => panic!("round {round}: {e:?}"),
-                }
-                rounds.finished_part();
-                round += 1;
-            }
-        })
-    };
     // Both takers in the allocating process: copies taken by two processes at once can both get
     // the buffer (docs/safety.md), copies taken by one may not.
-    let real = taker(rings.pool.receiver(0).unwrap(), true);
-    let forged = taker(rings.pool.receiver(1).unwrap(), false);
+    let real = take_once(
+        rings.pool.receiver(0).unwrap(),
+        &rounds,
+        &reported,
+        &taken,
+        true,
+    );
+    let forged = take_once(
+        rings.pool.receiver(1).unwrap(),
+        &rounds,
+        &reported,
+        &taken,
+        false,
+    );
     let sender = {
         let pool = rings.pool.clone();
         let mut tx = pool.sender(0).unwrap();
@@ -864,12 +869,7 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
         std::thread::spawn(move || {
             let mut round = 1;
             while rounds.start(round) {
-                let mut b = match pool.alloc(64) {
-                    Ok(b) => b,
-                    Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
-                };
-                b[..8].copy_from_slice(&round.to_le_bytes());
-                generation.store(u64::from(b.desc().generation), Ordering::Release);
+                let b = alloc_round(&pool, round, &generation);
                 tx.try_send(b.freeze()).unwrap();
                 rounds.finished_part();
                 round += 1;
