@@ -539,6 +539,22 @@ impl Rounds {
         self.done.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// A thread that plays `part` in every round until the test ends, counting each part done.
+    fn each(
+        self: &std::sync::Arc<Self>,
+        mut part: impl FnMut(u64) + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let rounds = self.clone();
+        std::thread::spawn(move || {
+            let mut round = 1;
+            while rounds.start(round) {
+                part(round);
+                rounds.finished_part();
+                round += 1;
+            }
+        })
+    }
+
     /// Runs `round` for each round (`1..=max`, or fewer when `budget` is spent): `prepare`
     /// before the round starts, then waits up to 10 s for every thread's part (`stuck` says
     /// what is wrong if one never finishes). Then tells the threads the test is over.
@@ -557,11 +573,7 @@ impl Rounds {
             }
             prepare(round);
             self.go.store(round, Ordering::Release);
-            let limit = Instant::now() + Duration::from_secs(10);
-            while self.done.load(Ordering::Acquire) < self.threads * round {
-                assert!(Instant::now() < limit, "{}", stuck(round));
-                std::thread::yield_now();
-            }
+            within_10s(&self.done, self.threads * round, || stuck(round));
             ran = round;
         }
         self.last.store(ran, Ordering::Release);
@@ -583,6 +595,15 @@ fn wait_for(word: &std::sync::atomic::AtomicU64, round: u64) {
     }
 }
 
+/// Waits, yielding, until `word` reads at least `n`; fails the test (saying `what`) after 10 s.
+fn within_10s(word: &std::sync::atomic::AtomicU64, n: u64, what: impl Fn() -> String) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    while word.load(Ordering::Acquire) < n {
+        assert!(Instant::now() < limit, "{}", what());
+        std::thread::yield_now();
+    }
+}
+
 /// How long each race test may run (it stops earlier when its rounds are done).
 const RACE_BUDGET: Duration = Duration::from_secs(20);
 
@@ -591,17 +612,9 @@ fn refuse_copies(
     mut rx: fbuf::channel::Receiver,
     rounds: &std::sync::Arc<Rounds>,
 ) -> std::thread::JoinHandle<()> {
-    let rounds = rounds.clone();
-    std::thread::spawn(move || {
-        let mut round = 1;
-        while rounds.start(round) {
-            match rx.try_recv() {
-                Err(RecvError::Desc(_)) => {}
-                other => panic!("round {round}: a stale copy gave {other:?}"),
-            }
-            rounds.finished_part();
-            round += 1;
-        }
+    rounds.each(move |round| match rx.try_recv() {
+        Err(RecvError::Desc(_)) => {}
+        other => panic!("round {round}: a stale copy gave {other:?}"),
     })
 }
 
@@ -615,29 +628,24 @@ fn take_once(
     taken: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
     wait: bool,
 ) -> std::thread::JoinHandle<()> {
-    let (rounds, reported, taken) = (rounds.clone(), reported.clone(), taken.clone());
-    std::thread::spawn(move || {
-        let mut round = 1;
-        while rounds.start(round) {
-            let got = loop {
-                match rx.try_recv() {
-                    Err(RecvError::Empty) if wait => std::thread::yield_now(),
-                    other => break other,
-                }
-            };
-            reported.fetch_add(1, Ordering::AcqRel);
-            match got {
-                Ok(b) => {
-                    assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
-                    taken.fetch_add(1, Ordering::SeqCst);
-                    wait_for(&reported, 2 * round);
-                    drop(b);
-                }
-                Err(RecvError::Desc(_)) => {}
-                Err(e) => panic!("round {round}: {e:?}"),
+    let (reported, taken) = (reported.clone(), taken.clone());
+    rounds.each(move |round| {
+        let got = loop {
+            match rx.try_recv() {
+                Err(RecvError::Empty) if wait => std::thread::yield_now(),
+                other => break other,
             }
-            rounds.finished_part();
-            round += 1;
+        };
+        reported.fetch_add(1, Ordering::AcqRel);
+        match got {
+            Ok(b) => {
+                assert_eq!(b[..8], round.to_le_bytes(), "the round's bytes");
+                taken.fetch_add(1, Ordering::SeqCst);
+                wait_for(&reported, 2 * round);
+                drop(b);
+            }
+            Err(RecvError::Desc(_)) => {}
+            Err(e) => panic!("round {round}: {e:?}"),
         }
     })
 }
@@ -745,11 +753,7 @@ fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
             let mut b = rings.pool.alloc(64).unwrap();
             b[..8].copy_from_slice(&round.to_le_bytes());
             tx.try_send(b.freeze()).unwrap();
-            let limit = Instant::now() + Duration::from_secs(10);
-            while held.load(Ordering::Acquire) < round {
-                assert!(Instant::now() < limit, "round {round}: never delivered");
-                std::thread::yield_now();
-            }
+            within_10s(&held, round, || format!("round {round}: never delivered"));
             rings.copy(round - 1);
         },
         |round| format!("round {round}: a thread is stuck"),
@@ -804,17 +808,8 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
     let rounds = Rounds::new(2);
     let generation = Arc::new(AtomicU64::new(0));
     let allocator = {
-        let pool = rings.pool.clone();
-        let (rounds, generation) = (rounds.clone(), generation.clone());
-        std::thread::spawn(move || {
-            let mut round = 1;
-            while rounds.start(round) {
-                let b = alloc_round(&pool, round, &generation);
-                drop(b);
-                rounds.finished_part();
-                round += 1;
-            }
-        })
+        let (pool, generation) = (rings.pool.clone(), generation.clone());
+        rounds.each(move |round| drop(alloc_round(&pool, round, &generation)))
     };
     let importer = refuse_copies(rings.pool.receiver(1).unwrap(), &rounds);
     rounds.run(
@@ -863,17 +858,11 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
         false,
     );
     let sender = {
-        let pool = rings.pool.clone();
+        let (pool, generation) = (rings.pool.clone(), generation.clone());
         let mut tx = pool.sender(0).unwrap();
-        let (rounds, generation) = (rounds.clone(), generation.clone());
-        std::thread::spawn(move || {
-            let mut round = 1;
-            while rounds.start(round) {
-                let b = alloc_round(&pool, round, &generation);
-                tx.try_send(b.freeze()).unwrap();
-                rounds.finished_part();
-                round += 1;
-            }
+        rounds.each(move |round| {
+            let b = alloc_round(&pool, round, &generation);
+            tx.try_send(b.freeze()).unwrap();
         })
     };
     let ran = rounds.run(

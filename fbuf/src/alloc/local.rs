@@ -180,19 +180,17 @@ impl LocalRefs {
             .map(|k| from + k)
     }
 
-    /// The current count (for tests, diagnostics and the allocation's placement guess).
+    /// The current count (for tests and diagnostics).
     pub fn count(&self, i: usize) -> u32 {
         self.counts[i].load(Ordering::Relaxed)
     }
 
-    /// Slots counted.
-    pub fn len(&self) -> usize {
-        self.counts.len()
-    }
-
-    /// Whether no slot is counted.
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
+    /// Whether this process has a handle to slot `i` now; false for an index past the last slot
+    /// (the allocation's placement guess may hold one from another pool).
+    pub fn has_handles(&self, i: usize) -> bool {
+        self.counts
+            .get(i)
+            .is_some_and(|c| c.load(Ordering::Relaxed) != 0)
     }
 }
 
@@ -206,10 +204,10 @@ impl LocalRefs {
 /// the count's lock meanwhile; the word refuses its import, and its lock ends with a CAS that
 /// leaves our 0 standing (`LocalRefs::locked`). The count reads `TRANSITION` while `give` runs,
 /// as under the lock: a thread of ours that claims the slot as soon as `give` let it go waits for
-/// the 0 that follows. That 0, a Release
-/// store, is the handle's last touch of this process's pool state, which may be freed as soon as
-/// every count reads 0 (`pool::lifetime`): nothing here touches anything after it, and `count`
-/// is an atomic, not a reference into the state that this call would have to keep valid.
+/// the 0 that follows. That 0, a Release store, is the handle's last touch of this process's pool
+/// state, which may be freed as soon as every count reads 0 (`pool::lifetime`): nothing here
+/// touches anything after it, and `count` is an atomic, not a reference into the state that this
+/// call would have to keep valid.
 #[inline]
 pub fn give_only<R>(
     count: &AtomicU32,

@@ -42,7 +42,7 @@ pub(crate) fn choose(local: &LocalRefs, slot_size: usize) -> Placement {
     }
     let filling = PREVIOUS
         .with(Cell::get)
-        .is_some_and(|i| i < local.len() && local.count(i) != 0);
+        .is_some_and(|i| local.has_handles(i));
     if answered || filling {
         Placement::Adjacent
     } else {
