@@ -896,3 +896,58 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
     );
     rings.assert_nothing_leaked();
 }
+
+/// Three threads of one process, round after round: one drops the one slot's only handle (plain
+/// stores, no lock), one imports a stale copy of that slot's descriptor (a peer queued it on
+/// channel 1; refused under the count's lock), and one allocates the slot again as soon as it is
+/// free. The allocation must get the slot: before the lock was tagged by its thread, the refused
+/// import could end its lock (its stale count, 1) between the drop's free and the drop's last
+/// store, and the allocation then read that 1 as a handle of ours and refused the free slot as
+/// `Corrupted` (leaking it); the drop's store of 0 could also land inside a third thread's lock.
+#[test]
+fn a_stale_copy_imported_while_the_only_handle_drops_does_not_lock_out_the_next_allocation() {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::{Arc, Mutex};
+
+    let rings = CopiedRings::with_classes("dup-drop-alloc", one_slot());
+    let rounds = Rounds::new(3);
+    let generation = Arc::new(AtomicU64::new(0));
+    // The buffer each round drops: allocated by the round before (the first one, here).
+    let held = Arc::new(Mutex::new(Some(alloc_round(&rings.pool, 0, &generation))));
+    let dropper = {
+        let held = held.clone();
+        rounds.each(move |round| {
+            let b = held.lock().unwrap().take();
+            assert!(b.is_some(), "round {round}: no buffer to drop");
+            drop(b);
+        })
+    };
+    let importer = refuse_copies(rings.pool.receiver(1).unwrap(), &rounds);
+    let allocator = {
+        let (pool, held, generation) = (rings.pool.clone(), held.clone(), generation.clone());
+        rounds.each(move |round| {
+            let b = loop {
+                match pool.alloc(64) {
+                    Ok(b) => break b,
+                    // The dropper has not let the slot go yet.
+                    Err(fbuf::AllocError::Exhausted { .. }) => std::thread::yield_now(),
+                    Err(e) => panic!("round {round}: the free slot was refused: {e:?}"),
+                }
+            };
+            generation.store(u64::from(b.desc().generation), Ordering::Release);
+            *held.lock().unwrap() = Some(b);
+        })
+    };
+    rounds.run(
+        200_000,
+        RACE_BUDGET,
+        // A copy of the held buffer's descriptor, as a peer that saw it would queue it.
+        |round| rings.forge(round - 1, slot_0(generation.load(Ordering::Acquire) as u32)),
+        |round| format!("round {round}: a thread is stuck"),
+    );
+    for t in [dropper, importer, allocator] {
+        t.join().unwrap();
+    }
+    drop(held.lock().unwrap().take());
+    rings.assert_nothing_leaked();
+}

@@ -4,8 +4,15 @@
 //! A participant owns one holding per slot however many handles its threads have. The first
 //! handle sets the bit, the last clears it. The 0→1 and 1→0 transitions must not interleave (a
 //! late "clear" after another thread's "set" would drop a holding that still has a handle), so each
-//! transition runs with the count word set to `TRANSITION` (bit 31); other threads of this process wait
-//! for the one shared-memory RMW the transition does. Counts between 1 and 2³¹ change by plain CAS.
+//! transition runs with bit 31 of the count word set (`TRANSITION`); other threads of this
+//! process wait for the one shared-memory RMW the transition does. Counts between 1 and 2³¹ change
+//! by plain CAS.
+//!
+//! A lock taken by [`LocalRefs::locked`] marks the word with the bit and a tag of the locking
+//! thread's own ([`lock_mark`]); the lock-free steps ([`give_only`], [`drop_counted`]) mark it with
+//! the bit alone. The tag is what lets a lock tell, at its end, whether the word is still its own:
+//! a lone drop may store over it (see [`give_only`]), and after that drop another thread may lock
+//! the word again, which with one shared mark would look like the first lock still held.
 //!
 //! This memory is private to the process: no peer can touch it, and it dies with the process
 //! (the survivors then release the dead participant's holdings; see `ClassSlots::reclaim`).
@@ -13,8 +20,33 @@
 use crate::sync::seeded::{self, Bug};
 use crate::sync::{AtomicU32, Ordering, spin_hint};
 
-/// The count word while a thread sets or clears the holding.
+/// The count word's bit while a thread sets or clears the holding; alone, the mark of the
+/// lock-free steps.
 const TRANSITION: u32 = 1 << 31;
+
+/// Whether a count word is marked: some thread of ours is setting or clearing the holding.
+#[inline(always)]
+fn marked(v: u32) -> bool {
+    v & TRANSITION != 0
+}
+
+/// This thread's mark for a count word it locks: `TRANSITION` and a tag no other live thread of
+/// the process has (1 to 2³¹ - 1, handed out in turn; a tag comes back only after 2³¹ - 1 threads).
+fn lock_mark() -> u32 {
+    use std::cell::Cell;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    #[cfg(loom)]
+    loom::thread_local! { static MARK: Cell<u32> = Cell::new(0); }
+    #[cfg(not(loom))]
+    std::thread_local! { static MARK: Cell<u32> = const { Cell::new(0) }; }
+    MARK.with(|m| {
+        if m.get() == 0 {
+            let tag = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (TRANSITION - 1);
+            m.set(TRANSITION | (tag + 1));
+        }
+        m.get()
+    })
+}
 
 /// One handle count per slot of the pool.
 pub struct LocalRefs {
@@ -50,7 +82,7 @@ impl LocalRefs {
                 // previous life (it cleared the bit, which let us claim the slot, and has yet to
                 // store 0), or importing a stale descriptor under the count's lock: a few
                 // instructions away, in our own process, so waiting for it ends.
-                Err(TRANSITION) | Err(0) => spin_hint(),
+                Err(v) if v == 0 || marked(v) => spin_hint(),
                 Err(_) => return false,
             }
         }
@@ -61,12 +93,12 @@ impl LocalRefs {
         let count = &self.counts[i];
         loop {
             let v = count.load(Ordering::Relaxed);
-            if v == TRANSITION {
+            if marked(v) {
                 // Another thread is lending or importing this slot under the lock: wait for it.
                 spin_hint();
                 continue;
             }
-            if v >= TRANSITION - 1 {
+            if v == TRANSITION - 1 {
                 // Like `Arc`: 2³¹ handles means a leak loop, and wrapping would free a held slot.
                 std::process::abort();
             }
@@ -85,24 +117,28 @@ impl LocalRefs {
     #[inline]
     pub fn locked<R>(&self, i: usize, f: impl FnOnce(u32) -> (R, u32)) -> R {
         let count = &self.counts[i];
+        let mark = lock_mark();
         loop {
             let v = count.load(Ordering::Acquire);
-            if v == TRANSITION {
+            if marked(v) {
                 spin_hint();
             } else if count
-                .compare_exchange_weak(v, TRANSITION, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange_weak(v, mark, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 let (r, new) = f(v);
-                // SYNC POINT (transition end): Release, as in `acquire`. A CAS, not a store: a
-                // thread of ours dropping the slot's only handle by `give_only` takes no lock, and
-                // a copied descriptor imported here meanwhile (a peer can copy any) is refused,
-                // so `new` is the stale `v` by then; a store of it after the drop's 0 left a
-                // count with no handle behind it, and the slot's next delivery here was refused
-                // (`tests/hostile.rs::a_stale_copy_imported_while_the_only_handle_drops_leaves_
-                // the_count_right`). If the count is not ours any more, the drop's value stands.
-                let _ =
-                    count.compare_exchange(TRANSITION, new, Ordering::Release, Ordering::Relaxed);
+                // SYNC POINT (transition end): Release, as in `acquire`. A CAS from our own mark,
+                // not a store: a thread of ours dropping the slot's only handle by `give_only`
+                // takes no lock and stores over it, and a copied descriptor imported here
+                // meanwhile (a peer can copy any) is refused, so `new` is the stale `v` by then.
+                // A store of it after the drop's 0 left a count with no handle behind it, and the
+                // slot's next delivery here was refused (`tests/hostile.rs::a_stale_copy_
+                // imported_while_the_only_handle_drops_leaves_the_count_right`); a CAS from a
+                // mark shared by every thread landed inside the drop (the drop's bare mark) or
+                // inside a third thread's lock taken after it, and an allocation of the freed
+                // slot then read the stale count as a handle of ours (`..._does_not_lock_out_the_
+                // next_allocation`). If the word is not ours any more, the others' values stand.
+                let _ = count.compare_exchange(mark, new, Ordering::Release, Ordering::Relaxed);
                 return r;
             }
         }
@@ -201,13 +237,15 @@ impl LocalRefs {
 /// No lock is needed: with one handle, ours, no other thread of this process can add or drop
 /// one (adding needs a handle to clone, or a descriptor in flight to import, which `alone` rules
 /// out). A thread importing a stale copy of the slot's descriptor (a peer can copy any) may hold
-/// the count's lock meanwhile; the word refuses its import, and its lock ends with a CAS that
-/// leaves our 0 standing (`LocalRefs::locked`). The count reads `TRANSITION` while `give` runs,
-/// as under the lock: a thread of ours that claims the slot as soon as `give` let it go waits for
-/// the 0 that follows. That 0, a Release store, is the handle's last touch of this process's pool
-/// state, which may be freed as soon as every count reads 0 (`pool::lifetime`): nothing here
-/// touches anything after it, and `count` is an atomic, not a reference into the state that this
-/// call would have to keep valid.
+/// the count's lock meanwhile, taken between our load and our mark; the word refuses its import
+/// (its slot is ours alone with nothing in flight, then lent or free), and its lock ends with a
+/// CAS from its own tagged mark, which fails once ours is stored, so our values stand
+/// (`LocalRefs::locked`). The count reads `TRANSITION` while `give` runs, as under the lock: a
+/// thread of ours that claims the slot as soon as `give` let it go waits for the 0 that follows.
+/// That 0, a Release store, is the handle's last touch of this process's pool state, which may be
+/// freed as soon as every count reads 0 (`pool::lifetime`): nothing here touches anything after
+/// it, and `count` is an atomic, not a reference into the state that this call would have to
+/// keep valid.
 #[inline]
 pub fn give_only<R>(
     count: &AtomicU32,
@@ -231,7 +269,7 @@ pub fn give_only<R>(
 pub fn drop_counted(count: &AtomicU32, last: impl FnOnce()) {
     loop {
         let v = count.load(Ordering::Acquire);
-        if v == TRANSITION || v == 0 {
+        if v == 0 || marked(v) {
             // 0 cannot happen for a caller that holds a handle; waiting is the safe answer to
             // a transition in progress.
             spin_hint();
@@ -280,5 +318,66 @@ pub fn drop_handle(
 impl std::fmt::Debug for LocalRefs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalRefs").finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A lock whose word a lone drop stored over, then another thread locked, must not end with
+    /// its stale count inside that other thread's lock: with one mark for every lock it did, and
+    /// the other thread's own count was lost (a stale 1 where the slot had no handle).
+    #[test]
+    fn a_lock_stored_over_by_a_lone_drop_leaves_a_later_lock_alone() {
+        let local = std::sync::Arc::new(LocalRefs::new(1));
+        local.first_after_alloc(0);
+        let (entered, wait_entered) = mpsc::channel();
+        let (go, wait_go) = mpsc::channel::<()>();
+        let mut later = None;
+        let r = local.locked(0, |count| {
+            assert_eq!(count, 1);
+            // Meanwhile, as `give_only` on another thread: the bare mark, the free, then 0 ...
+            local.cell(0).store(TRANSITION, Ordering::Relaxed);
+            local.cell(0).store(0, Ordering::Release);
+            // ... and a third thread locks the count (a first handle it will not take) and
+            // holds the lock until this one has ended.
+            let (l, entered) = (local.clone(), entered.clone());
+            later = Some(std::thread::spawn(move || {
+                l.locked(0, |count| {
+                    entered.send(count).unwrap();
+                    wait_go.recv().unwrap();
+                    ((), count)
+                })
+            }));
+            assert_eq!(
+                wait_entered.recv().unwrap(),
+                0,
+                "the later lock saw the drop's 0"
+            );
+            ("refused", count)
+        });
+        assert_eq!(r, "refused");
+        assert!(
+            marked(local.count(0)),
+            "the later lock still holds the word"
+        );
+        go.send(()).unwrap();
+        later.unwrap().join().unwrap();
+        assert_eq!(local.count(0), 0, "no handle, no count");
+    }
+
+    #[test]
+    fn threads_lock_with_marks_of_their_own() {
+        let here = lock_mark();
+        let there = std::thread::spawn(lock_mark).join().unwrap();
+        assert!(marked(here) && marked(there));
+        assert_ne!(
+            here, TRANSITION,
+            "a lock's mark is not the lone steps' bare mark"
+        );
+        assert_ne!(here, there);
+        assert_eq!(here, lock_mark(), "one mark per thread");
     }
 }
