@@ -9,7 +9,7 @@
 //! by plain CAS.
 //!
 //! A lock taken by [`LocalRefs::locked`] marks the word with the bit and a tag of the locking
-//! thread's own ([`lock_mark`]); the lock-free steps ([`give_only`], [`drop_counted`]) mark it with
+//! thread's own (`lock_mark`); the lock-free steps ([`give_only`], [`drop_counted`]) mark it with
 //! the bit alone. The tag is what lets a lock tell, at its end, whether the word is still its own:
 //! a lone drop may store over it (see [`give_only`]), and after that drop another thread may lock
 //! the word again, which with one shared mark would look like the first lock still held.
