@@ -52,6 +52,7 @@ fn seed_from_env() {
         Some(8) => Bug::RecoveryDropsBare,
         Some(9) => Bug::OrphanFreedWhileHeld,
         Some(10) => Bug::HandleSkipsOrphanFence,
+        Some(11) => Bug::SharedLockMark,
         _ => Bug::None,
     };
     seeded::set(bug);
@@ -570,22 +571,8 @@ fn duplicated_lone_descriptor_imported_by_two_threads() {
         let local = Arc::new(LocalRefs::new(1));
         let (slot, generation) = class.slots().alloc(1).unwrap(); // the sender, participant 1
         class.slots().hand_off_alone(slot, generation, 1, 1);
-        let import = move |class: Arc<HeapClass>, local: Arc<LocalRefs>| {
-            let words = journal_words();
-            let j = Journal::new(&words);
-            j.begin(Op::Recv, 0, 0, std::iter::empty());
-            let e = j
-                .push_entry([slot as u64, u64::from(generation)], State::Popped)
-                .unwrap();
-            let c = class.slots();
-            let s = slot_ref(&c, &local, 0, slot, generation, 0);
-            journal::import(&j, e, &s).is_ok()
-        };
-        let other = {
-            let (class, local) = (class.clone(), local.clone());
-            thread::spawn(move || import(class, local))
-        };
-        let here = import(class.clone(), local.clone());
+        let other = spawn_journaled_import(&class, &local, slot, generation);
+        let here = journaled_import(&class, &local, slot, generation);
         let taken = u32::from(here) + u32::from(other.join().unwrap());
         assert_eq!(taken, 1, "one descriptor in flight, one import");
         assert_eq!(local.count(0), taken, "every handle counted");
@@ -593,6 +580,132 @@ fn duplicated_lone_descriptor_imported_by_two_threads() {
         assert!(class.slots().is_held_by(0, 0));
         assert_eq!((s.all_holders(), s.in_flight()), (1, 0));
     });
+}
+
+/// Participant 0 imports a descriptor of (`slot`, `generation`) popped from a ring of its own, as
+/// a receiver does (journaled); whether it got a handle.
+fn journaled_import(class: &HeapClass, local: &LocalRefs, slot: usize, generation: u32) -> bool {
+    let words = journal_words();
+    let j = Journal::new(&words);
+    j.begin(Op::Recv, 0, 0, std::iter::empty());
+    let e = j
+        .push_entry([slot as u64, u64::from(generation)], State::Popped)
+        .unwrap();
+    let c = class.slots();
+    let s = slot_ref(&c, local, 0, slot, generation, 0);
+    journal::import(&j, e, &s).is_ok()
+}
+
+/// [`journaled_import`] on a thread of its own; joins to whether it got a handle.
+fn spawn_journaled_import(
+    class: &Arc<HeapClass>,
+    local: &Arc<LocalRefs>,
+    slot: usize,
+    generation: u32,
+) -> thread::JoinHandle<bool> {
+    let (class, local) = (class.clone(), local.clone());
+    thread::spawn(move || journaled_import(&class, &local, slot, generation))
+}
+
+/// One slot that participant 0 has just allocated: its only handle, counted.
+fn held_alone() -> (Arc<HeapClass>, Arc<LocalRefs>, usize, u32) {
+    let class = Arc::new(HeapClass::new(1));
+    let local = Arc::new(LocalRefs::new(1));
+    let (slot, generation) = class.slots().alloc(0).unwrap();
+    assert!(local.first_after_alloc(0));
+    (class, local, slot, generation)
+}
+
+/// Drops participant 0's only handle of `slot` as `Lease::drop` does: plain stores when the
+/// slot is its alone, else the count's locked last release.
+fn drop_only(class: &HeapClass, local: &LocalRefs, slot: usize, generation: u32) {
+    let c = class.slots();
+    local::drop_handle(
+        local.cell(0),
+        || c.owns_alone(slot, generation, 0),
+        || c.free_alone(slot, generation),
+        || {
+            c.release_held(slot, 0);
+        },
+    );
+}
+
+/// A peer queued a copy of a descriptor of the slot that a thread of ours holds alone (any
+/// participant can write any ring), and another thread of ours imports it while the first drops
+/// its handle by plain stores. The copy is refused, and the count ends at 0 with the slot free:
+/// with the lock's end a store, the refused import's stale 1 could land after the drop's 0.
+#[test]
+fn stale_copy_imported_while_the_only_handle_drops() {
+    let _g = serial();
+    loom::model(|| {
+        let (class, local, slot, generation) = held_alone();
+        let importer = spawn_journaled_import(&class, &local, slot, generation);
+        drop_only(&class, &local, slot, generation);
+        assert!(
+            !importer.join().unwrap(),
+            "nothing was lent: the copy is refused"
+        );
+        assert_eq!(local.count(0), 0, "no handle, no count");
+        assert_eq!(class.slots().free_count(), 1, "the slot is free");
+    });
+}
+
+/// The same, with a third thread of ours allocating the slot again as soon as it is free. The
+/// allocation must never find its new slot's count at 1, a handle of ours: with one mark for
+/// every lock, the refused import's lock could end (its stale 1) inside the drop, or inside a
+/// lock taken after it, and the allocation then refused the free slot (`Corrupted`). The model
+/// makes the allocation's first step on the count (`LocalRefs::first_after_alloc`'s CAS) once,
+/// instead of its wait for a marked count: three threads' waits together ran past loom's
+/// branch limit.
+fn stale_copy_vs_drop_vs_reallocation() {
+    loom::model(|| {
+        let (class, local, slot, generation) = held_alone();
+        let importer = spawn_journaled_import(&class, &local, slot, generation);
+        let dropper = {
+            let (class, local) = (class.clone(), local.clone());
+            thread::spawn(move || drop_only(&class, &local, slot, generation))
+        };
+        // Let the others go first: a thread whose first step is a load is otherwise never run
+        // before this one's next step (tokio-rs/loom#392), and the race is not explored.
+        thread::yield_now();
+        // One try (a loop waiting for the free would run past loom's branches too): the
+        // interleavings where it comes after the drop's free are the ones that matter.
+        let c = class.slots();
+        let first = c.alloc(0).map(|_| {
+            local
+                .cell(0)
+                .compare_exchange(0, 1, LoomOrdering::Acquire, LoomOrdering::Relaxed)
+        });
+        dropper.join().unwrap();
+        assert!(
+            !importer.join().unwrap(),
+            "nothing was lent: the copy is refused"
+        );
+        assert_ne!(
+            first,
+            Some(Err(1)),
+            "the slot was free, yet its count said a handle of ours held it"
+        );
+    });
+}
+
+#[test]
+fn stale_copy_imported_while_the_only_handle_drops_and_the_slot_is_allocated_again() {
+    let _g = serial();
+    seed_from_env();
+    stale_copy_vs_drop_vs_reallocation();
+}
+
+#[test]
+fn seeded_shared_lock_mark_is_caught() {
+    let _g = serial();
+    assert!(
+        caught(
+            Bug::SharedLockMark,
+            "stale_copy_imported_while_the_only_handle_drops_and_the_slot_is_allocated_again"
+        ),
+        "loom missed a lock ending inside another thread's step"
+    );
 }
 
 /// Reclamation: the owner releases a dead participant's holdings while a live holder of the same

@@ -117,7 +117,11 @@ impl LocalRefs {
     #[inline]
     pub fn locked<R>(&self, i: usize, f: impl FnOnce(u32) -> (R, u32)) -> R {
         let count = &self.counts[i];
-        let mark = lock_mark();
+        let mark = if seeded::active(Bug::SharedLockMark) {
+            TRANSITION
+        } else {
+            lock_mark()
+        };
         loop {
             let v = count.load(Ordering::Acquire);
             if marked(v) {
@@ -255,11 +259,25 @@ pub fn give_only<R>(
     if count.load(Ordering::Relaxed) != 1 || !alone() {
         return None;
     }
-    count.store(TRANSITION, Ordering::Relaxed);
+    put(count, TRANSITION, Ordering::Relaxed);
     let r = give();
     // SYNC POINT (handle gone): Release, read by `LocalRefs::first_held`'s Acquire before a free.
-    count.store(0, Ordering::Release);
+    put(count, 0, Ordering::Release);
     Some(r)
+}
+
+/// Stores `v` to a count word that another thread of ours may CAS at the same moment (a lock's
+/// end). Under loom it is a swap whose result is dropped: loom can let a plain store land between
+/// the read and the write of another thread's CAS (tokio-rs/loom#254), which no machine does and
+/// the memory model forbids (a read-modify-write reads the value just before its own write), and
+/// then reports counts that cannot happen. A swap is the same store to the model, and loom keeps
+/// it out of another RMW.
+#[inline(always)]
+fn put(count: &AtomicU32, v: u32, order: Ordering) {
+    #[cfg(loom)]
+    let _ = count.swap(v, order);
+    #[cfg(not(loom))]
+    count.store(v, order);
 }
 
 /// Drops a handle counted in `count` (a [`LocalRefs`] cell). `last` runs (and must clear the
@@ -287,7 +305,7 @@ pub fn drop_counted(count: &AtomicU32, last: impl FnOnce()) {
                 .is_ok()
             {
                 last();
-                count.store(0, Ordering::Release);
+                put(count, 0, Ordering::Release);
                 return;
             }
         } else if count

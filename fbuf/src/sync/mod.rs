@@ -108,6 +108,9 @@ pub mod seeded {
         OrphanFreedWhileHeld = 9,
         /// A handle's drop looks at the orphan list without the light half of the fence.
         HandleSkipsOrphanFence = 10,
+        /// A lock of a handle count marks it with the lone steps' bare mark instead of a tag of
+        /// its own thread (as every lock did before 2026-11-27).
+        SharedLockMark = 11,
     }
 
     #[cfg(loom)]
