@@ -618,17 +618,49 @@ fn refuse_copies(
     })
 }
 
+/// The two takers racing for each round's buffer in a copy race: how many have tried it and how
+/// many got it, which must be exactly one a round.
+#[derive(Clone, Default)]
+struct Takers {
+    reported: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Takers {
+    fn taken(&self) -> u64 {
+        self.taken.load(Ordering::SeqCst) as u64
+    }
+
+    /// Before round `round` starts: every round before it had one taker (`what` says why).
+    fn one_each_before(&self, round: u64, what: &str) {
+        if round > 1 {
+            assert_eq!(self.taken(), round - 1, "round {}: {what}", round - 1);
+        }
+    }
+
+    /// What to say when round `round` never finishes: `who` is stuck, and how many took the
+    /// round's buffer.
+    fn stuck(&self, round: u64, who: &str) -> String {
+        let n = self.taken() + 1 - round;
+        format!("round {round}: {who} is stuck ({n} took the buffer)")
+    }
+
+    /// After the `ran` rounds: one taker a round.
+    fn one_each(&self, ran: u64) {
+        assert_eq!(self.taken(), ran, "one taker a round");
+    }
+}
+
 /// One of two threads racing for each round's buffer, one copy each: takes it from `rx` (or is
-/// refused by name: the other took it), holds it until both have tried (`reported`), then
+/// refused by name: the other took it), holds it until both have tried (`takers.reported`), then
 /// counts its part done. With `wait`, an empty ring means the copy is not sent yet.
 fn take_once(
     mut rx: fbuf::channel::Receiver,
     rounds: &std::sync::Arc<Rounds>,
-    reported: &std::sync::Arc<std::sync::atomic::AtomicU64>,
-    taken: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    takers: &Takers,
     wait: bool,
 ) -> std::thread::JoinHandle<()> {
-    let (reported, taken) = (reported.clone(), taken.clone());
+    let Takers { reported, taken } = takers.clone();
     rounds.each(move |round| {
         let got = loop {
             match rx.try_recv() {
@@ -658,50 +690,36 @@ fn take_once(
 /// waited forever (loom: `duplicated_lone_descriptor_imported_by_two_threads`).
 #[test]
 fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
-
     let rings = CopiedRings::new("dup-take");
     let mut tx = rings.pool.sender(0).unwrap();
     let rounds = Rounds::new(2);
-    let reported = Arc::new(AtomicU64::new(0));
-    let taken = Arc::new(AtomicUsize::new(0));
+    let takers = Takers::default();
     let threads: Vec<_> = (0..2)
         .map(|ch| {
-            let rx = rings.receiving.receiver(ch).unwrap();
-            take_once(rx, &rounds, &reported, &taken, false)
+            take_once(
+                rings.receiving.receiver(ch).unwrap(),
+                &rounds,
+                &takers,
+                false,
+            )
         })
         .collect();
     let ran = rounds.run(
         100_000,
         RACE_BUDGET,
         |round| {
-            if round > 1 {
-                assert_eq!(
-                    taken.load(Ordering::SeqCst) as u64,
-                    round - 1,
-                    "round {}: one descriptor in flight, one buffer taken",
-                    round - 1
-                );
-            }
+            takers.one_each_before(round, "one descriptor in flight, one buffer taken");
             let mut b = rings.pool.alloc(64).unwrap();
             b[..8].copy_from_slice(&round.to_le_bytes());
             tx.try_send(b.freeze()).unwrap();
             rings.copy(round - 1);
         },
-        |round| {
-            let n = taken.load(Ordering::SeqCst) as u64 + 1 - round;
-            format!("round {round}: a receiving thread is stuck ({n} took the buffer)")
-        },
+        |round| takers.stuck(round, "a receiving thread"),
     );
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(
-        taken.load(Ordering::SeqCst) as u64,
-        ran,
-        "one taker a round"
-    );
+    takers.one_each(ran);
     rings.assert_nothing_leaked();
 }
 
@@ -710,9 +728,8 @@ fn a_descriptor_copied_into_two_rings_is_taken_once_by_two_threads() {
 /// handle (plain stores, no lock) at the moment another imports the stale copy (under the
 /// count's lock, refused). The count must end at 0: before the lock's end was a CAS, the
 /// refused import could store its stale 1 after the drop's 0, and the next delivery of that slot
-/// to this process was refused as held (`NotHeld`) and its buffer lost. (loom cannot check this
-/// race: it lets a plain store land between the read and the write of another thread's CAS,
-/// tokio-rs/loom#254, and then reports counts no machine can produce.)
+/// to this process was refused as held (`NotHeld`) and its buffer lost (loom:
+/// `stale_copy_imported_while_the_only_handle_drops`).
 #[test]
 fn a_stale_copy_imported_while_the_only_handle_drops_leaves_the_count_right() {
     use std::sync::Arc;
@@ -835,28 +852,16 @@ fn a_stale_copy_imported_while_its_slot_is_allocated_again_leaves_the_count_righ
 #[test]
 fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, AtomicUsize};
+    use std::sync::atomic::AtomicU64;
 
     let rings = CopiedRings::with_classes("dup-next", one_slot());
     let rounds = Rounds::new(3);
-    let (generation, reported) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let taken = Arc::new(AtomicUsize::new(0));
+    let generation = Arc::new(AtomicU64::new(0));
+    let takers = Takers::default();
     // Both takers in the allocating process: copies taken by two processes at once can both get
     // the buffer (docs/safety.md), copies taken by one may not.
-    let real = take_once(
-        rings.pool.receiver(0).unwrap(),
-        &rounds,
-        &reported,
-        &taken,
-        true,
-    );
-    let forged = take_once(
-        rings.pool.receiver(1).unwrap(),
-        &rounds,
-        &reported,
-        &taken,
-        false,
-    );
+    let real = take_once(rings.pool.receiver(0).unwrap(), &rounds, &takers, true);
+    let forged = take_once(rings.pool.receiver(1).unwrap(), &rounds, &takers, false);
     let sender = {
         let (pool, generation) = (rings.pool.clone(), generation.clone());
         let mut tx = pool.sender(0).unwrap();
@@ -869,31 +874,17 @@ fn a_forged_descriptor_of_a_slots_next_life_is_taken_once() {
         1_000_000,
         RACE_BUDGET,
         |round| {
-            if round > 1 {
-                assert_eq!(
-                    taken.load(Ordering::SeqCst) as u64,
-                    round - 1,
-                    "round {}: one buffer, one taker",
-                    round - 1
-                );
-            }
+            takers.one_each_before(round, "one buffer, one taker");
             // The slot is free; the allocation about to run makes the life after the last one.
             let next = generation.load(Ordering::Acquire) as u32 + 1;
             rings.forge(round - 1, slot_0(next));
         },
-        |round| {
-            let n = taken.load(Ordering::SeqCst) as u64 + 1 - round;
-            format!("round {round}: a thread is stuck ({n} took the buffer)")
-        },
+        |round| takers.stuck(round, "a thread"),
     );
     for t in [real, forged, sender] {
         t.join().unwrap();
     }
-    assert_eq!(
-        taken.load(Ordering::SeqCst) as u64,
-        ran,
-        "one taker a round"
-    );
+    takers.one_each(ran);
     rings.assert_nothing_leaked();
 }
 

@@ -178,10 +178,7 @@ fn multicast_release_exactly_once() {
 
 /// One slot held by participant 0 through one local handle, with one descriptor of it in flight.
 fn held_and_lent() -> (Arc<HeapClass>, Arc<LocalRefs>, usize, u32) {
-    let class = Arc::new(HeapClass::new(1));
-    let local = Arc::new(LocalRefs::new(1));
-    let (slot, generation) = class.slots().alloc(0).unwrap();
-    local.first_after_alloc(0);
+    let (class, local, slot, generation) = held_alone();
     class.slots().lend(slot, generation, 0, 1).unwrap();
     (class, local, slot, generation)
 }
@@ -616,18 +613,11 @@ fn held_alone() -> (Arc<HeapClass>, Arc<LocalRefs>, usize, u32) {
     (class, local, slot, generation)
 }
 
-/// Drops participant 0's only handle of `slot` as `Lease::drop` does: plain stores when the
-/// slot is its alone, else the count's locked last release.
+/// Drops participant 0's only handle of `slot`, as a buffer's drop does.
 fn drop_only(class: &HeapClass, local: &LocalRefs, slot: usize, generation: u32) {
-    let c = class.slots();
-    local::drop_handle(
-        local.cell(0),
-        || c.owns_alone(slot, generation, 0),
-        || c.free_alone(slot, generation),
-        || {
-            c.release_held(slot, 0);
-        },
-    );
+    class
+        .slots()
+        .drop_handle(local.cell(0), slot, generation, 0);
 }
 
 /// A peer queued a copy of a descriptor of the slot that a thread of ours holds alone (any
@@ -699,12 +689,9 @@ fn stale_copy_imported_while_the_only_handle_drops_and_the_slot_is_allocated_aga
 #[test]
 fn seeded_shared_lock_mark_is_caught() {
     let _g = serial();
-    assert!(
-        caught(
-            Bug::SharedLockMark,
-            "stale_copy_imported_while_the_only_handle_drops_and_the_slot_is_allocated_again"
-        ),
-        "loom missed a lock ending inside another thread's step"
+    caught_by_all(
+        Bug::SharedLockMark,
+        &["stale_copy_imported_while_the_only_handle_drops_and_the_slot_is_allocated_again"],
     );
 }
 

@@ -609,6 +609,24 @@ impl<'a> ClassSlots<'a> {
         );
     }
 
+    /// Drops one of `holder`'s handles of `slot`, counted in `count` (its process's
+    /// [`LocalRefs`](super::LocalRefs) cell for the slot): the last handle of a slot `holder` owns
+    /// alone frees it with plain stores ([`ClassSlots::free_alone`]); any other goes through the
+    /// count's lock, and the last one gives the holding up ([`ClassSlots::release_held`]). A
+    /// buffer handle's drop, and the loom models', so both take the same steps. The count's last
+    /// change is the last touch of anything: the caller's state may be freed right after it.
+    #[inline]
+    pub fn drop_handle(&self, count: &AtomicU32, slot: usize, generation: u32, holder: u32) {
+        super::local::drop_handle(
+            count,
+            || self.owns_alone(slot, generation, holder),
+            || self.free_alone(slot, generation),
+            || {
+                self.release_held(slot, holder);
+            },
+        );
+    }
+
     /// Frees a slot [`ClassSlots::owns_alone`] said `holder` has to itself, with one plain store:
     /// the last handle's release, without the `fetch_sub` of [`ClassSlots::release_held`].
     #[inline]

@@ -132,16 +132,12 @@ impl LocalRefs {
             {
                 let (r, new) = f(v);
                 // SYNC POINT (transition end): Release, as in `acquire`. A CAS from our own mark,
-                // not a store: a thread of ours dropping the slot's only handle by `give_only`
-                // takes no lock and stores over it, and a copied descriptor imported here
-                // meanwhile (a peer can copy any) is refused, so `new` is the stale `v` by then.
-                // A store of it after the drop's 0 left a count with no handle behind it, and the
-                // slot's next delivery here was refused (`tests/hostile.rs::a_stale_copy_
-                // imported_while_the_only_handle_drops_leaves_the_count_right`); a CAS from a
-                // mark shared by every thread landed inside the drop (the drop's bare mark) or
-                // inside a third thread's lock taken after it, and an allocation of the freed
-                // slot then read the stale count as a handle of ours (`..._does_not_lock_out_the_
-                // next_allocation`). If the word is not ours any more, the others' values stand.
+                // not a store: a thread of ours dropping the slot's only handle (`give_only`)
+                // takes no lock and may store over our mark while a copied descriptor imported
+                // here is refused, so `new` is stale by then. A store of it, or a CAS from a mark
+                // every thread shares, landed after the drop's 0 or inside a lock taken after it,
+                // and left a count with no handle behind it (docs/safety.md, "Plain stores where
+                // a CAS was"). If the word is not ours any more, the others' values stand.
                 let _ = count.compare_exchange(mark, new, Ordering::Release, Ordering::Relaxed);
                 return r;
             }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::lifetime::{self, SharedPtr};
 use super::{Desc, DescError, Pool, ShareError, Shared};
-use crate::alloc::{SlotError, local};
+use crate::alloc::SlotError;
 
 /// One local handle: the checked descriptor of a slot this process holds, and its pool's state.
 /// The handle counts itself in its slot's handle count, which keeps that state (see
@@ -46,17 +46,9 @@ impl Drop for Lease {
             let s = unsafe { state.get() };
             (s.class(d.class as usize), s.handle_count(&d), s.me)
         };
-        let (slot, generation) = (d.slot as usize, d.generation);
         // The last handle of a slot nobody else holds is freed with plain stores; any other goes
         // through the handle-count lock. The count's last change is the last touch of the state.
-        local::drop_handle(
-            count,
-            || slots.owns_alone(slot, generation, me),
-            || slots.free_alone(slot, generation),
-            || {
-                slots.release_held(slot, me);
-            },
-        );
+        slots.drop_handle(count, d.slot as usize, d.generation, me);
         lifetime::after_clear(state);
     }
 }
