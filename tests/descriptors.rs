@@ -266,7 +266,7 @@ fn a_clone_keeps_its_slot_when_the_other_handle_goes() {
 /// spread a line of slot words apart; a loan made while the previous one is still held (a batch)
 /// or after a receive (an answer) takes the next slot; large slots always take the next one.
 #[test]
-fn loans_spread_one_at_a_time_and_stay_adjacent_in_a_batch_an_answer_or_a_large_slot() {
+fn loans_spread_one_at_a_time_and_stay_adjacent_in_a_batch_an_answer_or_a_large_loan() {
     let pool = Pool::create(&PoolConfig {
         classes: vec![
             ClassSpec {
@@ -319,7 +319,22 @@ fn loans_spread_one_at_a_time_and_stay_adjacent_in_a_batch_an_answer_or_a_large_
             let g = pool.alloc(4096).unwrap();
             drop(g);
             let h = pool.alloc(4096).unwrap();
-            assert_eq!(h.desc().slot, 1, "4 KiB slots are never spread");
+            assert_eq!(h.desc().slot, 1, "loans of 4 KiB are never spread");
+            drop(h);
+            // What counts is the loan's length, not its slot's size.
+            let i = pool.alloc(100).unwrap();
+            drop(i);
+            let j = pool.alloc(100).unwrap();
+            assert_eq!(
+                slot(&j),
+                10,
+                "small loans from 4 KiB slots spread: a line of words on"
+            );
+            drop(j);
+            let k = pool.alloc(1025).unwrap();
+            drop(k);
+            let l = pool.alloc(1025).unwrap();
+            assert_eq!(slot(&l), 4, "a loan over 1 KiB goes on adjacent");
         })
         .join()
         .unwrap();

@@ -9,8 +9,9 @@
 //!
 //! Latency: 64-byte ping-pong, one way = half the round trip, the median of each round's p50.
 //! Rate: 64-byte messages streamed for STREAM_MILLIS, counted by the receiver; fbuf one message
-//! per call and 32 per call, and 32 packed as records in one buffer (`fbuf::records`: one
-//! descriptor per 32 messages, each message still checked and read in place); the raw ring
+//! per call and 32 per call, and packed as records in one buffer (`fbuf::records`: one
+//! descriptor per 32 messages, or per 56, as many as fill one 4 KiB slot; each message still
+//! checked and read in place; `FBUF_COMPARE_RECORDS=N` packs N instead of 32); the raw ring
 //! publishes every value (one per call) and, batched, every 32. Medians over rounds, so one noisy
 //! round does not decide.
 
@@ -29,8 +30,13 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const SIZE: usize = 64;
 const ROUND_TRIPS: u64 = 20_000;
-/// Messages packed into one buffer in the records mode.
+/// Messages packed into one buffer in the records mode, unless `FBUF_COMPARE_RECORDS` says
+/// another number (1 to [`PAGE_RECORDS`]).
 const RECORDS: usize = 32;
+/// The pool's larger slot size, which the records buffers come from.
+const PAGE: usize = 4096;
+/// Messages packed into one buffer in the page mode: as many as fill one 4 KiB slot (56).
+const PAGE_RECORDS: usize = PAGE / records::footprint(SIZE);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -110,12 +116,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Records per buffer in the records mode: `FBUF_COMPARE_RECORDS`, or [`RECORDS`].
+fn records_per_buffer() -> Res<usize> {
+    let Ok(v) = std::env::var("FBUF_COMPARE_RECORDS") else {
+        return Ok(RECORDS);
+    };
+    match v.parse() {
+        Ok(n) if (1..=PAGE_RECORDS).contains(&n) => Ok(n),
+        _ => Err(format!("FBUF_COMPARE_RECORDS={v}: a number from 1 to {PAGE_RECORDS}").into()),
+    }
+}
+
 fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
+    let packed = records_per_buffer()?;
     let dir = std::env::temp_dir().join(format!("fbuf-compare-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let pool = PoolConfig::builder()
         .class(64, 4096)
-        .class(4096, 256)
+        .class(PAGE as u32, 256)
         .services(8)
         .rings(8)
         .ring_capacity(1024)
@@ -142,7 +160,8 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
         "raw ring 32/call",
         "raw ring + 64 B 1/call",
         "raw ring + 64 B 32/call",
-        "fbuf 32 records/buffer",
+        &format!("fbuf {packed} records/buffer"),
+        &format!("fbuf {PAGE_RECORDS} records/buffer (4 KiB)"),
     ];
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut rate: Vec<Vec<f64>> = vec![Vec::new(); rates.len()];
@@ -182,7 +201,11 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
             rate[k].push(result(rx, "rate")?);
             drop(tx);
         }
-        for (k, mode) in [(1, "1"), (2, "32"), (8, "records")] {
+        let (records, page) = (
+            format!("records/{packed}"),
+            format!("records/{PAGE_RECORDS}"),
+        );
+        for (k, mode) in [(1, "1"), (2, "32"), (8, &*records), (9, &*page)] {
             let name = format!("compare/stream{round}/{mode}");
             let rx = spawn(&["fbuf-rx", &sock, &name, mode], true)?;
             let tx = spawn(&["fbuf-tx", &sock, &name, &ms, mode], false)?;
@@ -261,7 +284,7 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
         Some(0.25),
     );
     rate_row(
-        "packed: 32 records of 64 B per buffer >= 0.5x raw ring (one per call)",
+        &format!("packed: {packed} records of 64 B per buffer >= 0.5x raw ring (one per call)"),
         rate[8],
         rate[0],
         Some(0.5),
@@ -269,6 +292,20 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
     rate_row(
         "(packed vs raw ring carrying 64 B payloads, 32 per call)",
         rate[8],
+        rate[7],
+        None,
+    );
+    rate_row(
+        &format!(
+            "packed: a 4 KiB buffer of {PAGE_RECORDS} records of 64 B >= 0.5x raw ring (one per call)"
+        ),
+        rate[9],
+        rate[0],
+        Some(0.5),
+    );
+    rate_row(
+        "(a 4 KiB buffer of records vs raw ring carrying 64 B payloads, 32 per call)",
+        rate[9],
         rate[7],
         None,
     );
@@ -301,9 +338,11 @@ fn role(args: &[String]) -> Res<String> {
         "ring-rx" => raw::ring_rx(a(1), a(2) == "payload"),
         "fbuf-ping" => fbuf_ping(a(1), n(2)?),
         "fbuf-pong" => fbuf_pong(a(1)),
-        "fbuf-tx" if a(4) == "records" => fbuf_tx_records(a(1), a(2), n(3)?),
+        "fbuf-tx" if a(4).starts_with("records/") => {
+            fbuf_tx_records(a(1), a(2), n(3)?, a(4)["records/".len()..].parse()?)
+        }
         "fbuf-tx" => fbuf_tx(a(1), a(2), n(3)?, n(4)? as usize),
-        "fbuf-rx" => fbuf_rx(a(1), a(2), a(3) == "records"),
+        "fbuf-rx" => fbuf_rx(a(1), a(2), a(3).starts_with("records/")),
         "ice-ping" => ice_ping(a(1), n(2)?),
         "ice-pong" => ice_pong(a(1)),
         "ice-tx" => ice_tx(a(1), n(2)?),
@@ -399,8 +438,8 @@ fn fbuf_tx(sock: &str, name: &str, millis: u64, per_call: usize) -> Res<String> 
     Ok(format!("sent={seq}"))
 }
 
-/// 32 messages of 64 B packed as records in one buffer per send (`fbuf::records`).
-fn fbuf_tx_records(sock: &str, name: &str, millis: u64) -> Res<String> {
+/// `per_buf` messages of 64 B packed as records in one buffer per send (`fbuf::records`).
+fn fbuf_tx_records(sock: &str, name: &str, millis: u64, per_buf: usize) -> Res<String> {
     let pool = session::join(sock, Role::Producer)?;
     let mut tx = stream(&pool, name)?.sender()?;
     tx.set_wait_strategy(WaitStrategy::BusySpin);
@@ -408,11 +447,11 @@ fn fbuf_tx_records(sock: &str, name: &str, millis: u64) -> Res<String> {
     let mut seq = 0u64;
     while Instant::now() < end {
         for _ in 0..64 {
-            let Ok(mut b) = tx.loan_bytes(RECORDS * records::footprint(SIZE)) else {
+            let Ok(mut b) = tx.loan_bytes(per_buf * records::footprint(SIZE)) else {
                 continue; // every slot is queued: the receiver frees one soon
             };
             let mut w = records::RecordWriter::new(&mut b);
-            for _ in 0..RECORDS {
+            for _ in 0..per_buf {
                 w.push_with(SIZE, |m| m[..8].copy_from_slice(&seq.to_le_bytes()))?;
                 seq += 1;
             }

@@ -645,7 +645,7 @@ impl Pool {
         })?;
         let spec = &s.layout.classes[class];
         // Where the search starts: a guess at how this thread sends (`placement`).
-        let placement = placement::choose(&s.local, spec.slot_size);
+        let placement = placement::choose(&s.local, len);
         let (slot, generation, next_slot) =
             s.class(class)
                 .alloc_placed(s.me, placement)

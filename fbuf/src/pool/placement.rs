@@ -8,7 +8,7 @@
 //! 1.02-1.17x longer). So a thread's allocation is spread unless:
 //! - its previous loan is still held in this process (a batch being filled),
 //! - it imported a buffer since its previous loan (it answers), or
-//! - the slot is larger than [`SPREAD_MAX_SLOT`].
+//! - the loan is longer than [`SPREAD_MAX_LEN`], whatever the slot's size.
 //!
 //! Only where a search starts depends on the guess, never which slot may be taken: a wrong guess
 //! costs speed, not correctness. The state is two thread-locals, so a guess costs no shared
@@ -26,18 +26,23 @@ thread_local! {
     static RECEIVED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Largest slots that are spread. At 4 KiB a slot's own lines, not its word's, are what
-/// crosses between the cores, and spreading 4 KiB slots measured 0.75-0.89x the rate of records
-/// packed in them (docs/benchmarks.md, "Spread placement"); 64-byte slots gained 1.6-1.9x. Sizes
-/// between were not measured apart: up to four lines is the guess.
-const SPREAD_MAX_SLOT: usize = 256;
+/// Longest loans that are spread. What crosses between the cores for every buffer is its
+/// slot word's line and the lines the loan writes. Up to a few lines the word's line is the one
+/// that the sender and a receiver a slot or two behind fight over, and spreading pays: loans of
+/// 72 and 216 bytes from 4 KiB slots, one per call, went 1.75-1.9x faster spread, 576 bytes
+/// 1.3-1.45x. From about 1 KiB the loan's own lines decide: 864 and 1008 bytes read the same
+/// either way, 1152 bytes 0.85-0.9x spread, and records packed 2304 bytes to a buffer
+/// 0.75-0.89x (docs/benchmarks.md, "Spread placement" and "Small loans from large slots").
+/// It is the loan's length that counts, not its slot's size: a small message in a pool of
+/// 4 KiB slots moves as few lines as one in 64-byte slots.
+const SPREAD_MAX_LEN: usize = 1024;
 
-/// The placement for this thread's next allocation of a `slot_size`-byte slot from a pool
-/// whose handle counts are `local`.
+/// The placement for this thread's next allocation, a loan of `len` bytes, from a pool whose
+/// handle counts are `local`.
 #[inline]
-pub(crate) fn choose(local: &LocalRefs, slot_size: usize) -> Placement {
+pub(crate) fn choose(local: &LocalRefs, len: usize) -> Placement {
     let answered = RECEIVED.with(|r| r.replace(false));
-    if slot_size > SPREAD_MAX_SLOT {
+    if len > SPREAD_MAX_LEN {
         return Placement::Adjacent;
     }
     let filling = PREVIOUS
