@@ -121,6 +121,7 @@ pub fn main(args: &[String]) -> ExitCode {
         "svc-list" => crate::service_peers::list(arg(1)),
         "svc-race-sender" => crate::service_peers::race_sender(arg(1), arg(2)),
         "svc-records-tx" => crate::service_peers::records_tx(arg(1), arg(2), num(3)),
+        "svc-packed-tx" => crate::service_peers::packed_tx(arg(1), arg(2), num(3), arg(4), arg(5)),
         "svc-records-forge" => crate::service_peers::records_forge(arg(1), arg(2)),
         "svc-drain-victim" => {
             crate::service_peers::drain_victim(arg(1), arg(2), num(3), arg(4), arg(5))

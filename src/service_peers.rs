@@ -10,6 +10,9 @@
 //! fbuf peer svc-flood SOCKET NAME              send (pid, seq) on a many-to-one service until killed
 //! fbuf peer svc-list SOCKET                    print every service: NAME KIND USERS RINGS
 //! fbuf peer svc-records-tx SOCKET NAME COUNT   COUNT records packed into 4 KiB buffers on NAME
+//! fbuf peer svc-packed-tx SOCKET NAME COUNT GO DONE  COUNT records pushed one per call through a
+//!                                              RecordSender; once file GO exists one more
+//!                                              (no flush); exits once file DONE exists
 //! fbuf peer svc-records-forge SOCKET NAME      four buffers of hand-made, partly bad records
 //! fbuf peer svc-drain-victim SOCKET NAME N GO KIND  queue N buffers on NAME (a stream, or
 //!                                              KIND many-to-one), close its receiver, say READY;
@@ -351,6 +354,52 @@ pub fn records_tx(socket: &str, name: &str, count: u64) -> Res {
     Ok(format!("sent={seq} buffers={buffers}"))
 }
 
+/// `fbuf peer svc-packed-tx SOCKET NAME COUNT GO DONE`: COUNT records (lengths `record_len`,
+/// bytes `record_byte`) pushed one per call through a `RecordSender` of 4 KiB buffers on the
+/// byte stream NAME, then a flush. Once file GO exists (the receiver has taken everything), one
+/// more record (number COUNT), with no flush: a receiver that waits must get it at once. Exits
+/// when file DONE exists, reporting what was pending after that last push.
+pub fn packed_tx(socket: &str, name: &str, count: u64, go: &str, done: &str) -> Res {
+    use fbuf::service::RecordSender;
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut tx = RecordSender::new(svc.sender()?, 4096);
+    let push = |tx: &mut RecordSender, seq: u64| {
+        tx.push_with(record_len(seq), |dst| {
+            for (i, x) in dst.iter_mut().enumerate() {
+                *x = record_byte(seq, i);
+            }
+        })
+        .map_err(|e| format!("push {seq}: {e}"))
+    };
+    for seq in 0..count {
+        push(&mut tx, seq)?;
+    }
+    tx.flush()?;
+    wait_for_file(go, false)?;
+    push(&mut tx, count)?;
+    let lone_pending = tx.pending();
+    wait_for_file(done, false)?;
+    Ok(format!("sent={} lone_pending={lone_pending}", count + 1))
+}
+
+/// Waits (up to `WAIT`) until file `path` exists, spinning (to start within microseconds) or
+/// sleeping a millisecond between looks.
+fn wait_for_file(path: &str, spin: bool) -> Result<(), String> {
+    let end = Instant::now() + WAIT;
+    while !std::path::Path::new(path).exists() {
+        if Instant::now() > end {
+            return Err(format!("{path} did not appear"));
+        }
+        if spin {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(())
+}
+
 /// `fbuf peer svc-records-forge SOCKET NAME`: what a hostile producer can put in a buffer of
 /// records, four buffers on the byte stream NAME: a record, then a zeroed header; a record, then
 /// a header that claims 1 MiB; a record, then 5 stray bytes; three good records.
@@ -419,13 +468,7 @@ pub fn drain_victim(socket: &str, name: &str, n: u64, go: &str, kind: &str) -> R
         queued!(stream)
     };
     eprintln!("READY");
-    let give_up = Instant::now() + WAIT;
-    while !std::path::Path::new(go).exists() {
-        if Instant::now() > give_up {
-            return Err("never told to go".into());
-        }
-        std::hint::spin_loop();
-    }
+    wait_for_file(go, true)?;
     let t = Instant::now();
     drop(kept);
     let took = t.elapsed().as_micros();

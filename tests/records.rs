@@ -9,8 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{KillOnDrop, Owner, peer, result};
-use fbuf::PoolConfig;
 use fbuf::records::{ALIGN, RecordError};
+use fbuf::service::{RecordSendError, RecordSender};
+use fbuf::{Pool, PoolConfig};
 
 fn config() -> PoolConfig {
     PoolConfig::builder()
@@ -156,4 +157,115 @@ fn a_hostile_producers_records_give_named_errors_and_lose_no_slot() {
     drop(rx);
     owner.wait_retired(1);
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
+
+/// Checks that `r` is record `seq`, byte for byte.
+fn check_record(r: &[u8], seq: u64) {
+    assert_eq!(r.len(), record_len(seq), "record {seq}'s length");
+    for (i, b) in r.iter().enumerate() {
+        assert_eq!(*b, record_byte(seq, i), "record {seq}, byte {i}");
+    }
+}
+
+#[test]
+fn messages_pushed_one_per_call_are_packed_while_the_receiver_lags_and_go_alone_when_it_waits() {
+    const COUNT: u64 = 20_000;
+    let dir = std::env::temp_dir().join(format!("fbuf-packed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (go, done) = (dir.join("go"), dir.join("done"));
+    let (owner, _svc, mut rx, producer) = receiving_from(
+        "svc-packed-tx",
+        "records/packed",
+        &[
+            &COUNT.to_string(),
+            go.to_str().unwrap(),
+            done.to_str().unwrap(),
+        ],
+    );
+    // A receiver slower than its sender: it pauses after each buffer, so the messages pushed
+    // meanwhile gather in the sender's open buffer.
+    let (mut seq, mut buffers) = (0u64, 0u64);
+    while seq < COUNT {
+        let s = rx.recv_timeout(WAIT).expect("a buffer of records");
+        buffers += 1;
+        let before = seq;
+        for r in s.records() {
+            check_record(r.unwrap_or_else(|e| panic!("buffer {buffers}: {e}")), seq);
+            seq += 1;
+        }
+        assert!(seq > before, "buffer {buffers} carried no record");
+        drop(s);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(seq, COUNT);
+    // Lengths 0-300 fill a 4 KiB buffer with about 25; one to a buffer would be 20 000 buffers.
+    assert!(
+        buffers * 5 < COUNT,
+        "{buffers} buffers for {COUNT} records pushed one per call"
+    );
+    // Now this receiver waits: a record pushed alone comes at once, with no flush behind it.
+    std::fs::write(&go, b"").unwrap();
+    let s = rx.recv_timeout(WAIT).expect("the lone record, not flushed");
+    let lone: Vec<&[u8]> = s.records().collect::<Result<_, _>>().unwrap();
+    assert_eq!(lone.len(), 1, "the lone push's buffer");
+    check_record(lone[0], COUNT);
+    drop(s);
+    std::fs::write(&done, b"").unwrap();
+    let out = producer.output();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = result(&out.stderr);
+    assert_eq!(r["sent"], (COUNT + 1).to_string());
+    assert_eq!(r["lone_pending"], "0");
+    drop(rx);
+    owner.wait_retired(1);
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_record_sender_names_what_it_could_not_send_and_loses_no_slot() {
+    let mut config = config();
+    config.name = format!("records-sender-{}", std::process::id());
+    let pool = Pool::create(&config).unwrap();
+    let svc = pool
+        .service("records/errors")
+        .stream::<[u8]>()
+        .open_or_create()
+        .unwrap();
+    let mut rx = svc.receiver().unwrap();
+    let mut tx = RecordSender::new(svc.sender().unwrap(), 4096);
+    // Too long for a buffer: nothing written, nothing sent.
+    match tx.push(&[7u8; 4089]) {
+        Err(RecordSendError::TooLong {
+            len: 4089,
+            needs: 4104,
+            buffer: 4096,
+        }) => {}
+        other => panic!("a record longer than a buffer: {other:?}"),
+    }
+    assert_eq!(tx.pending(), 0);
+    assert!(rx.try_recv().is_err(), "nothing was sent");
+    tx.push(b"one").unwrap(); // the receiver waits: it goes alone
+    assert_eq!(tx.pending(), 0);
+    tx.push(b"two").unwrap(); // "one" is queued: these two wait
+    tx.push(b"three").unwrap();
+    assert_eq!(tx.pending(), 2);
+    drop(rx);
+    match tx.flush() {
+        Err(RecordSendError::Disconnected { unsent: 2 }) => {}
+        other => panic!("a flush to a receiver that went: {other:?}"),
+    }
+    assert_eq!(tx.pending(), 0);
+    // With the receiver gone, a push says so at once rather than gather records nobody reads.
+    match tx.push(b"four") {
+        Err(RecordSendError::Disconnected { unsent: 1 }) => {}
+        other => panic!("a push to a receiver that went: {other:?}"),
+    }
+    drop(tx);
+    drop(svc);
+    assert_eq!(pool.free_count(), pool.slot_count(), "a slot leaked");
 }

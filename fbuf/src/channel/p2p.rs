@@ -321,6 +321,20 @@ impl Sender {
             .min(ENTRIES)
     }
 
+    /// Values in the ring that the receiver has not taken: a snapshot, one load of the head
+    /// (the receiver's line, which changes once per receive call) for a one-to-one ring; for a
+    /// many-to-one ring, what it holds from every sender. It decides when a buffer being filled
+    /// goes (`service::RecordSender`), never what is owned: a peer that lies through the head
+    /// changes only how full the buffers go.
+    pub(crate) fn queued(&self) -> usize {
+        let unit = Unit::new(&self.pool, self.unit);
+        match (unit.ring(), &self.spsc) {
+            (UnitRing::Spsc(r), Some(st)) => st.position().wrapping_sub(r.head_pos()) as usize,
+            (UnitRing::Mpmc(r), _) => r.len(),
+            (UnitRing::Spsc(_), None) => 0,
+        }
+    }
+
     /// Whether a receiver is registered and alive now (a service side that joined and opened
     /// the channel is ready to be sent to).
     pub fn has_receiver(&self) -> bool {

@@ -37,6 +37,7 @@ mod directory;
 mod endpoints;
 mod error;
 mod event;
+mod record_sender;
 mod rpc;
 mod sample;
 
@@ -53,6 +54,7 @@ pub use error::{
     SendTimeoutError, ServiceError, TryPublishError, TryRecvError, TrySendError,
 };
 pub use event::{Events, Listener, Notifier, WaitError};
+pub use record_sender::{RecordSendError, RecordSender};
 pub use rpc::{CallError, Client, Request, Response, Server};
 pub use sample::{Message, Sample, SampleMut};
 
