@@ -73,23 +73,14 @@ fn records_packed_by_another_process_arrive_byte_exact_and_in_order() {
         for r in s.records() {
             let r = r.unwrap_or_else(|e| panic!("buffer {buffers}: {e}"));
             assert_eq!((r.as_ptr() as usize - start) % ALIGN, 0, "record {seq}");
-            assert_eq!(r.len(), record_len(seq), "record {seq}'s length");
-            for (i, b) in r.iter().enumerate() {
-                assert_eq!(*b, record_byte(seq, i), "record {seq}, byte {i}");
-            }
+            check_record(r, seq);
             seq += 1;
             in_this += 1;
         }
         assert!(in_this > 1, "buffer {buffers} carried {in_this} records");
     }
     assert_eq!(seq, COUNT);
-    let out = producer.output();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result(&out.stderr);
+    let r = finished(producer);
     assert_eq!(r["sent"], COUNT.to_string());
     assert_eq!(r["buffers"], buffers.to_string());
     // Far fewer buffers than records went (lengths 0-300 into 4 KiB: about 25 a buffer).
@@ -112,13 +103,7 @@ fn a_hostile_producers_records_give_named_errors_and_lose_no_slot() {
             s.records().map(|r| r.map(<[u8]>::to_vec)).collect();
         walks.push(walk);
     }
-    let out = forger.output();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(result(&out.stderr)["sent"], "4");
+    assert_eq!(finished(forger)["sent"], "4");
     // Each bad buffer yields its good record, then one error naming the bad header, and ends.
     assert_eq!(
         walks[0],
@@ -157,6 +142,17 @@ fn a_hostile_producers_records_give_named_errors_and_lose_no_slot() {
     drop(rx);
     owner.wait_retired(1);
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
+
+/// Waits for a peer that must succeed; its RESULT line's values.
+fn finished(peer: KillOnDrop) -> std::collections::HashMap<String, String> {
+    let out = peer.output();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    result(&out.stderr)
 }
 
 /// Checks that `r` is record `seq`, byte for byte.
@@ -211,13 +207,7 @@ fn messages_pushed_one_per_call_are_packed_while_the_receiver_lags_and_go_alone_
     check_record(lone[0], COUNT);
     drop(s);
     std::fs::write(&done, b"").unwrap();
-    let out = producer.output();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = result(&out.stderr);
+    let r = finished(producer);
     assert_eq!(r["sent"], (COUNT + 1).to_string());
     assert_eq!(r["lone_pending"], "0");
     drop(rx);

@@ -404,22 +404,11 @@ fn stream(pool: &fbuf::Pool, name: &str) -> Res<fbuf::Service<fbuf::service::Str
 fn fbuf_ping(sock: &str, iters: u64) -> Res<String> {
     let pool = session::join(sock, Role::Producer)?;
     let mut tx = stream(&pool, "compare/ping")?.sender()?;
-    let mut rx = stream(&pool, "compare/pong")?.receiver()?;
-    rx.set_wait_strategy(WaitStrategy::BusySpin);
-    let mut rtts = Vec::with_capacity(iters as usize);
-    for i in 0..iters + iters / 10 {
-        let t = Instant::now();
+    fbuf_ping_with(&pool, iters, |i| {
         let mut b = tx.loan_bytes(SIZE)?;
         b[0] = i as u8;
-        tx.try_send(b).map_err(|e| e.to_string())?;
-        let back = rx.recv()?;
-        std::hint::black_box(back[0]);
-        drop(back);
-        if i >= iters / 10 {
-            rtts.push(t.elapsed().as_nanos() as u64);
-        }
-    }
-    Ok(p50(rtts))
+        Ok(tx.try_send(b).map_err(|e| e.to_string())?)
+    })
 }
 
 /// The ping through a `RecordSender`: each ping finds the receiver waiting, so it goes alone at
@@ -427,15 +416,27 @@ fn fbuf_ping(sock: &str, iters: u64) -> Res<String> {
 fn fbuf_ping_packed(sock: &str, iters: u64) -> Res<String> {
     let pool = session::join(sock, Role::Producer)?;
     let mut tx = fbuf::service::RecordSender::new(stream(&pool, "compare/ping")?.sender()?, PAGE);
-    let mut rx = stream(&pool, "compare/pong")?.receiver()?;
+    fbuf_ping_with(&pool, iters, |i| {
+        tx.push_with(SIZE, |m| m[0] = i as u8)?;
+        match tx.pending() {
+            0 => Ok(()),
+            _ => Err(format!("ping {i} was held back").into()),
+        }
+    })
+}
+
+/// Round trips of pings that `send` makes, each answered on "compare/pong"; the one-way p50.
+fn fbuf_ping_with(
+    pool: &fbuf::Pool,
+    iters: u64,
+    mut send: impl FnMut(u64) -> Res<()>,
+) -> Res<String> {
+    let mut rx = stream(pool, "compare/pong")?.receiver()?;
     rx.set_wait_strategy(WaitStrategy::BusySpin);
     let mut rtts = Vec::with_capacity(iters as usize);
     for i in 0..iters + iters / 10 {
         let t = Instant::now();
-        tx.push_with(SIZE, |m| m[0] = i as u8)?;
-        if tx.pending() != 0 {
-            return Err(format!("ping {i} was held back").into());
-        }
+        send(i)?;
         let back = rx.recv()?;
         std::hint::black_box(back[0]);
         drop(back);
