@@ -259,3 +259,90 @@ fn a_record_sender_names_what_it_could_not_send_and_loses_no_slot() {
     drop(svc);
     assert_eq!(pool.free_count(), pool.slot_count(), "a slot leaked");
 }
+
+#[test]
+fn a_record_sender_that_times_out_on_a_full_ring_keeps_its_records_for_a_later_flush() {
+    let mut config = config();
+    config.name = format!("records-timeout-{}", std::process::id());
+    let pool = Pool::create(&config).unwrap();
+    let svc = pool
+        .service("records/timeout")
+        .stream::<[u8]>()
+        .open_or_create()
+        .unwrap();
+    let mut rx = svc.receiver().unwrap();
+    let mut tx = RecordSender::new(svc.sender().unwrap(), 4096);
+    // Records of 4000 bytes: one to a buffer. The first goes alone; each later one sends the
+    // buffer before it. After eight, the ring (8 cells) holds seven and the eighth is open; a
+    // small record then sends it, filling the ring, and opens a buffer of its own.
+    let big = |k: u8| vec![k; 4000];
+    let small = |k: u8| vec![k; 100];
+    for k in 1..=8 {
+        tx.push(&big(k)).unwrap();
+    }
+    tx.push(&small(9)).unwrap();
+    assert_eq!(tx.pending(), 1);
+    match tx.flush_timeout(Duration::from_millis(50)) {
+        Err(RecordSendError::Timeout { pending: 1 }) => {}
+        other => panic!("a flush into a full ring: {other:?}"),
+    }
+    // The buffer is open again, whole: a record that fits joins it.
+    tx.push_timeout(&small(10), Duration::from_millis(50))
+        .unwrap();
+    assert_eq!(tx.pending(), 2);
+    match tx.push_timeout(&big(11), Duration::from_millis(50)) {
+        Err(RecordSendError::Timeout { pending: 2 }) => {}
+        other => panic!("a push that needs room in a full ring: {other:?}"),
+    }
+    // One taken: the kept buffer goes. All taken: the eleventh goes alone, at once.
+    let mut got = vec![rx.try_recv().unwrap()];
+    tx.flush_timeout(WAIT).unwrap();
+    assert_eq!(tx.pending(), 0);
+    while let Ok(s) = rx.try_recv() {
+        got.push(s);
+    }
+    tx.push_timeout(&big(11), WAIT).unwrap();
+    assert_eq!(tx.pending(), 0);
+    got.push(rx.try_recv().unwrap());
+    let seen: Vec<Vec<u8>> = got
+        .iter()
+        .flat_map(|s| s.records().map(|r| r.unwrap().to_vec()).collect::<Vec<_>>())
+        .collect();
+    let sent: Vec<Vec<u8>> = (1..=8)
+        .map(big)
+        .chain([small(9), small(10), big(11)])
+        .collect();
+    assert_eq!(seen, sent);
+    drop((got, rx, tx, svc));
+    assert_eq!(pool.free_count(), pool.slot_count(), "a slot leaked");
+}
+
+#[test]
+fn a_record_sender_dropped_before_a_ring_that_stays_full_lets_go_and_loses_no_slot() {
+    let mut config = config();
+    config.name = format!("records-linger-{}", std::process::id());
+    let pool = Pool::create(&config).unwrap();
+    let svc = pool
+        .service("records/linger")
+        .stream::<[u8]>()
+        .open_or_create()
+        .unwrap();
+    let rx = svc.receiver().unwrap(); // alive, never reads
+    let mut tx = RecordSender::new(svc.sender().unwrap(), 4096);
+    for k in 1..=9u8 {
+        tx.push(&[k; 4000]).unwrap(); // the ring full, the ninth open
+    }
+    assert_eq!(tx.pending(), 1);
+    // The drop must end although the ring never empties (a second's linger), on its own thread
+    // so that a drop that hangs fails this test instead of hanging it.
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(tx);
+        let _ = done.send(());
+    });
+    dropped
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the drop of a sender before a full ring did not end");
+    drop((rx, svc));
+    assert_eq!(pool.free_count(), pool.slot_count(), "a slot leaked");
+}

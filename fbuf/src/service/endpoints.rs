@@ -348,7 +348,8 @@ impl<T: Message + ?Sized> Sender<T> {
         self.send_at(sample, Some(deadline))
     }
 
-    fn send_at(
+    /// Sends `sample`, waiting while the ring is full until `deadline` (`None`: no deadline).
+    pub(super) fn send_at(
         &mut self,
         sample: SampleMut<T>,
         deadline: Option<Instant>,

@@ -1,8 +1,10 @@
 //! [`RecordSender`]: one small message per call, packed while the receiver is busy.
 
+use std::time::{Duration, Instant};
+
 use thiserror::Error;
 
-use super::{Fault, LoanError, SampleMut, SendError, Sender};
+use super::{Fault, LoanError, SampleMut, SendTimeoutError, Sender};
 use crate::records::{RecordWriter, footprint};
 
 /// Why a [`RecordSender`] call did not do all it was asked.
@@ -18,6 +20,11 @@ pub enum RecordSendError {
     /// No buffer could be loaned for the record; it was not written (what was open went).
     #[error(transparent)]
     Loan(#[from] LoanError),
+    /// The ring stayed full until the deadline: nothing was lost, the records wait in the open
+    /// buffer (`pending` of them, the pushed record included if it was written) for a later
+    /// flush.
+    #[error("the ring stayed full until the deadline; {pending} records wait to be sent")]
+    Timeout { pending: usize },
     /// The receiver is gone: the open buffer's records were not delivered (its slot is freed).
     #[error("the receiver is gone; {unsent} records were not sent")]
     Disconnected { unsent: usize },
@@ -49,7 +56,8 @@ pub enum RecordSendError {
 ///
 /// As with `std::io::BufWriter`, a message pushed while the receiver is busy waits in the open
 /// buffer until it is full, [`flush`](RecordSender::flush) or drop: call `flush` when a burst
-/// ends and its last messages must not wait for the next burst. The receiver reads the buffers
+/// ends and its last messages must not wait for the next burst. A drop waits at most a second
+/// for room in the ring; `flush` first to be sure nothing pending is dropped. The receiver reads the buffers
 /// with [`Sample::records`](crate::Sample::records), each record a slice of the slot, checked as
 /// untrusted.
 ///
@@ -83,6 +91,8 @@ pub struct RecordSender {
     open: Option<SampleMut<[u8]>>,
     /// Bytes of records in the open buffer (a multiple of the records' alignment).
     used: usize,
+    /// Bytes the open buffer was loaned with.
+    room: usize,
     /// Records in the open buffer.
     count: usize,
     /// Bytes each buffer is loaned with.
@@ -108,6 +118,7 @@ impl RecordSender {
             tx,
             open: None,
             used: 0,
+            room: 0,
             count: 0,
             buffer_len,
         }
@@ -117,7 +128,23 @@ impl RecordSender {
     /// everything sent before; otherwise to the open buffer, which goes first if the record does
     /// not fit in it. Waits while the ring is full, as [`Sender::send`] does.
     pub fn push(&mut self, record: &[u8]) -> Result<(), RecordSendError> {
-        self.push_with(record.len(), |dst| dst.copy_from_slice(record))
+        self.push_at(record.len(), |dst| dst.copy_from_slice(record), None)
+    }
+
+    /// As [`push`](Self::push), waiting at most `timeout` for room in the ring. On
+    /// [`RecordSendError::Timeout`] nothing is lost: what did not go stays open for a later push
+    /// or flush, `record` with it if it was written (`pending` says how many wait).
+    pub fn push_timeout(
+        &mut self,
+        record: &[u8],
+        timeout: Duration,
+    ) -> Result<(), RecordSendError> {
+        let deadline = Instant::now() + timeout;
+        self.push_at(
+            record.len(),
+            |dst| dst.copy_from_slice(record),
+            Some(deadline),
+        )
     }
 
     /// Appends a record of `len` bytes that `write` fills in place, in the shared buffer (bytes
@@ -127,6 +154,15 @@ impl RecordSender {
         len: usize,
         write: impl FnOnce(&mut [u8]),
     ) -> Result<(), RecordSendError> {
+        self.push_at(len, write, None)
+    }
+
+    fn push_at(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+        deadline: Option<Instant>,
+    ) -> Result<(), RecordSendError> {
         let needs = footprint(len);
         if needs > self.buffer_len || len > u32::MAX as usize {
             return Err(RecordSendError::TooLong {
@@ -135,8 +171,8 @@ impl RecordSender {
                 buffer: self.buffer_len,
             });
         }
-        if self.open.is_some() && self.buffer_len - self.used < needs {
-            self.flush()?;
+        if self.open.is_some() && self.room - self.used < needs {
+            self.flush_at(deadline)?;
         }
         // The look at the ring is made once per buffer, not per record: a receiver that waits
         // gets this record alone, in a loan of its own size; one that is busy, a buffer that
@@ -148,34 +184,63 @@ impl RecordSender {
             Some(open) => open,
             None => {
                 let loan = if alone { needs } else { self.buffer_len };
-                self.open.insert(self.tx.loan_bytes(loan)?)
+                let open = self.open.insert(self.tx.loan_bytes(loan)?);
+                self.room = loan;
+                open
             }
         };
         // Records start at multiples of 8 from the buffer's start, and `used` is one: a writer
         // over the rest writes the same bytes as one over the whole buffer would.
-        let mut w = RecordWriter::new(&mut open.bytes_mut()[self.used..]);
-        let written = w.push_with(len, write);
-        debug_assert!(written.is_ok(), "the room was checked above");
+        let mut w = RecordWriter::new(&mut open.bytes_mut()[self.used..self.room]);
+        if let Err(full) = w.push_with(len, write) {
+            // Not reached: the room was checked above.
+            return Err(RecordSendError::TooLong {
+                len,
+                needs,
+                buffer: full.left,
+            });
+        }
         self.used += w.len();
         self.count += w.count();
         if alone {
-            self.flush()?;
+            self.flush_at(deadline)?;
         }
         Ok(())
     }
 
     /// Hands over the open buffer, if any, waiting while the ring is full.
     pub fn flush(&mut self) -> Result<(), RecordSendError> {
+        self.flush_at(None)
+    }
+
+    /// As [`flush`](Self::flush), waiting at most `timeout` for room. On
+    /// [`RecordSendError::Timeout`] the buffer stays open, nothing lost.
+    pub fn flush_timeout(&mut self, timeout: Duration) -> Result<(), RecordSendError> {
+        self.flush_at(Some(Instant::now() + timeout))
+    }
+
+    fn flush_at(&mut self, deadline: Option<Instant>) -> Result<(), RecordSendError> {
         let Some(mut buffer) = self.open.take() else {
             return Ok(());
         };
         buffer.set_len(self.used);
+        let r = self.tx.send_at(buffer, deadline);
+        if let Err(SendTimeoutError::Timeout(mut buffer)) = r {
+            // Still ours and unseen: open again at the length it was loaned with.
+            buffer.set_len(self.room);
+            self.open = Some(buffer);
+            return Err(RecordSendError::Timeout {
+                pending: self.count,
+            });
+        }
+        // Sent, or gone for good (its slot freed with the sample the error dropped).
         let unsent = std::mem::take(&mut self.count);
         self.used = 0;
-        self.tx.send(buffer).map_err(|e| match e {
-            SendError::Disconnected(_) => RecordSendError::Disconnected { unsent },
-            SendError::Fault(fault, _) => RecordSendError::Fault { fault, unsent },
-        })
+        match r {
+            Err(SendTimeoutError::Fault(fault, _)) => Err(RecordSendError::Fault { fault, unsent }),
+            Err(_) => Err(RecordSendError::Disconnected { unsent }),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Records pushed and not yet handed over (in the open buffer).
@@ -189,10 +254,16 @@ impl RecordSender {
     }
 }
 
+/// How long a drop waits for room to hand over what is open.
+const DROP_LINGER: Duration = Duration::from_secs(1);
+
 impl Drop for RecordSender {
-    /// Hands over what is open, as [`flush`](RecordSender::flush) does (waiting while the ring is
-    /// full); its errors are dropped. Call `flush` first to see them.
+    /// Hands over what is open, as [`flush_timeout`](RecordSender::flush_timeout) does, waiting
+    /// at most a second for room (a receiver that is alive but never reads must not hold the
+    /// sender's drop forever); its errors are dropped, and so are the records if the ring
+    /// stayed full. Call `flush` or `flush_timeout` first to choose the wait and see the
+    /// outcome.
     fn drop(&mut self) {
-        let _ = self.flush();
+        let _ = self.flush_timeout(DROP_LINGER);
     }
 }
