@@ -7,11 +7,14 @@
 //! cargo run --release -p fbuf-compare -- [ROUNDS] [STREAM_MILLIS]    # default 5 rounds, 300 ms
 //! ```
 //!
-//! Latency: 64-byte ping-pong, one way = half the round trip, the median of each round's p50.
+//! Latency: 64-byte ping-pong, one way = half the round trip, the median of each round's p50;
+//! fbuf's ping also once more through a `RecordSender` (each ping finds the receiver waiting and
+//! goes alone).
 //! Rate: 64-byte messages streamed for STREAM_MILLIS, counted by the receiver; fbuf one message
 //! per call and 32 per call, and packed as records in one buffer (`fbuf::records`: one
 //! descriptor per 32 messages, or per 56, as many as fill one 4 KiB slot; each message still
-//! checked and read in place; `FBUF_COMPARE_RECORDS=N` packs N instead of 32); the raw ring
+//! checked and read in place; `FBUF_COMPARE_RECORDS=N` packs N instead of 32), and one message
+//! per call through a `RecordSender` (packed while the receiver is busy); the raw ring
 //! publishes every value (one per call) and, batched, every 32. Medians over rounds, so one noisy
 //! round does not decide.
 
