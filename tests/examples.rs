@@ -1,5 +1,6 @@
-//! The camera examples as a user runs them: a camera process, two viewer processes and a
-//! controller, each its own `cargo run --example` binary, over one socket.
+//! The examples as a user runs them: a camera process, two viewer processes and a controller,
+//! each its own `cargo run --example` binary, over one socket; and the ticks example's publisher
+//! and its reader process.
 
 mod common;
 
@@ -67,4 +68,24 @@ fn a_camera_two_viewers_and_a_controller_in_five_processes_of_three_programs() {
         assert!(text.contains("1 exposure changes seen"), "{text}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ticks_pushed_one_per_call_reach_another_process_in_order_and_packed() {
+    let out = KillOnDrop(example("ticks").arg("50000").spawn().unwrap()).output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("reader: 50000 ticks in order"), "{text}");
+    // Packed: far fewer buffers than ticks (128 fit a 4 KiB buffer).
+    let buffers: u64 = text
+        .split("in order in ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no buffer count in {text}"));
+    assert!(buffers * 10 < 50_000, "{buffers} buffers for 50000 ticks");
 }
