@@ -350,6 +350,14 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
     let svc = pool.service("fast-path").stream::<u64>().create()?;
     let mut stx = svc.sender()?;
     let mut srx = svc.receiver()?;
+    // And a byte stream through a `RecordSender`: each round, one record that goes alone (the
+    // receiver has taken everything) and two that gather in a buffer (the first is queued).
+    let records = pool
+        .service("fast-path/records")
+        .stream::<[u8]>()
+        .create()?;
+    let mut packer = fbuf::service::RecordSender::new(records.sender()?, 4096);
+    let mut prx = records.receiver()?;
     let msg = b"fast-path ok\n";
     // SAFETY: prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) takes no pointers. Afterwards this thread
     // only runs the loop below, `write` and `_exit`; nothing in it allocates from the heap.
@@ -358,7 +366,7 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
         return Err(std::io::Error::last_os_error().into());
     }
     let mut sum = 0u64;
-    for i in 0..rounds {
+    'rounds: for i in 0..rounds {
         let Ok(mut b) = pool.alloc(256) else { break };
         b[0] = i as u8;
         let Ok(desc) = b.freeze().share() else { break };
@@ -376,8 +384,27 @@ fn fast_path(socket: &str, rounds: u64) -> Res {
         }
         let Ok(v) = srx.try_recv() else { break };
         sum += *v;
+        for _ in 0..3 {
+            if packer.push(&i.to_le_bytes()).is_err() {
+                break 'rounds;
+            }
+        }
+        if packer.flush().is_err() {
+            break;
+        }
+        for _ in 0..2 {
+            let Ok(buffer) = prx.try_recv() else {
+                break 'rounds;
+            };
+            for r in buffer.records() {
+                let Some(bytes) = r.ok().and_then(|r| <[u8; 8]>::try_from(r).ok()) else {
+                    break 'rounds;
+                };
+                sum += u64::from_le_bytes(bytes);
+            }
+        }
     }
-    let ok = sum == (0..rounds).map(|i| u64::from(i as u8) + i).sum::<u64>();
+    let ok = sum == (0..rounds).map(|i| u64::from(i as u8) + 4 * i).sum::<u64>();
     // SAFETY: write(2) of a static buffer to stdout, then the raw exit syscall (exit_group, what
     // `std::process::exit` uses, is forbidden in strict mode).
     unsafe {

@@ -24,6 +24,11 @@ fn example(name: &str) -> Command {
     c
 }
 
+/// What a program that must end well printed on stdout (a failure fails the test).
+fn stdout(p: KillOnDrop) -> String {
+    String::from_utf8_lossy(&p.succeeded().stdout).into_owned()
+}
+
 #[test]
 fn a_camera_two_viewers_and_a_controller_in_five_processes_of_three_programs() {
     let dir = std::env::temp_dir().join(format!("fbuf-examples-{}", std::process::id()));
@@ -39,30 +44,14 @@ fn a_camera_two_viewers_and_a_controller_in_five_processes_of_three_programs() {
     let viewers: Vec<KillOnDrop> = (0..2)
         .map(|_| KillOnDrop(example("viewer").arg(sock).spawn().unwrap()))
         .collect();
-    let control = KillOnDrop(example("control").args([sock, "150", "2"]).spawn().unwrap()).output();
-    let text = String::from_utf8_lossy(&control.stdout);
-    assert!(
-        control.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&control.stderr)
-    );
+    let text = stdout(KillOnDrop(
+        example("control").args([sock, "150", "2"]).spawn().unwrap(),
+    ));
     assert!(text.contains("exposure set to 150"), "{text}");
-    let camera = camera.output();
-    let text = String::from_utf8_lossy(&camera.stdout);
-    assert!(
-        camera.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&camera.stderr)
-    );
+    let text = stdout(camera);
     assert!(text.contains("published 1500 of 1500 frames"), "{text}");
     for v in viewers {
-        let out = v.output();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = stdout(v);
         // A viewer that joined after the first frames sees the rest, every pixel intact.
         assert!(text.contains(" 0 damaged, 0 gaps"), "{text}");
         assert!(text.contains("1 exposure changes seen"), "{text}");
@@ -72,13 +61,7 @@ fn a_camera_two_viewers_and_a_controller_in_five_processes_of_three_programs() {
 
 #[test]
 fn ticks_pushed_one_per_call_reach_another_process_in_order_and_packed() {
-    let out = KillOnDrop(example("ticks").arg("50000").spawn().unwrap()).output();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = stdout(KillOnDrop(example("ticks").arg("50000").spawn().unwrap()));
     assert!(text.contains("reader: 50000 ticks in order"), "{text}");
     // Packed: far fewer buffers than ticks (128 fit a 4 KiB buffer).
     let buffers: u64 = text

@@ -80,7 +80,7 @@ fn records_packed_by_another_process_arrive_byte_exact_and_in_order() {
         assert!(in_this > 1, "buffer {buffers} carried {in_this} records");
     }
     assert_eq!(seq, COUNT);
-    let r = finished(producer);
+    let r = result(&producer.succeeded().stderr);
     assert_eq!(r["sent"], COUNT.to_string());
     assert_eq!(r["buffers"], buffers.to_string());
     // Far fewer buffers than records went (lengths 0-300 into 4 KiB: about 25 a buffer).
@@ -103,7 +103,7 @@ fn a_hostile_producers_records_give_named_errors_and_lose_no_slot() {
             s.records().map(|r| r.map(<[u8]>::to_vec)).collect();
         walks.push(walk);
     }
-    assert_eq!(finished(forger)["sent"], "4");
+    assert_eq!(result(&forger.succeeded().stderr)["sent"], "4");
     // Each bad buffer yields its good record, then one error naming the bad header, and ends.
     assert_eq!(
         walks[0],
@@ -144,15 +144,27 @@ fn a_hostile_producers_records_give_named_errors_and_lose_no_slot() {
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
 }
 
-/// Waits for a peer that must succeed; its RESULT line's values.
-fn finished(peer: KillOnDrop) -> std::collections::HashMap<String, String> {
-    let out = peer.output();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    result(&out.stderr)
+/// A pool of this process with the byte stream `name`: the service, its receiver, and a
+/// `RecordSender` of 4 KiB buffers on its sender.
+fn local_stream(
+    name: &str,
+) -> (
+    Pool,
+    ByteStream,
+    fbuf::service::Receiver<[u8]>,
+    RecordSender,
+) {
+    let mut config = config();
+    config.name = format!("records-{name}-{}", std::process::id());
+    let pool = Pool::create(&config).unwrap();
+    let svc = pool
+        .service(name)
+        .stream::<[u8]>()
+        .open_or_create()
+        .unwrap();
+    let rx = svc.receiver().unwrap();
+    let tx = RecordSender::new(svc.sender().unwrap(), 4096);
+    (pool, svc, rx, tx)
 }
 
 /// Checks that `r` is record `seq`, byte for byte.
@@ -207,7 +219,7 @@ fn messages_pushed_one_per_call_are_packed_while_the_receiver_lags_and_go_alone_
     check_record(lone[0], COUNT);
     drop(s);
     std::fs::write(&done, b"").unwrap();
-    let r = finished(producer);
+    let r = result(&producer.succeeded().stderr);
     assert_eq!(r["sent"], (COUNT + 1).to_string());
     assert_eq!(r["lone_pending"], "0");
     drop(rx);
@@ -218,16 +230,7 @@ fn messages_pushed_one_per_call_are_packed_while_the_receiver_lags_and_go_alone_
 
 #[test]
 fn a_record_sender_names_what_it_could_not_send_and_loses_no_slot() {
-    let mut config = config();
-    config.name = format!("records-sender-{}", std::process::id());
-    let pool = Pool::create(&config).unwrap();
-    let svc = pool
-        .service("records/errors")
-        .stream::<[u8]>()
-        .open_or_create()
-        .unwrap();
-    let mut rx = svc.receiver().unwrap();
-    let mut tx = RecordSender::new(svc.sender().unwrap(), 4096);
+    let (pool, svc, mut rx, mut tx) = local_stream("records/errors");
     // Too long for a buffer: nothing written, nothing sent.
     match tx.push(&[7u8; 4089]) {
         Err(RecordSendError::TooLong {
@@ -262,16 +265,7 @@ fn a_record_sender_names_what_it_could_not_send_and_loses_no_slot() {
 
 #[test]
 fn a_record_sender_that_times_out_on_a_full_ring_keeps_its_records_for_a_later_flush() {
-    let mut config = config();
-    config.name = format!("records-timeout-{}", std::process::id());
-    let pool = Pool::create(&config).unwrap();
-    let svc = pool
-        .service("records/timeout")
-        .stream::<[u8]>()
-        .open_or_create()
-        .unwrap();
-    let mut rx = svc.receiver().unwrap();
-    let mut tx = RecordSender::new(svc.sender().unwrap(), 4096);
+    let (pool, svc, mut rx, mut tx) = local_stream("records/timeout");
     // Records of 4000 bytes: one to a buffer. The first goes alone; each later one sends the
     // buffer before it. After eight, the ring (8 cells) holds seven and the eighth is open; a
     // small record then sends it, filling the ring, and opens a buffer of its own.
@@ -319,16 +313,7 @@ fn a_record_sender_that_times_out_on_a_full_ring_keeps_its_records_for_a_later_f
 
 #[test]
 fn a_record_sender_dropped_before_a_ring_that_stays_full_lets_go_and_loses_no_slot() {
-    let mut config = config();
-    config.name = format!("records-linger-{}", std::process::id());
-    let pool = Pool::create(&config).unwrap();
-    let svc = pool
-        .service("records/linger")
-        .stream::<[u8]>()
-        .open_or_create()
-        .unwrap();
-    let rx = svc.receiver().unwrap(); // alive, never reads
-    let mut tx = RecordSender::new(svc.sender().unwrap(), 4096);
+    let (pool, svc, rx, mut tx) = local_stream("records/linger"); // alive, never reads
     for k in 1..=9u8 {
         tx.push(&[k; 4000]).unwrap(); // the ring full, the ninth open
     }

@@ -183,28 +183,19 @@ fn orchestrate(rounds: u64, millis: u64) -> Res<()> {
             .ok_or("path")?
             .to_owned();
         let ice_tag = format!("{}-{round}", std::process::id());
-        // Latency, each transport in turn.
-        let pong = spawn(&["spin-pong", &spin, &rt], true)?;
-        lat[0].push(result(spawn(&["spin-ping", &spin, &rt], false)?, "p50_ns")?);
-        drop(pong);
-        let pong = spawn(&["fbuf-pong", &sock], true)?;
-        lat[1].push(result(spawn(&["fbuf-ping", &sock, &rt], false)?, "p50_ns")?);
-        drop(pong);
-        let pong = spawn(&["ice-pong", &ice_tag], true)?;
-        lat[2].push(result(
-            spawn(&["ice-ping", &ice_tag, &rt], false)?,
-            "p50_ns",
-        )?);
-        drop(pong);
-        let pong = spawn(&["unix-pong", &unix], true)?;
-        lat[3].push(result(spawn(&["unix-ping", &unix, &rt], false)?, "p50_ns")?);
-        drop(pong);
-        let pong = spawn(&["fbuf-pong", &sock], true)?;
-        lat[4].push(result(
-            spawn(&["fbuf-ping-packed", &sock, &rt], false)?,
-            "p50_ns",
-        )?);
-        drop(pong);
+        // Latency, each transport in turn: its pong serves while its ping measures.
+        let lat_runs: [(usize, &[&str], &[&str]); 5] = [
+            (0, &["spin-pong", &spin, &rt], &["spin-ping", &spin, &rt]),
+            (1, &["fbuf-pong", &sock], &["fbuf-ping", &sock, &rt]),
+            (2, &["ice-pong", &ice_tag], &["ice-ping", &ice_tag, &rt]),
+            (3, &["unix-pong", &unix], &["unix-ping", &unix, &rt]),
+            (4, &["fbuf-pong", &sock], &["fbuf-ping-packed", &sock, &rt]),
+        ];
+        for (k, pong, ping) in lat_runs {
+            let pong = spawn(pong, true)?;
+            lat[k].push(result(spawn(ping, false)?, "p50_ns")?);
+            drop(pong);
+        }
         // Rate, each transport in turn.
         for (k, batch, payload) in [
             (0, "1", "-"),

@@ -36,6 +36,14 @@ fn caught(bug: Bug, test: &str) -> bool {
     !out.status.success() && (stderr.contains("panicked") || stderr.contains("deadlock"))
 }
 
+/// [`serial`] for a model that a seeded-bug test may run: the bug named by the environment (see
+/// [`caught`]) is switched on first.
+fn serial_seeded() -> std::sync::MutexGuard<'static, ()> {
+    let g = serial();
+    seed_from_env();
+    g
+}
+
 /// In a child started by [`caught`], switches on the bug it names.
 fn seed_from_env() {
     let bug = match std::env::var("FBUF_SEEDED_BUG")
@@ -121,8 +129,7 @@ fn aba_generation() {
 
 #[test]
 fn pool_aba_generation() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     aba_generation();
 }
 
@@ -229,8 +236,7 @@ fn local_last_release_vs_import() {
 
 #[test]
 fn local_refs_last_release_vs_import() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     local_last_release_vs_import();
 }
 
@@ -297,8 +303,7 @@ fn spsc_wrap_capacity_1() {
 
 #[test]
 fn spsc_wrap_capacity_2() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     spsc_wrap(2);
 }
 
@@ -486,8 +491,7 @@ fn doorbell_no_lost_wakeup() {
 
 #[test]
 fn doorbell_sleeper_is_always_woken() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     doorbell_no_lost_wakeup();
 }
 
@@ -681,8 +685,7 @@ fn stale_copy_vs_drop_vs_reallocation() {
 
 #[test]
 fn stale_copy_imported_while_the_only_handle_drops_and_the_slot_is_allocated_again() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     stale_copy_vs_drop_vs_reallocation();
 }
 
@@ -815,8 +818,7 @@ fn notifier_no_lost_wakeup() {
 
 #[test]
 fn notifier_receiver_is_always_woken() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     notifier_no_lost_wakeup();
 }
 
@@ -1404,8 +1406,7 @@ fn publish_death(steps: usize) {
 
 #[test]
 fn death_at_every_step_of_a_batch() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     for steps in 0..MAX_STEPS {
         spsc_send_batch_death(steps, None);
         spsc_recv_batch_death(steps, None);
@@ -1414,8 +1415,7 @@ fn death_at_every_step_of_a_batch() {
 
 #[test]
 fn death_at_every_step_of_a_publish() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     for steps in 0..MAX_STEPS + 2 {
         publish_death(steps);
     }
@@ -1423,8 +1423,7 @@ fn death_at_every_step_of_a_publish() {
 
 #[test]
 fn death_at_every_step_of_a_send() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     for steps in 0..MAX_STEPS {
         spsc_send_death(steps, 1, false, None);
         spsc_send_death(steps, 2, false, None);
@@ -1435,8 +1434,7 @@ fn death_at_every_step_of_a_send() {
 
 #[test]
 fn death_at_every_step_of_a_receive() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     for steps in 0..MAX_STEPS {
         spsc_recv_death(steps, false, false, None);
         spsc_recv_death(steps, true, false, None);
@@ -1447,8 +1445,7 @@ fn death_at_every_step_of_a_receive() {
 
 #[test]
 fn death_at_every_step_of_an_mpmc_push() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     for steps in 0..MAX_STEPS {
         mpmc_push_death(steps, None);
     }
@@ -1456,8 +1453,7 @@ fn death_at_every_step_of_an_mpmc_push() {
 
 #[test]
 fn death_at_every_step_of_an_mpmc_pop() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     for steps in 0..MAX_STEPS {
         mpmc_pop_death(steps, None);
     }
@@ -1469,8 +1465,7 @@ fn death_at_every_step_of_an_mpmc_pop() {
 /// nothing is left.
 #[test]
 fn a_recoverer_dying_at_every_step_leaves_it_to_the_next() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     for steps in 0..MAX_STEPS {
         for recoverer in 0..6 {
             spsc_send_death(steps, 2, false, Some(recoverer));
@@ -1613,8 +1608,7 @@ fn orphan_freed_after_the_last_handle() {
 
 #[test]
 fn orphan_state_freed_once_after_the_last_handle() {
-    let _g = serial();
-    seed_from_env();
+    let _g = serial_seeded();
     orphan_freed_after_the_last_handle();
 }
 

@@ -221,6 +221,21 @@ impl KillOnDrop {
     }
 }
 
+impl KillOnDrop {
+    /// [`KillOnDrop::output`] of a peer that must end well: a failure fails the test with what
+    /// the peer printed.
+    pub fn succeeded(self) -> Output {
+        let out = self.output();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

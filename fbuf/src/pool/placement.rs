@@ -29,7 +29,7 @@ thread_local! {
 /// Longest loans that are spread. What crosses between the cores for every buffer is its
 /// slot word's line and the lines the loan writes. Up to a few lines the word's line is the one
 /// that the sender and a receiver a slot or two behind fight over, and spreading pays: loans of
-/// 72 and 216 bytes from 4 KiB slots, one per call, went 1.75-1.9x faster spread, 576 bytes
+/// 72 and 216 bytes from 4 KiB slots, one per call, went 1.7-1.9x faster spread, 576 bytes
 /// 1.3-1.45x. From about 1 KiB the loan's own lines decide: 864 and 1008 bytes read the same
 /// either way, 1152 bytes 0.85-0.9x spread, and records packed 2304 bytes to a buffer
 /// 0.75-0.89x (docs/benchmarks.md, "Spread placement" and "Small loans from large slots").

@@ -91,23 +91,27 @@ pub enum RecordSendError {
 pub struct RecordSender {
     tx: Sender<[u8]>,
     /// The buffer being filled, if any.
-    open: Option<SampleMut<[u8]>>,
-    /// Bytes of records in the open buffer (a multiple of the records' alignment).
-    used: usize,
-    /// Bytes the open buffer was loaned with.
-    room: usize,
-    /// Records in the open buffer.
-    count: usize,
+    open: Option<Open>,
     /// Bytes each buffer is loaned with.
     buffer_len: usize,
+}
+
+/// A buffer being filled with records.
+struct Open {
+    sample: SampleMut<[u8]>,
+    /// Bytes it was loaned with: its length while open.
+    room: usize,
+    /// Bytes of records in it (a multiple of the records' alignment).
+    used: usize,
+    /// Records in it.
+    records: usize,
 }
 
 impl std::fmt::Debug for RecordSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordSender")
             .field("buffer_len", &self.buffer_len)
-            .field("pending", &self.count)
-            .field("used", &self.used)
+            .field("pending", &self.pending())
             .finish()
     }
 }
@@ -120,9 +124,6 @@ impl RecordSender {
         RecordSender {
             tx,
             open: None,
-            used: 0,
-            room: 0,
-            count: 0,
             buffer_len,
         }
     }
@@ -174,7 +175,7 @@ impl RecordSender {
                 buffer: self.buffer_len,
             });
         }
-        if self.open.is_some() && self.room - self.used < needs {
+        if self.open.as_ref().is_some_and(|o| o.room - o.used < needs) {
             self.flush_at(deadline)?;
         }
         // The look at the ring is made once per buffer, not per record: a receiver that waits
@@ -186,15 +187,18 @@ impl RecordSender {
         let open = match &mut self.open {
             Some(open) => open,
             None => {
-                let loan = if alone { needs } else { self.buffer_len };
-                let open = self.open.insert(self.tx.loan_bytes(loan)?);
-                self.room = loan;
-                open
+                let room = if alone { needs } else { self.buffer_len };
+                self.open.insert(Open {
+                    sample: self.tx.loan_bytes(room)?,
+                    room,
+                    used: 0,
+                    records: 0,
+                })
             }
         };
         // Records start at multiples of 8 from the buffer's start, and `used` is one: a writer
         // over the rest writes the same bytes as one over the whole buffer would.
-        let mut w = RecordWriter::new(&mut open.bytes_mut()[self.used..self.room]);
+        let mut w = RecordWriter::new(&mut open.sample.bytes_mut()[open.used..]);
         if let Err(full) = w.push_with(len, write) {
             // Not reached: the room was checked above.
             return Err(RecordSendError::TooLong {
@@ -203,8 +207,8 @@ impl RecordSender {
                 buffer: full.left,
             });
         }
-        self.used += w.len();
-        self.count += w.count();
+        open.used += w.len();
+        open.records += 1;
         if alone {
             self.flush_at(deadline)?;
         }
@@ -223,32 +227,28 @@ impl RecordSender {
     }
 
     fn flush_at(&mut self, deadline: Option<Instant>) -> Result<(), RecordSendError> {
-        let Some(mut buffer) = self.open.take() else {
+        let Some(mut open) = self.open.take() else {
             return Ok(());
         };
-        buffer.set_len(self.used);
-        let r = self.tx.send_at(buffer, deadline);
-        if let Err(SendTimeoutError::Timeout(mut buffer)) = r {
-            // Still ours and unseen: open again at the length it was loaned with.
-            buffer.set_len(self.room);
-            self.open = Some(buffer);
-            return Err(RecordSendError::Timeout {
-                pending: self.count,
-            });
-        }
-        // Sent, or gone for good (its slot freed with the sample the error dropped).
-        let unsent = std::mem::take(&mut self.count);
-        self.used = 0;
-        match r {
-            Err(SendTimeoutError::Fault(fault, _)) => Err(RecordSendError::Fault { fault, unsent }),
-            Err(_) => Err(RecordSendError::Disconnected { unsent }),
+        open.sample.set_len(open.used);
+        let unsent = open.records;
+        match self.tx.send_at(open.sample, deadline) {
             Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(mut sample)) => {
+                // Still ours and unseen: open again at the length it was loaned with.
+                sample.set_len(open.room);
+                self.open = Some(Open { sample, ..open });
+                Err(RecordSendError::Timeout { pending: unsent })
+            }
+            // Gone for good, its slot freed with the sample the error dropped.
+            Err(SendTimeoutError::Fault(fault, _)) => Err(RecordSendError::Fault { fault, unsent }),
+            Err(SendTimeoutError::Disconnected(_)) => Err(RecordSendError::Disconnected { unsent }),
         }
     }
 
     /// Records pushed and not yet handed over (in the open buffer).
     pub fn pending(&self) -> usize {
-        self.count
+        self.open.as_ref().map_or(0, |o| o.records)
     }
 
     /// The sender the buffers go through (its wait strategy, whether the receiver is there).
