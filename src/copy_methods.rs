@@ -77,16 +77,17 @@ pub fn sink(addr: &str, size: u64, ack: bool) -> Result<String, Box<dyn std::err
     Ok(format!("bytes={got} bad={bad}"))
 }
 
-/// Counters of the sending thread.
+/// Counters of the calling thread (seconds of CPU, context switches).
 #[derive(Clone, Copy, Default)]
-struct Usage {
-    user: f64,
-    sys: f64,
+pub(crate) struct Usage {
+    pub(crate) user: f64,
+    pub(crate) sys: f64,
     vcsw: i64,
     ivcsw: i64,
 }
 
-fn usage() -> Usage {
+/// The calling thread's [`Usage`] so far.
+pub(crate) fn usage() -> Usage {
     use nix::sys::resource::{UsageWho, getrusage};
     use nix::sys::time::TimeValLike;
     // RUSAGE_THREAD: this thread only. It cannot fail for the calling thread.

@@ -10,8 +10,11 @@
 //! fbuf peer churn   SOCKET MILLIS SEED  allocate and free at random for a while
 //! fbuf peer hold    SOCKET N            allocate N buffers, say READY, wait to be killed
 //! fbuf peer fast-path SOCKET N          N rounds of the fast path under seccomp strict mode
-//! fbuf peer send    SOCKET CH COUNT ID  send COUNT buffers on channel CH, tagged with sender ID
-//! fbuf peer recv    SOCKET CH COUNT     receive COUNT buffers on channel CH, verify each
+//! fbuf peer send    SOCKET CH COUNT ID [SIZE]  send COUNT buffers on channel CH, tagged with
+//!                                       sender ID, of SIZE bytes (varied if absent); report the
+//!                                       sending thread's CPU time
+//! fbuf peer recv    SOCKET CH COUNT [DELAY_US]  receive COUNT buffers on channel CH, verify
+//!                                       each, sleep DELAY_US after each
 //! fbuf peer publish SOCKET CH COUNT SUBS  wait for SUBS subscribers, publish COUNT buffers
 //! fbuf peer subscribe SOCKET CH COUNT   subscribe to CH, receive and verify COUNT buffers
 //! fbuf peer recv-hold SOCKET CH         open CH's receiver, say READY, wait to be killed
@@ -70,8 +73,14 @@ pub fn main(args: &[String]) -> ExitCode {
         "churn" => churn(arg(1), num(2), num(3)),
         "hold" => hold(arg(1), num(2)),
         "fast-path" => fast_path(arg(1), num(2)),
-        "send" => send(arg(1), num(2) as usize, num(3), num(4)),
-        "recv" => recv(arg(1), num(2) as usize, num(3)),
+        "send" => send(
+            arg(1),
+            num(2) as usize,
+            num(3),
+            num(4),
+            arg(5).parse().unwrap_or(0),
+        ),
+        "recv" => recv(arg(1), num(2) as usize, num(3), arg(4).parse().unwrap_or(0)),
         "publish" => publish(arg(1), num(2) as usize, num(3), num(4)),
         "subscribe" => subscribe(arg(1), num(2) as usize, num(3)),
         "recv-hold" => recv_hold(arg(1), num(2) as usize),
@@ -439,21 +448,31 @@ fn tagged_len(sender: u64, seq: u64) -> usize {
     SIZES[(mix(sender ^ mix(seq)) % SIZES.len() as u64) as usize].max(16)
 }
 
-fn send(socket: &str, ch: usize, count: u64, id: u64) -> Res {
+/// Sends `count` tagged messages on channel `ch`, of `size` bytes (0: of varied sizes); reports
+/// how long the sends took and the CPU time this thread spent on them.
+fn send(socket: &str, ch: usize, count: u64, id: u64, size: usize) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     let mut tx = pool.sender(ch)?;
     let mut bytes = 0u64;
+    let (start, cpu) = (Instant::now(), crate::copy_methods::usage());
     for seq in 0..count {
-        let len = tagged_len(id, seq);
+        let len = if size > 0 { size } else { tagged_len(id, seq) };
         let mut buf = pool.alloc_timeout(len, Duration::from_secs(20))?;
         fill_tagged(&mut buf, id, seq);
         bytes += len as u64;
         tx.send_timeout(buf.freeze(), Some(Duration::from_secs(20)))?;
     }
-    Ok(format!("count={count} bytes={bytes}"))
+    let end = crate::copy_methods::usage();
+    let cpu_ms = (end.user + end.sys - cpu.user - cpu.sys) * 1e3;
+    Ok(format!(
+        "count={count} bytes={bytes} ms={} cpu_ms={cpu_ms:.0}",
+        start.elapsed().as_millis()
+    ))
 }
 
-fn recv(socket: &str, ch: usize, count: u64) -> Res {
+/// Receives `count` tagged messages on channel `ch` and checks them, sleeping `delay_us` after
+/// each (a slow consumer) once it has let the message go.
+fn recv(socket: &str, ch: usize, count: u64, delay_us: u64) -> Res {
     let pool = session::join(socket, Role::Consumer)?;
     let mut rx = pool.receiver(ch)?;
     let mut next = std::collections::HashMap::<u64, u64>::new();
@@ -472,6 +491,10 @@ fn recv(socket: &str, ch: usize, count: u64) -> Res {
             None => bad += 1,
         }
         got += 1;
+        drop(buf);
+        if delay_us > 0 {
+            std::thread::sleep(Duration::from_micros(delay_us));
+        }
     }
     Ok(format!(
         "count={got} bad={bad} out_of_order={out_of_order} senders={}",

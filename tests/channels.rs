@@ -158,6 +158,45 @@ fn a_full_ring_gives_the_buffer_back_and_loses_nothing() {
     assert_eq!(producer.free_count(), producer.slot_count());
 }
 
+/// A producer whose class is exhausted waits for its consumer to free a slot. It must sleep
+/// while it waits: a wait that spun and yielded for milliseconds kept a core busy, and each look
+/// reads every slot word of the class, the lines the consumer writes as it frees.
+#[test]
+fn a_producer_waiting_for_a_slot_sleeps_and_loses_nothing() {
+    let mut cfg = config(vec![spec(channel_kind::ONE_TO_ONE, 64, 1)]);
+    // Four slots and a ring of 64: the producer runs out of slots, never of ring cells.
+    cfg.classes = vec![fbuf::ClassSpec {
+        slot_size: 4096,
+        slot_count: 4,
+    }];
+    let owner = Owner::new(cfg);
+    // The consumer lets each message go, then sleeps 5 ms: each of the producer's waits lasts
+    // about that long.
+    let rx = peer(&["recv", &owner.socket(), "0", "200", "5000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tx = peer(&["send", &owner.socket(), "0", "200", "7", "4096"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (t, r) = (assert_ok(&wait_output(tx)), assert_ok(&wait_output(rx)));
+    assert_eq!(r["count"], "200");
+    assert_eq!(r["bad"], "0");
+    assert_eq!(r["out_of_order"], "0");
+    let (ms, cpu_ms): (u64, u64) = (t["ms"].parse().unwrap(), t["cpu_ms"].parse().unwrap());
+    assert!(
+        ms >= 900,
+        "the consumer's 200 sleeps of 5 ms set the pace: {ms} ms"
+    );
+    assert!(
+        cpu_ms * 4 < ms,
+        "the producer spent {cpu_ms} ms of CPU in {ms} ms of mostly waiting for slots"
+    );
+    owner.wait_retired(2);
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
+
 #[test]
 fn a_killed_receiver_makes_the_sender_see_disconnected() {
     let owner = Owner::new(config(vec![spec(channel_kind::ONE_TO_ONE, 8, 1)]));

@@ -374,6 +374,14 @@ fn liveness_lock(control: &Region, id: u32) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// How long [`Pool::alloc_timeout`] spins on an exhausted class before it sleeps: longer than a
+/// consumer takes to drain a class it keeps busy (50 µs for the main job's 32 slots of 1 MiB,
+/// which lost 10-13 % of its rate with a spin that short; docs/benchmarks.md).
+const SLOT_SPIN: Duration = Duration::from_micros(200);
+/// Its first and longest sleep between looks.
+const SLOT_NAP_MIN: Duration = Duration::from_micros(10);
+const SLOT_NAP_MAX: Duration = Duration::from_millis(1);
+
 /// How often a waiting participant looks for dead peers.
 const REAP_EVERY_MS: u64 = 20;
 
@@ -695,33 +703,42 @@ impl Pool {
         Ok(BufMut::new(self, desc))
     }
 
-    /// Like [`Pool::alloc`], but waits up to `timeout` for a slot to come free: spinning first
-    /// (a consumer on another core usually frees one within microseconds), then yielding, then
-    /// sleeping in growing steps of at most a millisecond.
+    /// Like [`Pool::alloc`], but waits up to `timeout` for a slot to come free: spinning for
+    /// 200 µs first (a consumer on another core draining a busy class frees one that soon), then
+    /// sleeping in steps that double from 10 µs to a millisecond.
+    ///
+    /// Each look at an exhausted class reads every slot word of the class, the lines the
+    /// consumers write as they free. The wait used to yield 18 000 times before it slept, so a
+    /// producer waiting 5 ms at a time kept a core fully busy (docs/benchmarks.md, "A producer
+    /// that waits for a slot"). Sleeping costs a wait at most one step after the slot comes free
+    /// (at most about what it had waited so far, up to 1 ms); the slots still queued keep the
+    /// consumer busy meanwhile.
     pub fn alloc_timeout(&self, len: usize, timeout: Duration) -> Result<BufMut, AllocError> {
         // The clock is read only once the class is exhausted.
         match self.alloc(len) {
             Err(AllocError::Exhausted { .. }) => {}
             other => return other,
         }
-        let deadline = Instant::now() + timeout;
-        let mut round = 0u32;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut step = SLOT_NAP_MIN;
         loop {
-            match self.alloc(len) {
-                Err(AllocError::Exhausted { .. }) if Instant::now() < deadline => {}
-                other => return other,
+            let now = Instant::now();
+            if now >= deadline {
+                return self.alloc(len);
             }
             // Slots held by a peer that died after the owner come back only if survivors
             // recover it.
             self.reap_if_due();
-            round += 1;
-            if round < 2_000 {
+            if now - start < SLOT_SPIN {
                 std::hint::spin_loop();
-            } else if round < 20_000 {
-                std::thread::yield_now();
             } else {
-                let step = Duration::from_micros(u64::from(round - 19_999).min(1000));
-                std::thread::sleep(step.min(deadline.saturating_duration_since(Instant::now())));
+                std::thread::sleep(step.min(deadline - now));
+                step = (step * 2).min(SLOT_NAP_MAX);
+            }
+            match self.alloc(len) {
+                Err(AllocError::Exhausted { .. }) => {}
+                other => return other,
             }
         }
     }
