@@ -22,12 +22,13 @@
 //!   participant of its pool: the owner recovers its slots and rings like any other's.
 //! - **Polling after traffic**: a direction polls its queue for `--spin-us` after each message
 //!   before it sleeps (200 µs by default on a host with 8 CPUs or more): the next message of a
-//!   conversation then costs no wake-up.
+//!   conversation then costs no wake-up. With `--spin-max-us` the window grows to cover the gap
+//!   between the last two messages, up to that bound (`Window`).
 //! - **A warm slot waiting**: where polling is on by default, an import loans the slot for its
 //!   next message while it waits and writes it once (`--prewarm`), so the one copy stores into
 //!   lines already in its cache.
 //! - **Messages in two pieces**: an exporter puts a message longer than `--piece-kib` and at
-//!   most twice as long in two pieces, each a view of the same pool buffer with a header as its
+//!   most twice as long in two halves, each a view of the same pool buffer with a header as its
 //!   attachment, which Zenoh carries faster than the message whole; the importer copies each
 //!   piece into the slot as it arrives (the `pieces` module).
 //! - **Request-response across**: `--export-rr NAME` answers Zenoh queries on the key by calling
@@ -92,6 +93,13 @@ struct Cli {
     /// peers need.
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Longest a direction's polling window grows to, in µs: a direction whose messages come
+    /// less than this far apart polls until the next is as late as the last one was, plus a
+    /// quarter, so a round trip longer than `--spin-us` (large messages) meets no sleeping
+    /// thread. The cost: a stream whose messages come that often keeps a core busy. Default:
+    /// `--spin-us` (windows do not grow).
+    #[arg(long)]
+    spin_max_us: Option<u64>,
     /// Whether an import, while it waits, loans the slot for its next message (the length of
     /// the last one) and writes it once, so that the copy on arrival finds its lines in this
     /// core's cache. Holds one slot per imported service. Default: on where the polling default
@@ -99,13 +107,13 @@ struct Cli {
     #[arg(long)]
     prewarm: Option<bool>,
     /// Messages longer than this many KiB, and at most twice as long, are exported in two
-    /// pieces, which Zenoh carries faster than one message (0: every message whole). Default:
-    /// 32 where the polling default is on (8 CPUs or more), 0 elsewhere. At most 32: on a
-    /// 16-core guest, pieces of 60 KiB, near Zenoh's 64 KiB batch, made a 64 KiB message a
-    /// millisecond slower. An importer takes pieces of any size from any exporter; a bridge
-    /// built before pieces would publish each piece as a message, so an exporter facing one
-    /// needs 0.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=32))]
+    /// halves, which Zenoh carries faster than one message (0: every message whole). Default:
+    /// 32 where the polling default is on (8 CPUs or more), 0 elsewhere. At most 48, so a half
+    /// leaves room in Zenoh's 64 KiB batch: on a 16-core guest, a 64 KiB message cut 60 + 4 KiB
+    /// took a millisecond longer than whole. An importer takes pieces of any size from any
+    /// exporter; a bridge built before pieces would publish each piece as a message, so an
+    /// exporter facing one needs 0.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=48))]
     piece_kib: Option<u64>,
     /// Test roles (internal).
     #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
@@ -193,8 +201,10 @@ fn or_host_default(given: Option<u64>, roomy: u64) -> u64 {
 }
 
 /// The polling window: `--spin-us`, or the host's default (see [`Cli::spin_us`]).
-fn spin_window(cli: &Cli) -> Duration {
-    Duration::from_micros(or_host_default(cli.spin_us, DEFAULT_SPIN_US))
+fn spin_window(cli: &Cli) -> Window {
+    let base = Duration::from_micros(or_host_default(cli.spin_us, DEFAULT_SPIN_US));
+    let max = cli.spin_max_us.map_or(base, Duration::from_micros);
+    Window { base, max }
 }
 
 /// The polling window on a host with cores to spare: longer than a 4 KiB round trip through two
@@ -205,16 +215,47 @@ const DEFAULT_SPIN_US: u64 = 200;
 
 /// Polls for the next message until a window has passed since the last one, then sleeps.
 pub(crate) struct Poller {
-    window: Duration,
+    window: Window,
     last: Instant,
+    /// The time between the last two messages: the next is expected as soon.
+    gap: Duration,
+}
+
+/// How long a direction polls after its last message before it sleeps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    /// Polled after every message (`--spin-us`).
+    pub(crate) base: Duration,
+    /// Longest a window grows to (`--spin-max-us`): a direction whose messages came less than
+    /// this far apart polls until the next is as late as the last, plus a quarter.
+    pub(crate) max: Duration,
+}
+
+impl Window {
+    /// How long to poll after a message that came `gap` after the one before.
+    fn after(&self, gap: Duration) -> Duration {
+        let expected = gap.saturating_add(gap / 4);
+        if expected <= self.max {
+            expected.max(self.base)
+        } else {
+            self.base
+        }
+    }
 }
 
 impl Poller {
-    pub(crate) fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Window) -> Self {
         Poller {
             window,
             last: Instant::now(),
+            gap: Duration::MAX,
         }
+    }
+
+    fn arrived(&mut self) {
+        let now = Instant::now();
+        self.gap = now - self.last;
+        self.last = now;
     }
 
     /// The next message from `queue`: `poll` until one comes or the window closes, then
@@ -225,16 +266,17 @@ impl Poller {
         mut poll: impl FnMut(&mut Q) -> Result<Option<T>, E>,
         block: impl FnOnce(&mut Q) -> Result<Option<T>, E>,
     ) -> Result<Option<T>, E> {
-        if !self.window.is_zero() {
+        let window = self.window.after(self.gap);
+        if !window.is_zero() {
             let mut polls = 0u32;
             loop {
                 if let Some(m) = poll(queue)? {
-                    self.last = Instant::now();
+                    self.arrived();
                     return Ok(Some(m));
                 }
                 polls += 1;
                 // The clock every 64 polls: reading it costs more than a poll.
-                if polls.is_multiple_of(64) && self.last.elapsed() >= self.window {
+                if polls.is_multiple_of(64) && self.last.elapsed() >= window {
                     break;
                 }
                 std::hint::spin_loop();
@@ -242,7 +284,7 @@ impl Poller {
         }
         let m = block(queue)?;
         if m.is_some() {
-            self.last = Instant::now();
+            self.arrived();
         }
         Ok(m)
     }
@@ -444,7 +486,7 @@ fn spawn_export(
     z: &zenoh::Session,
     mut source: impl Source + 'static,
     key: String,
-    spin: Duration,
+    spin: Window,
     piece: usize,
     stop: Arc<AtomicBool>,
 ) -> Res<std::thread::JoinHandle<Res<()>>> {
@@ -724,3 +766,32 @@ fn import<S: Sink>(
 
 mod pieces;
 mod rr;
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+    use std::time::Duration;
+
+    #[test]
+    fn a_window_grows_to_cover_the_next_message_when_messages_come_close_together() {
+        let us = Duration::from_micros;
+        let w = Window {
+            base: us(200),
+            max: us(2000),
+        };
+        assert_eq!(w.after(us(50)), us(200), "never below the base");
+        assert_eq!(w.after(us(1000)), us(1250), "the last gap, plus a quarter");
+        assert_eq!(w.after(us(1600)), us(2000), "up to the most");
+        assert_eq!(
+            w.after(us(1700)),
+            us(200),
+            "a gap it could not cover: the base"
+        );
+        assert_eq!(w.after(Duration::MAX), us(200), "no gap yet: no overflow");
+        let fixed = Window {
+            base: us(200),
+            max: us(200),
+        };
+        assert_eq!(fixed.after(us(1000)), us(200), "windows that do not grow");
+    }
+}

@@ -3,7 +3,7 @@
 //! The idea was to overlap the importer's one copy with the transfer: Zenoh hands a subscriber a
 //! large message only once its last fragment has arrived, and the import then copies all of it
 //! into a slot. An exporter with `--piece-kib N` puts a message longer than N KiB (and at most
-//! [`MAX_PIECES`] times N) as consecutive pieces of N KiB, each a view of the same pool buffer
+//! [`MAX_PIECES`] times N) as two consecutive halves, each a view of the same pool buffer
 //! (no copy on the way out either) with a [`Header`] as its Zenoh attachment. The importer loans
 //! the slot when the first piece comes and copies each piece as it arrives. Any other message
 //! goes whole, without a header, as before.
@@ -109,16 +109,22 @@ impl fmt::Display for PieceError {
 /// (docs/benchmarks.md).
 pub(crate) const MAX_PIECES: usize = 2;
 
-/// Whether a `len`-byte message is cut into pieces of `piece` bytes (0: pieces are off): it is
-/// longer than one piece and at most [`MAX_PIECES`] of them.
+/// Whether a `len`-byte message is cut (0: pieces are off): it is longer than one `piece` and at
+/// most [`MAX_PIECES`] of them.
 pub(crate) fn cut(len: usize, piece: usize) -> bool {
     piece > 0 && len > piece && len <= piece.saturating_mul(MAX_PIECES)
 }
 
-/// The byte ranges an exporter sends a `len`-byte message as: consecutive pieces of `piece`
-/// bytes if it is [`cut`], else the whole message.
+/// The byte ranges an exporter sends a `len`-byte message as: two halves if it is [`cut`] (the
+/// first the longer by a byte if `len` is odd), else the whole message. Halves, not a piece and
+/// what is left: a 64 KiB message cut 60 + 4 KiB took a millisecond longer than whole on a
+/// 16-core guest (docs/benchmarks.md).
 pub(crate) fn ranges(len: usize, piece: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let step = if cut(len, piece) { piece } else { len.max(1) };
+    let step = if cut(len, piece) {
+        len.div_ceil(MAX_PIECES)
+    } else {
+        len.max(1)
+    };
     (0..len.max(1))
         .step_by(step)
         .map(move |at| at..(at + step).min(len))
@@ -298,6 +304,7 @@ mod tests {
         assert_eq!(MAX_PIECES, 2, "the cases below are for two");
         assert_eq!(ranges(7, 4).collect::<Vec<_>>(), vec![0..4, 4..7]);
         assert_eq!(ranges(8, 4).collect::<Vec<_>>(), vec![0..4, 4..8]);
+        assert_eq!(ranges(6, 4).collect::<Vec<_>>(), vec![0..3, 3..6], "halves");
         assert_eq!(ranges(4, 4).collect::<Vec<_>>(), vec![0..4], "whole");
         assert_eq!(ranges(10, 0).collect::<Vec<_>>(), vec![0..10], "off");
         assert_eq!(ranges(0, 4).collect::<Vec<_>>(), vec![0..0], "empty");

@@ -550,7 +550,9 @@ fn fbuf_ping(socket: &str, count: u64, size: usize) -> Res<String> {
     }
     let mut rtts = Vec::with_capacity(count as usize);
     let mut i = 0u64;
-    // The first frames may be lost while the far side's bridge opens its publisher: retry.
+    // The first frames may be lost while the far side's bridge opens its publisher: retry, for
+    // ten seconds at most (a bridge that died would otherwise keep this waiting for ever).
+    let opened = Instant::now();
     while i < count + count / 10 {
         let mut b = tx.loan_bytes(size)?;
         fill(&mut b, i);
@@ -561,7 +563,9 @@ fn fbuf_ping(socket: &str, count: u64, size: usize) -> Res<String> {
             Ok(back) => {
                 std::hint::black_box(back.bytes()[0]);
             }
-            Err(RecvTimeoutError::Timeout) if i == 0 => continue,
+            Err(RecvTimeoutError::Timeout) if i == 0 && opened.elapsed().as_secs() < 10 => {
+                continue;
+            }
             Err(e) => return Err(format!("round trip {i}: {e}").into()),
         }
         if i >= count / 10 {

@@ -1,0 +1,54 @@
+#!/bin/bash
+# The many-core measurements, as one prepared script for a lent host (it has no Rust toolchain
+# and no network, so the binaries are built here and carried).
+#
+#   benches/many-core.sh prepare   # here: release binaries, stripped, into target/dev
+#   benches/many-core.sh run       # there, from the repository root, with target/dev carried;
+#                                  # writes machine.txt, compare.txt and bridge.txt under $OUT
+#
+# What it runs: the comparison of issue 13 (`fbuf-compare 5 300`), then the bridge bench of
+# issue 15 over 4 KiB to 1 MiB with the bridge variants in FBUF_BENCH_BRIDGE_ARGS (by default
+# the build's defaults against halves of up to 48 KiB and against a window that grows to 2 ms).
+# Each part has its own timeout, so a slow host still returns what finished.
+set -u
+D=target/dev
+case "${1:-}" in
+prepare)
+    cargo build --release -p fbuf-compare -p fbuf-zenoh
+    bench=$(cargo bench -p fbuf-zenoh --bench bridge --no-run --message-format=json 2>/dev/null |
+        sed -n 's/.*"executable":"\([^"]*bridge-[^"]*\)".*/\1/p' | tail -1)
+    # The bench build (no whole-program LTO) replaced target/release/fbuf-bridge: build it again
+    # in the release profile, as the bridge ships.
+    cargo build --release -p fbuf-zenoh
+    mkdir -p $D
+    cp target/release/fbuf-compare target/release/fbuf-bridge "$D"/
+    cp "$bench" $D/bridge-bench
+    strip $D/fbuf-compare $D/fbuf-bridge $D/bridge-bench
+    du -sh $D
+    ;;
+run)
+    OUT=${OUT:-/tmp/many-core}
+    mkdir -p "$OUT"
+    R=$(pwd)/$D
+    { date -u; nproc; lscpu | grep -E "Model name|Socket|Thread|NUMA node\(s\)|L2|L3"; uname -r; } \
+        > "$OUT"/machine.txt 2>&1
+    cat "$OUT"/machine.txt
+    cd /tmp
+    timeout 90 "$R"/fbuf-compare 5 300 > "$OUT"/compare.txt 2> "$OUT"/compare.err
+    echo "compare rc=$?"
+    FBUF_BRIDGE_BIN=$R/fbuf-bridge FBUF_BENCH_ROUNDS=${FBUF_BENCH_ROUNDS:-3} \
+        FBUF_BENCH_SCALE=${FBUF_BENCH_SCALE:-5} \
+        FBUF_BENCH_SIZES=${FBUF_BENCH_SIZES:-4,64,96,128,256,1024} \
+        FBUF_BENCH_BRIDGE_ARGS=${FBUF_BENCH_BRIDGE_ARGS:-"--piece-kib 32;--piece-kib 48;--piece-kib 48 --spin-max-us 2000"} \
+        timeout "${BRIDGE_TIMEOUT:-360}" "$R"/bridge-bench > "$OUT"/bridge.txt 2> "$OUT"/bridge.err
+    echo "bridge rc=$?"
+    date -u
+    grep -v "^fbuf-bridge: \(im\|ex\)porting\|^round" "$OUT"/bridge.err | head -20
+    grep -A3 "spin floor\|raw ring 1/call" "$OUT"/compare.txt | head -12
+    cat "$OUT"/bridge.txt
+    ;;
+*)
+    sed -n 2,13p "$0"
+    exit 2
+    ;;
+esac
