@@ -9,8 +9,10 @@
 # What it runs: the comparison of issue 13 (`fbuf-compare 5 300`), then the bridge bench of
 # issue 15 over 4 KiB to 1 MiB with the bridge variants in FBUF_BENCH_BRIDGE_ARGS (by default
 # the build's defaults against halves of up to 48 KiB and against a window that grows to 2 ms).
-# Each part has its own timeout, so a slow host still returns what finished.
+# Each part has its own timeout, so a slow host still returns what finished. Either mode may be
+# started from any directory.
 set -u
+cd "$(dirname "$0")/.."
 D=target/dev
 case "${1:-}" in
 prepare)
