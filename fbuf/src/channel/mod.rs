@@ -257,7 +257,7 @@ pub(crate) fn drain_unit(
 
 /// Deadline for an optional timeout.
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + t)
+    timeout.map(crate::sys::deadline_after)
 }
 
 static FUTEX: SysFutex = SysFutex;

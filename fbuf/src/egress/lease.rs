@@ -126,7 +126,7 @@ impl Lease {
     /// Waits up to `timeout` (`None`: forever) for the kernel to let go, then releases the buffers.
     /// On timeout the lease is given back so the caller can wait again.
     pub fn wait(mut self, timeout: Option<Duration>) -> Result<(), (EgressError, Lease)> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(crate::sys::deadline_after);
         let mut pause = Duration::from_micros(5);
         loop {
             match self.is_done() {

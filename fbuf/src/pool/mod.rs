@@ -720,7 +720,7 @@ impl Pool {
             other => return other,
         }
         let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = crate::sys::deadline_after(timeout);
         let mut step = SLOT_NAP_MIN;
         loop {
             let now = Instant::now();

@@ -225,7 +225,7 @@ macro_rules! receives {
                 &mut self,
                 timeout: Duration,
             ) -> Result<Sample<T>, RecvTimeoutError> {
-                self.recv_deadline(Instant::now() + timeout)
+                self.recv_deadline(crate::sys::deadline_after(timeout))
             }
 
             /// Receives a sample, waiting until `deadline`.
@@ -332,7 +332,9 @@ impl<T: Message + ?Sized> Sender<T> {
         timeout: Duration,
     ) -> Result<(), SendTimeoutError<SampleMut<T>>> {
         match self.try_send(sample) {
-            Err(TrySendError::Full(s)) => self.send_at(s, Some(Instant::now() + timeout)),
+            Err(TrySendError::Full(s)) => {
+                self.send_at(s, Some(crate::sys::deadline_after(timeout)))
+            }
             Err(TrySendError::Disconnected(s)) => Err(SendTimeoutError::Disconnected(s)),
             Err(TrySendError::Fault(f, s)) => Err(SendTimeoutError::Fault(f, s)),
             Ok(()) => Ok(()),
@@ -530,7 +532,9 @@ impl<T: Message + ?Sized> Publisher<T> {
         timeout: Duration,
     ) -> Result<usize, PublishTimeoutError<SampleMut<T>>> {
         match self.try_send(sample) {
-            Err(TryPublishError::Full(s)) => self.send_at(s, Some(Instant::now() + timeout)),
+            Err(TryPublishError::Full(s)) => {
+                self.send_at(s, Some(crate::sys::deadline_after(timeout)))
+            }
             Err(TryPublishError::Fault(f, s)) => Err(PublishTimeoutError::Fault(f, s)),
             Ok(n) => Ok(n),
         }
@@ -571,7 +575,7 @@ impl<T: Message + ?Sized> Publisher<T> {
         timeout: Duration,
     ) -> Result<usize, PublishTimeoutError<Sample<T>>> {
         let off = sample.offset;
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = Some(crate::sys::deadline_after(timeout));
         self.inner
             .publish_deadline(sample.buf, deadline)
             .map_err(|e| match e {

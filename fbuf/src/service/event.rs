@@ -89,7 +89,7 @@ impl Listener {
 
     /// Waits for events up to `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Events, WaitError> {
-        self.wait(Some(Instant::now() + timeout))
+        self.wait(Some(crate::sys::deadline_after(timeout)))
     }
 
     /// Waits for events until `deadline`.

@@ -143,7 +143,7 @@ impl RecordSender {
         record: &[u8],
         timeout: Duration,
     ) -> Result<(), RecordSendError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sys::deadline_after(timeout);
         self.push_at(
             record.len(),
             |dst| dst.copy_from_slice(record),
@@ -223,7 +223,7 @@ impl RecordSender {
     /// As [`flush`](Self::flush), waiting at most `timeout` for room. On
     /// [`RecordSendError::Timeout`] the buffer stays open, nothing lost.
     pub fn flush_timeout(&mut self, timeout: Duration) -> Result<(), RecordSendError> {
-        self.flush_at(Some(Instant::now() + timeout))
+        self.flush_at(Some(crate::sys::deadline_after(timeout)))
     }
 
     fn flush_at(&mut self, deadline: Option<Instant>) -> Result<(), RecordSendError> {

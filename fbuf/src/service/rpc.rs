@@ -158,7 +158,7 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Request<Req>, RecvTimeoutError> {
         // The clock is read only if nothing is queued.
         match self.try_recv() {
-            Err(TryRecvError::Empty) => self.recv_deadline(Instant::now() + timeout),
+            Err(TryRecvError::Empty) => self.recv_deadline(crate::sys::deadline_after(timeout)),
             Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             Err(TryRecvError::Fault(f)) => Err(RecvTimeoutError::Fault(f)),
             Ok(r) => Ok(r),
@@ -188,7 +188,7 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
         response: SampleMut<Resp>,
         timeout: Duration,
     ) -> Result<(), SendTimeoutError<SampleMut<Resp>>> {
-        self.respond_at(request, response, Some(Instant::now() + timeout))
+        self.respond_at(request, response, Some(crate::sys::deadline_after(timeout)))
     }
 
     /// Responds if the client's reply ring has room.
@@ -304,7 +304,7 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
         request: SampleMut<Req>,
         timeout: Duration,
     ) -> Result<u64, SendTimeoutError<SampleMut<Req>>> {
-        self.send_at(request, Some(Instant::now() + timeout))
+        self.send_at(request, Some(crate::sys::deadline_after(timeout)))
     }
 
     fn send_at(
@@ -345,7 +345,7 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
     /// Receives a response, waiting up to `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Response<Resp>, RecvTimeoutError> {
         match self.try_recv() {
-            Err(TryRecvError::Empty) => self.recv_deadline(Instant::now() + timeout),
+            Err(TryRecvError::Empty) => self.recv_deadline(crate::sys::deadline_after(timeout)),
             Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             Err(TryRecvError::Fault(f)) => Err(RecvTimeoutError::Fault(f)),
             Ok(r) => Ok(r),
@@ -407,7 +407,7 @@ impl<Req: bytemuck::Pod, Resp: Message + ?Sized> Client<Req, Resp> {
         request: &Req,
         timeout: Duration,
     ) -> Result<Sample<Resp>, CallError<SampleMut<Req>>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sys::deadline_after(timeout);
         let mut s = self.loan()?;
         *s = *request;
         let seq = self.send_at(s, Some(deadline)).map_err(CallError::Send)?;

@@ -585,7 +585,7 @@ impl EventLoop {
         self.pending.push_back(Pending {
             stream,
             cred,
-            deadline: Instant::now() + self.policy.handshake_timeout,
+            deadline: crate::sys::deadline_after(self.policy.handshake_timeout),
             buf: [0; HEADER_LEN + MAX_PAYLOAD],
             got: 0,
             len: None,

@@ -311,7 +311,7 @@ impl Snapshot {
                 .ok_or(SnapshotError::AlreadyReported);
         }
         // Wake every 10 ms to sample the child's copy-on-write figure while it runs.
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(crate::sys::deadline_after);
         loop {
             let tick = Duration::from_millis(10);
             let step = deadline.map_or(tick, |d| {

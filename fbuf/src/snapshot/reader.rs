@@ -147,7 +147,7 @@ impl QueryClient {
     /// Waits up to `timeout` until a reader child is serving (it opened both channels): call it
     /// after spawning one, before the first query of a round.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), QueryError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sys::deadline_after(timeout);
         while !(self.tx.has_receiver() && self.rx.has_sender()) {
             if Instant::now() >= deadline {
                 return Err(QueryError::NotReady);
@@ -160,7 +160,7 @@ impl QueryClient {
     /// Sends `request` and waits up to `timeout` for its answer. Replies to earlier queries that
     /// arrive late are dropped.
     pub fn query(&mut self, request: &[u8], timeout: Duration) -> Result<Answer, QueryError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sys::deadline_after(timeout);
         let id = self.next_id;
         self.next_id += 1;
         let mut b = self

@@ -63,7 +63,7 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// `poll` for readability with a timeout (`None`: forever). Returns whether it is readable.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let deadline = timeout.map(super::deadline_after);
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
         // A signal comes back as "not readable": look again until the deadline.
