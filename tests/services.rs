@@ -989,3 +989,54 @@ fn removers_killed_while_draining(kind: &str, rounds: u64) {
     // Every ring came back too: one service can take all four.
     assert_every_ring_free(&owner.pool, 3);
 }
+
+/// A publisher keeps its service's `history` samples, and a late subscriber's ring takes at
+/// most `capacity` of them: a longer history would only hold slots. Asked for, it is refused by
+/// name; written into the directory by a hostile peer (u32::MAX: every sample ever sent), the
+/// entry is refused as a scribbled one, so no publisher opened on it hoards the pool.
+#[test]
+fn a_history_longer_than_a_ring_is_refused_asked_for_or_scribbled() {
+    let owner = Owner::new(config());
+    let asked = owner
+        .pool
+        .service("long")
+        .publish_subscribe::<u64>()
+        .capacity(4)
+        .history(5)
+        .create();
+    assert!(
+        matches!(
+            asked,
+            Err(ServiceError::BadConfig {
+                what: "history",
+                value: 5,
+                ..
+            })
+        ),
+        "{asked:?}"
+    );
+    let svc = owner
+        .pool
+        .service("ticks")
+        .publish_subscribe::<u64>()
+        .capacity(4)
+        .history(4)
+        .create()
+        .unwrap();
+    let attacker = common::Attacker::new(&owner.pool, &config());
+    let (_, entries) = directory_words(&attacker);
+    // Entry 0 is "ticks" (the refused service took none); its word 5 holds the history.
+    let history = attacker.word(entries as usize + 5 * 8);
+    assert_eq!(history.load(Ordering::SeqCst), 4);
+    history.store(u64::from(u32::MAX), Ordering::SeqCst);
+    let reopened = owner
+        .pool
+        .service("ticks")
+        .publish_subscribe::<u64>()
+        .open();
+    assert!(
+        reopened.is_err(),
+        "a publisher could be opened on a history of u32::MAX samples"
+    );
+    drop(svc);
+}

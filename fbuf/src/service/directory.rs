@@ -287,6 +287,9 @@ impl<'p> Directory<'p> {
             && u64::from(first_unit) + u64::from(spec.rings) <= u64::from(limits.rings)
             && spec.align.is_power_of_two()
             && spec.align <= 64
+            // A publisher keeps `history` samples: more than a ring holds would only hoard
+            // slots (a scribbled u32::MAX, every sample it ever sent).
+            && spec.history <= spec.capacity
             && hi(5) == 0
             && w[14].load(Ordering::Relaxed) == 0
             && w[15].load(Ordering::Relaxed) == 0

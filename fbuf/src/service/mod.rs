@@ -265,7 +265,8 @@ impl<T: ?Sized> ServiceConfig<'_, PublishSubscribe<T>> {
         self
     }
 
-    /// Samples kept and replayed to a subscriber that joins later.
+    /// Samples kept and replayed to a subscriber that joins later: at most the capacity, which
+    /// is all a late subscriber's ring takes.
     pub fn history(mut self, n: u32) -> Self {
         self.history = n;
         self
@@ -325,6 +326,15 @@ impl<K: ServiceKind> ServiceConfig<'_, K> {
                 what: "the subscriber, client or listener maximum",
                 rule: "at least 1",
                 value: self.rings.saturating_sub(min_rings - 1).into(),
+            });
+        }
+        if self.history > self.capacity {
+            // A late subscriber's ring takes at most `capacity` of them; the rest would be slots
+            // held for nothing.
+            return Err(ServiceError::BadConfig {
+                what: "history",
+                rule: "at most the capacity",
+                value: self.history.into(),
             });
         }
         let size32 = |s: Option<usize>| s.map_or(0, |s| s.min(u32::MAX as usize) as u32);
