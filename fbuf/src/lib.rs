@@ -66,8 +66,8 @@ pub use bytemuck;
 pub use layout::{ClassSpec, ServiceLimits};
 #[cfg(not(loom))]
 pub use pool::{
-    AllocError, Buf, BufMut, Desc, DescError, Participant, Pool, PoolBuilder, PoolConfig,
-    PoolCreateError, Role,
+    AllocError, Buf, BufMut, Desc, DescError, MAX_POOL_NAME, Participant, Pool, PoolBuilder,
+    PoolConfig, PoolCreateError, Role,
 };
 #[cfg(not(loom))]
 pub use service::{Message, Sample, SampleMut, Service, ServiceError};

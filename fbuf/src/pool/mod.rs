@@ -257,10 +257,36 @@ impl Default for PoolConfig {
 /// Why a pool could not be created.
 #[derive(Debug, Error)]
 pub enum PoolCreateError {
+    /// The name cannot name the pool's memfds (shown as the first 64 bytes).
+    #[error("the pool name {name:?} cannot name a memfd: {why}")]
+    BadName { name: String, why: &'static str },
     #[error("bad size classes: {0}")]
     Layout(#[from] LayoutError),
     #[error("creating a region: {0}")]
     Region(#[from] RegionError),
+}
+
+/// Longest pool name: `memfd_create(2)` takes names of up to 249 bytes, and the pool's are the
+/// name with `-control` or `-data` added.
+pub const MAX_POOL_NAME: usize = 249 - "-control".len();
+
+/// Refuses by name what `memfd_create` would refuse with a bare `EINVAL`.
+fn check_name(name: &str) -> Result<(), PoolCreateError> {
+    let why = if name.contains('\0') {
+        "it holds a NUL byte"
+    } else if name.len() > MAX_POOL_NAME {
+        "it is longer than 241 bytes"
+    } else {
+        return Ok(());
+    };
+    let shown = name
+        .char_indices()
+        .take_while(|&(i, _)| i < 64)
+        .map(|(_, c)| c);
+    Err(PoolCreateError::BadName {
+        name: shown.collect(),
+        why,
+    })
 }
 
 /// Why attaching to a pool's memfds failed.
@@ -423,6 +449,7 @@ impl Pool {
     /// magic word last, so a pool seen half-made reads as "not ready". The caller is participant 0,
     /// a producer.
     pub fn create(config: &PoolConfig) -> Result<Pool, PoolCreateError> {
+        check_name(&config.name)?;
         let layout = config.layout()?;
         let control = Region::create(&format!("{}-control", config.name), layout.control_size)?;
         let data = Region::create(&format!("{}-data", config.name), layout.data_size)?;
