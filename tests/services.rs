@@ -389,6 +389,13 @@ fn openers_are_told_what_does_not_match() {
     assert_eq!(e, ServiceError::NotFound("nope".into()));
     let e = pool.service("").stream::<u64>().create().unwrap_err();
     assert!(matches!(e, ServiceError::BadName(_)));
+    // A name of any length is shown cut in the error, not echoed whole.
+    let e = pool
+        .service(&"n".repeat(10_000))
+        .stream::<u64>()
+        .create()
+        .unwrap_err();
+    assert_eq!(e, ServiceError::BadName("n".repeat(64)));
     let e = pool
         .service("big")
         .stream::<u64>()

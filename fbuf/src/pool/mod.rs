@@ -279,14 +279,19 @@ fn check_name(name: &str) -> Result<(), PoolCreateError> {
     } else {
         return Ok(());
     };
-    let shown = name
-        .char_indices()
-        .take_while(|&(i, _)| i < 64)
-        .map(|(_, c)| c);
     Err(PoolCreateError::BadName {
-        name: shown.collect(),
+        name: shown(name),
         why,
     })
+}
+
+/// The first 64 bytes of a name (whole characters), for an error message: a caller's name may
+/// be of any length.
+pub(crate) fn shown(name: &str) -> String {
+    name.char_indices()
+        .take_while(|&(i, _)| i < 64)
+        .map(|(_, c)| c)
+        .collect()
 }
 
 /// Why attaching to a pool's memfds failed.

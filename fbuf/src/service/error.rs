@@ -9,6 +9,7 @@ use crate::pool::{AllocError, DescError, ShareError};
 /// Why a service could not be opened or created.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ServiceError {
+    /// The name is empty, too long or holds a control character (shown: its first 64 bytes).
     #[error("service name {0:?} is empty, longer than 64 bytes, or has a control character")]
     BadName(String),
     #[error("no service {0:?}")]

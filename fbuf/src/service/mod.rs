@@ -371,7 +371,7 @@ impl<K: ServiceKind> ServiceConfig<'_, K> {
 
     fn open_with(self, open: bool, create: bool) -> Result<Service<K>, ServiceError> {
         if !valid_name(&self.name) {
-            return Err(ServiceError::BadName(self.name));
+            return Err(ServiceError::BadName(crate::pool::shown(&self.name)));
         }
         let spec = self.spec()?;
         let dir = Directory::new(self.pool);
