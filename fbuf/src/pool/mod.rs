@@ -58,7 +58,8 @@ pub struct PoolConfig {
     pub channels: Vec<ChannelSpec>,
     /// Room for services created at runtime.
     pub services: ServiceLimits,
-    /// Name of the memfds (shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`).
+    /// Name of the memfds (shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`): at most
+    /// [`MAX_POOL_NAME`] bytes, no NUL.
     pub name: String,
     /// Participants the pool has room for at once, the owner included (2 to 4 095). Each costs
     /// control memory (a table entry, journals, a holdings row per class, a word per ring),
