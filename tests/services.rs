@@ -389,6 +389,29 @@ fn openers_are_told_what_does_not_match() {
     assert_eq!(e, ServiceError::NotFound("nope".into()));
     let e = pool.service("").stream::<u64>().create().unwrap_err();
     assert!(matches!(e, ServiceError::BadName(_)));
+    // A payload no slot of the pool holds: refused when the service is named, not at each loan.
+    for e in [
+        pool.service("huge")
+            .publish_subscribe::<[u8]>()
+            .payload_layout(u32::MAX, 8)
+            .create()
+            .unwrap_err(),
+        pool.service("huge-typed")
+            .stream::<[u64; 1 << 20]>()
+            .create()
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e,
+                ServiceError::BadConfig {
+                    what: "payload size",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
     // A name of any length is shown cut in the error, not echoed whole.
     let e = pool
         .service(&"n".repeat(10_000))

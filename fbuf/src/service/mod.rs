@@ -251,7 +251,8 @@ impl ServiceConfig<'_, PublishSubscribe<[u8]>> {
     /// Opens or creates the service as one of `size`-byte payloads aligned to `align`, with
     /// byte endpoints: for programs that carry another program's typed samples as bytes (the
     /// Zenoh bridge), so that typed endpoints of both can meet on one service. Sizes are still
-    /// checked: a sample of another length is refused by name.
+    /// checked: a sample of another length is refused by name, and a size larger than the
+    /// pool's largest slot is refused when the service is opened or created.
     pub fn payload_layout(mut self, size: u32, align: u32) -> Self {
         self.layout = Some((size, align));
         self
@@ -343,6 +344,23 @@ impl<K: ServiceKind> ServiceConfig<'_, K> {
             Some((_, align)) => return Err(ServiceError::OverAligned(align as usize)),
             None => (size32(size), align as u32),
         };
+        // A payload no slot holds would make every loan fail: say so when the service is named.
+        let largest = self
+            .pool
+            .shared()
+            .layout()
+            .classes
+            .last()
+            .map_or(0, |c| c.slot_size);
+        for payload in [size, size32(reply)] {
+            if payload as usize > largest {
+                return Err(ServiceError::BadConfig {
+                    what: "payload size",
+                    rule: "at most the pool's largest slot",
+                    value: payload.into(),
+                });
+            }
+        }
         Ok(Spec {
             kind: K::KIND,
             capacity: self.capacity,
