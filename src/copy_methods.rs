@@ -86,6 +86,18 @@ pub(crate) struct Usage {
     ivcsw: i64,
 }
 
+impl Usage {
+    /// What was used between `before` and `self`.
+    pub(crate) fn since(self, before: Usage) -> Usage {
+        Usage {
+            user: self.user - before.user,
+            sys: self.sys - before.sys,
+            vcsw: self.vcsw - before.vcsw,
+            ivcsw: self.ivcsw - before.ivcsw,
+        }
+    }
+}
+
 /// The calling thread's [`Usage`] so far.
 pub(crate) fn usage() -> Usage {
     use nix::sys::resource::{UsageWho, getrusage};
@@ -466,12 +478,7 @@ pub fn main(size: u64) -> Res<bool> {
                 (Ok(calls), Ok(out)) => {
                     let text = String::from_utf8_lossy(&out.stderr).to_string();
                     if text.contains(&format!("RESULT bytes={size} bad=0")) {
-                        let du = Usage {
-                            user: u1.user - u0.user,
-                            sys: u1.sys - u0.sys,
-                            vcsw: u1.vcsw - u0.vcsw,
-                            ivcsw: u1.ivcsw - u0.ivcsw,
-                        };
+                        let du = u1.since(u0);
                         Ok((size as f64 / secs / 1e9, du, calls as f64, cache, size))
                     } else {
                         Err(format!("receiver: {}", text.trim()))

@@ -462,8 +462,8 @@ fn send(socket: &str, ch: usize, count: u64, id: u64, size: usize) -> Res {
         bytes += len as u64;
         tx.send_timeout(buf.freeze(), Some(Duration::from_secs(20)))?;
     }
-    let end = crate::copy_methods::usage();
-    let cpu_ms = (end.user + end.sys - cpu.user - cpu.sys) * 1e3;
+    let used = crate::copy_methods::usage().since(cpu);
+    let cpu_ms = (used.user + used.sys) * 1e3;
     Ok(format!(
         "count={count} bytes={bytes} ms={} cpu_ms={cpu_ms:.0}",
         start.elapsed().as_millis()

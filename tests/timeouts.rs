@@ -22,6 +22,25 @@ fn pool(name: &str) -> Pool {
         .expect("create pool")
 }
 
+/// A byte stream whose ring holds two messages, so a third send waits.
+fn short_stream(pool: &Pool, name: &str) -> fbuf::Service<fbuf::service::Stream<[u8]>> {
+    pool.service(name)
+        .stream::<[u8]>()
+        .capacity(2)
+        .open_or_create()
+        .unwrap()
+}
+
+/// A one-byte sample holding `v`.
+fn byte(
+    loan: Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError>,
+    v: u8,
+) -> fbuf::SampleMut<[u8]> {
+    let mut s = loan.unwrap();
+    s[0] = v;
+    s
+}
+
 #[test]
 fn a_slot_wait_without_a_deadline_ends_when_a_slot_comes_free() {
     let pool = pool("timeouts-alloc");
@@ -38,12 +57,7 @@ fn a_slot_wait_without_a_deadline_ends_when_a_slot_comes_free() {
 #[test]
 fn stream_sends_and_receives_without_a_deadline() {
     let pool = pool("timeouts-stream");
-    let svc = pool
-        .service("t/stream")
-        .stream::<[u8]>()
-        .capacity(2)
-        .open_or_create()
-        .unwrap();
+    let svc = short_stream(&pool, "t/stream");
     let (mut tx, mut rx) = (svc.sender().unwrap(), svc.receiver().unwrap());
     // An empty ring: the receive waits for a send.
     let sender = thread::spawn(move || {
@@ -56,20 +70,17 @@ fn stream_sends_and_receives_without_a_deadline() {
     assert_eq!(rx.recv_timeout(FOREVER).unwrap().bytes(), b"one");
     let mut tx = sender.join().unwrap();
     // A full ring: the send waits for a receive.
-    for _ in 0..svc.capacity() {
-        tx.send_timeout(tx.loan_bytes(1).unwrap(), FOREVER).unwrap();
+    for v in 1..=2 {
+        tx.send_timeout(byte(tx.loan_bytes(1), v), FOREVER).unwrap();
     }
     let receiver = thread::spawn(move || {
         thread::sleep(LATER);
-        let n = (0..3)
-            .map(|_| rx.recv_timeout(FOREVER).unwrap().len())
-            .sum::<usize>();
-        (rx, n)
+        (0..3)
+            .map(|_| rx.recv_timeout(FOREVER).unwrap()[0])
+            .collect::<Vec<u8>>()
     });
-    let mut s = tx.loan_bytes(1).unwrap();
-    s[0] = 7;
-    tx.send_timeout(s, FOREVER).unwrap();
-    assert_eq!(receiver.join().unwrap().1, 3);
+    tx.send_timeout(byte(tx.loan_bytes(1), 7), FOREVER).unwrap();
+    assert_eq!(receiver.join().unwrap(), [1, 2, 7]);
 }
 
 #[test]
@@ -83,19 +94,20 @@ fn publish_and_forward_without_a_deadline() {
         .unwrap();
     let mut publisher = svc.publisher().unwrap();
     let mut sub = svc.subscriber().unwrap();
-    for _ in 0..svc.capacity() {
+    for v in 0..2 {
         publisher
-            .send_timeout(publisher.loan_bytes(1).unwrap(), FOREVER)
+            .send_timeout(byte(publisher.loan_bytes(1), v), FOREVER)
             .unwrap();
     }
     let reader = thread::spawn(move || {
         thread::sleep(LATER);
-        let got: Vec<_> = (0..4).map(|_| sub.recv_timeout(FOREVER).unwrap()).collect();
-        got.len()
+        (0..4)
+            .map(|_| sub.recv_timeout(FOREVER).unwrap()[0])
+            .collect::<Vec<u8>>()
     });
     // Full: both wait for the subscriber.
     publisher
-        .send_timeout(publisher.loan_bytes(1).unwrap(), FOREVER)
+        .send_timeout(byte(publisher.loan_bytes(1), 2), FOREVER)
         .unwrap();
     let svc2 = pool
         .service("t/pubsub-in")
@@ -103,10 +115,10 @@ fn publish_and_forward_without_a_deadline() {
         .open_or_create()
         .unwrap();
     let (mut p2, mut s2) = (svc2.publisher().unwrap(), svc2.subscriber().unwrap());
-    p2.send(p2.loan_bytes(1).unwrap()).unwrap();
+    p2.send(byte(p2.loan_bytes(1), 3)).unwrap();
     let received = s2.recv().unwrap();
     publisher.forward_timeout(received, FOREVER).unwrap();
-    assert_eq!(reader.join().unwrap(), 4);
+    assert_eq!(reader.join().unwrap(), [0, 1, 2, 3]);
 }
 
 #[test]
@@ -145,12 +157,7 @@ fn events_and_records_without_a_deadline() {
     assert!(!listener.recv_timeout(FOREVER).unwrap().is_empty());
     poster.join().unwrap();
 
-    let svc = pool
-        .service("t/records")
-        .stream::<[u8]>()
-        .capacity(2)
-        .open_or_create()
-        .unwrap();
+    let svc = short_stream(&pool, "t/records");
     let mut rx = svc.receiver().unwrap();
     let mut tx = RecordSender::new(svc.sender().unwrap(), 256);
     // The first goes alone; the ring then fills, and the rest gather in an open buffer.

@@ -491,6 +491,11 @@ impl Layout {
         }
     }
 
+    /// Bytes of the largest slot (0 without classes): the longest buffer the pool can loan.
+    pub fn largest_slot(&self) -> usize {
+        self.classes.last().map_or(0, |c| c.slot_size)
+    }
+
     /// The smallest class whose slots hold `len` bytes.
     pub fn class_for(&self, len: usize) -> Option<usize> {
         self.classes.iter().position(|c| c.slot_size >= len)

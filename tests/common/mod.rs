@@ -219,9 +219,7 @@ impl KillOnDrop {
             stderr: err,
         }
     }
-}
 
-impl KillOnDrop {
     /// [`KillOnDrop::output`] of a peer that must end well: a failure fails the test with what
     /// the peer printed.
     pub fn succeeded(self) -> Output {

@@ -276,6 +276,7 @@ fn check_name(name: &str) -> Result<(), PoolCreateError> {
     let why = if name.contains('\0') {
         "it holds a NUL byte"
     } else if name.len() > MAX_POOL_NAME {
+        const _: () = assert!(MAX_POOL_NAME == 241, "the message below names the limit");
         "it is longer than 241 bytes"
     } else {
         return Ok(());
@@ -680,10 +681,13 @@ impl Pool {
         if !s.writable {
             return Err(AllocError::ReadOnly);
         }
-        let class = s.layout.class_for(len).ok_or(AllocError::TooLarge {
-            len,
-            max: s.layout.classes.last().map_or(0, |c| c.slot_size),
-        })?;
+        let class = s
+            .layout
+            .class_for(len)
+            .ok_or_else(|| AllocError::TooLarge {
+                len,
+                max: s.layout.largest_slot(),
+            })?;
         let spec = &s.layout.classes[class];
         // Where the search starts: a guess at how this thread sends (`placement`).
         let placement = placement::choose(&s.local, len);

@@ -345,13 +345,7 @@ impl<K: ServiceKind> ServiceConfig<'_, K> {
             None => (size32(size), align as u32),
         };
         // A payload no slot holds would make every loan fail: say so when the service is named.
-        let largest = self
-            .pool
-            .shared()
-            .layout()
-            .classes
-            .last()
-            .map_or(0, |c| c.slot_size);
+        let largest = self.pool.shared().layout().largest_slot();
         for payload in [size, size32(reply)] {
             if payload as usize > largest {
                 return Err(ServiceError::BadConfig {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// The instant `timeout` from now, or a century from now when the sum does not fit: a caller's
 /// `Duration::MAX` says "no deadline", as it does to `std::sync::mpsc::Receiver::recv_timeout`,
 /// and `Instant + Duration` panics on overflow.
-pub fn deadline_after(timeout: Duration) -> Instant {
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(timeout).unwrap_or_else(|| now + FOREVER)
 }
