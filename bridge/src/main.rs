@@ -454,7 +454,14 @@ trait Sink {
     fn loan(&self, len: usize) -> Result<fbuf::SampleMut<[u8]>, fbuf::service::LoanError>;
     /// A loan that does not wait.
     fn try_loan(&self, len: usize) -> Option<fbuf::SampleMut<[u8]>>;
-    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String>;
+    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), PutError>;
+}
+
+/// Why a sink did not take a sample.
+enum PutError {
+    /// Nobody receives there now (a stream whose receiver left): the sample is given back.
+    Gone(fbuf::SampleMut<[u8]>),
+    Failed(String),
 }
 
 impl Sink for fbuf::service::Publisher<[u8]> {
@@ -464,8 +471,11 @@ impl Sink for fbuf::service::Publisher<[u8]> {
     fn try_loan(&self, len: usize) -> Option<fbuf::SampleMut<[u8]>> {
         self.loan_bytes(len).ok()
     }
-    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String> {
-        self.send(s).map(|_| ()).map_err(|e| e.to_string())
+    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), PutError> {
+        // With no subscriber a sample goes to nobody, as it would locally.
+        self.send(s)
+            .map(|_| ())
+            .map_err(|e| PutError::Failed(e.to_string()))
     }
 }
 
@@ -476,8 +486,12 @@ impl Sink for fbuf::service::Sender<[u8]> {
     fn try_loan(&self, len: usize) -> Option<fbuf::SampleMut<[u8]>> {
         self.loan_bytes(len).ok()
     }
-    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), String> {
-        self.send(s).map_err(|e| e.to_string())
+    fn put(&mut self, s: fbuf::SampleMut<[u8]>) -> Result<(), PutError> {
+        match self.send(s) {
+            Ok(()) => Ok(()),
+            Err(fbuf::service::SendError::Disconnected(s)) => Err(PutError::Gone(s)),
+            Err(e) => Err(PutError::Failed(e.to_string())),
+        }
     }
 }
 
@@ -556,7 +570,8 @@ impl<'a> Outgoing<'a> {
     }
 }
 
-/// How long an export first naps, and at most, while its local sender is gone.
+/// How long a direction first naps, and at most, while its local sender (export) or receiver
+/// (import) is gone.
 const IDLE_MIN: Duration = Duration::from_millis(1);
 const IDLE_MAX: Duration = Duration::from_millis(50);
 
@@ -603,23 +618,23 @@ pub(crate) fn fill(dst: &mut [u8], src: &zenoh::bytes::ZBytes) {
     }
 }
 
-/// Says what an import dropped on stderr: the first few, then one in a thousand, so that a
-/// peer sending garbage cannot flood the log.
-struct Dropped<'a> {
+/// Says on stderr what a direction dropped or refused: the first few, then one in a thousand,
+/// so that a peer sending garbage cannot flood the log.
+pub(crate) struct Dropped<'a> {
     key: &'a str,
     count: u64,
 }
 
 impl<'a> Dropped<'a> {
-    fn new(key: &'a str) -> Self {
+    pub(crate) fn new(key: &'a str) -> Self {
         Dropped { key, count: 0 }
     }
 
-    fn say(&mut self, what: std::fmt::Arguments<'_>) {
+    pub(crate) fn say(&mut self, what: std::fmt::Arguments<'_>) {
         self.count += 1;
         if self.count <= 10 || self.count.is_multiple_of(1000) {
             eprintln!(
-                "fbuf-bridge: on {}, dropped {what} ({} so far)",
+                "fbuf-bridge: on {}, {what} ({} so far)",
                 self.key, self.count
             );
         }
@@ -692,6 +707,11 @@ fn import<S: Sink>(
     while !stop.load(Ordering::Relaxed) {
         // The exporter's liveliness: publish locally only while it is there.
         while let Ok(Some(change)) = alive.try_recv() {
+            if change.kind() == zenoh::sample::SampleKind::Put && publisher.is_some() {
+                // A second exporter of the key: the sink that is open serves both (a stream
+                // has room for one sender).
+                continue;
+            }
             // Loaned for the sink that goes; a message in pieces will not be finished.
             spare.0 = None;
             assemblies.clear();
@@ -723,13 +743,16 @@ fn import<S: Sink>(
                     Some(buf)
                 }
                 Err(e) => {
-                    said.say(format_args!("a {}-byte message: {e}", payload.len()));
+                    said.say(format_args!(
+                        "dropped a {}-byte message: {e}",
+                        payload.len()
+                    ));
                     None
                 }
             },
             Some(attachment) => match pieces::Header::decode(&attachment.to_bytes()) {
                 Err(e) => {
-                    said.say(format_args!("a message with {e}"));
+                    said.say(format_args!("dropped a message with {e}"));
                     None
                 }
                 Ok(h) => {
@@ -741,11 +764,11 @@ fn import<S: Sink>(
                         Ok(pieces::Step::Done(buf)) => Some(buf),
                         Ok(pieces::Step::More) => None,
                         Err(pieces::PieceOutcome::Bad(e)) => {
-                            said.say(format_args!("a message with {e}"));
+                            said.say(format_args!("dropped a message with {e}"));
                             None
                         }
                         Err(pieces::PieceOutcome::Refused(e)) => {
-                            said.say(format_args!("a {}-byte message: {e}", h.total));
+                            said.say(format_args!("dropped a {}-byte message: {e}", h.total));
                             None
                         }
                     }
@@ -756,7 +779,21 @@ fn import<S: Sink>(
             continue;
         };
         let len = buf.len();
-        p.put(buf).map_err(|e| format!("publishing locally: {e}"))?;
+        // A stream whose receiver left: the message is held, and behind it Zenoh's queue and
+        // the far sender (backpressure), until the next receiver comes and takes it.
+        let (mut buf, mut idle) = (buf, IDLE_MIN);
+        loop {
+            match p.put(buf) {
+                Ok(()) => break,
+                Err(PutError::Gone(back)) if !stop.load(Ordering::Relaxed) => {
+                    buf = back;
+                    std::thread::sleep(idle);
+                    idle = (idle * 2).min(IDLE_MAX);
+                }
+                Err(PutError::Gone(_)) => return Ok(()),
+                Err(PutError::Failed(e)) => return Err(format!("publishing locally: {e}").into()),
+            }
+        }
         if prewarm {
             spare.prepare(&*p, len, || !sub.is_empty());
         }

@@ -49,9 +49,10 @@ pub fn run(args: &[String]) -> Res<()> {
     let line = match a(0) {
         "pub" => publish(a(1), a(2), n(3)?, n(4)? as usize, n(5)?)?,
         "sub" => subscribe(a(1), a(2), n(3)?, a(4) == "lossy", n(5).unwrap_or(0))?,
-        "rr-server" => rr_server(a(1), a(2))?,
+        "rr-server" => rr_server(a(1), a(2), a(3) == "reversed")?,
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
         "stream-tx" => stream_tx(a(1), a(2), n(3)?, n(4)? as usize)?,
+        "stream-rx" if a(4) == "resume" => stream_rx_resumed(a(1), a(2), n(3)?)?,
         "stream-rx" => stream_rx(a(1), a(2), n(3)?)?,
         "records-tx" => records_tx(a(1), a(2), n(3)?)?,
         "records-rx" => records_rx(a(1), a(2), n(3)?)?,
@@ -152,8 +153,9 @@ fn subscribe(socket: &str, name: &str, count: u64, lossy: bool, delay_us: u64) -
     ))
 }
 
-/// Answers requests (x -> the bytes reversed) until killed.
-fn rr_server(socket: &str, name: &str) -> Res<String> {
+/// Answers requests (x -> the bytes reversed) until killed; `reversed`: those that come close
+/// together are answered in the reverse order of their coming.
+fn rr_server(socket: &str, name: &str, reversed: bool) -> Res<String> {
     let pool = session::join(socket, Role::Producer)?;
     let svc = pool
         .service(name)
@@ -161,22 +163,37 @@ fn rr_server(socket: &str, name: &str) -> Res<String> {
         .open_or_create()?;
     let mut server = svc.server()?;
     println!("READY");
+    let mut batch = Vec::new();
     loop {
         let req = match server.recv_timeout(Duration::from_secs(1)) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(e) => return Err(e.into()),
         };
-        let mut resp = server.loan_bytes(req.len())?;
-        for (d, s) in resp.iter_mut().zip(req.iter().rev()) {
-            *d = *s;
+        batch.push(req);
+        // Reversed: the requests that come within 2 ms of the first are answered last first, so
+        // that answers leave in another order than their requests came.
+        while reversed && batch.len() < 8 {
+            match server.recv_timeout(Duration::from_millis(2)) {
+                Ok(r) => batch.push(r),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(e) => return Err(e.into()),
+            }
         }
-        let _ = server.respond_timeout(&req, resp, Duration::from_secs(5));
+        while let Some(req) = batch.pop() {
+            let mut resp = server.loan_bytes(req.len())?;
+            for (d, s) in resp.iter_mut().zip(req.iter().rev()) {
+                *d = *s;
+            }
+            let _ = server.respond_timeout(&req, resp, Duration::from_secs(5));
+        }
     }
 }
 
-/// `count` calls of `size` bytes; every answer must be the request reversed.
+/// `count` calls of `size` bytes; every answer must be the request reversed. Ends early, with
+/// `disconnected=1`, when the service says its server is gone.
 fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
+    use fbuf::service::SendTimeoutError;
     let pool = session::join(socket, Role::Producer)?;
     let svc = pool
         .service(name)
@@ -190,16 +207,21 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (mut ok, mut bad) = (0u64, 0u64);
+    let (mut ok, mut bad, mut disconnected) = (0u64, 0u64, false);
     let mut rtts = Vec::new();
-    for i in 0..count {
-        let mut req = client.loan_bytes(size as usize)?;
+    'calls: for i in 0..count {
+        let mut req = client.loan_bytes_timeout(size as usize, super::LOAN_WAIT)?;
         fill(&mut req, i);
         let sent: Vec<u8> = req.to_vec();
         let t = Instant::now();
-        let seq = client
-            .send_timeout(req, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
+        let seq = match client.send_timeout(req, Duration::from_secs(10)) {
+            Ok(seq) => seq,
+            Err(SendTimeoutError::Disconnected(_)) => {
+                disconnected = true;
+                break;
+            }
+            Err(e) => return Err(format!("call {i}: {e}").into()),
+        };
         loop {
             match client.recv_timeout(Duration::from_secs(15)) {
                 Ok(r) if r.seq == seq => {
@@ -212,13 +234,18 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
                     break;
                 }
                 Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    disconnected = true;
+                    break 'calls;
+                }
                 Err(e) => return Err(format!("call {i}: {e}").into()),
             }
         }
     }
     rtts.sort_unstable();
     Ok(format!(
-        "ok={ok} bad={bad} p50_us={}",
+        "ok={ok} bad={bad} disconnected={} p50_us={}",
+        u8::from(disconnected),
         rtts.get(rtts.len() / 2).copied().unwrap_or(0)
     ))
 }
@@ -292,6 +319,42 @@ fn stream_rx(socket: &str, name: &str, count: u64) -> Res<String> {
         1
     })?;
     Ok(format!("count={got} bad={bad} out_of_order={out_of_order}"))
+}
+
+/// Receives a stream of `count` frames that is already under way: the first frame that comes
+/// may be any, every one after it must follow it, every byte checked; ends with frame
+/// `count - 1`, the stream's last (or after 60 s).
+fn stream_rx_resumed(socket: &str, name: &str, count: u64) -> Res<String> {
+    let pool = session::join(socket, Role::Consumer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let mut rx = svc.receiver()?;
+    println!("READY");
+    let (mut got, mut bad, mut out_of_order) = (0u64, 0u64, 0u64);
+    let (mut first, mut last) = (None::<u64>, None::<u64>);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while last != Some(count - 1) && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(s) => match check(s.bytes()) {
+                Some(seq) => {
+                    let start = *first.get_or_insert(seq);
+                    if seq != start + got {
+                        out_of_order += 1;
+                    }
+                    got += 1;
+                    last = Some(seq);
+                }
+                None => bad += 1,
+            },
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let shown = |v: Option<u64>| v.map_or("none".to_owned(), |v| v.to_string());
+    Ok(format!(
+        "count={got} bad={bad} out_of_order={out_of_order} first={} last={}",
+        shown(first),
+        shown(last)
+    ))
 }
 
 /// The length of record `seq` of `records-tx`: 16 to 215 bytes.

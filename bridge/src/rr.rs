@@ -1,18 +1,52 @@
-//! Request-response across hosts: a Zenoh queryable in front of a local server, and a local
-//! server in front of Zenoh queries. Each request's reply goes back to the query (Zenoh side) or
-//! to the client that asked (fbuf side, matched by its sequence number).
+//! Request-response across hosts: a Zenoh queryable in front of a local server (export), and a
+//! local server in front of Zenoh queries (import).
+//!
+//! - **Matched, several at a time.** An export sends each query on to the local server as it
+//!   comes and answers it with the response that carries its request's sequence number; an
+//!   import makes one Zenoh query per request and answers that request with the query's reply.
+//!   Up to [`MAX_PENDING`] calls are under way at once in each direction (no more than the
+//!   service's ring capacity, so the answers always fit their ring); more wait in their queue,
+//!   which is backpressure, not loss.
+//! - **Going away shows.** An export declares its key's liveliness token only while the local
+//!   server is there. An import keeps its local server open only while that token is there: when
+//!   the far server or its bridge goes, the server endpoint on this side closes and the clients
+//!   here are told `Disconnected` instead of waiting out their timeouts; when a new one comes,
+//!   the import opens the server again and calls are answered.
+//! - **A call that fails is answered or dropped, never held.** A query the local server cannot
+//!   take (no slot for it, the server gone, no answer within [`CALL_TIMEOUT`]) gets an error
+//!   reply. A request whose query gets an error reply, or none in time, is dropped: fbuf's
+//!   request-response has no error response, so its client's call times out.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fbuf::service::{Client, RecvTimeoutError, RequestResponse, Server};
+use fbuf::service::{
+    Client, LoanError, RecvTimeoutError, Request, RequestResponse, Response, SendTimeoutError,
+    Server, TryRecvError,
+};
+use fbuf::{AllocError, SampleMut};
 use zenoh::Wait;
+use zenoh::handlers::FifoChannelHandler;
+use zenoh::query::{ConsolidationMode, Query, Reply};
 
-use super::{Poller, Res, fill, polled, waited};
+use super::{Dropped, Poller, Res, fill, polled, waited};
 
 type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call across may take, end to end, before it is given up.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most calls under way at once through one direction (fewer if the service's rings hold fewer).
+pub(crate) const MAX_PENDING: usize = 64;
+
+/// How long a direction with calls under way waits for an answer before it looks for new calls
+/// again: a new call waits at most this long behind a slow one.
+const ANSWER_WAIT: Duration = Duration::from_micros(100);
+
+/// How long a direction with nothing under way sleeps in one wait: how soon it sees its stop
+/// flag, and a local server coming or going.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// Answers queries on `key` by calling the local service as its client.
 pub fn export(
@@ -24,53 +58,146 @@ pub fn export(
 ) -> Res<()> {
     let queryable = z.declare_queryable(key).wait()?;
     let mut client: Client<[u8], [u8]> = svc.client()?;
+    let most = MAX_PENDING.min(svc.capacity());
+    let mut said = Dropped::new(key);
+    // Says "a server answers here" while one does.
+    let mut token = None;
+    // Queries whose requests the local server has, oldest first: the request's sequence
+    // number, the query, and when it is given up.
+    let mut pending: VecDeque<(u64, Query, Instant)> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
-        let next = poller.next(
-            &mut &queryable,
-            |q| q.try_recv(),
-            |q| q.recv_timeout(Duration::from_millis(100)),
-        );
-        let Some(query) = next? else {
+        let serving = client.has_server();
+        if serving != token.is_some() {
+            token = match serving {
+                true => Some(
+                    z.liveliness()
+                        .declare_token(super::liveliness_key(key))
+                        .wait()?,
+                ),
+                false => None,
+            };
+        }
+        // Answers that came, then calls given up on.
+        loop {
+            match client.try_recv() {
+                Ok(r) => answered(&mut pending, r, &mut said),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    refuse_all(&mut pending, "the local server is gone", &mut said);
+                    break;
+                }
+                Err(TryRecvError::Fault(f)) => {
+                    said.say(format_args!("dropped an answer: {f}"));
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        while pending.front().is_some_and(|p| p.2 <= now) {
+            let (_, query, _) = pending.pop_front().expect("a front");
+            refuse(&query, "no answer from the local server in time", &mut said);
+        }
+        // The next query, unless as many calls are under way as the answers' ring holds.
+        let next = if pending.len() >= most {
+            None
+        } else if pending.is_empty() {
+            poller.next(
+                &mut &queryable,
+                |q| q.try_recv(),
+                |q| q.recv_timeout(IDLE_WAIT),
+            )?
+        } else {
+            queryable.try_recv()?
+        };
+        let Some(query) = next else {
+            if !pending.is_empty() {
+                // An error is seen (and said) on the next turn's `try_recv`.
+                if let Ok(r) = client.recv_timeout(ANSWER_WAIT) {
+                    answered(&mut pending, r, &mut said);
+                }
+            }
             continue;
         };
+        if !serving {
+            refuse(&query, "no server behind this key", &mut said);
+            continue;
+        }
         let empty = zenoh::bytes::ZBytes::default();
         let payload = query.payload().unwrap_or(&empty);
-        let mut req = match client.loan_bytes_timeout(payload.len(), super::LOAN_WAIT) {
+        let mut req = match loan_request(&mut client, payload.len(), &mut pending, &mut said) {
             Ok(b) => b,
-            // Too large for this pool (or no slot came back): refused to the asker, the bridge
-            // serves on.
+            // Too large for this pool, or no slot came back.
             Err(e) => {
-                query.reply_err(format!("request refused: {e}")).wait()?;
+                refuse(&query, &format!("request refused: {e}"), &mut said);
                 continue;
             }
         };
         fill(&mut req, payload);
-        let seq = client
-            .send_timeout(req, CALL_TIMEOUT)
-            .map_err(|e| format!("request to the local server: {e}"))?;
-        let answer = loop {
-            match client.recv_timeout(CALL_TIMEOUT) {
-                Ok(r) if r.seq == seq => break Some(r),
-                Ok(_) => {} // a late answer to an earlier query
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break None,
-                Err(e) => return Err(e.into()),
+        match client.send_timeout(req, CALL_TIMEOUT) {
+            Ok(seq) => pending.push_back((seq, query, Instant::now() + CALL_TIMEOUT)),
+            Err(SendTimeoutError::Disconnected(_)) => {
+                refuse(&query, "the local server is gone", &mut said);
             }
-        };
-        match answer {
-            // The answer goes out of its slot without a copy, as exports do.
-            Some(r) => query
-                .reply(
-                    query.key_expr().clone(),
-                    bytes::Bytes::from_owner(super::PoolBytes(r.sample)),
-                )
-                .wait()?,
-            None => query.reply_err("no answer from the local server").wait()?,
+            Err(e) => refuse(&query, &format!("request not sent: {e}"), &mut said),
         }
     }
     Ok(())
 }
 
-/// Serves the local service by querying `key` for each request.
+/// Loans a slot for a request of `len` bytes, waiting up to `LOAN_WAIT` while every slot is
+/// taken, and meanwhile gives the answers that come to their queries: those answers hold slots
+/// until they go out, so a wait that left them unread could be waiting for itself.
+fn loan_request(
+    client: &mut Client<[u8], [u8]>,
+    len: usize,
+    pending: &mut VecDeque<(u64, Query, Instant)>,
+    said: &mut Dropped,
+) -> Result<SampleMut<[u8]>, LoanError> {
+    let deadline = Instant::now() + super::LOAN_WAIT;
+    loop {
+        match client.loan_bytes_timeout(len, ANSWER_WAIT) {
+            Err(LoanError::Alloc(AllocError::Exhausted { .. })) if Instant::now() < deadline => {
+                while let Ok(r) = client.try_recv() {
+                    answered(pending, r, said);
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Gives `r` to the query its request came from; an answer to a query already given up on is
+/// dropped.
+fn answered(pending: &mut VecDeque<(u64, Query, Instant)>, r: Response<[u8]>, said: &mut Dropped) {
+    let Some(i) = pending.iter().position(|p| p.0 == r.seq) else {
+        return;
+    };
+    let (_, query, _) = pending.remove(i).expect("found");
+    // The answer goes out of its slot without a copy, as exports do.
+    let bytes = bytes::Bytes::from_owner(super::PoolBytes(r.sample));
+    if let Err(e) = query.reply(query.key_expr().clone(), bytes).wait() {
+        said.say(format_args!("dropped an answer: {e}"));
+    }
+}
+
+/// Answers `query` with an error saying `why`.
+fn refuse(query: &Query, why: &str, said: &mut Dropped) {
+    said.say(format_args!("refused a query: {why}"));
+    if let Err(e) = query.reply_err(why.to_owned()).wait() {
+        said.say(format_args!("could not refuse a query: {e}"));
+    }
+}
+
+fn refuse_all(pending: &mut VecDeque<(u64, Query, Instant)>, why: &str, said: &mut Dropped) {
+    for (_, query, _) in pending.drain(..) {
+        refuse(&query, why, said);
+    }
+}
+
+/// A request made into a Zenoh query, and the query's replies.
+type Call = (Request<[u8]>, FifoChannelHandler<Reply>);
+
+/// Serves the local service by querying `key` for each request, while a server answers there.
 pub fn import(
     z: &zenoh::Session,
     svc: &ByteRr,
@@ -78,36 +205,118 @@ pub fn import(
     mut poller: Poller,
     stop: &AtomicBool,
 ) -> Res<()> {
-    let mut server: Server<[u8], [u8]> = svc.server()?;
+    let alive = z
+        .liveliness()
+        .declare_subscriber(super::liveliness_key(key))
+        .history(true)
+        .wait()?;
+    let most = MAX_PENDING.min(svc.capacity());
+    let mut said = Dropped::new(key);
+    let mut server: Option<Server<[u8], [u8]>> = None;
+    let mut pending: VecDeque<Call> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
-        let next = poller.next(
-            &mut server,
-            |s| polled(s.try_recv()),
-            |s| waited(s.recv_timeout(Duration::from_millis(100))),
-        );
-        let Some(req) = next? else {
+        while let Ok(Some(change)) = alive.try_recv() {
+            match change.kind() {
+                zenoh::sample::SampleKind::Put if server.is_none() => server = Some(svc.server()?),
+                zenoh::sample::SampleKind::Put => {}
+                // Closing the server tells our clients `Disconnected`; the calls under way go
+                // with it.
+                zenoh::sample::SampleKind::Delete => {
+                    pending.clear();
+                    server = None;
+                }
+            }
+        }
+        let Some(s) = server.as_mut() else {
+            // No server there: wait for one to come.
+            if let Ok(Some(change)) = alive.recv_timeout(IDLE_WAIT) {
+                if change.kind() == zenoh::sample::SampleKind::Put {
+                    server = Some(svc.server()?);
+                }
+            }
             continue;
+        };
+        // Replies that came.
+        let mut i = 0;
+        while i < pending.len() {
+            match pending[i].1.try_recv() {
+                Ok(None) => i += 1,
+                Ok(Some(reply)) => {
+                    let (req, _) = pending.remove(i).expect("in range");
+                    respond(s, &req, reply, &mut said);
+                }
+                // The query ended without a reply (timed out, or nobody answered).
+                Err(_) => {
+                    pending.remove(i);
+                    said.say(format_args!("dropped a request: no reply came"));
+                }
+            }
+        }
+        // The next request, unless as many calls as the answers' rings hold are under way.
+        let next = if pending.len() >= most {
+            Ok(None)
+        } else if pending.is_empty() {
+            poller.next(
+                s,
+                |s| polled(s.try_recv()),
+                |s| waited(s.recv_timeout(IDLE_WAIT)),
+            )
+        } else {
+            polled(s.try_recv())
+        };
+        let req = match next {
+            Ok(Some(req)) => req,
+            Ok(None) => {
+                if let Some((_, replies)) = pending.front() {
+                    // Wakes when the oldest call's reply comes; the others are seen next turn.
+                    if let Ok(Some(reply)) = replies.recv_timeout(ANSWER_WAIT) {
+                        let (req, _) = pending.pop_front().expect("a front");
+                        respond(s, &req, reply, &mut said);
+                    }
+                }
+                continue;
+            }
+            // A request from a client that named a ring it does not have: dropped.
+            Err(RecvTimeoutError::Fault(f)) => {
+                said.say(format_args!("dropped a request: {f}"));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         let replies = z
             .get(key)
             .payload(bytes::Bytes::from_owner(super::PoolBytes(
                 req.sample().clone(),
             )))
+            .consolidation(ConsolidationMode::None)
             .timeout(CALL_TIMEOUT)
             .wait()?;
-        let Ok(reply) = replies.recv() else {
-            continue; // nobody answered: the client's call times out and says so
-        };
-        let Ok(sample) = reply.result() else {
-            continue;
-        };
-        let payload = sample.payload();
-        let Ok(mut resp) = server.loan_bytes(payload.len()) else {
-            continue; // too large for this pool: the client's call times out
-        };
-        fill(&mut resp, payload);
-        // A client that left does not stop the bridge.
-        let _ = server.respond_timeout(&req, resp, CALL_TIMEOUT);
+        pending.push_back((req, replies));
     }
     Ok(())
+}
+
+/// Answers `req` with `reply`'s bytes, copied once into a slot.
+fn respond(s: &mut Server<[u8], [u8]>, req: &Request<[u8]>, reply: Reply, said: &mut Dropped) {
+    let sample = match reply.result() {
+        Ok(sample) => sample,
+        Err(e) => {
+            let why = e.payload().try_to_string().unwrap_or_default();
+            said.say(format_args!(
+                "dropped a request: the far side refused it ({why})"
+            ));
+            return;
+        }
+    };
+    let payload = sample.payload();
+    let mut resp = match s.loan_bytes(payload.len()) {
+        Ok(b) => b,
+        Err(e) => {
+            said.say(format_args!("dropped a {}-byte answer: {e}", payload.len()));
+            return;
+        }
+    };
+    fill(&mut resp, payload);
+    // A client that left does not stop the bridge.
+    let _ = s.respond_timeout(req, resp, CALL_TIMEOUT);
 }

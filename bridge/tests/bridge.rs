@@ -306,18 +306,86 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
 fn request_response_round_trips_across_the_bridges() {
     let (a, b) = (side("rr-a"), side("rr-b"));
     let ep = format!("tcp/127.0.0.1:{}", port());
-    let server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
+    // A server that answers the requests that come together last first: the bridges have
+    // several calls under way and must give each answer to the call it belongs to.
+    let server = Proc::start(
+        &[],
+        &["--role", "rr-server", &a.socket, "control", "reversed"],
+    );
     // Polling bridges, as on a host with 8 CPUs or more, whatever this host has.
     let poll = ["--spin-us", "200"];
     let bridge_a = exporter(&a, &ep, &["--export-rr", "control", poll[0], poll[1]]);
     let bridge_b = importer(&b, &ep, &["--import-rr", "control", poll[0], poll[1]]);
-    let clients: Vec<Proc> = (0..2)
+    let clients: Vec<Proc> = (0..4)
         .map(|_| Proc::start_later(&["--role", "rr-client", &b.socket, "control", "200", "4096"]))
         .collect();
     for c in clients {
         let r = c.result();
         assert_eq!((r["ok"].as_str(), r["bad"].as_str()), ("200", "0"), "{r:?}");
     }
+    drop((server, bridge_a, bridge_b));
+    a.settles();
+    b.settles();
+}
+
+/// Request-response when the far end goes: a far server that leaves, or the bridge in front of
+/// it, shows as `Disconnected` to the clients on this side, and a restarted one answers them
+/// again through the same importing bridge, which never ends meanwhile.
+#[test]
+fn a_far_server_or_bridge_that_goes_shows_as_disconnected_and_a_restarted_one_answers() {
+    let (a, b) = (side("rrgo-a"), side("rrgo-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let rr_server = || Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
+    let calls =
+        |n: &str| Proc::start_later(&["--role", "rr-client", &b.socket, "control", n, "512"]);
+    // `n` calls answered, every byte right, nobody told of a disconnection.
+    let answered = |n: &str| {
+        let r = calls(n).result();
+        assert_eq!(
+            (
+                r["ok"].as_str(),
+                r["bad"].as_str(),
+                r["disconnected"].as_str()
+            ),
+            (n, "0", "0"),
+            "{r:?}"
+        );
+    };
+    // Calls made until the far side goes: the client must be told, not left waiting.
+    let told = |client: Proc| {
+        let r = client.result();
+        assert_eq!(
+            (r["bad"].as_str(), r["disconnected"].as_str()),
+            ("0", "1"),
+            "{r:?}"
+        );
+        assert!(r["ok"].parse::<u64>().unwrap() > 0, "{r:?}");
+    };
+    let server = rr_server();
+    let bridge_a = exporter(&a, &ep, &["--export-rr", "control"]);
+    let mut bridge_b = importer(&b, &ep, &["--import-rr", "control"]);
+    answered("50");
+
+    // The far server goes mid-calls, then a new one comes.
+    let client = calls("1000000");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(server);
+    told(client);
+    let server = rr_server();
+    answered("50");
+
+    // The exporting bridge goes mid-calls, then a new one comes.
+    let client = calls("1000000");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(bridge_a);
+    told(client);
+    let bridge_a = exporter(&a, &ep, &["--export-rr", "control"]);
+    answered("50");
+
+    assert!(
+        bridge_b.0.try_wait().unwrap().is_none(),
+        "the importing bridge ended"
+    );
     drop((server, bridge_a, bridge_b));
     a.settles();
     b.settles();
@@ -607,6 +675,77 @@ fn a_stream_service_crosses_in_order() {
         ("2000", "0", "0"),
         "{r:?}"
     );
+}
+
+/// An imported stream whose receiver leaves: the importing bridge holds the message it has, and
+/// behind it the far sender (backpressure), until the next receiver comes, which gets the rest
+/// of the stream, in order and whole. The bridge never ends meanwhile.
+#[test]
+fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_rest() {
+    let (a, b) = (side("restream-a"), side("restream-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
+    let mut bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let rx = Proc::start(
+        &[],
+        &["--role", "stream-rx", &b.socket, "log/batches", "300"],
+    );
+    let tx = Proc::start(
+        &[],
+        &[
+            "--role",
+            "stream-tx",
+            &a.socket,
+            "log/batches",
+            "3000",
+            "4096",
+        ],
+    );
+    let r = rx.result();
+    assert_eq!(
+        (
+            r["count"].as_str(),
+            r["bad"].as_str(),
+            r["out_of_order"].as_str()
+        ),
+        ("300", "0", "0"),
+        "{r:?}"
+    );
+    // Long enough for the importer to meet the receiver gone.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bridge_b.0.try_wait().unwrap().is_none(),
+        "the importing bridge ended when its receiver left"
+    );
+    let rx = Proc::start(
+        &[],
+        &[
+            "--role",
+            "stream-rx",
+            &b.socket,
+            "log/batches",
+            "3000",
+            "resume",
+        ],
+    );
+    assert_eq!(tx.result()["sent"], "3000");
+    // Nothing lost: a stream keeps what is queued for a receiver that closed, and the bridge
+    // held the rest.
+    let r = rx.result();
+    assert_eq!(
+        (
+            r["count"].as_str(),
+            r["bad"].as_str(),
+            r["out_of_order"].as_str(),
+            r["first"].as_str(),
+            r["last"].as_str()
+        ),
+        ("2700", "0", "0", "300", "2999"),
+        "{r:?}"
+    );
+    drop((bridge_a, bridge_b));
+    a.settles();
+    b.settles();
 }
 
 #[test]
