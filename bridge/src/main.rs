@@ -512,7 +512,7 @@ fn spawn_export(
     Ok(std::thread::spawn(move || {
         let _token = token;
         let mut out = Outgoing::new(&publisher, piece);
-        export(&mut source, &mut out, Poller::new(spin), &stop)
+        export(&mut source, &mut out, &key, Poller::new(spin), &stop)
     }))
 }
 
@@ -578,10 +578,12 @@ const IDLE_MAX: Duration = Duration::from_millis(50);
 fn export(
     source: &mut impl Source,
     out: &mut Outgoing<'_>,
+    key: &str,
     mut poller: Poller,
     stop: &AtomicBool,
 ) -> Res<()> {
     let mut idle = IDLE_MIN;
+    let mut said = Dropped::new(key);
     while !stop.load(Ordering::Relaxed) {
         let next = poller.next(
             source,
@@ -603,7 +605,16 @@ fn export(
                 std::thread::sleep(idle);
                 idle = (idle * 2).min(IDLE_MAX);
             }
-            Err(e) => return Err(e.into()),
+            // A peer of the pool wrote something this receiver refuses (a forged descriptor, a
+            // corrupt ring): said and stepped over, never the end of the bridge and of every
+            // service it carries. A ring that stays corrupt refuses at once every time, hence
+            // the nap.
+            Err(RecvTimeoutError::Fault(f)) => {
+                said.say(format_args!("refused what the local service gave: {f}"));
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(IDLE_MAX);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
         }
     }
     Ok(())

@@ -23,6 +23,15 @@ fn side(name: &str) -> Side {
     side_with(name, 1 << 20)
 }
 
+/// The configuration of a side whose largest slot holds `largest` bytes.
+fn side_config(name: &str, largest: u32) -> PoolConfig {
+    PoolConfig::builder()
+        .class(4096, 256)
+        .class(largest.max(8192), 16)
+        .name(name)
+        .build()
+}
+
 /// A side whose largest slot holds `largest` bytes.
 fn side_with(name: &str, largest: u32) -> Side {
     static N: AtomicU16 = AtomicU16::new(0);
@@ -32,12 +41,7 @@ fn side_with(name: &str, largest: u32) -> Side {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let pool = PoolConfig::builder()
-        .class(4096, 256)
-        .class(largest.max(8192), 16)
-        .name(name)
-        .create()
-        .unwrap();
+    let pool = Pool::create(&side_config(name, largest)).unwrap();
     let path = dir.join("pool.sock");
     let server = Server::start(pool.clone(), &path, Policy::default()).unwrap();
     Side {
@@ -48,6 +52,26 @@ fn side_with(name: &str, largest: u32) -> Side {
 }
 
 impl Side {
+    /// Waits until a sender is registered on every ring of service `name` here: the importing
+    /// bridge has met the exporter's liveliness token (so the two are connected) and opened its
+    /// local end. What the far side sends from then on arrives; before, it could reach a bridge
+    /// that had no local end yet, which drops it.
+    fn carries(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let services = self.pool.services();
+            let svc = services.iter().find(|s| s.name == name);
+            if svc.is_some_and(|s| !s.rings.is_empty() && s.rings.iter().all(|r| r.senders > 0)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the importing bridge did not open {name:?} here"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits until every admitted participant was retired and every slot is back.
     fn settles(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -174,6 +198,7 @@ fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
         .map(|_| Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "3000"]))
         .collect();
     // 4 KiB and 1 MiB frames, interleaved by two runs.
+    b.carries("camera/left");
     let publisher = Proc::start(
         &[],
         &[
@@ -231,6 +256,7 @@ fn a_slow_lossy_subscriber_across_the_bridge_is_told_what_it_lost() {
         &[],
         &["--role", "sub", &b.socket, "feed", "1500", "lossy", "3000"],
     );
+    b.carries("feed");
     let publisher = Proc::start(
         &[],
         &["--role", "pub", &a.socket, "feed", "1500", "4096", "0"],
@@ -263,6 +289,7 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
     let bridge_b = importer(&b, &ep, &["--import", "ticks"]);
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100000"]);
     // 1 ms between frames: the kill lands mid-stream.
+    b.carries("ticks");
     let publisher = Proc::start(
         &[],
         &["--role", "pub", &a.socket, "ticks", "4000", "4096", "1000"],
@@ -291,6 +318,7 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
     drop(publisher);
     let bridge_a = exporter(&a, &ep, &["--export", "ticks", pieces[0], pieces[1]]);
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "40"]);
+    b.carries("ticks");
     let publisher = Proc::start(
         &[],
         &["--role", "pub", &a.socket, "ticks", "400", "4096", "25000"],
@@ -487,6 +515,7 @@ fn across_two_network_namespaces_joined_by_a_veth_pair() {
     let subs: Vec<Proc> = (0..2)
         .map(|_| Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "1000"]))
         .collect();
+    b.carries("camera/left");
     let publisher = Proc::start(
         &[],
         &[
@@ -518,6 +547,7 @@ fn an_importers_spare_slot_serves_only_a_message_of_its_length() {
     // 2 ms apart: the importer is idle after each frame and loans a spare for the next.
     for (size, class) in [("4096", 0), ("1048576", 1)] {
         let sub = Proc::start(&[], &["--role", "sub", &b.socket, "frames", "20"]);
+        b.carries("frames");
         let publisher = Proc::start(
             &[],
             &["--role", "pub", &a.socket, "frames", "20", size, "2000"],
@@ -570,6 +600,7 @@ fn polling_bridges_go_quiet_between_messages() {
     // Six frames 250 ms apart: after each, both directions poll for 200 µs and then sleep
     // until the next one. Over the second and a half each bridge may use a little CPU (the
     // frames, Zenoh's own timers), never a polling core's worth.
+    b.carries("ticks");
     let publisher = Proc::start(
         &[],
         &["--role", "pub", &a.socket, "ticks", "6", "4096", "250000"],
@@ -602,6 +633,7 @@ fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
     let _bridge_b = importer(&b, &ep, &["--import", "mixed"]);
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "mixed", "100"]);
     // 1 MiB frames: pool B's largest slot is 8 KiB, so its bridge must drop them.
+    b.carries("mixed");
     let big = Proc::start(
         &[],
         &["--role", "pub", &a.socket, "mixed", "3", "1048576", "0"],
@@ -653,6 +685,7 @@ fn a_stream_service_crosses_in_order() {
         &[],
         &["--role", "stream-rx", &b.socket, "log/batches", "2000"],
     );
+    b.carries("log/batches");
     let tx = Proc::start(
         &[],
         &[
@@ -690,6 +723,7 @@ fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_
         &[],
         &["--role", "stream-rx", &b.socket, "log/batches", "300"],
     );
+    b.carries("log/batches");
     let tx = Proc::start(
         &[],
         &[
@@ -748,6 +782,87 @@ fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_
     b.settles();
 }
 
+/// A peer of the pool that forges a descriptor into the ring the exporting bridge receives from
+/// (it maps the control memfd, as every participant does): the bridge refuses it, says so, and
+/// goes on carrying the stream, every frame whole and in order. It used to end there, and with
+/// it every service it carried.
+#[test]
+fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
+    use std::sync::atomic::AtomicU64;
+    let (a, b) = (side("forged-a"), side("forged-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let mut bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
+    let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let rx = Proc::start(
+        &[],
+        &["--role", "stream-rx", &b.socket, "log/batches", "200"],
+    );
+
+    let layout = side_config("forged-a", 1 << 20).layout().unwrap();
+    let control = std::fs::File::from(a.pool.control_fd().try_clone_to_owned().unwrap());
+    // SAFETY: a shared mapping of the pool's control memfd, touched only through atomics below,
+    // as a peer process would touch it.
+    let map = unsafe { memmap2::MmapMut::map_mut(&control).unwrap() };
+    let word = |offset: usize| {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= map.len());
+        // SAFETY: aligned and inside the mapping (checked above), which outlives this closure.
+        unsafe { &*(map.as_ptr().add(offset) as *const AtomicU64) }
+    };
+    // The stream's ring is the one unit with a receiver (the bridge). Its cells are 32 bytes:
+    // the stamp (position + 1), then the descriptor's two words: class, flags and slot; then
+    // generation and length. This one names slot 3 of class 0, which nobody sent.
+    let (lo, hi) = (3u64 << 32, 1u64 | (10 << 32));
+    let capacity = a
+        .pool
+        .service("log/batches")
+        .stream::<[u8]>()
+        .open()
+        .unwrap()
+        .capacity();
+    let mut forgeries = 0;
+    for u in &layout.services.units {
+        if word(u.endpoint_offset).load(Ordering::SeqCst) == 0 {
+            continue;
+        }
+        let at = word(u.tail_offset).load(Ordering::SeqCst);
+        let cell = u.stamps_offset + (at as usize % capacity) * 32;
+        word(cell + 8).store(lo, Ordering::SeqCst);
+        word(cell + 16).store(hi, Ordering::SeqCst);
+        word(cell).store(at + 1, Ordering::SeqCst);
+        word(u.tail_offset).store(at + 1, Ordering::SeqCst);
+        forgeries += 1;
+    }
+    assert_eq!(forgeries, 1, "one ring has a receiver");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        bridge_a.0.try_wait().unwrap().is_none(),
+        "the exporting bridge ended on a forged descriptor"
+    );
+    b.carries("log/batches");
+    let tx = Proc::start(
+        &[],
+        &[
+            "--role",
+            "stream-tx",
+            &a.socket,
+            "log/batches",
+            "200",
+            "4096",
+        ],
+    );
+    assert_eq!(tx.result()["sent"], "200");
+    let r = rx.result();
+    assert_eq!(
+        (
+            r["count"].as_str(),
+            r["bad"].as_str(),
+            r["out_of_order"].as_str()
+        ),
+        ("200", "0", "0"),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn records_cross_whole_and_aligned_even_in_pieces() {
     // Buffers of packed records (`fbuf::records`), up to 8 KiB, through bridges that cut messages
@@ -765,6 +880,7 @@ fn records_cross_whole_and_aligned_even_in_pieces() {
         &[],
         &["--role", "records-rx", &b.socket, "log/records", "20000"],
     );
+    b.carries("log/records");
     let tx = Proc::start(
         &[],
         &["--role", "records-tx", &a.socket, "log/records", "20000"],
