@@ -685,19 +685,15 @@ fn a_stream_service_crosses_in_order() {
         &[],
         &["--role", "stream-rx", &b.socket, "log/batches", "2000"],
     );
-    b.carries("log/batches");
-    let tx = Proc::start(
-        &[],
-        &[
-            "--role",
-            "stream-tx",
-            &a.socket,
-            "log/batches",
-            "2000",
-            "8192",
-        ],
-    );
-    assert_eq!(tx.result()["sent"], "2000");
+    stream_crosses(&a, &b, "log/batches", rx, "2000", "8192");
+}
+
+/// Sends `count` frames of `size` bytes on stream `name` from side A, once the importing bridge
+/// carries it to side B, and checks that `rx` (a `stream-rx` there) got every one, in order.
+fn stream_crosses(a: &Side, b: &Side, name: &str, rx: Proc, count: &str, size: &str) {
+    b.carries(name);
+    let tx = Proc::start(&[], &["--role", "stream-tx", &a.socket, name, count, size]);
+    assert_eq!(tx.result()["sent"], count);
     let r = rx.result();
     assert_eq!(
         (
@@ -705,7 +701,7 @@ fn a_stream_service_crosses_in_order() {
             r["bad"].as_str(),
             r["out_of_order"].as_str()
         ),
-        ("2000", "0", "0"),
+        (count, "0", "0"),
         "{r:?}"
     );
 }
@@ -838,29 +834,7 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
         bridge_a.0.try_wait().unwrap().is_none(),
         "the exporting bridge ended on a forged descriptor"
     );
-    b.carries("log/batches");
-    let tx = Proc::start(
-        &[],
-        &[
-            "--role",
-            "stream-tx",
-            &a.socket,
-            "log/batches",
-            "200",
-            "4096",
-        ],
-    );
-    assert_eq!(tx.result()["sent"], "200");
-    let r = rx.result();
-    assert_eq!(
-        (
-            r["count"].as_str(),
-            r["bad"].as_str(),
-            r["out_of_order"].as_str()
-        ),
-        ("200", "0", "0"),
-        "{r:?}"
-    );
+    stream_crosses(&a, &b, "log/batches", rx, "200", "4096");
 }
 
 #[test]
