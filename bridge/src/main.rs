@@ -115,6 +115,11 @@ struct Cli {
     /// exporter facing one needs 0.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=48))]
     piece_kib: Option<u64>,
+    /// How long, in ms, a Zenoh link may stay silent before the far bridge counts as gone: its
+    /// services then show `Disconnected` here, until the link heals and they resume. Both
+    /// bridges should agree. Default: Zenoh's, 10 000.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    lease_ms: Option<u64>,
     /// Test roles (internal).
     #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
     role: Vec<String>,
@@ -150,7 +155,9 @@ fn liveliness_key(key: &str) -> String {
 
 /// A peer-mode Zenoh session on exactly the given endpoints (no multicast scouting: traffic
 /// goes only where it is told to).
-fn open_zenoh(listen: &[String], connect: &[String]) -> Res<zenoh::Session> {
+/// `lease_ms`: Zenoh's lease, how long a link may stay silent before its peer counts as gone
+/// (Zenoh's default when `None`).
+fn open_zenoh(listen: &[String], connect: &[String], lease_ms: Option<u64>) -> Res<zenoh::Session> {
     let mut config = zenoh::Config::default();
     let json = |v: &[String]| {
         format!(
@@ -168,6 +175,9 @@ fn open_zenoh(listen: &[String], connect: &[String]) -> Res<zenoh::Session> {
     // Keep retrying a peer that is not up yet, or went away, for as long as we run.
     config.insert_json5("connect/timeout_ms", "-1")?;
     config.insert_json5("connect/exit_on_failure", "false")?;
+    if let Some(ms) = lease_ms {
+        config.insert_json5("transport/link/tx/lease", &ms.to_string())?;
+    }
     zenoh::open(config).wait()
 }
 
@@ -312,7 +322,7 @@ pub(crate) fn waited<T>(r: Result<T, RecvTimeoutError>) -> Result<Option<T>, Rec
 fn run(cli: &Cli) -> Res<()> {
     let socket = cli.socket.as_deref().ok_or("--socket is needed")?;
     let pool = session::join(socket, Role::Producer)?;
-    let z = open_zenoh(&cli.listen, &cli.connect)?;
+    let z = open_zenoh(&cli.listen, &cli.connect, cli.lease_ms)?;
     let layout = layout(cli)?;
     let spin = spin_window(cli);
     let prewarm = cli.prewarm.unwrap_or_else(roomy_host);

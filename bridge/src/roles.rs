@@ -413,7 +413,7 @@ fn records_rx(socket: &str, name: &str, count: u64) -> Res<String> {
 
 fn zenoh(listen: Option<&str>, connect: Option<&str>) -> Res<zenoh::Session> {
     let v = |e: Option<&str>| e.map(|e| vec![e.to_owned()]).unwrap_or_default();
-    super::open_zenoh(&v(listen), &v(connect))
+    super::open_zenoh(&v(listen), &v(connect), None)
 }
 
 /// Zenoh alone: puts `count` frames of `size` bytes on `key` (listening on `ep`), each built in
