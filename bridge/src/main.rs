@@ -580,6 +580,10 @@ impl<'a> Outgoing<'a> {
     }
 }
 
+/// How long a direction waits before it tries again to open a local end that a local peer
+/// held.
+pub(crate) const REOPEN_WAIT: Duration = Duration::from_millis(100);
+
 /// How long a direction first naps, and at most, while its local sender (export) or receiver
 /// (import) is gone.
 const IDLE_MIN: Duration = Duration::from_millis(1);
@@ -725,10 +729,13 @@ fn import<S: Sink>(
     let mut spare = Spare(None);
     let mut assemblies = pieces::Assemblies::new();
     let mut said = Dropped::new(key);
+    // Whether the exporter's token is there; when to try again to open the local end.
+    let (mut there, mut retry_at) = (false, Instant::now());
     while !stop.load(Ordering::Relaxed) {
         // The exporter's liveliness: publish locally only while it is there.
         while let Ok(Some(change)) = alive.try_recv() {
-            if change.kind() == zenoh::sample::SampleKind::Put && publisher.is_some() {
+            let put = change.kind() == zenoh::sample::SampleKind::Put;
+            if put && publisher.is_some() {
                 // A second exporter of the key: the sink that is open serves both (a stream
                 // has room for one sender).
                 continue;
@@ -736,10 +743,21 @@ fn import<S: Sink>(
             // Loaned for the sink that goes; a message in pieces will not be finished.
             spare.0 = None;
             assemblies.clear();
-            publisher = match change.kind() {
-                zenoh::sample::SampleKind::Put => Some(open()?),
-                zenoh::sample::SampleKind::Delete => None, // our subscribers see Disconnected
-            };
+            publisher = None; // gone: our subscribers see Disconnected
+            (there, retry_at) = (put, Instant::now());
+        }
+        if there && publisher.is_none() && Instant::now() >= retry_at {
+            // A local peer may hold what we open (a stream's one sender): said, and tried again
+            // later, rather than the end of the bridge and of every service it carries.
+            match open() {
+                Ok(p) => publisher = Some(p),
+                Err(e) => {
+                    said.say(format_args!(
+                        "could not open the local end (trying again): {e}"
+                    ));
+                    retry_at = Instant::now() + REOPEN_WAIT;
+                }
+            }
         }
         // Polling Zenoh's queue spares the hand-over from Zenoh's reading thread a wake-up.
         let next = poller.next(
@@ -751,7 +769,9 @@ fn import<S: Sink>(
             continue;
         };
         let Some(p) = publisher.as_mut() else {
-            continue; // data before the token: the next one will come with it
+            // Data before the token (the next one will come with it), or while a local peer
+            // holds the local end.
+            continue;
         };
         let payload = sample.payload();
         // Waits while every slot is held by readers still reading. A remote message this pool

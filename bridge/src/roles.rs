@@ -52,6 +52,7 @@ pub fn run(args: &[String]) -> Res<()> {
         "rr-server" => rr_server(a(1), a(2), a(3) == "reversed")?,
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
         "stream-tx" => stream_tx(a(1), a(2), n(3)?, n(4)? as usize)?,
+        "hold-sender" => hold_sender(a(1), a(2), n(3)?)?,
         "stream-rx" if a(4) == "resume" => stream_rx_resumed(a(1), a(2), n(3)?)?,
         "stream-rx" => stream_rx(a(1), a(2), n(3)?)?,
         "records-tx" => records_tx(a(1), a(2), n(3)?)?,
@@ -305,6 +306,16 @@ fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
             .map_err(|e| format!("send {seq}: {e}"))?;
     }
     Ok(format!("sent={count}"))
+}
+
+/// Holds stream `name`'s one sender for `ms` milliseconds, sending nothing.
+fn hold_sender(socket: &str, name: &str, ms: u64) -> Res<String> {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
+    let _tx = svc.sender()?;
+    println!("READY");
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(format!("held_ms={ms}"))
 }
 
 /// Receives `count` frames from a stream service, every byte and the order checked.

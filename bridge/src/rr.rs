@@ -29,6 +29,7 @@ use fbuf::{AllocError, SampleMut};
 use zenoh::Wait;
 use zenoh::handlers::FifoChannelHandler;
 use zenoh::query::{ConsolidationMode, Query, Reply};
+use zenoh::sample::SampleKind;
 
 use super::{Dropped, Poller, Res, fill, polled, waited};
 
@@ -214,25 +215,38 @@ pub fn import(
     let mut said = Dropped::new(key);
     let mut server: Option<Server<[u8], [u8]>> = None;
     let mut pending: VecDeque<Call> = VecDeque::new();
+    // Whether the far server's token is there; when to try again to open the local server.
+    let (mut there, mut retry_at) = (false, Instant::now());
+    let mut changes = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
         while let Ok(Some(change)) = alive.try_recv() {
-            match change.kind() {
-                zenoh::sample::SampleKind::Put if server.is_none() => server = Some(svc.server()?),
-                zenoh::sample::SampleKind::Put => {}
+            changes.push_back(change.kind());
+        }
+        while let Some(kind) = changes.pop_front() {
+            there = kind == SampleKind::Put;
+            if !there {
                 // Closing the server tells our clients `Disconnected`; the calls under way go
                 // with it.
-                zenoh::sample::SampleKind::Delete => {
-                    pending.clear();
-                    server = None;
+                pending.clear();
+                server = None;
+            }
+            retry_at = Instant::now();
+        }
+        if there && server.is_none() && Instant::now() >= retry_at {
+            // A local process may serve the same service already: said, and tried again later,
+            // rather than the end of the bridge and of every service it carries.
+            match svc.server() {
+                Ok(s) => server = Some(s),
+                Err(e) => {
+                    said.say(format_args!("could not serve here (trying again): {e}"));
+                    retry_at = Instant::now() + super::REOPEN_WAIT;
                 }
             }
         }
         let Some(s) = server.as_mut() else {
-            // No server there: wait for one to come.
-            if let Ok(Some(change)) = alive.recv_timeout(IDLE_WAIT) {
-                if change.kind() == zenoh::sample::SampleKind::Put {
-                    server = Some(svc.server()?);
-                }
+            // No server here: wait for the far one's token, or for the next try.
+            if let Ok(Some(change)) = alive.recv_timeout(super::REOPEN_WAIT) {
+                changes.push_back(change.kind());
             }
             continue;
         };

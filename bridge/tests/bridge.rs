@@ -928,6 +928,58 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
     stream_crosses(&a, &b, "log/batches", rx, "200", "4096");
 }
 
+/// A local process holds the end the importing bridge would open (a stream's one sender, a
+/// request-response service's one server) when the far side comes: the bridge says so and tries
+/// again, and carries the service once that process has gone. It used to end there.
+#[test]
+fn an_importer_whose_local_end_is_taken_waits_for_it() {
+    let (a, b) = (side("taken-a"), side("taken-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let holder = Proc::start(
+        &[],
+        &["--role", "hold-sender", &b.socket, "log/batches", "1500"],
+    );
+    let local_server = Proc::start(&[], &["--role", "rr-server", &b.socket, "control"]);
+    let far_server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
+    let bridge_a = exporter(
+        &a,
+        &ep,
+        &["--export-stream", "log/batches", "--export-rr", "control"],
+    );
+    let mut bridge_b = importer(
+        &b,
+        &ep,
+        &["--import-stream", "log/batches", "--import-rr", "control"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bridge_b.0.try_wait().unwrap().is_none(),
+        "the importing bridge ended on a local end it could not open"
+    );
+    // The stream: once the holder has let go of its sender, the bridge opens its own.
+    assert_eq!(holder.result()["held_ms"], "1500");
+    let rx = Proc::start(
+        &[],
+        &["--role", "stream-rx", &b.socket, "log/batches", "200"],
+    );
+    stream_crosses(&a, &b, "log/batches", rx, "200", "4096");
+    // Request-response: once the local server has gone, the bridge serves in its place.
+    drop(local_server);
+    let r = Proc::start_later(&["--role", "rr-client", &b.socket, "control", "50", "512"]).result();
+    assert_eq!(
+        (
+            r["ok"].as_str(),
+            r["bad"].as_str(),
+            r["disconnected"].as_str()
+        ),
+        ("50", "0", "0"),
+        "{r:?}"
+    );
+    drop((far_server, bridge_a, bridge_b));
+    a.settles();
+    b.settles();
+}
+
 #[test]
 fn records_cross_whole_and_aligned_even_in_pieces() {
     // Buffers of packed records (`fbuf::records`), up to 8 KiB, through bridges that cut messages
