@@ -18,8 +18,12 @@
 //!   lossy and is told its loss count by its own service.
 //! - **Going away shows**: an exporter declares a Zenoh liveliness token per key; the importer
 //!   drops its local publisher when the token goes (its subscribers see `Disconnected`) and opens
-//!   it again when a restarted exporter brings it back (they resume). A killed bridge is a dead
-//!   participant of its pool: the owner recovers its slots and rings like any other's.
+//!   it again when a restarted exporter brings it back (they resume). The other way round, an
+//!   exporter keeps its local end (subscriber, or stream receiver) open only while a subscriber
+//!   far away listens (Zenoh's matching status), so a stream's sender is told `Disconnected`
+//!   when the far importer goes. A killed bridge is a dead participant of its pool: the owner
+//!   recovers its slots and rings like any other's. A network cut shows once the link's lease
+//!   (`--lease-ms`) runs out.
 //! - **Polling after traffic**: a direction polls its queue for `--spin-us` after each message
 //!   before it sleeps (200 µs by default on a host with 8 CPUs or more): the next message of a
 //!   conversation then costs no wake-up. With `--spin-max-us` the window grows to cover the gap
@@ -334,7 +338,7 @@ fn run(cli: &Cli) -> Res<()> {
         let svc = pubsub(&pool, &name, layout)?;
         threads.push(spawn_export(
             &z,
-            svc.subscriber()?,
+            move || Ok(svc.subscriber()?),
             key.clone(),
             spin,
             piece,
@@ -347,7 +351,7 @@ fn run(cli: &Cli) -> Res<()> {
         let svc = pool.service(&name).stream::<[u8]>().open_or_create()?;
         threads.push(spawn_export(
             &z,
-            svc.receiver()?,
+            move || Ok(svc.receiver()?),
             key.clone(),
             spin,
             piece,
@@ -505,10 +509,10 @@ impl Sink for fbuf::service::Sender<[u8]> {
     }
 }
 
-/// Starts exporting `source` on `key`.
-fn spawn_export(
+/// Starts exporting on `key` what the local end that `open` makes receives.
+fn spawn_export<S: Source + 'static>(
     z: &zenoh::Session,
-    mut source: impl Source + 'static,
+    open: impl Fn() -> Res<S> + Send + 'static,
     key: String,
     spin: Window,
     piece: usize,
@@ -521,9 +525,38 @@ fn spawn_export(
     let token = z.liveliness().declare_token(liveliness_key(&key)).wait()?;
     Ok(std::thread::spawn(move || {
         let _token = token;
+        let matching = publisher.matching_listener().wait()?;
         let mut out = Outgoing::new(&publisher, piece);
-        export(&mut source, &mut out, &key, Poller::new(spin), &stop)
+        let far = Far {
+            matching: &matching,
+            listening: publisher.matching_status().wait()?.matching(),
+        };
+        export(open, far, &mut out, &key, Poller::new(spin), &stop)
     }))
+}
+
+/// Whether a subscriber far away listens to an export's key, kept up to date by Zenoh's
+/// matching listener.
+struct Far<'a> {
+    matching: &'a zenoh::matching::MatchingListener<
+        zenoh::handlers::FifoChannelHandler<zenoh::matching::MatchingStatus>,
+    >,
+    listening: bool,
+}
+
+impl Far<'_> {
+    /// Takes the changes Zenoh reported; waits up to `wait` for one if there is none.
+    fn update(&mut self, wait: Duration) {
+        let mut changed = false;
+        while let Ok(Some(m)) = self.matching.try_recv() {
+            (self.listening, changed) = (m.matching(), true);
+        }
+        if !changed && !wait.is_zero() {
+            if let Ok(Some(m)) = self.matching.recv_timeout(wait) {
+                self.listening = m.matching();
+            }
+        }
+    }
 }
 
 /// An export's Zenoh side: puts each message whole, or in pieces of `piece` bytes.
@@ -589,8 +622,14 @@ pub(crate) const REOPEN_WAIT: Duration = Duration::from_millis(100);
 const IDLE_MIN: Duration = Duration::from_millis(1);
 const IDLE_MAX: Duration = Duration::from_millis(50);
 
-fn export(
-    source: &mut impl Source,
+/// Exports while a subscriber far away listens: only then is the local end open, so that a
+/// local publisher counts the bridge among its subscribers, and a local stream's sender has a
+/// receiver, only while someone far away takes what they send. Otherwise a message could be
+/// taken and put to a Zenoh that had nowhere to carry it (lost on a stream, and the first
+/// messages after a far importer came were lost that way while Zenoh learned of it).
+fn export<S: Source>(
+    open: impl Fn() -> Res<S>,
+    mut far: Far<'_>,
     out: &mut Outgoing<'_>,
     key: &str,
     mut poller: Poller,
@@ -598,7 +637,28 @@ fn export(
 ) -> Res<()> {
     let mut idle = IDLE_MIN;
     let mut said = Dropped::new(key);
+    let (mut local, mut retry_at) = (None::<S>, Instant::now());
     while !stop.load(Ordering::Relaxed) {
+        far.update(Duration::ZERO);
+        if !far.listening {
+            // A local subscriber's queue goes with it; a stream keeps its queue for the next.
+            local = None;
+        } else if local.is_none() && Instant::now() >= retry_at {
+            // A local process may hold the end (a stream's one receiver): said, tried again.
+            match open() {
+                Ok(s) => local = Some(s),
+                Err(e) => {
+                    said.say(format_args!(
+                        "could not open the local end (trying again): {e}"
+                    ));
+                    retry_at = Instant::now() + REOPEN_WAIT;
+                }
+            }
+        }
+        let Some(source) = local.as_mut() else {
+            far.update(REOPEN_WAIT);
+            continue;
+        };
         let next = poller.next(
             source,
             |source| polled(source.poll()),

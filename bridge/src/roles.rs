@@ -297,15 +297,23 @@ fn stream_receive(
 }
 
 /// Sends `count` frames of `size` bytes on a stream service, once its receiver is there.
+/// Ends early, with `disconnected=1`, when the stream's receiver goes.
 fn stream_tx(socket: &str, name: &str, count: u64, size: usize) -> Res<String> {
+    use fbuf::service::SendTimeoutError;
     let (_svc, mut tx) = stream_sender(socket, name)?;
-    for seq in 0..count {
+    let mut sent = 0;
+    while sent < count {
         let mut b = tx.loan_bytes_timeout(size, super::LOAN_WAIT)?;
-        fill(&mut b, seq);
-        tx.send_timeout(b, Duration::from_secs(30))
-            .map_err(|e| format!("send {seq}: {e}"))?;
+        fill(&mut b, sent);
+        match tx.send_timeout(b, Duration::from_secs(30)) {
+            Ok(()) => sent += 1,
+            Err(SendTimeoutError::Disconnected(_)) => {
+                return Ok(format!("sent={sent} disconnected=1"));
+            }
+            Err(e) => return Err(format!("send {sent}: {e}").into()),
+        }
     }
-    Ok(format!("sent={count}"))
+    Ok(format!("sent={count} disconnected=0"))
 }
 
 /// Holds stream `name`'s one sender for `ms` milliseconds, sending nothing.

@@ -906,11 +906,16 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
         .open()
         .unwrap()
         .capacity();
+    // The exporter opens its receiver once it knows the importer listens.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let received =
+        |u: &&fbuf::layout::UnitLayout| word(u.endpoint_offset).load(Ordering::SeqCst) != 0;
+    while !layout.services.units.iter().any(|u| received(&u)) {
+        assert!(Instant::now() < deadline, "the exporter opened no receiver");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut forgeries = 0;
-    for u in &layout.services.units {
-        if word(u.endpoint_offset).load(Ordering::SeqCst) == 0 {
-            continue;
-        }
+    for u in layout.services.units.iter().filter(received) {
         let at = word(u.tail_offset).load(Ordering::SeqCst);
         let cell = u.stamps_offset + (at as usize % capacity) * 32;
         word(cell + 8).store(lo, Ordering::SeqCst);
@@ -978,6 +983,54 @@ fn an_importer_whose_local_end_is_taken_waits_for_it() {
     drop((far_server, bridge_a, bridge_b));
     a.settles();
     b.settles();
+}
+
+/// A stream exported while nobody far away takes it: its sender here has no receiver. The
+/// exporter opens its local end only while a subscriber far away listens, so when the importing
+/// bridge is killed mid-stream the sender is told `Disconnected` (it used to go on sending into
+/// a Zenoh that carried its messages nowhere), and when a new one comes the stream has its
+/// receiver again.
+#[test]
+fn a_streams_sender_is_told_when_nobody_far_away_takes_it() {
+    let (a, b) = (side("nobody-a"), side("nobody-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let _bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
+    let bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let rx = Proc::start(
+        &[],
+        &["--role", "stream-rx", &b.socket, "log/batches", "1000000"],
+    );
+    b.carries("log/batches");
+    let tx = Proc::start(
+        &[],
+        &[
+            "--role",
+            "stream-tx",
+            &a.socket,
+            "log/batches",
+            "1000000",
+            "4096",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(bridge_b); // SIGKILL
+    let r = tx.result();
+    assert_eq!(r["disconnected"], "1", "the sender was told: {r:?}");
+    assert!(r["sent"].parse::<u64>().unwrap() > 10, "{r:?}");
+    drop(rx);
+    // A new importer: the exporter opens the stream's receiver again.
+    let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let received = || {
+        a.pool
+            .services()
+            .iter()
+            .any(|s| s.name == "log/batches" && s.rings.iter().any(|r| r.receiver))
+    };
+    while !received() {
+        assert!(Instant::now() < deadline, "no receiver again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
@@ -1066,6 +1119,8 @@ fn an_exporter_whose_local_publisher_left_sleeps() {
     let a = side("idle-a");
     let ep = format!("tcp/127.0.0.1:{}", port());
     let bridge_a = exporter(&a, &ep, &["--export", "gone", "--spin-us", "0"]);
+    // A plain Zenoh subscriber far away, without which the exporter opens no local end.
+    let _far = Proc::start(&[], &["--role", "zsub", &ep, "fbuf/gone", "1000"]);
     // A publisher sends three frames and leaves; its service stays, with no sender now, and
     // the exporter's receive fails at once until one comes.
     let publisher = Proc::start(&[], &["--role", "pub", &a.socket, "gone", "3", "4096", "0"]);
