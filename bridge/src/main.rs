@@ -617,6 +617,50 @@ impl<'a> Outgoing<'a> {
 /// held.
 pub(crate) const REOPEN_WAIT: Duration = Duration::from_millis(100);
 
+/// A direction's local end (subscriber, receiver, publisher, sender or server), opened while it
+/// is wanted. A local process may hold it meanwhile (a stream has one sender and one receiver, a
+/// request-response service one server): that is said, and tried again every [`REOPEN_WAIT`],
+/// rather than the end of the bridge and of every service it carries.
+pub(crate) struct LocalEnd<S> {
+    end: Option<S>,
+    retry_at: Instant,
+}
+
+impl<S> LocalEnd<S> {
+    pub(crate) fn new() -> Self {
+        LocalEnd {
+            end: None,
+            retry_at: Instant::now(),
+        }
+    }
+
+    /// Closes it; the next `open` tries at once.
+    pub(crate) fn close(&mut self) {
+        self.end = None;
+        self.retry_at = Instant::now();
+    }
+
+    /// Opens it with `open` unless it is open or the last try was less than [`REOPEN_WAIT`] ago.
+    pub(crate) fn open(&mut self, open: impl FnOnce() -> Res<S>, said: &mut Dropped) {
+        if self.end.is_some() || Instant::now() < self.retry_at {
+            return;
+        }
+        match open() {
+            Ok(s) => self.end = Some(s),
+            Err(e) => {
+                said.say(format_args!(
+                    "could not open the local end (trying again): {e}"
+                ));
+                self.retry_at = Instant::now() + REOPEN_WAIT;
+            }
+        }
+    }
+
+    pub(crate) fn get(&mut self) -> Option<&mut S> {
+        self.end.as_mut()
+    }
+}
+
 /// How long a direction first naps, and at most, while its local sender (export) or receiver
 /// (import) is gone.
 const IDLE_MIN: Duration = Duration::from_millis(1);
@@ -637,25 +681,16 @@ fn export<S: Source>(
 ) -> Res<()> {
     let mut idle = IDLE_MIN;
     let mut said = Dropped::new(key);
-    let (mut local, mut retry_at) = (None::<S>, Instant::now());
+    let mut local = LocalEnd::new();
     while !stop.load(Ordering::Relaxed) {
         far.update(Duration::ZERO);
-        if !far.listening {
+        if far.listening {
+            local.open(&open, &mut said);
+        } else {
             // A local subscriber's queue goes with it; a stream keeps its queue for the next.
-            local = None;
-        } else if local.is_none() && Instant::now() >= retry_at {
-            // A local process may hold the end (a stream's one receiver): said, tried again.
-            match open() {
-                Ok(s) => local = Some(s),
-                Err(e) => {
-                    said.say(format_args!(
-                        "could not open the local end (trying again): {e}"
-                    ));
-                    retry_at = Instant::now() + REOPEN_WAIT;
-                }
-            }
+            local.close();
         }
-        let Some(source) = local.as_mut() else {
+        let Some(source) = local.get() else {
             far.update(REOPEN_WAIT);
             continue;
         };
@@ -785,17 +820,17 @@ fn import<S: Sink>(
         .declare_subscriber(liveliness_key(key))
         .history(true)
         .wait()?;
-    let mut publisher = None;
+    let mut publisher = LocalEnd::new();
     let mut spare = Spare(None);
     let mut assemblies = pieces::Assemblies::new();
     let mut said = Dropped::new(key);
-    // Whether the exporter's token is there; when to try again to open the local end.
-    let (mut there, mut retry_at) = (false, Instant::now());
+    // Whether the exporter's token is there.
+    let mut there = false;
     while !stop.load(Ordering::Relaxed) {
         // The exporter's liveliness: publish locally only while it is there.
         while let Ok(Some(change)) = alive.try_recv() {
             let put = change.kind() == zenoh::sample::SampleKind::Put;
-            if put && publisher.is_some() {
+            if put && publisher.get().is_some() {
                 // A second exporter of the key: the sink that is open serves both (a stream
                 // has room for one sender).
                 continue;
@@ -803,21 +838,11 @@ fn import<S: Sink>(
             // Loaned for the sink that goes; a message in pieces will not be finished.
             spare.0 = None;
             assemblies.clear();
-            publisher = None; // gone: our subscribers see Disconnected
-            (there, retry_at) = (put, Instant::now());
+            publisher.close(); // gone: our subscribers see Disconnected
+            there = put;
         }
-        if there && publisher.is_none() && Instant::now() >= retry_at {
-            // A local peer may hold what we open (a stream's one sender): said, and tried again
-            // later, rather than the end of the bridge and of every service it carries.
-            match open() {
-                Ok(p) => publisher = Some(p),
-                Err(e) => {
-                    said.say(format_args!(
-                        "could not open the local end (trying again): {e}"
-                    ));
-                    retry_at = Instant::now() + REOPEN_WAIT;
-                }
-            }
+        if there {
+            publisher.open(&open, &mut said);
         }
         // Polling Zenoh's queue spares the hand-over from Zenoh's reading thread a wake-up.
         let next = poller.next(
@@ -828,7 +853,7 @@ fn import<S: Sink>(
         let Some(sample) = next? else {
             continue;
         };
-        let Some(p) = publisher.as_mut() else {
+        let Some(p) = publisher.get() else {
             // Data before the token (the next one will come with it), or while a local peer
             // holds the local end.
             continue;

@@ -31,7 +31,7 @@ use zenoh::handlers::FifoChannelHandler;
 use zenoh::query::{ConsolidationMode, Query, Reply};
 use zenoh::sample::SampleKind;
 
-use super::{Dropped, Poller, Res, fill, polled, waited};
+use super::{Dropped, LocalEnd, Poller, Res, fill, polled, waited};
 
 type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
 
@@ -213,10 +213,10 @@ pub fn import(
         .wait()?;
     let most = MAX_PENDING.min(svc.capacity());
     let mut said = Dropped::new(key);
-    let mut server: Option<Server<[u8], [u8]>> = None;
+    let mut server: LocalEnd<Server<[u8], [u8]>> = LocalEnd::new();
     let mut pending: VecDeque<Call> = VecDeque::new();
-    // Whether the far server's token is there; when to try again to open the local server.
-    let (mut there, mut retry_at) = (false, Instant::now());
+    // Whether the far server's token is there.
+    let mut there = false;
     let mut changes = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
         while let Ok(Some(change)) = alive.try_recv() {
@@ -228,22 +228,14 @@ pub fn import(
                 // Closing the server tells our clients `Disconnected`; the calls under way go
                 // with it.
                 pending.clear();
-                server = None;
-            }
-            retry_at = Instant::now();
-        }
-        if there && server.is_none() && Instant::now() >= retry_at {
-            // A local process may serve the same service already: said, and tried again later,
-            // rather than the end of the bridge and of every service it carries.
-            match svc.server() {
-                Ok(s) => server = Some(s),
-                Err(e) => {
-                    said.say(format_args!("could not serve here (trying again): {e}"));
-                    retry_at = Instant::now() + super::REOPEN_WAIT;
-                }
+                server.close();
             }
         }
-        let Some(s) = server.as_mut() else {
+        if there {
+            // A local process may serve the same service already.
+            server.open(|| Ok(svc.server()?), &mut said);
+        }
+        let Some(s) = server.get() else {
             // No server here: wait for the far one's token, or for the next try.
             if let Ok(Some(change)) = alive.recv_timeout(super::REOPEN_WAIT) {
                 changes.push_back(change.kind());

@@ -478,6 +478,32 @@ impl Netns {
 }
 
 impl Netns {
+    /// The namespaces for `test`, or `None` (said on stderr) where they cannot be made.
+    fn for_test(test: &str) -> Option<Netns> {
+        let ns = Netns::create();
+        if ns.is_none() {
+            eprintln!(
+                "SKIPPED {test}: cannot create network namespaces here (needs root and iproute2)"
+            );
+        }
+        ns
+    }
+
+    /// A bridge in each namespace: side A's, with `a_args`, listening on its end of the pair;
+    /// side B's, with `b_args`, connecting to it. The pools' Unix sockets are paths, reachable
+    /// from any network namespace; the bridges talk over the veth pair only.
+    fn bridges(&self, a: &Side, b: &Side, a_args: &[&str], b_args: &[&str]) -> (Proc, Proc) {
+        let bridge = |i: usize, side: &Side, way: &str, args: &[&str]| {
+            let mut all = vec!["--socket", &side.socket, way, "tcp/10.77.0.1:7447"];
+            all.extend_from_slice(args);
+            Proc::start(&["ip", "netns", "exec", &self.names[i]], &all)
+        };
+        (
+            bridge(0, a, "--listen", a_args),
+            bridge(1, b, "--connect", b_args),
+        )
+    }
+
     /// Takes side B's end of the link down (a cut network) or up again.
     fn link_b(&self, up: bool) {
         let state = if up { "up" } else { "down" };
@@ -501,37 +527,15 @@ impl Drop for Netns {
 
 #[test]
 fn across_two_network_namespaces_joined_by_a_veth_pair() {
-    let Some(ns) = Netns::create() else {
-        eprintln!(
-            "SKIPPED across_two_network_namespaces_joined_by_a_veth_pair: cannot create network \
-             namespaces here (needs root and iproute2)"
-        );
+    let Some(ns) = Netns::for_test("across_two_network_namespaces_joined_by_a_veth_pair") else {
         return;
     };
     let (a, b) = (side("ns-a"), side("ns-b"));
-    // The pools' Unix sockets are paths, reachable from any network namespace; the bridges talk
-    // over the veth pair only.
-    let bridge_a = Proc::start(
-        &["ip", "netns", "exec", &ns.names[0]],
-        &[
-            "--socket",
-            &a.socket,
-            "--listen",
-            "tcp/10.77.0.1:7447",
-            "--export",
-            "camera/left",
-        ],
-    );
-    let bridge_b = Proc::start(
-        &["ip", "netns", "exec", &ns.names[1]],
-        &[
-            "--socket",
-            &b.socket,
-            "--connect",
-            "tcp/10.77.0.1:7447",
-            "--import",
-            "camera/left",
-        ],
+    let (bridge_a, bridge_b) = ns.bridges(
+        &a,
+        &b,
+        &["--export", "camera/left"],
+        &["--import", "camera/left"],
     );
     let subs: Vec<Proc> = (0..2)
         .map(|_| Proc::start(&[], &["--role", "sub", &b.socket, "camera/left", "1000"]))
@@ -564,40 +568,18 @@ fn across_two_network_namespaces_joined_by_a_veth_pair() {
 /// once Zenoh has reconnected, every byte right. No slot is left held on either side.
 #[test]
 fn a_network_cut_shows_as_disconnected_and_the_stream_resumes_when_it_heals() {
-    let Some(ns) = Netns::create() else {
-        eprintln!(
-            "SKIPPED a_network_cut_shows_as_disconnected_and_the_stream_resumes_when_it_heals: \
-             cannot create network namespaces here (needs root and iproute2)"
-        );
+    let test = "a_network_cut_shows_as_disconnected_and_the_stream_resumes_when_it_heals";
+    let Some(ns) = Netns::for_test(test) else {
         return;
     };
     let (a, b) = (side("cut-a"), side("cut-b"));
     // A link silent for 1 s counts as gone (Zenoh's default is 10 s).
-    let bridge_a = Proc::start(
-        &["ip", "netns", "exec", &ns.names[0]],
-        &[
-            "--socket",
-            &a.socket,
-            "--listen",
-            "tcp/10.77.0.1:7447",
-            "--export",
-            "ticks",
-            "--lease-ms",
-            "1000",
-        ],
-    );
-    let bridge_b = Proc::start(
-        &["ip", "netns", "exec", &ns.names[1]],
-        &[
-            "--socket",
-            &b.socket,
-            "--connect",
-            "tcp/10.77.0.1:7447",
-            "--import",
-            "ticks",
-            "--lease-ms",
-            "1000",
-        ],
+    let lease = ["--lease-ms", "1000"];
+    let (bridge_a, bridge_b) = ns.bridges(
+        &a,
+        &b,
+        &["--export", "ticks", lease[0], lease[1]],
+        &["--import", "ticks", lease[0], lease[1]],
     );
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100000"]);
     b.carries("ticks");
