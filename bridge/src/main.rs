@@ -853,10 +853,13 @@ fn import<S: Sink>(
         let Some(sample) = next? else {
             continue;
         };
+        // Data says an exporter is there, even before its token does: the token comes as the
+        // answer to the interest our liveliness subscriber declared, the data as soon as the
+        // exporter has learned of our subscriber, and Zenoh does not promise which comes first.
+        // (Data that came first used to be dropped.)
+        publisher.open(&open, &mut said);
         let Some(p) = publisher.get() else {
-            // Data before the token (the next one will come with it), or while a local peer
-            // holds the local end.
-            continue;
+            continue; // a local peer holds the local end: said
         };
         let payload = sample.payload();
         // Waits while every slot is held by readers still reading. A remote message this pool

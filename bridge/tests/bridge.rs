@@ -1015,6 +1015,24 @@ fn a_streams_sender_is_told_when_nobody_far_away_takes_it() {
     }
 }
 
+/// A plain Zenoh publisher, with no bridge and no liveliness token: its messages still reach the
+/// subscribers on the importing side, whose local end opens with the first message (a message
+/// says its publisher is there). An importer used to publish only once a token had come, and
+/// dropped what came before it.
+#[test]
+fn a_plain_zenoh_publishers_messages_reach_the_importing_side() {
+    let b = side("plain-b");
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let sub = Proc::start(&[], &["--role", "sub", &b.socket, "plain", "200"]);
+    // It listens, and puts once a subscriber far away matches: the importer's.
+    let zpub = Proc::start_later(&["--role", "zpub", &ep, "fbuf/plain", "200", "4096"]);
+    let bridge_b = importer(&b, &ep, &["--import", "plain"]);
+    assert_eq!(zpub.result()["sent"], "200");
+    every_frame(&sub.result(), "200");
+    drop(bridge_b);
+    b.settles();
+}
+
 #[test]
 fn records_cross_whole_and_aligned_even_in_pieces() {
     // Buffers of packed records (`fbuf::records`), up to 8 KiB, through bridges that cut messages
