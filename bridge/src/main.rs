@@ -824,22 +824,26 @@ fn import<S: Sink>(
     let mut spare = Spare(None);
     let mut assemblies = pieces::Assemblies::new();
     let mut said = Dropped::new(key);
-    // Whether the exporter's token is there.
-    let mut there = false;
+    // Whether the exporter's token is there; whether it went, and the local end closes once
+    // what it sent before is delivered.
+    let (mut there, mut going) = (false, false);
     while !stop.load(Ordering::Relaxed) {
         // The exporter's liveliness: publish locally only while it is there.
         while let Ok(Some(change)) = alive.try_recv() {
-            let put = change.kind() == zenoh::sample::SampleKind::Put;
-            if put && publisher.get().is_some() {
-                // A second exporter of the key: the sink that is open serves both (a stream
-                // has room for one sender).
-                continue;
-            }
+            there = change.kind() == zenoh::sample::SampleKind::Put;
+            // A token that comes back, or a second exporter's, keeps the open end open (a
+            // stream has room for one sender).
+            going = !there && publisher.get().is_some();
+        }
+        // Zenoh queues a departed exporter's last messages before the token's going: they are
+        // delivered first, and then the end closes. (Closing at once left them to open it again,
+        // as a message does, so the subscribers here were never told.)
+        if going && sub.is_empty() {
             // Loaned for the sink that goes; a message in pieces will not be finished.
             spare.0 = None;
             assemblies.clear();
-            publisher.close(); // gone: our subscribers see Disconnected
-            there = put;
+            publisher.close(); // our subscribers see Disconnected
+            going = false;
         }
         if there {
             publisher.open(&open, &mut said);

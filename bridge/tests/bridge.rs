@@ -1033,6 +1033,43 @@ fn a_plain_zenoh_publishers_messages_reach_the_importing_side() {
     b.settles();
 }
 
+/// An exporter killed while the importer is behind (a slow subscriber holds it back, and Zenoh
+/// queues what comes meanwhile): the subscriber gets every frame that had crossed, then is told
+/// `Disconnected`. The importer closes its local end once those are delivered; closing at once
+/// left the queued frames to open it again, and the subscriber was never told.
+#[test]
+fn a_slow_subscriber_gets_what_crossed_and_then_is_told_the_exporter_went() {
+    let (a, b) = (side("behind-a"), side("behind-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let bridge_a = exporter(&a, &ep, &["--export", "ticks"]);
+    let _bridge_b = importer(&b, &ep, &["--import", "ticks"]);
+    // 1 ms a frame: the importer soon waits for room in its ring.
+    let sub = Proc::start(
+        &[],
+        &[
+            "--role", "sub", &b.socket, "ticks", "100000", "lossless", "1000",
+        ],
+    );
+    b.carries("ticks");
+    let _publisher = Proc::start(
+        &[],
+        &["--role", "pub", &a.socket, "ticks", "100000", "4096", "0"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(bridge_a); // SIGKILL
+    let r = sub.result();
+    assert_eq!(
+        (
+            r["disconnected"].as_str(),
+            r["bad"].as_str(),
+            r["gaps"].as_str()
+        ),
+        ("1", "0", "0"),
+        "{r:?}"
+    );
+    assert!(r["count"].parse::<u64>().unwrap() > 256, "{r:?}");
+}
+
 #[test]
 fn records_cross_whole_and_aligned_even_in_pieces() {
     // Buffers of packed records (`fbuf::records`), up to 8 KiB, through bridges that cut messages
