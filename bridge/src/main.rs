@@ -669,8 +669,8 @@ const IDLE_MAX: Duration = Duration::from_millis(50);
 /// Exports while a subscriber far away listens: only then is the local end open, so that a
 /// local publisher counts the bridge among its subscribers, and a local stream's sender has a
 /// receiver, only while someone far away takes what they send. Otherwise a message could be
-/// taken and put to a Zenoh that had nowhere to carry it (lost on a stream, and the first
-/// messages after a far importer came were lost that way while Zenoh learned of it).
+/// taken and put to a Zenoh that had nowhere to carry it: a stream's message lost, its sender
+/// untold.
 fn export<S: Source>(
     open: impl Fn() -> Res<S>,
     mut far: Far<'_>,
@@ -828,7 +828,7 @@ fn import<S: Sink>(
     // what it sent before is delivered.
     let (mut there, mut going) = (false, false);
     while !stop.load(Ordering::Relaxed) {
-        // The exporter's liveliness: publish locally only while it is there.
+        // The exporter's liveliness: its token opens the local end, its going closes it.
         while let Ok(Some(change)) = alive.try_recv() {
             there = change.kind() == zenoh::sample::SampleKind::Put;
             // A token that comes back, or a second exporter's, keeps the open end open (a
