@@ -53,6 +53,7 @@ pub fn run(args: &[String]) -> Res<()> {
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
         "stream-tx" => stream_tx(a(1), a(2), n(3)?, n(4)? as usize)?,
         "hold-sender" => hold_sender(a(1), a(2), n(3)?)?,
+        "hold-clients" => hold_clients(a(1), a(2), n(3)?, n(4)?)?,
         "stream-rx" if a(4) == "resume" => stream_rx_resumed(a(1), a(2), n(3)?)?,
         "stream-rx" => stream_rx(a(1), a(2), n(3)?)?,
         "records-tx" => records_tx(a(1), a(2), n(3)?)?,
@@ -321,6 +322,21 @@ fn hold_sender(socket: &str, name: &str, ms: u64) -> Res<String> {
     let pool = session::join(socket, Role::Producer)?;
     let svc = pool.service(name).stream::<[u8]>().open_or_create()?;
     let _tx = svc.sender()?;
+    println!("READY");
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(format!("held_ms={ms}"))
+}
+
+/// Holds `n` clients of request-response service `name` for `ms` milliseconds, calling nothing.
+fn hold_clients(socket: &str, name: &str, n: u64, ms: u64) -> Res<String> {
+    let pool = session::join(socket, Role::Producer)?;
+    let svc = pool
+        .service(name)
+        .request_response::<[u8], [u8]>()
+        .open_or_create()?;
+    let _clients = (0..n)
+        .map(|_| svc.client())
+        .collect::<Result<Vec<_>, _>>()?;
     println!("READY");
     std::thread::sleep(Duration::from_millis(ms));
     Ok(format!("held_ms={ms}"))

@@ -58,7 +58,8 @@ pub fn export(
     stop: &AtomicBool,
 ) -> Res<()> {
     let queryable = z.declare_queryable(key).wait()?;
-    let mut client: Client<[u8], [u8]> = svc.client()?;
+    // Local clients may hold every client ring the service has: said, and tried again.
+    let mut local: LocalEnd<Client<[u8], [u8]>> = LocalEnd::new();
     let most = MAX_PENDING.min(svc.capacity());
     let mut said = Dropped::new(key);
     // Says "a server answers here" while one does.
@@ -67,6 +68,15 @@ pub fn export(
     // number, the query, and when it is given up.
     let mut pending: VecDeque<(u64, Query, Instant)> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
+        local.open(|| Ok(svc.client()?), &mut said);
+        let Some(client) = local.get() else {
+            // No token meanwhile, so no importer serves this key; a plain Zenoh query is
+            // refused.
+            if let Some(query) = queryable.recv_timeout(super::REOPEN_WAIT)? {
+                refuse(&query, "no client ring free here", &mut said);
+            }
+            continue;
+        };
         let serving = client.has_server();
         if serving != token.is_some() {
             token = match serving {
@@ -125,7 +135,7 @@ pub fn export(
         }
         let empty = zenoh::bytes::ZBytes::default();
         let payload = query.payload().unwrap_or(&empty);
-        let mut req = match loan_request(&mut client, payload.len(), &mut pending, &mut said) {
+        let mut req = match loan_request(client, payload.len(), &mut pending, &mut said) {
             Ok(b) => b,
             // Too large for this pool, or no slot came back.
             Err(e) => {

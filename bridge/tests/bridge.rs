@@ -915,11 +915,12 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
     stream_crosses(&a, &b, "log/batches", rx, "200", "4096");
 }
 
-/// A local process holds the end the importing bridge would open (a stream's one sender, a
-/// request-response service's one server) when the far side comes: the bridge says so and tries
-/// again, and carries the service once that process has gone. It used to end there.
+/// Local processes hold the ends the bridges would open (on the importing side a stream's one
+/// sender and a request-response service's one server, on the exporting side every client ring
+/// of that service): each bridge says so and tries again, and carries the services once those
+/// processes have gone. Each used to end there.
 #[test]
-fn an_importer_whose_local_end_is_taken_waits_for_it() {
+fn a_bridge_whose_local_end_is_taken_waits_for_it() {
     let (a, b) = (side("taken-a"), side("taken-b"));
     let ep = format!("tcp/127.0.0.1:{}", port());
     let holder = Proc::start(
@@ -928,7 +929,12 @@ fn an_importer_whose_local_end_is_taken_waits_for_it() {
     );
     let local_server = Proc::start(&[], &["--role", "rr-server", &b.socket, "control"]);
     let far_server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
-    let bridge_a = exporter(
+    // As many clients as the service takes (4 by default).
+    let clients_holder = Proc::start(
+        &[],
+        &["--role", "hold-clients", &a.socket, "control", "4", "1500"],
+    );
+    let mut bridge_a = exporter(
         &a,
         &ep,
         &["--export-stream", "log/batches", "--export-rr", "control"],
@@ -943,6 +949,10 @@ fn an_importer_whose_local_end_is_taken_waits_for_it() {
         bridge_b.0.try_wait().unwrap().is_none(),
         "the importing bridge ended on a local end it could not open"
     );
+    assert!(
+        bridge_a.0.try_wait().unwrap().is_none(),
+        "the exporting bridge ended on a local end it could not open"
+    );
     // The stream: once the holder has let go of its sender, the bridge opens its own.
     assert_eq!(holder.result()["held_ms"], "1500");
     let rx = Proc::start(
@@ -950,7 +960,9 @@ fn an_importer_whose_local_end_is_taken_waits_for_it() {
         &["--role", "stream-rx", &b.socket, "log/batches", "200"],
     );
     stream_crosses(&a, &b, "log/batches", rx, "200", "4096");
-    // Request-response: once the local server has gone, the bridge serves in its place.
+    // Request-response: once the clients holder and the local server have gone, the bridges
+    // call the far server and serve in its place.
+    assert_eq!(clients_holder.result()["held_ms"], "1500");
     drop(local_server);
     let r = Proc::start_later(&["--role", "rr-client", &b.socket, "control", "50", "512"]).result();
     assert_eq!(
