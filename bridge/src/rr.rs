@@ -45,6 +45,10 @@ pub(crate) const MAX_PENDING: usize = 64;
 /// again: a new call waits at most this long behind a slow one.
 const ANSWER_WAIT: Duration = Duration::from_micros(100);
 
+/// The longest step of a request's wait for a slot, between looks at the answers that free
+/// slots.
+const LOAN_STEP_MAX: Duration = Duration::from_millis(10);
+
 /// How long a direction with nothing under way sleeps in one wait: how soon it sees its stop
 /// flag, and a local server coming or going.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -156,8 +160,9 @@ pub fn export(
 }
 
 /// Loans a slot for a request of `len` bytes, waiting up to `LOAN_WAIT` while every slot is
-/// taken, and meanwhile gives the answers that come to their queries: those answers hold slots
-/// until they go out, so a wait that left them unread could be waiting for itself.
+/// taken, and meanwhile gives the answers that come to their queries (at least every
+/// [`LOAN_STEP_MAX`]): those answers hold slots until they go out, so a wait that left them
+/// unread could be waiting for itself.
 fn loan_request(
     client: &mut Client<[u8], [u8]>,
     len: usize,
@@ -165,12 +170,16 @@ fn loan_request(
     said: &mut Dropped,
 ) -> Result<SampleMut<[u8]>, LoanError> {
     let deadline = Instant::now() + super::LOAN_WAIT;
+    // Each loan's wait spins before it sleeps (up to 200 µs): steps that grow keep a long wait
+    // from being all spin.
+    let mut step = ANSWER_WAIT;
     loop {
-        match client.loan_bytes_timeout(len, ANSWER_WAIT) {
+        match client.loan_bytes_timeout(len, step) {
             Err(LoanError::Alloc(AllocError::Exhausted { .. })) if Instant::now() < deadline => {
                 while let Ok(r) = client.try_recv() {
                     answered(pending, r, said);
                 }
+                step = (step * 2).min(LOAN_STEP_MAX);
             }
             r => return r,
         }

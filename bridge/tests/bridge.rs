@@ -1082,6 +1082,45 @@ fn a_slow_subscriber_gets_what_crossed_and_then_is_told_the_exporter_went() {
     assert!(r["count"].parse::<u64>().unwrap() > 256, "{r:?}");
 }
 
+/// A call across while every slot of the serving side is taken: the exporting bridge waits for
+/// one, looking at the answers under way between steps that grow to 10 ms, so the wait does not
+/// keep a core busy; once slots come back, the call is answered.
+#[test]
+fn a_call_that_waits_for_a_slot_does_not_keep_the_bridge_busy() {
+    let (a, b) = (side("slotless-a"), side("slotless-b"));
+    let ep = format!("tcp/127.0.0.1:{}", port());
+    let _server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
+    let bridge_a = exporter(&a, &ep, &["--export-rr", "control"]);
+    let _bridge_b = importer(&b, &ep, &["--import-rr", "control"]);
+    // This process takes every slot of side A (it is a participant of its own pool).
+    let mut taken = Vec::new();
+    for size in [4096, 1 << 20] {
+        while let Ok(buf) = a.pool.alloc(size) {
+            taken.push(buf);
+        }
+    }
+    let client = Proc::start_later(&["--role", "rr-client", &b.socket, "control", "1", "512"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(bridge_a.0.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let ms = (cpu_ticks(bridge_a.0.id()) - before) * 1000 / clock_ticks_per_second();
+    drop(taken);
+    let r = client.result();
+    assert_eq!(
+        (
+            r["ok"].as_str(),
+            r["bad"].as_str(),
+            r["disconnected"].as_str()
+        ),
+        ("1", "0", "0"),
+        "{r:?}"
+    );
+    assert!(
+        ms < 500,
+        "a bridge waiting for a slot used {ms} ms of CPU in 2 s"
+    );
+}
+
 #[test]
 fn records_cross_whole_and_aligned_even_in_pieces() {
     // Buffers of packed records (`fbuf::records`), up to 8 KiB, through bridges that cut messages
