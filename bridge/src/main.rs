@@ -641,7 +641,7 @@ impl<S> LocalEnd<S> {
     }
 
     /// Opens it with `open` unless it is open or the last try was less than [`REOPEN_WAIT`] ago.
-    pub(crate) fn open(&mut self, open: impl FnOnce() -> Res<S>, said: &mut Dropped) {
+    pub(crate) fn open(&mut self, open: impl FnOnce() -> Res<S>, said: &mut Said) {
         if self.end.is_some() || Instant::now() < self.retry_at {
             return;
         }
@@ -680,7 +680,7 @@ fn export<S: Source>(
     stop: &AtomicBool,
 ) -> Res<()> {
     let mut idle = IDLE_MIN;
-    let mut said = Dropped::new(key);
+    let mut said = Said::new(key);
     let mut local = LocalEnd::new();
     while !stop.load(Ordering::Relaxed) {
         far.update(Duration::ZERO);
@@ -740,14 +740,14 @@ pub(crate) fn fill(dst: &mut [u8], src: &zenoh::bytes::ZBytes) {
 
 /// Says on stderr what a direction dropped or refused: the first few, then one in a thousand,
 /// so that a peer sending garbage cannot flood the log.
-pub(crate) struct Dropped<'a> {
+pub(crate) struct Said<'a> {
     key: &'a str,
     count: u64,
 }
 
-impl<'a> Dropped<'a> {
+impl<'a> Said<'a> {
     pub(crate) fn new(key: &'a str) -> Self {
-        Dropped { key, count: 0 }
+        Said { key, count: 0 }
     }
 
     pub(crate) fn say(&mut self, what: std::fmt::Arguments<'_>) {
@@ -823,7 +823,7 @@ fn import<S: Sink>(
     let mut publisher = LocalEnd::new();
     let mut spare = Spare(None);
     let mut assemblies = pieces::Assemblies::new();
-    let mut said = Dropped::new(key);
+    let mut said = Said::new(key);
     // Whether the exporter's token is there; whether it went, and the local end closes once
     // what it sent before is delivered.
     let (mut there, mut going) = (false, false);

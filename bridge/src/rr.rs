@@ -31,7 +31,7 @@ use zenoh::handlers::FifoChannelHandler;
 use zenoh::query::{ConsolidationMode, Query, Reply};
 use zenoh::sample::SampleKind;
 
-use super::{Dropped, LocalEnd, Poller, Res, fill, polled, waited};
+use super::{LocalEnd, Poller, Res, Said, fill, polled, waited};
 
 type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
 
@@ -65,12 +65,10 @@ pub fn export(
     // Local clients may hold every client ring the service has: said, and tried again.
     let mut local: LocalEnd<Client<[u8], [u8]>> = LocalEnd::new();
     let most = MAX_PENDING.min(svc.capacity());
-    let mut said = Dropped::new(key);
+    let mut said = Said::new(key);
     // Says "a server answers here" while one does.
     let mut token = None;
-    // Queries whose requests the local server has, oldest first: the request's sequence
-    // number, the query, and when it is given up.
-    let mut pending: VecDeque<(u64, Query, Instant)> = VecDeque::new();
+    let mut asked = Asked::default();
     while !stop.load(Ordering::Relaxed) {
         local.open(|| Ok(svc.client()?), &mut said);
         let Some(client) = local.get() else {
@@ -92,30 +90,12 @@ pub fn export(
                 false => None,
             };
         }
-        // Answers that came, then calls given up on.
-        loop {
-            match client.try_recv() {
-                Ok(r) => answered(&mut pending, r, &mut said),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    refuse_all(&mut pending, "the local server is gone", &mut said);
-                    break;
-                }
-                Err(TryRecvError::Fault(f)) => {
-                    said.say(format_args!("dropped an answer: {f}"));
-                    break;
-                }
-            }
-        }
-        let now = Instant::now();
-        while pending.front().is_some_and(|p| p.2 <= now) {
-            let (_, query, _) = pending.pop_front().expect("a front");
-            refuse(&query, "no answer from the local server in time", &mut said);
-        }
+        asked.take_answers(client, &mut said);
+        asked.expire(&mut said);
         // The next query, unless as many calls are under way as the answers' ring holds.
-        let next = if pending.len() >= most {
+        let next = if asked.0.len() >= most {
             None
-        } else if pending.is_empty() {
+        } else if asked.0.is_empty() {
             poller.next(
                 &mut &queryable,
                 |q| q.try_recv(),
@@ -125,10 +105,10 @@ pub fn export(
             queryable.try_recv()?
         };
         let Some(query) = next else {
-            if !pending.is_empty() {
-                // An error is seen (and said) on the next turn's `try_recv`.
+            if !asked.0.is_empty() {
+                // An error is seen (and said) on the next turn's `take_answers`.
                 if let Ok(r) = client.recv_timeout(ANSWER_WAIT) {
-                    answered(&mut pending, r, &mut said);
+                    asked.answer(r, &mut said);
                 }
             }
             continue;
@@ -139,7 +119,7 @@ pub fn export(
         }
         let empty = zenoh::bytes::ZBytes::default();
         let payload = query.payload().unwrap_or(&empty);
-        let mut req = match loan_request(client, payload.len(), &mut pending, &mut said) {
+        let mut req = match loan_request(client, payload.len(), &mut asked, &mut said) {
             Ok(b) => b,
             // Too large for this pool, or no slot came back.
             Err(e) => {
@@ -149,7 +129,9 @@ pub fn export(
         };
         fill(&mut req, payload);
         match client.send_timeout(req, CALL_TIMEOUT) {
-            Ok(seq) => pending.push_back((seq, query, Instant::now() + CALL_TIMEOUT)),
+            Ok(seq) => asked
+                .0
+                .push_back((seq, query, Instant::now() + CALL_TIMEOUT)),
             Err(SendTimeoutError::Disconnected(_)) => {
                 refuse(&query, "the local server is gone", &mut said);
             }
@@ -159,6 +141,57 @@ pub fn export(
     Ok(())
 }
 
+/// An export's queries whose requests the local server has, oldest first: the request's
+/// sequence number, the query, and when it is given up.
+#[derive(Default)]
+struct Asked(VecDeque<(u64, Query, Instant)>);
+
+impl Asked {
+    /// Gives `r` to the query its request came from; an answer to a query already given up on
+    /// is dropped.
+    fn answer(&mut self, r: Response<[u8]>, said: &mut Said) {
+        let Some(i) = self.0.iter().position(|p| p.0 == r.seq) else {
+            return;
+        };
+        let (_, query, _) = self.0.remove(i).expect("found");
+        // The answer goes out of its slot without a copy, as exports do.
+        let bytes = bytes::Bytes::from_owner(super::PoolBytes(r.sample));
+        if let Err(e) = query.reply(query.key_expr().clone(), bytes).wait() {
+            said.say(format_args!("dropped an answer: {e}"));
+        }
+    }
+
+    /// Gives every answer that has come to its query; with the local server gone, refuses them
+    /// all.
+    fn take_answers(&mut self, client: &mut Client<[u8], [u8]>, said: &mut Said) {
+        loop {
+            match client.try_recv() {
+                Ok(r) => self.answer(r, said),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    for (_, query, _) in self.0.drain(..) {
+                        refuse(&query, "the local server is gone", said);
+                    }
+                    return;
+                }
+                Err(TryRecvError::Fault(f)) => {
+                    said.say(format_args!("dropped an answer: {f}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Refuses the queries whose time is up.
+    fn expire(&mut self, said: &mut Said) {
+        let now = Instant::now();
+        while self.0.front().is_some_and(|p| p.2 <= now) {
+            let (_, query, _) = self.0.pop_front().expect("a front");
+            refuse(&query, "no answer from the local server in time", said);
+        }
+    }
+}
+
 /// Loans a slot for a request of `len` bytes, waiting up to `LOAN_WAIT` while every slot is
 /// taken, and meanwhile gives the answers that come to their queries (at least every
 /// [`LOAN_STEP_MAX`]): those answers hold slots until they go out, so a wait that left them
@@ -166,8 +199,8 @@ pub fn export(
 fn loan_request(
     client: &mut Client<[u8], [u8]>,
     len: usize,
-    pending: &mut VecDeque<(u64, Query, Instant)>,
-    said: &mut Dropped,
+    asked: &mut Asked,
+    said: &mut Said,
 ) -> Result<SampleMut<[u8]>, LoanError> {
     let deadline = Instant::now() + super::LOAN_WAIT;
     // Each loan's wait spins before it sleeps (up to 200 µs): steps that grow keep a long wait
@@ -176,9 +209,7 @@ fn loan_request(
     loop {
         match client.loan_bytes_timeout(len, step) {
             Err(LoanError::Alloc(AllocError::Exhausted { .. })) if Instant::now() < deadline => {
-                while let Ok(r) = client.try_recv() {
-                    answered(pending, r, said);
-                }
+                asked.take_answers(client, said);
                 step = (step * 2).min(LOAN_STEP_MAX);
             }
             r => return r,
@@ -186,31 +217,11 @@ fn loan_request(
     }
 }
 
-/// Gives `r` to the query its request came from; an answer to a query already given up on is
-/// dropped.
-fn answered(pending: &mut VecDeque<(u64, Query, Instant)>, r: Response<[u8]>, said: &mut Dropped) {
-    let Some(i) = pending.iter().position(|p| p.0 == r.seq) else {
-        return;
-    };
-    let (_, query, _) = pending.remove(i).expect("found");
-    // The answer goes out of its slot without a copy, as exports do.
-    let bytes = bytes::Bytes::from_owner(super::PoolBytes(r.sample));
-    if let Err(e) = query.reply(query.key_expr().clone(), bytes).wait() {
-        said.say(format_args!("dropped an answer: {e}"));
-    }
-}
-
 /// Answers `query` with an error saying `why`.
-fn refuse(query: &Query, why: &str, said: &mut Dropped) {
+fn refuse(query: &Query, why: &str, said: &mut Said) {
     said.say(format_args!("refused a query: {why}"));
     if let Err(e) = query.reply_err(why.to_owned()).wait() {
         said.say(format_args!("could not refuse a query: {e}"));
-    }
-}
-
-fn refuse_all(pending: &mut VecDeque<(u64, Query, Instant)>, why: &str, said: &mut Dropped) {
-    for (_, query, _) in pending.drain(..) {
-        refuse(&query, why, said);
     }
 }
 
@@ -231,18 +242,20 @@ pub fn import(
         .history(true)
         .wait()?;
     let most = MAX_PENDING.min(svc.capacity());
-    let mut said = Dropped::new(key);
+    let mut said = Said::new(key);
     let mut server: LocalEnd<Server<[u8], [u8]>> = LocalEnd::new();
     let mut pending: VecDeque<Call> = VecDeque::new();
     // Whether the far server's token is there.
     let mut there = false;
-    let mut changes = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
-        while let Ok(Some(change)) = alive.try_recv() {
-            changes.push_back(change.kind());
-        }
-        while let Some(kind) = changes.pop_front() {
-            there = kind == SampleKind::Put;
+        // With no server here, wait for the far one's token (or for the next try to open).
+        let token = match server.get() {
+            None => alive.recv_timeout(super::REOPEN_WAIT).ok().flatten(),
+            Some(_) => None,
+        };
+        let queued = std::iter::from_fn(|| alive.try_recv().ok().flatten());
+        for change in token.into_iter().chain(queued) {
+            there = change.kind() == SampleKind::Put;
             if !there {
                 // Closing the server tells our clients `Disconnected`; the calls under way go
                 // with it.
@@ -255,10 +268,6 @@ pub fn import(
             server.open(|| Ok(svc.server()?), &mut said);
         }
         let Some(s) = server.get() else {
-            // No server here: wait for the far one's token, or for the next try.
-            if let Ok(Some(change)) = alive.recv_timeout(super::REOPEN_WAIT) {
-                changes.push_back(change.kind());
-            }
             continue;
         };
         // Replies that came.
@@ -322,7 +331,7 @@ pub fn import(
 }
 
 /// Answers `req` with `reply`'s bytes, copied once into a slot.
-fn respond(s: &mut Server<[u8], [u8]>, req: &Request<[u8]>, reply: Reply, said: &mut Dropped) {
+fn respond(s: &mut Server<[u8], [u8]>, req: &Request<[u8]>, reply: Reply, said: &mut Said) {
     let sample = match reply.result() {
         Ok(sample) => sample,
         Err(e) => {

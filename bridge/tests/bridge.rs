@@ -53,9 +53,8 @@ fn side_with(name: &str, largest: u32) -> Side {
 
 impl Side {
     /// Waits until a sender is registered on every ring of service `name` here: the importing
-    /// bridge has met the exporter's liveliness token (so the two are connected) and opened its
-    /// local end. What the far side sends from then on arrives; before, it could reach a bridge
-    /// that had no local end yet, which drops it.
+    /// bridge is connected and has opened its local end. A test's setup is then done, and a
+    /// frame it misses afterwards is a fault of delivery, not of a bridge still starting.
     fn carries(&self, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -167,10 +166,17 @@ fn every_frame(r: &std::collections::HashMap<String, String>, count: &str) {
     );
 }
 
-/// A loopback port for this test.
-fn port() -> u16 {
+/// The two sides of a test (pools `{name}-a` and `{name}-b`) and a loopback endpoint for
+/// their bridges.
+fn sides(name: &str) -> (Side, Side, String) {
+    let ep = loopback();
+    (side(&format!("{name}-a")), side(&format!("{name}-b")), ep)
+}
+
+/// A Zenoh endpoint on a free loopback port, for this test's bridges.
+fn loopback() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    format!("tcp/127.0.0.1:{}", l.local_addr().unwrap().port())
 }
 
 fn exporter(a: &Side, listen: &str, what: &[&str]) -> Proc {
@@ -187,8 +193,7 @@ fn importer(b: &Side, connect: &str, what: &[&str]) -> Proc {
 
 #[test]
 fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
-    let (a, b) = (side("bridge-a"), side("bridge-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("bridge");
     // The 4 KiB frames cross in two pieces of 2 KiB, the 1 MiB ones whole.
     let bridge_a = exporter(&a, &ep, &["--export", "camera/left", "--piece-kib", "2"]);
     // The importer keeps a spare slot, written while it waits (as by default on a host with 8
@@ -244,10 +249,9 @@ fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
 
 #[test]
 fn a_slow_lossy_subscriber_across_the_bridge_is_told_what_it_lost() {
-    let (a, b) = (side("bridge-lossy-a"), side("bridge-lossy-b"));
     // The importer's service on host B has rings of 256 over a class of 256 slots: the lossy
     // subscriber could pin every slot; the importer's loans shed its oldest instead of waiting.
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("bridge-lossy");
     let bridge_a = exporter(&a, &ep, &["--export", "feed"]);
     let bridge_b = importer(&b, &ep, &["--import", "feed"]);
     // On host B: one subscriber keeping up, one lossy subscriber taking 3 ms per frame.
@@ -280,8 +284,7 @@ fn a_slow_lossy_subscriber_across_the_bridge_is_told_what_it_lost() {
 
 #[test]
 fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
-    let (a, b) = (side("kill-a"), side("kill-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("kill");
     // Frames in two pieces: a kill can land between them, and the importer must then drop the
     // half message (exporter killed) or the pool recover its slot (importer killed).
     let pieces = ["--piece-kib", "2"];
@@ -332,8 +335,7 @@ fn a_killed_bridge_shows_as_disconnected_and_a_restarted_one_resumes() {
 
 #[test]
 fn request_response_round_trips_across_the_bridges() {
-    let (a, b) = (side("rr-a"), side("rr-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("rr");
     // A server that answers the requests that come together last first: the bridges have
     // several calls under way and must give each answer to the call it belongs to.
     let server = Proc::start(
@@ -361,8 +363,7 @@ fn request_response_round_trips_across_the_bridges() {
 /// again through the same importing bridge, which never ends meanwhile.
 #[test]
 fn a_far_server_or_bridge_that_goes_shows_as_disconnected_and_a_restarted_one_answers() {
-    let (a, b) = (side("rrgo-a"), side("rrgo-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("rrgo");
     let rr_server = || Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
     let calls =
         |n: &str| Proc::start_later(&["--role", "rr-client", &b.socket, "control", n, "512"]);
@@ -613,8 +614,7 @@ fn a_network_cut_shows_as_disconnected_and_the_stream_resumes_when_it_heals() {
 
 #[test]
 fn an_importers_spare_slot_serves_only_a_message_of_its_length() {
-    let (a, b) = (side("spare-a"), side("spare-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("spare");
     let bridge_a = exporter(&a, &ep, &["--export", "frames"]);
     let bridge_b = importer(&b, &ep, &["--import", "frames", "--prewarm", "true"]);
     // 2 ms apart: the importer is idle after each frame and loans a spare for the next.
@@ -658,8 +658,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn polling_bridges_go_quiet_between_messages() {
-    let (a, b) = (side("quiet-a"), side("quiet-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("quiet");
     let busy = ["--spin-us", "200", "--prewarm", "true"];
     let bridge_a = exporter(&a, &ep, &["--export", "ticks", busy[0], busy[1]]);
     let bridge_b = importer(
@@ -701,7 +700,7 @@ fn clock_ticks_per_second() -> u64 {
 #[test]
 fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
     let (a, b) = (side("big-a"), side_with("big-b", 8192));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let ep = loopback();
     let _bridge_a = exporter(&a, &ep, &["--export", "mixed"]);
     let _bridge_b = importer(&b, &ep, &["--import", "mixed"]);
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "mixed", "100"]);
@@ -723,8 +722,7 @@ fn a_message_too_large_for_the_far_pool_is_dropped_and_the_bridge_goes_on() {
 
 #[test]
 fn a_stream_service_crosses_in_order() {
-    let (a, b) = (side("stream-a"), side("stream-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("stream");
     // Both bridges poll for 200 µs after each message, the importer keeps a spare and the
     // exporter cuts messages into pieces, as by default on a host with 8 CPUs or more: those
     // paths are tested whatever this host has (pieces of 4 KiB, so these 8 KiB messages go in
@@ -784,8 +782,7 @@ fn stream_crosses(a: &Side, b: &Side, name: &str, rx: Proc, count: &str, size: &
 /// of the stream, in order and whole. The bridge never ends meanwhile.
 #[test]
 fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_rest() {
-    let (a, b) = (side("restream-a"), side("restream-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("restream");
     let bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
     let mut bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
     let rx = Proc::start(
@@ -858,8 +855,7 @@ fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_
 #[test]
 fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
     use std::sync::atomic::AtomicU64;
-    let (a, b) = (side("forged-a"), side("forged-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("forged");
     let mut bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
     let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
     let rx = Proc::start(
@@ -921,8 +917,7 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
 /// processes have gone. Each used to end there.
 #[test]
 fn a_bridge_whose_local_end_is_taken_waits_for_it() {
-    let (a, b) = (side("taken-a"), side("taken-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("taken");
     let holder = Proc::start(
         &[],
         &["--role", "hold-sender", &b.socket, "log/batches", "1500"],
@@ -986,8 +981,7 @@ fn a_bridge_whose_local_end_is_taken_waits_for_it() {
 /// receiver again.
 #[test]
 fn a_streams_sender_is_told_when_nobody_far_away_takes_it() {
-    let (a, b) = (side("nobody-a"), side("nobody-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("nobody");
     let _bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
     let bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
     let rx = Proc::start(
@@ -1034,7 +1028,7 @@ fn a_streams_sender_is_told_when_nobody_far_away_takes_it() {
 #[test]
 fn a_plain_zenoh_publishers_messages_reach_the_importing_side() {
     let b = side("plain-b");
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let ep = loopback();
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "plain", "200"]);
     // It listens, and puts once a subscriber far away matches: the importer's.
     let zpub = Proc::start_later(&["--role", "zpub", &ep, "fbuf/plain", "200", "4096"]);
@@ -1051,8 +1045,7 @@ fn a_plain_zenoh_publishers_messages_reach_the_importing_side() {
 /// left the queued frames to open it again, and the subscriber was never told.
 #[test]
 fn a_slow_subscriber_gets_what_crossed_and_then_is_told_the_exporter_went() {
-    let (a, b) = (side("behind-a"), side("behind-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("behind");
     let bridge_a = exporter(&a, &ep, &["--export", "ticks"]);
     let _bridge_b = importer(&b, &ep, &["--import", "ticks"]);
     // 1 ms a frame: the importer soon waits for room in its ring.
@@ -1087,8 +1080,7 @@ fn a_slow_subscriber_gets_what_crossed_and_then_is_told_the_exporter_went() {
 /// keep a core busy; once slots come back, the call is answered.
 #[test]
 fn a_call_that_waits_for_a_slot_does_not_keep_the_bridge_busy() {
-    let (a, b) = (side("slotless-a"), side("slotless-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("slotless");
     let _server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
     let bridge_a = exporter(&a, &ep, &["--export-rr", "control"]);
     let _bridge_b = importer(&b, &ep, &["--import-rr", "control"]);
@@ -1126,8 +1118,7 @@ fn records_cross_whole_and_aligned_even_in_pieces() {
     // Buffers of packed records (`fbuf::records`), up to 8 KiB, through bridges that cut messages
     // above 4 KiB into two pieces: every record arrives, in order, byte for byte, and still
     // 8-byte aligned in the slot it landed in on the far side.
-    let (a, b) = (side("records-a"), side("records-b"));
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let (a, b, ep) = sides("records");
     let _bridge_a = exporter(
         &a,
         &ep,
@@ -1161,7 +1152,7 @@ fn records_cross_whole_and_aligned_even_in_pieces() {
 #[test]
 fn a_peer_sending_broken_pieces_loses_only_those_messages() {
     let b = side("pieces-b");
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let ep = loopback();
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "parts", "4"]);
     // The hostile exporter: a raw Zenoh peer (see the `zpieces` role for what it sends). It
     // listens; the importer connects to it.
@@ -1205,7 +1196,7 @@ fn a_peer_sending_broken_pieces_loses_only_those_messages() {
 #[test]
 fn an_exporter_whose_local_publisher_left_sleeps() {
     let a = side("idle-a");
-    let ep = format!("tcp/127.0.0.1:{}", port());
+    let ep = loopback();
     let bridge_a = exporter(&a, &ep, &["--export", "gone", "--spin-us", "0"]);
     // A plain Zenoh subscriber far away, without which the exporter opens no local end.
     let _far = Proc::start(&[], &["--role", "zsub", &ep, "fbuf/gone", "1000"]);
