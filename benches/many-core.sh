@@ -8,7 +8,8 @@
 #
 # What it runs: the comparison of issue 13 (`fbuf-compare 5 300`), then the bridge bench of
 # issue 15 over 4 KiB to 1 MiB with the bridge variants in FBUF_BENCH_BRIDGE_ARGS (by default
-# the build's defaults against halves of up to 48 KiB and against a window that grows to 2 ms).
+# the build's defaults against halves of up to 48 KiB, a window that grows to 2 ms, and large
+# messages in pieces of 128 or 256 KiB).
 # Each part has its own timeout, so a slow host still returns what finished. Either mode may be
 # started from any directory.
 set -u
@@ -39,15 +40,16 @@ run)
     timeout 90 "$R"/fbuf-compare 5 300 > "$OUT"/compare.txt 2> "$OUT"/compare.err
     echo "compare rc=$?"
     FBUF_BRIDGE_BIN=$R/fbuf-bridge FBUF_BENCH_ROUNDS=${FBUF_BENCH_ROUNDS:-3} \
-        FBUF_BENCH_SCALE=${FBUF_BENCH_SCALE:-5} \
-        FBUF_BENCH_SIZES=${FBUF_BENCH_SIZES:-4,64,96,128,256,1024} \
-        FBUF_BENCH_BRIDGE_ARGS=${FBUF_BENCH_BRIDGE_ARGS:-"--piece-kib 32;--piece-kib 48;--piece-kib 48 --spin-max-us 2000"} \
-        timeout "${BRIDGE_TIMEOUT:-360}" "$R"/bridge-bench > "$OUT"/bridge.txt 2> "$OUT"/bridge.err
+        FBUF_BENCH_SCALE=${FBUF_BENCH_SCALE:-4} \
+        FBUF_BENCH_SIZES=${FBUF_BENCH_SIZES:-4,64,96,256,1024} \
+        FBUF_BENCH_BRIDGE_ARGS=${FBUF_BENCH_BRIDGE_ARGS:-"--piece-kib 32;--piece-kib 48;--piece-kib 48 --spin-max-us 2000;--piece-kib 48 --large-piece-kib 128;--piece-kib 48 --large-piece-kib 256"} \
+        timeout "${BRIDGE_TIMEOUT:-450}" "$R"/bridge-bench > "$OUT"/bridge.txt 2> "$OUT"/bridge.err
     echo "bridge rc=$?"
     date -u
     grep -v "^fbuf-bridge: \(im\|ex\)porting\|^round" "$OUT"/bridge.err | head -20
     grep -A3 "spin floor\|raw ring 1/call" "$OUT"/compare.txt | head -12
-    cat "$OUT"/bridge.txt
+    # The tables after the last round that finished (each round prints them all again).
+    tac "$OUT"/bridge.txt | sed '/^## after round/q' | tac
     ;;
 *)
     sed -n 2,13p "$0"

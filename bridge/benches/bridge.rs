@@ -3,7 +3,10 @@
 //! latency (half a ping-pong round trip) at 4 KiB, 64 KiB and 1 MiB.
 //!
 //! - Zenoh alone: a Zenoh publisher process and a Zenoh subscriber process (each frame built in
-//!   a fresh buffer, as a Zenoh application would).
+//!   a fresh buffer, as a Zenoh application would). Its latency twice: the ends leave each
+//!   message in Zenoh's buffers, and ("contiguous") each end makes it one slice first, as an
+//!   application reading it as one `&[u8]` must (a copy for a message Zenoh carried in
+//!   fragments, one per 64 KiB batch; a message through the bridges lands in one slot).
 //! - Through the bridge: an fbuf publisher on pool A, `fbuf-bridge` exporting, `fbuf-bridge`
 //!   importing into pool B, an fbuf subscriber there; for latency the echo goes back through a
 //!   second pair of directions of the same two bridges.
@@ -84,10 +87,12 @@ fn port() -> u16 {
         .port()
 }
 
-/// One round at one size: (msgs/s, one-way ns) for Zenoh alone and for each bridge variant.
+/// One round at one size: (msgs/s, one-way ns) for Zenoh alone and for each bridge variant,
+/// and Zenoh alone's one way with contiguous ends.
 #[derive(Clone)]
 struct Round {
     zenoh: (f64, f64),
+    contiguous: f64,
     bridged: Vec<(f64, f64)>,
 }
 
@@ -164,6 +169,11 @@ fn main() {
         let pong = start(&["--role", "zpong", &ep], false);
         let z_lat = result(start(&["--role", "zping", &ep, &rt, &sz], false), "p50_ns");
         drop(pong);
+        let ep = format!("tcp/127.0.0.1:{}", port());
+        let pong = start(&["--role", "zpong", &ep, "contiguous"], false);
+        let ping = start(&["--role", "zping", &ep, &rt, &sz, "contiguous"], false);
+        let z_contiguous = result(ping, "p50_ns");
+        drop(pong);
         // The variants in turn, in reverse order every other round, so that a host drifting over
         // a round does not favour the same variant every time.
         let mut variants = vec![(0.0, 0.0); variant_args.len()];
@@ -216,10 +226,20 @@ fn main() {
         }
         runs[i].push(Round {
             zenoh: (count as f64 / z_secs, z_lat),
+            contiguous: z_contiguous,
             bridged: variants,
         });
+        // The tables so far after every round, so a run cut short still says what it measured.
+        if i + 1 == sizes.len() {
+            println!("\n## after round {} of {rounds}", round + 1);
+            tables(&sizes, &runs, &variant_args);
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One table per bridge variant: medians over the rounds so far.
+fn tables(sizes: &[(usize, u64, u64)], runs: &[Vec<Round>], variant_args: &[Vec<String>]) {
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -227,29 +247,33 @@ fn main() {
     for (v, extra) in variant_args.iter().enumerate() {
         if !extra.is_empty() {
             println!("\nbridges with {}:\n", extra.join(" "));
+        } else if variant_args.len() > 1 {
+            println!("\nbridges with their defaults:\n");
         }
         println!(
-            "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone |"
+            "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone | Zenoh alone, contiguous (µs) | bridges / contiguous |"
         );
-        println!("|---|---|---|---|---|---|---|");
-        for (&(size, ..), runs) in sizes.iter().zip(&runs) {
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for (&(size, ..), runs) in sizes.iter().zip(runs) {
             // The ratios are the medians of each round's ratio (both sides measured minutes
             // apart at most), not ratios of the medians.
             let row = |r: &Round| {
-                let ((zr, zl), (br, bl)) = (r.zenoh, r.bridged[v]);
-                [zr, br, zl, bl, br / zr, bl / zl]
+                let ((zr, zl), (br, bl), zc) = (r.zenoh, r.bridged[v], r.contiguous);
+                [zr, br, zl, bl, br / zr, bl / zl, zc, bl / zc]
             };
-            let [zr, br, zl, bl, rate, lat] =
+            let [zr, br, zl, bl, rate, lat, zc, lat_c] =
                 std::array::from_fn(|k| median(runs.iter().map(|r| row(r)[k]).collect()));
             println!(
-                "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x |",
+                "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x | {:.1} | {:.2}x |",
                 size >> 10,
                 zr,
                 br,
                 rate,
                 zl / 1e3,
                 bl / 1e3,
-                lat
+                lat,
+                zc / 1e3,
+                lat_c
             );
         }
     }

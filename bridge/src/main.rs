@@ -26,15 +26,16 @@
 //!   (`--lease-ms`) runs out.
 //! - **Polling after traffic**: a direction polls its queue for `--spin-us` after each message
 //!   before it sleeps (200 µs by default on a host with 8 CPUs or more): the next message of a
-//!   conversation then costs no wake-up. With `--spin-max-us` the window grows to cover the gap
-//!   between the last two messages, up to that bound (`Window`).
+//!   conversation then costs no wake-up. The window grows to cover the gap between the last two
+//!   messages, up to `--spin-max-us` (2 ms by default there; `Window`).
 //! - **A warm slot waiting**: where polling is on by default, an import loans the slot for its
 //!   next message while it waits and writes it once (`--prewarm`), so the one copy stores into
 //!   lines already in its cache.
-//! - **Messages in two pieces**: an exporter puts a message longer than `--piece-kib` and at
-//!   most twice as long in two halves, each a view of the same pool buffer with a header as its
-//!   attachment, which Zenoh carries faster than the message whole; the importer copies each
-//!   piece into the slot as it arrives (the `pieces` module).
+//! - **Messages in pieces**: an exporter puts a message longer than `--piece-kib` and at most
+//!   twice as long in two halves, and a longer one in even pieces of at most `--large-piece-kib`,
+//!   each a view of the same pool buffer with a header as its attachment; Zenoh carries the
+//!   halves faster than the message whole, and the importer copies each piece into the slot as
+//!   it arrives, while Zenoh carries the next (the `pieces` module).
 //! - **Request-response across**: `--export-rr NAME` answers Zenoh queries on the key by calling
 //!   the local service NAME as a client; `--import-rr KEY` serves a local service by querying the
 //!   key. Replies are matched to requests on both sides.
@@ -101,6 +102,8 @@ struct Cli {
     /// less than this far apart polls until the next is as late as the last one was, plus a
     /// quarter, so a round trip longer than `--spin-us` (large messages) meets no sleeping
     /// thread. The cost: a stream whose messages come that often keeps a core busy. Default:
+    /// 2000 where the polling default is on (8 CPUs or more; on a 16-core guest it brought
+    /// 256 KiB and 1 MiB messages' one way from 1.55-1.61x Zenoh alone's to 1.20-1.39x), else
     /// `--spin-us` (windows do not grow).
     #[arg(long)]
     spin_max_us: Option<u64>,
@@ -119,6 +122,12 @@ struct Cli {
     /// exporter facing one needs 0.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=48))]
     piece_kib: Option<u64>,
+    /// Messages longer than this many KiB that halves do not take are exported in even pieces
+    /// of at most this size (8 at most), so that the importer copies one into the slot while
+    /// Zenoh still carries the next (0: whole). Default: 128 where the polling default is on
+    /// (8 CPUs or more), 0 elsewhere.
+    #[arg(long)]
+    large_piece_kib: Option<u64>,
     /// How long, in ms, a Zenoh link may stay silent before the far bridge counts as gone: its
     /// services then show `Disconnected` here, until the link heals and they resume. Both
     /// bridges should agree. Default: Zenoh's, 10 000.
@@ -217,8 +226,11 @@ fn or_host_default(given: Option<u64>, roomy: u64) -> u64 {
 /// The polling window: `--spin-us`, or the host's default (see [`Cli::spin_us`]).
 fn spin_window(cli: &Cli) -> Window {
     let base = Duration::from_micros(or_host_default(cli.spin_us, DEFAULT_SPIN_US));
-    let max = cli.spin_max_us.map_or(base, Duration::from_micros);
-    Window { base, max }
+    let max = Duration::from_micros(or_host_default(cli.spin_max_us, DEFAULT_SPIN_MAX_US));
+    Window {
+        base,
+        max: max.max(base),
+    }
 }
 
 /// The polling window on a host with cores to spare: longer than a 4 KiB round trip through two
@@ -226,6 +238,11 @@ fn spin_window(cli: &Cli) -> Window {
 /// short enough that an idle bridge soon stops burning a core. Larger messages' round trips
 /// outlast it (docs/benchmarks.md); `--spin-us` covers them where the cores are there.
 const DEFAULT_SPIN_US: u64 = 200;
+
+/// `--spin-max-us`'s default on a host with cores to spare: covers a 1 MiB round trip through
+/// two bridges on loopback (about 1.4 ms on a 16-core guest), so a conversation of large
+/// messages meets no sleeping thread either.
+const DEFAULT_SPIN_MAX_US: u64 = 2000;
 
 /// Polls for the next message until a window has passed since the last one, then sleeps.
 pub(crate) struct Poller {
@@ -330,7 +347,7 @@ fn run(cli: &Cli) -> Res<()> {
     let layout = layout(cli)?;
     let spin = spin_window(cli);
     let prewarm = cli.prewarm.unwrap_or_else(roomy_host);
-    let piece = piece_size(cli);
+    let piece = cut(cli);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for spec in &cli.export {
@@ -422,13 +439,21 @@ fn run(cli: &Cli) -> Res<()> {
     }
 }
 
-/// The piece size exports cut large messages into (0: none), from `--piece-kib` or the host.
-fn piece_size(cli: &Cli) -> usize {
-    or_host_default(cli.piece_kib, DEFAULT_PIECE_KIB) as usize * 1024
+/// How exports cut large messages, from `--piece-kib` (or the host) and `--large-piece-kib`.
+fn cut(cli: &Cli) -> pieces::Cut {
+    pieces::Cut {
+        piece: or_host_default(cli.piece_kib, DEFAULT_PIECE_KIB) as usize * 1024,
+        large_piece: or_host_default(cli.large_piece_kib, DEFAULT_LARGE_PIECE_KIB) as usize * 1024,
+    }
 }
 
 /// `--piece-kib`'s default on a host with 8 CPUs or more.
 const DEFAULT_PIECE_KIB: u64 = 32;
+
+/// `--large-piece-kib`'s default on a host with 8 CPUs or more: a 1 MiB message in 8 pieces.
+/// On a 16-core guest, with windows that grow, its one way went from 1.39x Zenoh alone's whole
+/// to 1.20x in pieces of 128 KiB, 1.22x of 96 (docs/benchmarks.md).
+const DEFAULT_LARGE_PIECE_KIB: u64 = 128;
 
 /// Owns a received pool buffer on Zenoh's behalf: the slot stays held until Zenoh drops it.
 pub(crate) struct PoolBytes(pub(crate) fbuf::Sample<[u8]>);
@@ -515,7 +540,7 @@ fn spawn_export<S: Source + 'static>(
     open: impl Fn() -> Res<S> + Send + 'static,
     key: String,
     spin: Window,
-    piece: usize,
+    piece: pieces::Cut,
     stop: Arc<AtomicBool>,
 ) -> Res<std::thread::JoinHandle<Res<()>>> {
     let publisher = z
@@ -559,10 +584,10 @@ impl Far<'_> {
     }
 }
 
-/// An export's Zenoh side: puts each message whole, or in pieces of `piece` bytes.
+/// An export's Zenoh side: puts each message whole, or in pieces as `piece` says.
 struct Outgoing<'a> {
     publisher: &'a zenoh::pubsub::Publisher<'a>,
-    piece: usize,
+    piece: pieces::Cut,
     /// This exporter's number in piece headers, drawn at random when it starts, so that an
     /// importer tells a restarted exporter's pieces from its predecessor's.
     source: u64,
@@ -571,7 +596,7 @@ struct Outgoing<'a> {
 }
 
 impl<'a> Outgoing<'a> {
-    fn new(publisher: &'a zenoh::pubsub::Publisher<'a>, piece: usize) -> Self {
+    fn new(publisher: &'a zenoh::pubsub::Publisher<'a>, piece: pieces::Cut) -> Self {
         use std::hash::{BuildHasher, Hasher};
         Outgoing {
             publisher,
@@ -586,12 +611,12 @@ impl<'a> Outgoing<'a> {
     /// Puts one message, whole or in pieces. No copy: each put is a view of the same buffer.
     fn put(&mut self, bytes: bytes::Bytes) -> Res<()> {
         let total = bytes.len();
-        let cut = pieces::cut(total, self.piece);
+        let cut = self.piece.pieces(total) > 1;
         let seq = self.seq;
         if cut {
             self.seq = self.seq.wrapping_add(1);
         }
-        for r in pieces::ranges(total, self.piece) {
+        for r in self.piece.ranges(total) {
             let header = pieces::Header {
                 source: self.source,
                 seq,

@@ -1,19 +1,23 @@
-//! Messages a little larger than one piece cross in two, which Zenoh carries faster than one.
+//! Messages cut into pieces, so that Zenoh carries them faster, or the importer's copy overlaps
+//! the transfer.
 //!
-//! The idea was to overlap the importer's one copy with the transfer: Zenoh hands a subscriber a
-//! large message only once its last fragment has arrived, and the import then copies all of it
-//! into a slot. An exporter with `--piece-kib N` puts a message longer than N KiB (and at most
-//! [`MAX_PIECES`] times N) as two consecutive halves, each a view of the same pool buffer
-//! (no copy on the way out either) with a [`Header`] as its Zenoh attachment. The importer loans
-//! the slot when the first piece comes and copies each piece as it arrives. Any other message
-//! goes whole, without a header, as before.
+//! Zenoh hands a subscriber a large message only once its last fragment has arrived, and the
+//! import then copies all of it into a slot. An exporter may instead put a message as
+//! consecutive even pieces ([`Cut`]), each a view of the same pool buffer (no copy on the way
+//! out either) with a [`Header`] as its Zenoh attachment. The importer loans the slot when the
+//! first piece comes and copies each piece as it arrives, while Zenoh still carries the next.
+//! Any other message goes whole, without a header, as before. Two rules, both measured on
+//! 16-core guests (docs/benchmarks.md):
 //!
-//! Measured on a 16-core guest (docs/benchmarks.md), the overlap bought nothing at 1 MiB: in 32
-//! pieces its latency stayed where it was and its rate fell to 0.8x, each piece being a put of
-//! its own. Two pieces are what helped: 48 and 64 KiB messages in two went at 1.04-1.18x the rate
-//! of Zenoh alone carrying them whole, against 0.78-0.96x whole through the bridges, and their
-//! latency came within 10 % of Zenoh alone's. Four and eight pieces (128 and 256 KiB) cost
-//! rate again, so a message is cut in two at most.
+//! - **Halves** (`--piece-kib N`, 32 by default there): a message longer than N KiB and at most
+//!   [`MAX_PIECES`] times as long goes in two. 48 and 64 KiB messages in two went at 1.04-1.18x
+//!   the rate of Zenoh alone carrying them whole, against 0.78-0.96x whole through the bridges,
+//!   and within 10 % of its latency. Halves of 48 KiB (a 96 KiB message) went at 0.60x.
+//! - **Large pieces** (`--large-piece-kib L`, 128 by default there): a longer message goes as
+//!   even pieces of at most L KiB, [`MAX_LARGE_PIECES`] at most. A 1 MiB message in 8 took
+//!   1.20-1.22x Zenoh alone's one way, against 1.39-1.52x whole, as most of the copy now
+//!   overlaps the transfer. Pieces of 32 KiB were tried too: 32 of them cost a 1 MiB message
+//!   a fifth of its rate, and a 96 KiB message in three took 1.4 ms one way, against 0.1 ms whole.
 //!
 //! Everything in a header comes from the network and is checked ([`Assemblies::piece`]): a piece
 //! that does not continue its message exactly (a lost or repeated piece, an offset or length
@@ -103,31 +107,50 @@ impl fmt::Display for PieceError {
     }
 }
 
-/// Most pieces a message is cut into: a longer message goes whole. Each piece is a put of its
-/// own; on a 16-core guest, messages in 4, 8 and 32 pieces went at 0.80-0.85x the rate of the
-/// same messages whole, while 48 and 64 KiB ones in two gained in rate and latency
-/// (docs/benchmarks.md).
+/// The pieces of a message cut in halves (see [`Cut::piece`]). Each piece is a put of its own;
+/// on a 16-core guest, messages of 128 and 256 KiB in 4 and 8 pieces of 32 KiB went at
+/// 0.83-0.85x the rate of the same messages whole, while 48 and 64 KiB ones in two gained in
+/// rate and latency (docs/benchmarks.md).
 pub(crate) const MAX_PIECES: usize = 2;
 
-/// Whether a `len`-byte message is cut (0: pieces are off): it is longer than one `piece` and at
-/// most [`MAX_PIECES`] of them.
-pub(crate) fn cut(len: usize, piece: usize) -> bool {
-    piece > 0 && len > piece && len <= piece.saturating_mul(MAX_PIECES)
+/// How an exporter cuts its messages (`--piece-kib`, `--large-piece-kib`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// Messages longer than this, and at most [`MAX_PIECES`] times as long, go as halves (0:
+    /// none).
+    pub piece: usize,
+    /// Longer messages that halves do not take go as even pieces of at most this many bytes,
+    /// [`MAX_LARGE_PIECES`] at most (0: whole), so that the importer copies each piece while
+    /// Zenoh still carries the next.
+    pub large_piece: usize,
 }
 
-/// The byte ranges an exporter sends a `len`-byte message as: two halves if it is [`cut`] (the
-/// first the longer by a byte if `len` is odd), else the whole message. Halves, not a piece and
-/// what is left: a 64 KiB message cut 60 + 4 KiB took a millisecond longer than whole on a
-/// 16-core guest (docs/benchmarks.md).
-pub(crate) fn ranges(len: usize, piece: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    let step = if cut(len, piece) {
-        len.div_ceil(MAX_PIECES)
-    } else {
-        len.max(1)
-    };
-    (0..len.max(1))
-        .step_by(step)
-        .map(move |at| at..(at + step).min(len))
+/// Most pieces a large message goes as; a longer one goes as this many, longer than
+/// `large_piece`.
+pub(crate) const MAX_LARGE_PIECES: usize = 8;
+
+impl Cut {
+    /// How many pieces a `len`-byte message goes as (1: whole, without a header).
+    pub(crate) fn pieces(&self, len: usize) -> usize {
+        if self.piece > 0 && len > self.piece && len <= self.piece.saturating_mul(MAX_PIECES) {
+            MAX_PIECES
+        } else if self.large_piece > 0 && len > self.large_piece {
+            len.div_ceil(self.large_piece).min(MAX_LARGE_PIECES)
+        } else {
+            1
+        }
+    }
+
+    /// The byte ranges an exporter sends a `len`-byte message as: [`Cut::pieces`] even pieces
+    /// (the last the shorter if they do not divide `len`), or the whole message. Even pieces,
+    /// not pieces of one size and what is left: a 64 KiB message cut 60 + 4 KiB took a
+    /// millisecond longer than whole on a 16-core guest (docs/benchmarks.md).
+    pub(crate) fn ranges(&self, len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let step = len.div_ceil(self.pieces(len)).max(1);
+        (0..len.max(1))
+            .step_by(step)
+            .map(move |at| at..(at + step).min(len))
+    }
 }
 
 /// One message being put together, in the buffer `B` it will be published from.
@@ -302,17 +325,37 @@ mod tests {
     #[test]
     fn ranges_cover_the_message_once() {
         assert_eq!(MAX_PIECES, 2, "the cases below are for two");
-        assert_eq!(ranges(7, 4).collect::<Vec<_>>(), vec![0..4, 4..7]);
-        assert_eq!(ranges(8, 4).collect::<Vec<_>>(), vec![0..4, 4..8]);
-        assert_eq!(ranges(6, 4).collect::<Vec<_>>(), vec![0..3, 3..6], "halves");
-        assert_eq!(ranges(4, 4).collect::<Vec<_>>(), vec![0..4], "whole");
-        assert_eq!(ranges(10, 0).collect::<Vec<_>>(), vec![0..10], "off");
-        assert_eq!(ranges(0, 4).collect::<Vec<_>>(), vec![0..0], "empty");
+        let halves = |piece| Cut {
+            piece,
+            ..Cut::default()
+        };
+        let r = |c: Cut, len| c.ranges(len).collect::<Vec<_>>();
+        assert_eq!(r(halves(4), 7), vec![0..4, 4..7]);
+        assert_eq!(r(halves(4), 8), vec![0..4, 4..8]);
+        assert_eq!(r(halves(4), 6), vec![0..3, 3..6], "halves");
+        assert_eq!(r(halves(4), 4), vec![0..4], "whole");
+        assert_eq!(r(halves(0), 10), vec![0..10], "off");
+        assert_eq!(r(halves(4), 0), vec![0..0], "empty");
+        assert_eq!(r(halves(4), 9), vec![0..9], "too many pieces: whole");
+        let large = Cut {
+            piece: 4,
+            large_piece: 10,
+        };
+        assert_eq!(r(large, 7), vec![0..4, 4..7], "halves first");
         assert_eq!(
-            ranges(9, 4).collect::<Vec<_>>(),
+            r(large, 9),
             vec![0..9],
-            "too many pieces: whole"
+            "longer than halves, within a piece: whole"
         );
+        assert_eq!(r(large, 10), vec![0..10]);
+        assert_eq!(r(large, 12), vec![0..6, 6..12], "even pieces");
+        assert_eq!(r(large, 31), vec![0..8, 8..16, 16..24, 24..31]);
+        assert_eq!(r(large, 200).len(), MAX_LARGE_PIECES, "at most this many");
+        let one = Cut {
+            large_piece: 1,
+            ..Cut::default()
+        };
+        assert_eq!(r(one, 3), vec![0..1, 1..2, 2..3], "no empty piece");
     }
 
     #[test]

@@ -60,8 +60,8 @@ pub fn run(args: &[String]) -> Res<()> {
         "records-rx" => records_rx(a(1), a(2), n(3)?)?,
         "zpub" => zenoh_pub(a(1), a(2), n(3)?, n(4)? as usize)?,
         "zsub" => zenoh_sub(a(1), a(2), n(3)?)?,
-        "zping" => zenoh_ping(a(1), n(2)?, n(3)? as usize)?,
-        "zpong" => zenoh_pong(a(1))?,
+        "zping" => zenoh_ping(a(1), n(2)?, n(3)? as usize, a(4) == "contiguous")?,
+        "zpong" => zenoh_pong(a(1), a(2) == "contiguous")?,
         "zpieces" => zenoh_pieces(a(1), a(2), n(3)?)?,
         "ping" => fbuf_ping(a(1), n(2)?, n(3)? as usize)?,
         "pong" => fbuf_pong(a(1))?,
@@ -506,7 +506,10 @@ fn zenoh_sub(ep: &str, key: &str, count: u64) -> Res<String> {
 }
 
 /// Zenoh alone: `count` round trips of `size` bytes on ping/pong keys (listening on `ep`).
-fn zenoh_ping(ep: &str, count: u64, size: usize) -> Res<String> {
+/// `contiguous`: each pong is made one slice (`to_bytes`), as an application that reads a
+/// frame as one `&[u8]` must; Zenoh hands over a message longer than its 64 KiB batch in
+/// fragments, so that is a copy, where a message through the bridges lands in one slot.
+fn zenoh_ping(ep: &str, count: u64, size: usize, contiguous: bool) -> Res<String> {
     use zenoh::Wait;
     let z = zenoh(Some(ep), None)?;
     let publisher = z
@@ -524,8 +527,12 @@ fn zenoh_ping(ep: &str, count: u64, size: usize) -> Res<String> {
         fill(&mut v, i);
         let t = Instant::now();
         publisher.put(v).wait()?;
-        sub.recv_timeout(Duration::from_secs(10))?
+        let pong = sub
+            .recv_timeout(Duration::from_secs(10))?
             .ok_or("pong lost")?;
+        if contiguous {
+            std::hint::black_box(pong.payload().to_bytes());
+        }
         if i >= count / 10 {
             rtts.push(t.elapsed().as_nanos() as u64);
         }
@@ -534,7 +541,9 @@ fn zenoh_ping(ep: &str, count: u64, size: usize) -> Res<String> {
     Ok(format!("p50_ns={}", rtts[rtts.len() / 2] / 2))
 }
 
-fn zenoh_pong(ep: &str) -> Res<String> {
+/// Zenoh alone: sends back each ping; `contiguous`: after making it one slice (see
+/// [`zenoh_ping`]).
+fn zenoh_pong(ep: &str, contiguous: bool) -> Res<String> {
     use zenoh::Wait;
     let z = zenoh(None, Some(ep))?;
     let sub = z.declare_subscriber("bench/ping").wait()?;
@@ -544,6 +553,9 @@ fn zenoh_pong(ep: &str) -> Res<String> {
         .wait()?;
     println!("READY");
     while let Ok(s) = sub.recv() {
+        if contiguous {
+            std::hint::black_box(s.payload().to_bytes());
+        }
         publisher.put(s.payload().clone()).wait()?;
     }
     Ok(String::new())

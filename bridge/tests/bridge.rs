@@ -194,8 +194,20 @@ fn importer(b: &Side, connect: &str, what: &[&str]) -> Proc {
 #[test]
 fn a_publisher_on_one_host_reaches_subscribers_on_another_every_byte() {
     let (a, b, ep) = sides("bridge");
-    // The 4 KiB frames cross in two pieces of 2 KiB, the 1 MiB ones whole.
-    let bridge_a = exporter(&a, &ep, &["--export", "camera/left", "--piece-kib", "2"]);
+    // The 4 KiB frames cross in two pieces of 2 KiB, the 1 MiB ones in three large pieces (of
+    // 349 526, 349 526 and 349 524 bytes).
+    let bridge_a = exporter(
+        &a,
+        &ep,
+        &[
+            "--export",
+            "camera/left",
+            "--piece-kib",
+            "2",
+            "--large-piece-kib",
+            "400",
+        ],
+    );
     // The importer keeps a spare slot, written while it waits (as by default on a host with 8
     // CPUs or more); the 4 KiB and the 1 MiB frames make it free a spare of the wrong length.
     let bridge_b = importer(&b, &ep, &["--import", "camera/left", "--prewarm", "true"]);
