@@ -125,8 +125,8 @@ struct Cli {
     /// Messages longer than this many KiB that halves do not take are exported in even pieces
     /// of at most this size (8 at most), so that the importer copies one into the slot while
     /// Zenoh still carries the next (0: whole). Default: 128 where the polling default is on
-    /// (8 CPUs or more), 0 elsewhere.
-    #[arg(long)]
+    /// (8 CPUs or more), 0 elsewhere. At most 1 GiB.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
     large_piece_kib: Option<u64>,
     /// How long, in ms, a Zenoh link may stay silent before the far bridge counts as gone: its
     /// services then show `Disconnected` here, until the link heals and they resume. Both
