@@ -17,7 +17,9 @@
 //!   even pieces of at most L KiB, [`MAX_LARGE_PIECES`] at most. A 1 MiB message in 8 took
 //!   1.20-1.22x Zenoh alone's one way, against 1.39-1.52x whole, as most of the copy now
 //!   overlaps the transfer. Pieces of 32 KiB were tried too: 32 of them cost a 1 MiB message
-//!   a fifth of its rate, and a 96 KiB message in three took 1.4 ms one way, against 0.1 ms whole.
+//!   a fifth of its rate, and a 96 KiB message in three took 1.4 ms one way, against 0.1 ms whole:
+//!   Zenoh's batching had held its last piece, which now goes express (`Outgoing::last` in
+//!   `main.rs`), and the smaller pieces have not been measured on many cores since.
 //!
 //! Everything in a header comes from the network and is checked ([`Assemblies::piece`]): a piece
 //! that does not continue its message exactly (a lost or repeated piece, an offset or length
