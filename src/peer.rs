@@ -58,6 +58,8 @@ const SIZES: [usize; 8] = [64, 256, 1000, 4096, 20_000, 65_536, 300_000, 1_000_0
 pub fn main(args: &[String]) -> ExitCode {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or_else(|_| usage());
+    // An optional number: 0 when left out.
+    let opt = |i: usize| if arg(i).is_empty() { 0 } else { num(i) };
     let result = match arg(0) {
         "produce" => produce(arg(1), num(2), num(3)),
         "consume" => consume(arg(1), num(2), num(3)),
@@ -121,8 +123,8 @@ pub fn main(args: &[String]) -> ExitCode {
         "svc-pp-pong" => crate::stream::svc_pp_pong(arg(1)),
         "svc-pub" => crate::service_peers::publish(arg(1), arg(2), num(3), num(4)),
         "svc-sub" => crate::service_peers::subscribe(arg(1), arg(2), num(3)),
-        "svc-server" => crate::service_peers::server(arg(1), arg(2), num(3)),
-        "svc-client" => crate::service_peers::client(arg(1), arg(2), num(3), num(4)),
+        "svc-server" => crate::service_peers::server(arg(1), arg(2), num(3), opt(4)),
+        "svc-client" => crate::service_peers::client(arg(1), arg(2), num(3), num(4), opt(5)),
         "svc-churn" => crate::service_peers::churn(arg(1), arg(2), num(3)),
         "svc-hold" => crate::service_peers::hold(arg(1), arg(2)),
         "svc-census" => crate::service_peers::census(arg(1), arg(2)),

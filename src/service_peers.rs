@@ -3,8 +3,10 @@
 //! ```text
 //! fbuf peer svc-pub SOCKET NAME COUNT SUBS     wait for SUBS subscribers, publish COUNT frames
 //! fbuf peer svc-sub SOCKET NAME COUNT          subscribe, receive and verify COUNT frames
-//! fbuf peer svc-server SOCKET NAME COUNT       answer COUNT requests (x -> x * x + client tag)
-//! fbuf peer svc-client SOCKET NAME COUNT TAG   COUNT calls, every answer verified
+//! fbuf peer svc-server SOCKET NAME COUNT [R]   answer COUNT requests (x -> x * x + client tag);
+//!                                              with R, refuse those whose x % R == R - 1
+//! fbuf peer svc-client SOCKET NAME COUNT TAG [R]  COUNT calls, every answer verified; with R,
+//!                                              those whose x % R == R - 1 must be refused
 //! fbuf peer svc-churn SOCKET PREFIX ROUNDS     create, use and remove a stream service per round
 //! fbuf peer svc-hold SOCKET NAME               open a stream service's sender, say READY, wait
 //! fbuf peer svc-flood SOCKET NAME              send (pid, seq) on a many-to-one service until killed
@@ -132,7 +134,12 @@ pub fn subscribe(socket: &str, name: &str, count: u64) -> Res {
     Ok(format!("count={got} bad={bad} out_of_order={out_of_order}"))
 }
 
-pub fn server(socket: &str, name: &str, count: u64) -> Res {
+/// Whether the request-response tests' server refuses `x` (`every`: 0, none).
+fn refused(x: u64, every: u64) -> bool {
+    every > 0 && x % every == every - 1
+}
+
+pub fn server(socket: &str, name: &str, count: u64, refuse_every: u64) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     let svc = pool
         .service(name)
@@ -142,19 +149,28 @@ pub fn server(socket: &str, name: &str, count: u64) -> Res {
     let mut server = svc.server()?;
     eprintln!("READY");
     let mut clients = std::collections::BTreeSet::new();
+    let mut refusals = 0;
     for _ in 0..count {
         let req = server.recv_timeout(WAIT)?;
         clients.insert(req.tag);
+        if refused(req.x, refuse_every) {
+            server.refuse(&req, WAIT)?;
+            refusals += 1;
+            continue;
+        }
         let answer = Answer {
             tag: req.tag,
             y: req.x.wrapping_mul(req.x).wrapping_add(req.tag),
         };
         server.respond_with(&req, &answer)?;
     }
-    Ok(format!("answered={count} clients={}", clients.len()))
+    Ok(format!(
+        "answered={count} refused={refusals} clients={}",
+        clients.len()
+    ))
 }
 
-pub fn client(socket: &str, name: &str, count: u64, tag: u64) -> Res {
+pub fn client(socket: &str, name: &str, count: u64, tag: u64, refuse_every: u64) -> Res {
     let pool = session::join(socket, Role::Producer)?;
     let svc = pool
         .service(name)
@@ -169,15 +185,23 @@ pub fn client(socket: &str, name: &str, count: u64, tag: u64) -> Res {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let mut bad = 0;
+    let (mut bad, mut refusals) = (0, 0);
     for x in 0..count {
-        let a = client.call(&Ask { tag, x }, WAIT)?;
-        if a.tag != tag || a.y != x.wrapping_mul(x).wrapping_add(tag) {
-            bad += 1;
+        match client.call(&Ask { tag, x }, WAIT) {
+            Err(fbuf::service::CallError::Refused) if refused(x, refuse_every) => refusals += 1,
+            Err(e) => return Err(format!("call {x}: {e}").into()),
+            Ok(a) => {
+                if refused(x, refuse_every)
+                    || a.tag != tag
+                    || a.y != x.wrapping_mul(x).wrapping_add(tag)
+                {
+                    bad += 1;
+                }
+            }
         }
     }
     Ok(format!(
-        "calls={count} bad={bad} unmatched={}",
+        "calls={count} refused={refusals} bad={bad} unmatched={}",
         client.unmatched()
     ))
 }

@@ -168,6 +168,61 @@ fn request_response_with_several_client_processes() {
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
 }
 
+/// A server that will not answer some requests says so (`Server::refuse`): each caller gets
+/// `CallError::Refused` for those at once, not its 30 s timeout, and the answers to the others.
+#[test]
+fn a_refused_request_is_told_to_its_caller_not_waited_out() {
+    let owner = Owner::new(config());
+    let sock = owner.socket();
+    // Every fifth request (x % 5 == 4) is refused.
+    let mut server = KillOnDrop(
+        peer(&["svc-server", &sock, "control", "400", "5"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut server_err = ready(&mut server.0);
+    let clients: Vec<KillOnDrop> = (1..=2)
+        .map(|tag| {
+            KillOnDrop(
+                peer(&["svc-client", &sock, "control", "200", &tag.to_string(), "5"])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for c in clients {
+        let out = c.output();
+        let r = result(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            (
+                r["calls"].as_str(),
+                r["refused"].as_str(),
+                r["bad"].as_str()
+            ),
+            ("200", "40", "0")
+        );
+    }
+    let status = server.0.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server_err, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    let r = result(rest.as_bytes());
+    assert_eq!(r["refused"].as_str(), "80");
+    // The refusals' buffers came back like the answers'.
+    owner.wait_retired(3);
+    wait_until("the directory to empty", || {
+        owner.pool.services().is_empty()
+    });
+    assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
+}
+
 #[test]
 fn another_process_lists_the_services() {
     let owner = Owner::new(config());

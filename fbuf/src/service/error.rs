@@ -95,6 +95,8 @@ pub enum Fault {
     WrongSize { expected: usize, got: usize },
     #[error("a request names reply ring {0}, which this service does not have")]
     BadClient(u32),
+    #[error("a response carries flags {0:#x}, which mean nothing")]
+    BadFlags(u32),
 }
 
 /// Why [`loan`](crate::service::Sender::loan) gave no buffer.

@@ -55,7 +55,7 @@ pub use error::{
 };
 pub use event::{Events, Listener, Notifier, WaitError};
 pub use record_sender::{RecordSendError, RecordSender};
-pub use rpc::{CallError, Client, Request, Response, Server};
+pub use rpc::{CallError, Client, RefuseError, Request, Response, Server};
 pub use sample::{Message, Sample, SampleMut};
 
 use crate::channel;

@@ -2,11 +2,14 @@
 //!
 //! Ring 0 carries requests (many-to-one); each client takes one of the other rings for its
 //! replies, and its index there is its client id. A request and a response start with a 16-byte
-//! header, `client id (u32) | reserved (u32) | sequence number (u64)`, then the payload. The
+//! header, `client id (u32) | flags (u32) | sequence number (u64)`, then the payload. The
 //! server routes a response by the client id its request carried, and the client matches it by
-//! sequence number. Both words come from another process: a client id that names no reply ring is
-//! a [`Fault::BadClient`]; a forged id can at worst send a reply to another client, which drops
-//! it as unmatched (`call` counts it in [`Client::unmatched`]).
+//! sequence number. A response's flags say whether it is a refusal ([`Server::refuse`]: the
+//! server will not answer that request, so its client need not wait out its deadline); a
+//! request's are zero and not read. Every word comes from another process: a client id that
+//! names no reply ring is a [`Fault::BadClient`]; a forged id can at worst send a reply to
+//! another client, which drops it as unmatched (`call` counts it in [`Client::unmatched`]); flags
+//! other than those known are a [`Fault::BadFlags`] response.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -25,17 +28,23 @@ use crate::channel;
 /// Bytes of the routing header before a request's or response's payload.
 pub const HEADER: usize = 16;
 
-fn write_header<T: Message + ?Sized>(s: &mut SampleMut<T>, client: u32, seq: u64) {
+/// A response's flag: the server refused the request (the payload means nothing).
+const REFUSED: u32 = 1;
+
+fn write_header<T: Message + ?Sized>(s: &mut SampleMut<T>, client: u32, flags: u32, seq: u64) {
     let h = s.header_mut();
     h[..4].copy_from_slice(&client.to_le_bytes());
-    h[4..8].fill(0);
+    h[4..8].copy_from_slice(&flags.to_le_bytes());
     h[8..16].copy_from_slice(&seq.to_le_bytes());
 }
 
-fn read_header<T: Message + ?Sized>(s: &Sample<T>) -> (u32, u64) {
+/// `(client, flags, seq)`.
+fn read_header<T: Message + ?Sized>(s: &Sample<T>) -> (u32, u32, u64) {
     let h = s.header();
+    let word = |r: std::ops::Range<usize>| h[r].try_into().expect("16-byte header");
     (
-        u32::from_le_bytes(h[..4].try_into().expect("16-byte header")),
+        u32::from_le_bytes(word(0..4)),
+        u32::from_le_bytes(word(4..8)),
         u64::from_le_bytes(h[8..16].try_into().expect("16-byte header")),
     )
 }
@@ -96,6 +105,8 @@ pub struct Client<Req: Message + ?Sized, Resp: Message + ?Sized> {
 /// the payload.
 pub struct Response<Resp: Message + ?Sized> {
     pub seq: u64,
+    /// The server refused the request ([`Server::refuse`]); `sample` holds nothing meant.
+    pub refused: bool,
     pub sample: Sample<Resp>,
 }
 
@@ -115,6 +126,8 @@ pub enum CallError<T> {
     Send(SendTimeoutError<T>),
     #[error("no matching response before the deadline")]
     Timeout,
+    #[error("the server refused the request")]
+    Refused,
     #[error("the server is gone")]
     Disconnected,
     #[error("{0}")]
@@ -127,7 +140,7 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
         r: Result<Sample<Req>, RecvTimeoutError>,
     ) -> Result<Request<Req>, RecvTimeoutError> {
         let sample = r?;
-        let (client, seq) = read_header(&sample);
+        let (client, _, seq) = read_header(&sample);
         if client as usize + 1 >= self.service.entry.spec.rings as usize {
             return Err(RecvTimeoutError::Fault(Fault::BadClient(client)));
         }
@@ -195,9 +208,50 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
     pub fn try_respond(
         &mut self,
         request: &Request<Req>,
-        mut response: SampleMut<Resp>,
+        response: SampleMut<Resp>,
     ) -> Result<(), TrySendError<SampleMut<Resp>>> {
-        write_header(&mut response, request.client, request.seq);
+        self.try_reply(request, response, 0)
+    }
+
+    /// Tells `request`'s client that this server will not answer it (it cannot, or may not):
+    /// the client's [`Client::call`] returns [`CallError::Refused`] at once instead of waiting
+    /// out its deadline, and [`Client::recv_timeout`] gives a [`Response`] marked `refused`.
+    /// Waits up to `timeout` for a buffer and for room in the client's reply ring; gives the
+    /// loan's error, or the send's, if it cannot.
+    pub fn refuse(&mut self, request: &Request<Req>, timeout: Duration) -> Result<(), RefuseError> {
+        let deadline = crate::sys::deadline_after(timeout);
+        let len = Resp::fixed_size().unwrap_or(0);
+        let mut r: SampleMut<Resp> = loan(
+            &self.service.pool,
+            payload_offset::<Resp>(HEADER),
+            len,
+            Some(timeout),
+        )?;
+        // Nothing meant, and nothing left from the slot's last message either.
+        r.bytes_mut().fill(0);
+        loop {
+            match self.try_reply(request, r, REFUSED) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => r = back,
+                Err(TrySendError::Disconnected(_)) => return Err(RefuseError::Disconnected),
+                Err(TrySendError::Fault(f, _)) => return Err(RefuseError::Fault(f)),
+            }
+            if !self
+                .replies
+                .wait_ring(request.client as usize, Some(deadline))
+            {
+                return Err(RefuseError::Timeout);
+            }
+        }
+    }
+
+    fn try_reply(
+        &mut self,
+        request: &Request<Req>,
+        mut response: SampleMut<Resp>,
+        flags: u32,
+    ) -> Result<(), TrySendError<SampleMut<Resp>>> {
+        write_header(&mut response, request.client, flags, request.seq);
         let k = request.client as usize;
         let off = response.offset;
         self.replies
@@ -313,7 +367,7 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
         deadline: Option<Instant>,
     ) -> Result<u64, SendTimeoutError<SampleMut<Req>>> {
         let seq = self.next_seq;
-        write_header(&mut request, self.id, seq);
+        write_header(&mut request, self.id, 0, seq);
         let off = request.offset;
         let buf = request.into_buf().freeze();
         let r = match deadline {
@@ -329,8 +383,17 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Client<Req, Resp> {
         r: Result<Sample<Resp>, RecvTimeoutError>,
     ) -> Result<Response<Resp>, RecvTimeoutError> {
         let sample = r?;
-        let (_, seq) = read_header(&sample);
-        Ok(Response { seq, sample })
+        let (_, flags, seq) = read_header(&sample);
+        let refused = match flags {
+            0 => false,
+            REFUSED => true,
+            other => return Err(RecvTimeoutError::Fault(Fault::BadFlags(other))),
+        };
+        Ok(Response {
+            seq,
+            refused,
+            sample,
+        })
     }
 
     fn offset() -> usize {
@@ -413,6 +476,7 @@ impl<Req: bytemuck::Pod, Resp: Message + ?Sized> Client<Req, Resp> {
         let seq = self.send_at(s, Some(deadline)).map_err(CallError::Send)?;
         loop {
             match self.recv_deadline(deadline) {
+                Ok(r) if r.seq == seq && r.refused => return Err(CallError::Refused),
                 Ok(r) if r.seq == seq => return Ok(r.sample),
                 Ok(_) => self.unmatched += 1,
                 Err(RecvTimeoutError::Timeout) => return Err(CallError::Timeout),
@@ -421,6 +485,19 @@ impl<Req: bytemuck::Pod, Resp: Message + ?Sized> Client<Req, Resp> {
             }
         }
     }
+}
+
+/// Why [`Server::refuse`] could not tell the client.
+#[derive(Debug, thiserror::Error)]
+pub enum RefuseError {
+    #[error("could not loan the refusal's buffer: {0}")]
+    Loan(#[from] LoanError),
+    #[error("the client's reply ring stayed full")]
+    Timeout,
+    #[error("the client is gone")]
+    Disconnected,
+    #[error("{0}")]
+    Fault(Fault),
 }
 
 impl<Req: Message + ?Sized, Resp: Message + ?Sized> fmt::Debug for Server<Req, Resp> {
@@ -453,6 +530,47 @@ impl<Resp: Message + ?Sized> fmt::Debug for Response<Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Response")
             .field("seq", &self.seq)
+            .field("refused", &self.refused)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags of a response come from the server's process: a refusal is told as such, and
+    /// flags that mean nothing are a fault, the response dropped and its slot freed. (A
+    /// hostile server would write the word by hand; `try_reply` is how this one does.)
+    #[test]
+    fn a_responses_flags_are_checked() {
+        let pool = crate::PoolConfig::builder()
+            .class(4096, 8)
+            .name("rpc-flags")
+            .create()
+            .unwrap();
+        let svc = pool
+            .service("flags")
+            .request_response::<u64, u64>()
+            .create()
+            .unwrap();
+        let (mut server, mut client) = (svc.server().unwrap(), svc.client().unwrap());
+        let free = pool.free_count();
+        let wait = Duration::from_secs(5);
+        for (flags, what) in [(0, "answer"), (REFUSED, "refused"), (5, "fault")] {
+            let seq = client.send(client.loan_with(&7).unwrap()).unwrap();
+            let req = server.recv_timeout(wait).unwrap();
+            let mut r = server.loan().unwrap();
+            *r = 49;
+            server.try_reply(&req, r, flags).unwrap();
+            drop(req);
+            match (what, client.recv_timeout(wait)) {
+                ("answer", Ok(r)) => assert!(!r.refused && r.seq == seq && *r == 49),
+                ("refused", Ok(r)) => assert!(r.refused && r.seq == seq),
+                ("fault", Err(RecvTimeoutError::Fault(Fault::BadFlags(5)))) => {}
+                (what, r) => panic!("{what}: {r:?}"),
+            }
+            assert_eq!(pool.free_count(), free, "{what}: every slot is back");
+        }
     }
 }
