@@ -49,7 +49,7 @@ pub fn run(args: &[String]) -> Res<()> {
     let line = match a(0) {
         "pub" => publish(a(1), a(2), n(3)?, n(4)? as usize, n(5)?)?,
         "sub" => subscribe(a(1), a(2), n(3)?, a(4) == "lossy", n(5).unwrap_or(0))?,
-        "rr-server" => rr_server(a(1), a(2), a(3) == "reversed")?,
+        "rr-server" => rr_server(a(1), a(2), a(3))?,
         "rr-client" => rr_client(a(1), a(2), n(3)?, n(4)?)?,
         "stream-tx" => stream_tx(a(1), a(2), n(3)?, n(4)? as usize)?,
         "hold-sender" => hold_sender(a(1), a(2), n(3)?)?,
@@ -155,9 +155,11 @@ fn subscribe(socket: &str, name: &str, count: u64, lossy: bool, delay_us: u64) -
     ))
 }
 
-/// Answers requests (x -> the bytes reversed) until killed; `reversed`: those that come close
-/// together are answered in the reverse order of their coming.
-fn rr_server(socket: &str, name: &str, reversed: bool) -> Res<String> {
+/// Answers requests (x -> the bytes reversed) until killed. `mode`: `reversed`, those that come
+/// close together are answered in the reverse order of their coming; `refuse-odd`, the calls of
+/// odd number are refused (`Server::refuse`).
+fn rr_server(socket: &str, name: &str, mode: &str) -> Res<String> {
+    let (reversed, refuse_odd) = (mode == "reversed", mode == "refuse-odd");
     let pool = session::join(socket, Role::Producer)?;
     let svc = pool
         .service(name)
@@ -183,6 +185,11 @@ fn rr_server(socket: &str, name: &str, reversed: bool) -> Res<String> {
             }
         }
         while let Some(req) = batch.pop() {
+            // A request's first byte is its call's number's lowest (see `fill`).
+            if refuse_odd && req.first().is_some_and(|b| b % 2 == 1) {
+                server.refuse(&req, Duration::from_secs(5))?;
+                continue;
+            }
             let mut resp = server.loan_bytes(req.len())?;
             for (d, s) in resp.iter_mut().zip(req.iter().rev()) {
                 *d = *s;
@@ -209,7 +216,7 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (mut ok, mut bad, mut disconnected) = (0u64, 0u64, false);
+    let (mut ok, mut bad, mut refused, mut disconnected) = (0u64, 0u64, 0u64, false);
     let mut rtts = Vec::new();
     'calls: for i in 0..count {
         let mut req = client.loan_bytes_timeout(size as usize, super::LOAN_WAIT)?;
@@ -226,6 +233,10 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
         };
         loop {
             match client.recv_timeout(Duration::from_secs(15)) {
+                Ok(r) if r.seq == seq && r.refused => {
+                    refused += 1;
+                    break;
+                }
                 Ok(r) if r.seq == seq => {
                     rtts.push(t.elapsed().as_micros() as u64);
                     if r.sample.bytes().iter().eq(sent.iter().rev()) {
@@ -246,7 +257,7 @@ fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
     }
     rtts.sort_unstable();
     Ok(format!(
-        "ok={ok} bad={bad} disconnected={} p50_us={}",
+        "ok={ok} bad={bad} refused={refused} disconnected={} p50_us={}",
         u8::from(disconnected),
         rtts.get(rtts.len() / 2).copied().unwrap_or(0)
     ))

@@ -53,6 +53,10 @@ const LOAN_STEP_MAX: Duration = Duration::from_millis(10);
 /// flag, and a local server coming or going.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
+/// How long an import waits to tell a local client its call was refused (for a slot, and for
+/// room in its reply ring): the thread serves every other call meanwhile.
+const REFUSE_WAIT: Duration = Duration::from_millis(10);
+
 /// Answers queries on `key` by calling the local service as its client.
 pub fn export(
     z: &zenoh::Session,
@@ -154,6 +158,10 @@ impl Asked {
             return;
         };
         let (_, query, _) = self.0.remove(i).expect("found");
+        if r.refused {
+            refuse(&query, "the server refused the request", said);
+            return;
+        }
         // The answer goes out of its slot without a copy, as exports do.
         let bytes = bytes::Bytes::from_owner(super::PoolBytes(r.sample));
         if let Err(e) = query.reply(query.key_expr().clone(), bytes).wait() {
@@ -214,6 +222,15 @@ fn loan_request(
             }
             r => return r,
         }
+    }
+}
+
+/// Tells the local client of `req` that its call was refused (`why`), so that it need not wait
+/// out its deadline.
+fn refuse_here(s: &mut Server<[u8], [u8]>, req: &Request<[u8]>, why: &str, said: &mut Said) {
+    said.say(format_args!("refused a request: {why}"));
+    if let Err(e) = s.refuse(req, REFUSE_WAIT) {
+        said.say(format_args!("could not refuse a request: {e}"));
     }
 }
 
@@ -281,8 +298,8 @@ pub fn import(
                 }
                 // The query ended without a reply (timed out, or nobody answered).
                 Err(_) => {
-                    pending.remove(i);
-                    said.say(format_args!("dropped a request: no reply came"));
+                    let (req, _) = pending.remove(i).expect("in range");
+                    refuse_here(s, &req, "no reply came", &mut said);
                 }
             }
         }
@@ -330,15 +347,14 @@ pub fn import(
     Ok(())
 }
 
-/// Answers `req` with `reply`'s bytes, copied once into a slot.
+/// Answers `req` with `reply`'s bytes, copied once into a slot; refuses it if the far side
+/// did, or if the answer fits no slot here.
 fn respond(s: &mut Server<[u8], [u8]>, req: &Request<[u8]>, reply: Reply, said: &mut Said) {
     let sample = match reply.result() {
         Ok(sample) => sample,
         Err(e) => {
             let why = e.payload().try_to_string().unwrap_or_default();
-            said.say(format_args!(
-                "dropped a request: the far side refused it ({why})"
-            ));
+            refuse_here(s, req, &format!("the far side refused it ({why})"), said);
             return;
         }
     };
@@ -346,7 +362,8 @@ fn respond(s: &mut Server<[u8], [u8]>, req: &Request<[u8]>, reply: Reply, said: 
     let mut resp = match s.loan_bytes(payload.len()) {
         Ok(b) => b,
         Err(e) => {
-            said.say(format_args!("dropped a {}-byte answer: {e}", payload.len()));
+            let why = format!("its {}-byte answer: {e}", payload.len());
+            refuse_here(s, req, &why, said);
             return;
         }
     };

@@ -370,6 +370,51 @@ fn request_response_round_trips_across_the_bridges() {
     b.settles();
 }
 
+/// A call the far side refuses is told to its caller here as a refusal at once, not left to time
+/// out: requests larger than side A's largest slot cannot reach its server, and the exporting
+/// bridge refuses them; a far server's own refusals (`Server::refuse`) come across as such;
+/// calls that fit are answered as before.
+#[test]
+fn a_call_the_far_side_refuses_is_told_as_refused() {
+    let (a, b, ep) = (side_with("refuse-a", 8192), side("refuse-b"), loopback());
+    let server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
+    let strict = Proc::start(
+        &[],
+        &["--role", "rr-server", &a.socket, "strict", "refuse-odd"],
+    );
+    let bridge_a = exporter(
+        &a,
+        &ep,
+        &["--export-rr", "control", "--export-rr", "strict"],
+    );
+    let bridge_b = importer(
+        &b,
+        &ep,
+        &["--import-rr", "control", "--import-rr", "strict"],
+    );
+    let call = |name: &str, size: &str| {
+        Proc::start_later(&["--role", "rr-client", &b.socket, name, "20", size])
+    };
+    let (fits, too_large) = (call("control", "1024"), call("control", "16384"));
+    let half = call("strict", "1024");
+    // (ok, refused, bad) of each client.
+    for (client, want) in [
+        (fits, ("20", "0", "0")),
+        (too_large, ("0", "20", "0")),
+        (half, ("10", "10", "0")),
+    ] {
+        let r = client.result();
+        assert_eq!(
+            (r["ok"].as_str(), r["refused"].as_str(), r["bad"].as_str()),
+            want,
+            "{r:?}"
+        );
+    }
+    drop((server, strict, bridge_a, bridge_b));
+    a.settles();
+    b.settles();
+}
+
 /// Request-response when the far end goes: a far server that leaves, or the bridge in front of
 /// it, shows as `Disconnected` to the clients on this side, and a restarted one answers them
 /// again through the same importing bridge, which never ends meanwhile.
