@@ -121,42 +121,46 @@ fn services_come_and_go_while_others_stream() {
     assert_eq!(owner.pool.free_count(), owner.pool.slot_count());
 }
 
+/// `n` clients of "control" on `sock`, each making `calls` calls tagged with its number, `rest`
+/// their further arguments.
+fn rr_clients(sock: &str, n: u64, calls: &str, rest: &[&str]) -> Vec<KillOnDrop> {
+    (1..=n)
+        .map(|tag| {
+            let tag = tag.to_string();
+            let mut args = vec!["svc-client", sock, "control", calls, &tag];
+            args.extend_from_slice(rest);
+            KillOnDrop(peer(&args).spawn().unwrap())
+        })
+        .collect()
+}
+
+/// The RESULT line of a server that ends well once `server_err` is read to its end.
+fn server_result(
+    mut server: KillOnDrop,
+    mut server_err: BufReader<std::process::ChildStderr>,
+) -> std::collections::HashMap<String, String> {
+    let status = server.0.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server_err, &mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    result(rest.as_bytes())
+}
+
 #[test]
 fn request_response_with_several_client_processes() {
     let owner = Owner::new(config());
     let sock = owner.socket();
     let mut server = KillOnDrop(
         peer(&["svc-server", &sock, "control", "1500"])
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let mut server_err = ready(&mut server.0);
-    let clients: Vec<KillOnDrop> = (1..=3)
-        .map(|tag| {
-            KillOnDrop(
-                peer(&["svc-client", &sock, "control", "500", &tag.to_string()])
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    for c in clients {
-        let out = c.output();
-        let r = result(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let server_err = ready(&mut server.0);
+    for c in rr_clients(&sock, 3, "500", &[]) {
+        let r = result(&c.succeeded().stderr);
         assert_eq!((r["calls"].as_str(), r["bad"].as_str()), ("500", "0"));
     }
-    let status = server.0.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut server_err, &mut rest).unwrap();
-    assert!(status.success(), "{rest}");
-    let r = result(rest.as_bytes());
+    let r = server_result(server, server_err);
     assert_eq!(
         (r["answered"].as_str(), r["clients"].as_str()),
         ("1500", "3")
@@ -177,29 +181,12 @@ fn a_refused_request_is_told_to_its_caller_not_waited_out() {
     // Every fifth request (x % 5 == 4) is refused.
     let mut server = KillOnDrop(
         peer(&["svc-server", &sock, "control", "400", "5"])
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let mut server_err = ready(&mut server.0);
-    let clients: Vec<KillOnDrop> = (1..=2)
-        .map(|tag| {
-            KillOnDrop(
-                peer(&["svc-client", &sock, "control", "200", &tag.to_string(), "5"])
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    for c in clients {
-        let out = c.output();
-        let r = result(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let server_err = ready(&mut server.0);
+    for c in rr_clients(&sock, 2, "200", &["5"]) {
+        let r = result(&c.succeeded().stderr);
         assert_eq!(
             (
                 r["calls"].as_str(),
@@ -209,12 +196,7 @@ fn a_refused_request_is_told_to_its_caller_not_waited_out() {
             ("200", "40", "0")
         );
     }
-    let status = server.0.wait().unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut server_err, &mut rest).unwrap();
-    assert!(status.success(), "{rest}");
-    let r = result(rest.as_bytes());
-    assert_eq!(r["refused"].as_str(), "80");
+    assert_eq!(server_result(server, server_err)["refused"], "80");
     // The refusals' buffers came back like the answers'.
     owner.wait_retired(3);
     wait_until("the directory to empty", || {
