@@ -136,12 +136,18 @@ fn request_response_without_a_deadline() {
         let mut answer = server.loan_bytes_timeout(request.len(), FOREVER).unwrap();
         answer.copy_from_slice(&request);
         server.respond_timeout(&request, answer, FOREVER).unwrap();
+        let refused = server.recv_timeout(FOREVER).unwrap();
+        server.refuse(&refused, FOREVER).unwrap();
     });
     thread::sleep(LATER);
-    let mut q = client.loan_bytes_timeout(4, FOREVER).unwrap();
-    q.copy_from_slice(b"ping");
-    client.send_timeout(q, FOREVER).unwrap();
-    assert_eq!(&*client.recv_timeout(FOREVER).unwrap(), b"ping");
+    for ask in [b"ping", b"nope"] {
+        let mut q = client.loan_bytes_timeout(4, FOREVER).unwrap();
+        q.copy_from_slice(ask);
+        client.send_timeout(q, FOREVER).unwrap();
+    }
+    let answer = client.recv_timeout(FOREVER).unwrap();
+    assert_eq!((&*answer, answer.refused), (&b"ping"[..], false));
+    assert!(client.recv_timeout(FOREVER).unwrap().refused);
     serving.join().unwrap();
 }
 
