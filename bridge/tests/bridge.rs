@@ -642,7 +642,7 @@ fn a_network_cut_shows_as_disconnected_and_the_stream_resumes_when_it_heals() {
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100000"]);
     b.carries("ticks");
     // A frame every 2 ms for up to a minute: the cut lands mid-stream.
-    let publisher = Proc::start(
+    let mut publisher = Proc::start(
         &[],
         &["--role", "pub", &a.socket, "ticks", "30000", "4096", "2000"],
     );
@@ -663,7 +663,22 @@ fn a_network_cut_shows_as_disconnected_and_the_stream_resumes_when_it_heals() {
     // Zenoh reconnects (it retries every 1 to 4 s) and the liveliness token comes back.
     b.carries("ticks");
     let sub = Proc::start(&[], &["--role", "sub", &b.socket, "ticks", "100"]);
-    every_frame(&sub.result(), "100");
+    let r = sub.result();
+    if r["count"] != "100" {
+        // Which step stalled, for whoever meets this: the export's subscriber on side A, the
+        // import's sender on side B, or the publisher.
+        let view = |s: &Side| {
+            let services = s.pool.services();
+            format!("{:?}", services.iter().find(|x| x.name == "ticks"))
+        };
+        panic!(
+            "after the heal: {r:?}; side A: {}; side B: {}; publisher ended: {:?}",
+            view(&a),
+            view(&b),
+            publisher.0.try_wait()
+        );
+    }
+    every_frame(&r, "100");
     drop((publisher, bridge_a, bridge_b));
     a.settles();
     b.settles();
