@@ -547,17 +547,22 @@ fn spawn_export<S: Source + 'static>(
         .declare_publisher(key.clone())
         .congestion_control(CongestionControl::Block)
         .wait()?;
-    // The last piece of a message goes express, past Zenoh's batching (see `Outgoing::last`).
-    let last = z
-        .declare_publisher(key.clone())
-        .congestion_control(CongestionControl::Block)
-        .express(true)
-        .wait()?;
+    // The last piece of a message goes express, past Zenoh's batching (see `Outgoing::last`);
+    // an export that cuts no message declares no second publisher.
+    let last = match piece.piece > 0 || piece.large_piece > 0 {
+        true => Some(
+            z.declare_publisher(key.clone())
+                .congestion_control(CongestionControl::Block)
+                .express(true)
+                .wait()?,
+        ),
+        false => None,
+    };
     let token = z.liveliness().declare_token(liveliness_key(&key)).wait()?;
     Ok(std::thread::spawn(move || {
         let _token = token;
         let matching = publisher.matching_listener().wait()?;
-        let mut out = Outgoing::new(&publisher, &last, piece);
+        let mut out = Outgoing::new(&publisher, last.as_ref(), piece);
         let far = Far {
             matching: &matching,
             listening: publisher.matching_status().wait()?.matching(),
@@ -597,8 +602,8 @@ struct Outgoing<'a> {
     /// back-pressure Zenoh keeps a message shorter than its batch for up to a millisecond,
     /// waiting for more to fill the batch with, and the last piece of a message is followed by
     /// nothing: a 96 KiB message in three pieces of 32 KiB took 1 ms one way, against 0.4 ms
-    /// whole (docs/benchmarks.md).
-    last: &'a zenoh::pubsub::Publisher<'a>,
+    /// whole (docs/benchmarks.md). `None` where the export cuts no message.
+    last: Option<&'a zenoh::pubsub::Publisher<'a>>,
     piece: pieces::Cut,
     /// This exporter's number in piece headers, drawn at random when it starts, so that an
     /// importer tells a restarted exporter's pieces from its predecessor's.
@@ -610,7 +615,7 @@ struct Outgoing<'a> {
 impl<'a> Outgoing<'a> {
     fn new(
         publisher: &'a zenoh::pubsub::Publisher<'a>,
-        last: &'a zenoh::pubsub::Publisher<'a>,
+        last: Option<&'a zenoh::pubsub::Publisher<'a>>,
         piece: pieces::Cut,
     ) -> Self {
         use std::hash::{BuildHasher, Hasher};
@@ -640,10 +645,9 @@ impl<'a> Outgoing<'a> {
                 total: total as u64,
                 offset: r.start as u64,
             };
-            let publisher = if cut && r.end == total {
-                self.last
-            } else {
-                self.publisher
+            let publisher = match self.last {
+                Some(last) if cut && r.end == total => last,
+                _ => self.publisher,
             };
             let put = publisher.put(zenoh::bytes::ZBytes::from(bytes.slice(r)));
             // A whole message goes without a header, as a bridge without pieces sends it.
