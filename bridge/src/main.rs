@@ -401,10 +401,7 @@ fn run(cli: &Cli) -> Res<()> {
     for (specs, exporting) in [(&cli.export_rr, true), (&cli.import_rr, false)] {
         for spec in specs {
             let (name, key) = name_key(spec);
-            let svc = pool
-                .service(&name)
-                .request_response::<[u8], [u8]>()
-                .open_or_create()?;
+            let svc = rr::open(&pool, &name)?;
             let (z, stop) = (z.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 let poller = Poller::new(spin);
@@ -549,14 +546,14 @@ fn spawn_export<S: Source + 'static>(
         .wait()?;
     // The last piece of a message goes express, past Zenoh's batching (see `Outgoing::last`);
     // an export that cuts no message declares no second publisher.
-    let last = match piece.piece > 0 || piece.large_piece > 0 {
-        true => Some(
-            z.declare_publisher(key.clone())
-                .congestion_control(CongestionControl::Block)
-                .express(true)
-                .wait()?,
-        ),
-        false => None,
+    let last = if piece != pieces::Cut::default() {
+        let express = z
+            .declare_publisher(key.clone())
+            .congestion_control(CongestionControl::Block)
+            .express(true);
+        Some(express.wait()?)
+    } else {
+        None
     };
     let token = z.liveliness().declare_token(liveliness_key(&key)).wait()?;
     Ok(std::thread::spawn(move || {

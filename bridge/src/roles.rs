@@ -161,10 +161,7 @@ fn subscribe(socket: &str, name: &str, count: u64, lossy: bool, delay_us: u64) -
 fn rr_server(socket: &str, name: &str, mode: &str) -> Res<String> {
     let (reversed, refuse_odd) = (mode == "reversed", mode == "refuse-odd");
     let pool = session::join(socket, Role::Producer)?;
-    let svc = pool
-        .service(name)
-        .request_response::<[u8], [u8]>()
-        .open_or_create()?;
+    let svc = super::rr::open(&pool, name)?;
     let mut server = svc.server()?;
     println!("READY");
     let mut batch = Vec::new();
@@ -204,10 +201,7 @@ fn rr_server(socket: &str, name: &str, mode: &str) -> Res<String> {
 fn rr_client(socket: &str, name: &str, count: u64, size: u64) -> Res<String> {
     use fbuf::service::SendTimeoutError;
     let pool = session::join(socket, Role::Producer)?;
-    let svc = pool
-        .service(name)
-        .request_response::<[u8], [u8]>()
-        .open_or_create()?;
+    let svc = super::rr::open(&pool, name)?;
     let mut client = svc.client()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !client.has_server() {
@@ -341,10 +335,7 @@ fn hold_sender(socket: &str, name: &str, ms: u64) -> Res<String> {
 /// Holds `n` clients of request-response service `name` for `ms` milliseconds, calling nothing.
 fn hold_clients(socket: &str, name: &str, n: u64, ms: u64) -> Res<String> {
     let pool = session::join(socket, Role::Producer)?;
-    let svc = pool
-        .service(name)
-        .request_response::<[u8], [u8]>()
-        .open_or_create()?;
+    let svc = super::rr::open(&pool, name)?;
     let _clients = (0..n)
         .map(|_| svc.client())
         .collect::<Result<Vec<_>, _>>()?;

@@ -33,7 +33,15 @@ use zenoh::sample::SampleKind;
 
 use super::{LocalEnd, Poller, Res, Said, fill, polled, waited};
 
-type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
+pub(crate) type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
+
+/// The byte request-response service `name` of `pool`, opened or created, as the bridge and its
+/// test roles use it.
+pub(crate) fn open(pool: &fbuf::Pool, name: &str) -> Result<ByteRr, fbuf::ServiceError> {
+    pool.service(name)
+        .request_response::<[u8], [u8]>()
+        .open_or_create()
+}
 
 /// How long a call across may take, end to end, before it is given up.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);

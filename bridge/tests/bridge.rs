@@ -824,20 +824,33 @@ fn a_stream_service_crosses_in_order() {
             "true",
         ],
     );
-    let rx = Proc::start(
-        &[],
-        &["--role", "stream-rx", &b.socket, "log/batches", "2000"],
-    );
-    stream_crosses(&a, &b, "log/batches", rx, "2000", "8192");
+    let rx = b.stream_rx("2000", &[]);
+    stream_crosses(&a, &b, rx, "2000", "8192");
 }
 
-/// Sends `count` frames of `size` bytes on stream `name` from side A, once the importing bridge
-/// carries it to side B, and checks that `rx` (a `stream-rx` there) got every one, in order.
-fn stream_crosses(a: &Side, b: &Side, name: &str, rx: Proc, count: &str, size: &str) {
-    b.carries(name);
-    let tx = Proc::start(&[], &["--role", "stream-tx", &a.socket, name, count, size]);
-    assert_eq!(tx.result()["sent"], count);
-    let r = rx.result();
+/// The stream service the stream tests carry.
+const BATCHES: &str = "log/batches";
+
+impl Side {
+    /// A `stream-rx` here taking `count` messages of [`BATCHES`] (`extra`: its further
+    /// arguments).
+    fn stream_rx(&self, count: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["--role", "stream-rx", &self.socket, BATCHES, count];
+        args.extend_from_slice(extra);
+        Proc::start(&[], &args)
+    }
+
+    /// A `stream-tx` here sending `count` messages of `size` bytes on [`BATCHES`].
+    fn stream_tx(&self, count: &str, size: &str) -> Proc {
+        Proc::start(
+            &[],
+            &["--role", "stream-tx", &self.socket, BATCHES, count, size],
+        )
+    }
+}
+
+/// A `stream-rx` result of `count` messages, every byte right, in order.
+fn in_order(r: &std::collections::HashMap<String, String>, count: &str) {
     assert_eq!(
         (
             r["count"].as_str(),
@@ -849,6 +862,14 @@ fn stream_crosses(a: &Side, b: &Side, name: &str, rx: Proc, count: &str, size: &
     );
 }
 
+/// Sends `count` frames of `size` bytes on [`BATCHES`] from side A, once the importing bridge
+/// carries it to side B, and checks that `rx` (a `stream-rx` there) got every one, in order.
+fn stream_crosses(a: &Side, b: &Side, rx: Proc, count: &str, size: &str) {
+    b.carries(BATCHES);
+    assert_eq!(a.stream_tx(count, size).result()["sent"], count);
+    in_order(&rx.result(), count);
+}
+
 /// An imported stream whose receiver leaves: the importing bridge holds the message it has, and
 /// behind it the far sender (backpressure), until the next receiver comes, which gets the rest
 /// of the stream, in order and whole. The bridge never ends meanwhile.
@@ -857,49 +878,17 @@ fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_
     let (a, b, ep) = sides("restream");
     let bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
     let mut bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
-    let rx = Proc::start(
-        &[],
-        &["--role", "stream-rx", &b.socket, "log/batches", "300"],
-    );
+    let rx = b.stream_rx("300", &[]);
     b.carries("log/batches");
-    let tx = Proc::start(
-        &[],
-        &[
-            "--role",
-            "stream-tx",
-            &a.socket,
-            "log/batches",
-            "3000",
-            "4096",
-        ],
-    );
-    let r = rx.result();
-    assert_eq!(
-        (
-            r["count"].as_str(),
-            r["bad"].as_str(),
-            r["out_of_order"].as_str()
-        ),
-        ("300", "0", "0"),
-        "{r:?}"
-    );
+    let tx = a.stream_tx("3000", "4096");
+    in_order(&rx.result(), "300");
     // Long enough for the importer to meet the receiver gone.
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         bridge_b.0.try_wait().unwrap().is_none(),
         "the importing bridge ended when its receiver left"
     );
-    let rx = Proc::start(
-        &[],
-        &[
-            "--role",
-            "stream-rx",
-            &b.socket,
-            "log/batches",
-            "3000",
-            "resume",
-        ],
-    );
+    let rx = b.stream_rx("3000", &["resume"]);
     assert_eq!(tx.result()["sent"], "3000");
     // Nothing lost: a stream keeps what is queued for a receiver that closed, and the bridge
     // held the rest.
@@ -930,10 +919,7 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
     let (a, b, ep) = sides("forged");
     let mut bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
     let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
-    let rx = Proc::start(
-        &[],
-        &["--role", "stream-rx", &b.socket, "log/batches", "200"],
-    );
+    let rx = b.stream_rx("200", &[]);
 
     let layout = side_config("forged-a", 1 << 20).layout().unwrap();
     let control = std::fs::File::from(a.pool.control_fd().try_clone_to_owned().unwrap());
@@ -980,7 +966,7 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
         bridge_a.0.try_wait().unwrap().is_none(),
         "the exporting bridge ended on a forged descriptor"
     );
-    stream_crosses(&a, &b, "log/batches", rx, "200", "4096");
+    stream_crosses(&a, &b, rx, "200", "4096");
 }
 
 /// Local processes hold the ends the bridges would open (on the importing side a stream's one
@@ -1022,11 +1008,8 @@ fn a_bridge_whose_local_end_is_taken_waits_for_it() {
     );
     // The stream: once the holder has let go of its sender, the bridge opens its own.
     assert_eq!(holder.result()["held_ms"], "1500");
-    let rx = Proc::start(
-        &[],
-        &["--role", "stream-rx", &b.socket, "log/batches", "200"],
-    );
-    stream_crosses(&a, &b, "log/batches", rx, "200", "4096");
+    let rx = b.stream_rx("200", &[]);
+    stream_crosses(&a, &b, rx, "200", "4096");
     // Request-response: once the clients holder and the local server have gone, the bridges
     // call the far server and serve in its place.
     assert_eq!(clients_holder.result()["held_ms"], "1500");
@@ -1056,22 +1039,9 @@ fn a_streams_sender_is_told_when_nobody_far_away_takes_it() {
     let (a, b, ep) = sides("nobody");
     let _bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
     let bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
-    let rx = Proc::start(
-        &[],
-        &["--role", "stream-rx", &b.socket, "log/batches", "1000000"],
-    );
+    let rx = b.stream_rx("1000000", &[]);
     b.carries("log/batches");
-    let tx = Proc::start(
-        &[],
-        &[
-            "--role",
-            "stream-tx",
-            &a.socket,
-            "log/batches",
-            "1000000",
-            "4096",
-        ],
-    );
+    let tx = a.stream_tx("1000000", "4096");
     std::thread::sleep(Duration::from_millis(500));
     drop(bridge_b); // SIGKILL
     let r = tx.result();

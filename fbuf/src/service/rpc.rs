@@ -41,10 +41,10 @@ fn write_header<T: Message + ?Sized>(s: &mut SampleMut<T>, client: u32, flags: u
 /// `(client, flags, seq)`.
 fn read_header<T: Message + ?Sized>(s: &Sample<T>) -> (u32, u32, u64) {
     let h = s.header();
-    let word = |r: std::ops::Range<usize>| h[r].try_into().expect("16-byte header");
+    let word = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("16-byte header"));
     (
-        u32::from_le_bytes(word(0..4)),
-        u32::from_le_bytes(word(4..8)),
+        word(0),
+        word(4),
         u64::from_le_bytes(h[8..16].try_into().expect("16-byte header")),
     )
 }
@@ -229,20 +229,12 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
         )?;
         // Nothing meant, and nothing left from the slot's last message either.
         r.bytes_mut().fill(0);
-        loop {
-            match self.try_reply(request, r, REFUSED) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(back)) => r = back,
-                Err(TrySendError::Disconnected(_)) => return Err(RefuseError::Disconnected),
-                Err(TrySendError::Fault(f, _)) => return Err(RefuseError::Fault(f)),
-            }
-            if !self
-                .replies
-                .wait_ring(request.client as usize, Some(deadline))
-            {
-                return Err(RefuseError::Timeout);
-            }
-        }
+        self.reply_at(request, r, REFUSED, Some(deadline))
+            .map_err(|e| match e {
+                SendTimeoutError::Timeout(_) => RefuseError::Timeout,
+                SendTimeoutError::Disconnected(_) => RefuseError::Disconnected,
+                SendTimeoutError::Fault(f, _) => RefuseError::Fault(f),
+            })
     }
 
     fn try_reply(
@@ -265,9 +257,20 @@ impl<Req: Message + ?Sized, Resp: Message + ?Sized> Server<Req, Resp> {
         response: SampleMut<Resp>,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<SampleMut<Resp>>> {
-        let mut response = response;
+        self.reply_at(request, response, 0, deadline)
+    }
+
+    /// Sends `response` with `flags` to `request`'s client, waiting until `deadline` while its
+    /// reply ring is full.
+    fn reply_at(
+        &mut self,
+        request: &Request<Req>,
+        mut response: SampleMut<Resp>,
+        flags: u32,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<SampleMut<Resp>>> {
         loop {
-            match self.try_respond(request, response) {
+            match self.try_reply(request, response, flags) {
                 Err(TrySendError::Full(r)) => response = r,
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Disconnected(r)) => {
