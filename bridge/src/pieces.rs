@@ -13,13 +13,14 @@
 //!   [`MAX_PIECES`] times as long goes in two. 48 and 64 KiB messages in two went at 1.04-1.18x
 //!   the rate of Zenoh alone carrying them whole, against 0.78-0.96x whole through the bridges,
 //!   and within 10 % of its latency. Halves of 48 KiB (a 96 KiB message) went at 0.60x.
-//! - **Large pieces** (`--large-piece-kib L`, 128 by default there): a longer message goes as
-//!   even pieces of at most L KiB, [`MAX_LARGE_PIECES`] at most. A 1 MiB message in 8 took
-//!   1.20-1.22x Zenoh alone's one way, against 1.39-1.52x whole, as most of the copy now
-//!   overlaps the transfer. Pieces of 32 KiB were tried too: 32 of them cost a 1 MiB message
-//!   a fifth of its rate, and a 96 KiB message in three took 1.4 ms one way, against 0.1 ms whole:
-//!   Zenoh's batching had held its last piece, which now goes express (`Outgoing::last` in
-//!   `main.rs`), and the smaller pieces have not been measured on many cores since.
+//! - **Large pieces** (`--large-piece-kib L`, 44 by default there): a longer message goes as
+//!   even pieces of at most L KiB, [`MAX_LARGE_PIECES`] at most, so that most of the copy
+//!   overlaps the transfer. Pieces of at most 44 KiB each leave room in Zenoh's 64 KiB batch:
+//!   96 KiB goes in three, 128 KiB in three, 256 KiB in six, 1 MiB in 24. Against Zenoh alone
+//!   carrying them whole, their one way read 0.97-1.20x and their rate 0.94-1.19x, where pieces
+//!   of at most 128 KiB read 1.12-1.51x one way and 96 KiB messages in two pieces of 48 KiB went
+//!   at 0.54x the rate. The last piece of a cut message goes express (`Outgoing::last` in
+//!   `main.rs`): Zenoh's batching had held it for a millisecond.
 //!
 //! Everything in a header comes from the network and is checked ([`Assemblies::piece`]): a piece
 //! that does not continue its message exactly (a lost or repeated piece, an offset or length
@@ -128,8 +129,10 @@ pub(crate) struct Cut {
 }
 
 /// Most pieces a large message goes as; a longer one goes as this many, longer than
-/// `large_piece`.
-pub(crate) const MAX_LARGE_PIECES: usize = 8;
+/// `large_piece`. 24: a 1 MiB message in pieces of 44 KiB (each a Zenoh put of its own, and a
+/// header the importer checks), which on a 16-core guest read within the noise of 8 pieces of
+/// 128 KiB in rate (0.94-1.00x against 0.98-1.08x Zenoh alone's) and a little faster one way.
+pub(crate) const MAX_LARGE_PIECES: usize = 24;
 
 impl Cut {
     /// How many pieces a `len`-byte message goes as (1: whole, without a header).
@@ -352,7 +355,8 @@ mod tests {
         assert_eq!(r(large, 10), vec![0..10]);
         assert_eq!(r(large, 12), vec![0..6, 6..12], "even pieces");
         assert_eq!(r(large, 31), vec![0..8, 8..16, 16..24, 24..31]);
-        assert_eq!(r(large, 200).len(), MAX_LARGE_PIECES, "at most this many");
+        assert_eq!(r(large, 1000).len(), MAX_LARGE_PIECES, "at most this many");
+        assert_eq!(r(large, 1000)[0], 0..42, "then longer than large_piece");
         let one = Cut {
             large_piece: 1,
             ..Cut::default()
