@@ -125,7 +125,7 @@ struct Cli {
     /// Messages longer than this many KiB that halves do not take are exported in even pieces
     /// of at most this size (24 at most), so that the importer copies one into the slot while
     /// Zenoh still carries the next (0: whole). Default: 44 where the polling default is on
-    /// (8 CPUs or more): a piece then leaves room in Zenoh's 64 KiB batch. 0 elsewhere. At most
+    /// (8 CPUs or more): a piece then fits one Zenoh batch (64 KiB) whole. 0 elsewhere. At most
     /// 1 GiB.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
     large_piece_kib: Option<u64>,
@@ -449,8 +449,9 @@ fn cut(cli: &Cli) -> pieces::Cut {
 const DEFAULT_PIECE_KIB: u64 = 32;
 
 /// `--large-piece-kib`'s default on a host with 8 CPUs or more: pieces of at most 44 KiB, so
-/// that each leaves room in Zenoh's 64 KiB batch, and a message of 96 KiB goes in three (in two
-/// of 48 KiB it went at 0.54x Zenoh alone's rate). On a 16-core guest, against pieces of at
+/// that each fits one Zenoh batch (64 KiB) whole, and messages of 96 and 128 KiB go in three,
+/// the cuts that measured best for them (in two of 48 KiB a 96 KiB message went at 0.54x Zenoh
+/// alone's rate). On a 16-core guest, against pieces of at
 /// most 128 KiB in the same runs, the one way went from 1.21-1.22x Zenoh alone's to 1.04-1.11x
 /// at 96 KiB, 1.49-1.51x to 1.11-1.20x at 128 KiB, 1.17x to 0.97-0.98x at 256 KiB and
 /// 1.12-1.19x to 1.08-1.14x at 1 MiB (docs/benchmarks.md, "Pieces that fit a batch").

@@ -15,7 +15,7 @@
 //!   and within 10 % of its latency. Halves of 48 KiB (a 96 KiB message) went at 0.60x.
 //! - **Large pieces** (`--large-piece-kib L`, 44 by default there): a longer message goes as
 //!   even pieces of at most L KiB, [`MAX_LARGE_PIECES`] at most, so that most of the copy
-//!   overlaps the transfer. Pieces of at most 44 KiB each leave room in Zenoh's 64 KiB batch:
+//!   overlaps the transfer. A piece of at most 44 KiB fits one Zenoh batch (64 KiB) whole:
 //!   96 KiB goes in three, 128 KiB in three, 256 KiB in six, 1 MiB in 24. Against Zenoh alone
 //!   carrying them whole, their one way read 0.97-1.20x and their rate 0.94-1.19x, where pieces
 //!   of at most 128 KiB read 1.12-1.51x one way and 96 KiB messages in two pieces of 48 KiB went
