@@ -251,9 +251,9 @@ fn tables(sizes: &[(usize, u64, u64)], runs: &[Vec<Round>], variant_args: &[Vec<
             println!("\nbridges with their defaults:\n");
         }
         println!(
-            "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone | Zenoh alone, contiguous (µs) | bridges / contiguous |"
+            "| size | Zenoh alone msgs/s | through the bridges msgs/s | bridges / alone | Zenoh alone one way (µs) | through the bridges (µs) | bridges / alone | Zenoh alone, contiguous (µs) | bridges / contiguous | target: at most 10 % added |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for (&(size, ..), runs) in sizes.iter().zip(runs) {
             // The ratios are the medians of each round's ratio (both sides measured minutes
             // apart at most), not ratios of the medians.
@@ -264,7 +264,7 @@ fn tables(sizes: &[(usize, u64, u64)], runs: &[Vec<Round>], variant_args: &[Vec<
             let [zr, br, zl, bl, rate, lat, zc, lat_c] =
                 std::array::from_fn(|k| median(runs.iter().map(|r| row(r)[k]).collect()));
             println!(
-                "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x | {:.1} | {:.2}x |",
+                "| {} KiB | {:.0} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.2}x | {:.1} | {:.2}x | {} |",
                 size >> 10,
                 zr,
                 br,
@@ -273,8 +273,20 @@ fn tables(sizes: &[(usize, u64, u64)], runs: &[Vec<Round>], variant_args: &[Vec<
                 bl / 1e3,
                 lat,
                 zc / 1e3,
-                lat_c
+                lat_c,
+                verdict(rate, lat)
             );
         }
+    }
+}
+
+/// Issue 15's target for one size, from the median ratios: the bridges keep at least 0.9x Zenoh
+/// alone's rate and take at most 1.1x its one way.
+fn verdict(rate: f64, one_way: f64) -> &'static str {
+    match (rate >= 0.9, one_way <= 1.1) {
+        (true, true) => "met",
+        (false, true) => "MISSED (rate)",
+        (true, false) => "MISSED (one way)",
+        (false, false) => "MISSED (rate, one way)",
     }
 }

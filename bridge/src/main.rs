@@ -131,7 +131,8 @@ struct Cli {
     large_piece_kib: Option<u64>,
     /// How long, in ms, a Zenoh link may stay silent before the far bridge counts as gone: its
     /// services then show `Disconnected` here, until the link heals and they resume. Both
-    /// bridges should agree. Default: Zenoh's, 10 000.
+    /// bridges should agree. A message that backpressure holds back this long (5 000 at most,
+    /// Zenoh's own limit) closes the link as well. Default: Zenoh's, 10 000.
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     lease_ms: Option<u64>,
     /// Test roles (internal).
@@ -140,6 +141,16 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    // Zenoh's own log, when RUST_LOG asks for it (e.g. RUST_LOG=zenoh=debug): what the links
+    // and the routing did, for whoever diagnoses a bridge. On stderr: stdout carries the test
+    // roles' READY and result lines (Zenoh's own helper would write there).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let cli = Cli::parse();
     let r = if cli.role.is_empty() {
         run(&cli)
@@ -191,6 +202,17 @@ fn open_zenoh(listen: &[String], connect: &[String], lease_ms: Option<u64>) -> R
     config.insert_json5("connect/exit_on_failure", "false")?;
     if let Some(ms) = lease_ms {
         config.insert_json5("transport/link/tx/lease", &ms.to_string())?;
+        // A put that backpressure has held for a whole lease closes the link too, as silence
+        // does (Zenoh's own limit is 5 s). Without it, a cut of about a lease could leave the
+        // exporting side with a link whose TCP write was stuck behind a full send buffer, kept
+        // for those 5 s: the importer, reconnecting meanwhile, was taken into it, and once in
+        // about 15 cuts the stream did not resume after the network healed (Zenoh 1.10.2;
+        // docs/architecture.md, "A network cut").
+        let us = ms.saturating_mul(1000).min(5_000_000);
+        config.insert_json5(
+            "transport/link/tx/queue/congestion_control/block/wait_before_close",
+            &us.to_string(),
+        )?;
     }
     zenoh::open(config).wait()
 }
