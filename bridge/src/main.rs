@@ -144,12 +144,15 @@ fn main() -> std::process::ExitCode {
     // Zenoh's own log, when RUST_LOG asks for it (e.g. RUST_LOG=zenoh=debug): what the links
     // and the routing did, for whoever diagnoses a bridge. On stderr: stdout carries the test
     // roles' READY and result lines (Zenoh's own helper would write there).
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        match tracing_subscriber::EnvFilter::try_new(&spec) {
+            Ok(filter) => tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init(),
+            Err(e) => eprintln!("fbuf-bridge: RUST_LOG={spec:?} is not a log filter ({e}): no log"),
+        }
     }
     let cli = Cli::parse();
     let r = if cli.role.is_empty() {
