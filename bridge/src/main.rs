@@ -208,9 +208,9 @@ fn open_zenoh(listen: &[String], connect: &[String], lease_ms: Option<u64>) -> R
         // A put that backpressure has held for a whole lease closes the link too, as silence
         // does (Zenoh's own limit is 5 s). Without it, a cut of about a lease could leave the
         // exporting side with a link whose TCP write was stuck behind a full send buffer, kept
-        // for those 5 s: the importer, reconnecting meanwhile, was taken into it, and once in
-        // about 15 cuts the stream did not resume after the network healed (Zenoh 1.10.2;
-        // docs/architecture.md, "A network cut").
+        // for those 5 s: the importer, reconnecting meanwhile, was taken into it, and in 4 cuts
+        // of 68 the stream did not resume after the network healed (Zenoh 1.10.2;
+        // docs/architecture.md, "A network cut of about a lease").
         let us = ms.saturating_mul(1000).min(5_000_000);
         config.insert_json5(
             "transport/link/tx/queue/congestion_control/block/wait_before_close",
