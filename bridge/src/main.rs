@@ -476,10 +476,10 @@ const DEFAULT_PIECE_KIB: u64 = 32;
 /// `--large-piece-kib`'s default on a host with 8 CPUs or more: pieces of at most 44 KiB, so
 /// that each fits one Zenoh batch (64 KiB) whole, and messages of 96 and 128 KiB go in three,
 /// the cuts that measured best for them (in two of 48 KiB a 96 KiB message went at 0.54x Zenoh
-/// alone's rate). On a 16-core guest, against pieces of at
-/// most 128 KiB in the same runs, the one way went from 1.21-1.22x Zenoh alone's to 1.04-1.11x
-/// at 96 KiB, 1.49-1.51x to 1.11-1.20x at 128 KiB, 1.17x to 0.97-0.98x at 256 KiB and
-/// 1.12-1.19x to 1.08-1.14x at 1 MiB (docs/benchmarks.md, "Pieces that fit a batch").
+/// alone's rate). On a 16-core guest, against pieces of at most 128 KiB in the same runs, the
+/// one way went from 1.21-1.22x Zenoh alone's to 1.04-1.11x at 96 KiB, 1.49-1.51x to
+/// 1.11-1.20x at 128 KiB, 1.17x to 0.97-0.98x at 256 KiB and 1.12-1.19x to 1.08-1.14x at 1 MiB
+/// (docs/benchmarks.md, "Pieces that fit a batch").
 const DEFAULT_LARGE_PIECE_KIB: u64 = 44;
 
 /// Owns a received pool buffer on Zenoh's behalf: the slot stays held until Zenoh drops it.
