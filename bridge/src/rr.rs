@@ -33,7 +33,7 @@ use zenoh::sample::SampleKind;
 
 use super::{LocalEnd, Poller, Res, Said, fill, polled, waited};
 
-pub(crate) type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
+type ByteRr = fbuf::Service<RequestResponse<[u8], [u8]>>;
 
 /// The byte request-response service `name` of `pool`, opened or created, as the bridge and its
 /// test roles use it.

@@ -806,7 +806,7 @@ fn a_stream_service_crosses_in_order() {
         &ep,
         &[
             "--export-stream",
-            "log/batches",
+            BATCHES,
             poll[0],
             poll[1],
             "--piece-kib",
@@ -818,7 +818,7 @@ fn a_stream_service_crosses_in_order() {
         &ep,
         &[
             "--import-stream",
-            "log/batches",
+            BATCHES,
             poll[0],
             poll[1],
             "--prewarm",
@@ -877,10 +877,10 @@ fn stream_crosses(a: &Side, b: &Side, rx: Proc, count: &str, size: &str) {
 #[test]
 fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_rest() {
     let (a, b, ep) = sides("restream");
-    let bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
-    let mut bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let bridge_a = exporter(&a, &ep, &["--export-stream", BATCHES]);
+    let mut bridge_b = importer(&b, &ep, &["--import-stream", BATCHES]);
     let rx = b.stream_rx("300", &[]);
-    b.carries("log/batches");
+    b.carries(BATCHES);
     let tx = a.stream_tx("3000", "4096");
     in_order(&rx.result(), "300");
     // Long enough for the importer to meet the receiver gone.
@@ -918,8 +918,8 @@ fn an_imported_streams_receiver_that_leaves_is_waited_for_and_the_next_gets_the_
 fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
     use std::sync::atomic::AtomicU64;
     let (a, b, ep) = sides("forged");
-    let mut bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
-    let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let mut bridge_a = exporter(&a, &ep, &["--export-stream", BATCHES]);
+    let _bridge_b = importer(&b, &ep, &["--import-stream", BATCHES]);
     let rx = b.stream_rx("200", &[]);
 
     let layout = side_config("forged-a", 1 << 20).layout().unwrap();
@@ -938,7 +938,7 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
     let (lo, hi) = (3u64 << 32, 1u64 | (10 << 32));
     let capacity = a
         .pool
-        .service("log/batches")
+        .service(BATCHES)
         .stream::<[u8]>()
         .open()
         .unwrap()
@@ -977,10 +977,7 @@ fn a_forged_descriptor_from_a_local_peer_is_refused_and_the_bridge_goes_on() {
 #[test]
 fn a_bridge_whose_local_end_is_taken_waits_for_it() {
     let (a, b, ep) = sides("taken");
-    let holder = Proc::start(
-        &[],
-        &["--role", "hold-sender", &b.socket, "log/batches", "1500"],
-    );
+    let holder = Proc::start(&[], &["--role", "hold-sender", &b.socket, BATCHES, "1500"]);
     let local_server = Proc::start(&[], &["--role", "rr-server", &b.socket, "control"]);
     let far_server = Proc::start(&[], &["--role", "rr-server", &a.socket, "control"]);
     // As many clients as the service takes (4 by default).
@@ -991,12 +988,12 @@ fn a_bridge_whose_local_end_is_taken_waits_for_it() {
     let mut bridge_a = exporter(
         &a,
         &ep,
-        &["--export-stream", "log/batches", "--export-rr", "control"],
+        &["--export-stream", BATCHES, "--export-rr", "control"],
     );
     let mut bridge_b = importer(
         &b,
         &ep,
-        &["--import-stream", "log/batches", "--import-rr", "control"],
+        &["--import-stream", BATCHES, "--import-rr", "control"],
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -1038,10 +1035,10 @@ fn a_bridge_whose_local_end_is_taken_waits_for_it() {
 #[test]
 fn a_streams_sender_is_told_when_nobody_far_away_takes_it() {
     let (a, b, ep) = sides("nobody");
-    let _bridge_a = exporter(&a, &ep, &["--export-stream", "log/batches"]);
-    let bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let _bridge_a = exporter(&a, &ep, &["--export-stream", BATCHES]);
+    let bridge_b = importer(&b, &ep, &["--import-stream", BATCHES]);
     let rx = b.stream_rx("1000000", &[]);
-    b.carries("log/batches");
+    b.carries(BATCHES);
     let tx = a.stream_tx("1000000", "4096");
     std::thread::sleep(Duration::from_millis(500));
     drop(bridge_b); // SIGKILL
@@ -1050,13 +1047,13 @@ fn a_streams_sender_is_told_when_nobody_far_away_takes_it() {
     assert!(r["sent"].parse::<u64>().unwrap() > 10, "{r:?}");
     drop(rx);
     // A new importer: the exporter opens the stream's receiver again.
-    let _bridge_b = importer(&b, &ep, &["--import-stream", "log/batches"]);
+    let _bridge_b = importer(&b, &ep, &["--import-stream", BATCHES]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let received = || {
         a.pool
             .services()
             .iter()
-            .any(|s| s.name == "log/batches" && s.rings.iter().any(|r| r.receiver))
+            .any(|s| s.name == BATCHES && s.rings.iter().any(|r| r.receiver))
     };
     while !received() {
         assert!(Instant::now() < deadline, "no receiver again");
@@ -1253,4 +1250,50 @@ fn an_exporter_whose_local_publisher_left_sleeps() {
     let ms = (cpu_ticks(bridge_a.0.id()) - before) * 1000 / clock_ticks_per_second();
     // 1 ms naps used 40-50 ms here; growing naps, 0-10 ms (the clock counts in 10 ms ticks).
     assert!(ms < 30, "an idle exporter used {ms} ms of CPU in 3 s");
+}
+
+/// `RUST_LOG` turns on Zenoh's own log, on the bridge's stderr: its stdout, which carries READY
+/// (and the test roles' results), holds nothing else. A filter that does not parse is said, and
+/// the bridge runs without a log.
+#[test]
+fn zenohs_log_goes_to_stderr_when_rust_log_asks() {
+    let a = side("log");
+    for (filter, said) in [
+        ("zenoh=info", "zenoh::net::runtime"),
+        ("zenoh=[[", "is not a log filter"),
+    ] {
+        let mut p = Proc(
+            Command::new(BRIDGE)
+                .args(["--socket", &a.socket, "--listen", &loopback()])
+                .args(["--export", BATCHES])
+                .env("RUST_LOG", filter)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        // Up to READY, byte by byte; then the bridge is killed and both pipes read to their end.
+        let (mut stdout, mut byte) = (Vec::new(), [0u8]);
+        let mut out = p.0.stdout.take().unwrap();
+        while !stdout.ends_with(b"READY\n") && out.read(&mut byte).unwrap() == 1 {
+            stdout.push(byte[0]);
+        }
+        p.0.kill().unwrap();
+        out.read_to_end(&mut stdout).unwrap();
+        let mut stderr = String::new();
+        p.0.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&stdout),
+            "READY\n",
+            "{filter}: stdout holds READY alone"
+        );
+        assert!(
+            stderr.contains(said),
+            "{filter}: stderr says {said:?}: {stderr}"
+        );
+    }
 }

@@ -542,22 +542,30 @@ impl<Resp: Message + ?Sized> fmt::Debug for Response<Resp> {
 mod tests {
     use super::*;
 
+    /// A pool of eight 4 KiB slots named `name` with one `u64` request-response service whose
+    /// rings hold two descriptors each, and its server and a client.
+    fn u64_service(name: &str) -> (crate::Pool, Server<u64, u64>, Client<u64, u64>) {
+        let pool = crate::PoolConfig::builder()
+            .class(4096, 8)
+            .name(name)
+            .create()
+            .unwrap();
+        let svc = pool
+            .service(name)
+            .request_response::<u64, u64>()
+            .capacity(2)
+            .create()
+            .unwrap();
+        let (server, client) = (svc.server().unwrap(), svc.client().unwrap());
+        (pool, server, client)
+    }
+
     /// The flags of a response come from the server's process: a refusal is told as such, and
     /// flags that mean nothing are a fault, the response dropped and its slot freed. (A
     /// hostile server would write the word by hand; `try_reply` is how this one does.)
     #[test]
     fn a_responses_flags_are_checked() {
-        let pool = crate::PoolConfig::builder()
-            .class(4096, 8)
-            .name("rpc-flags")
-            .create()
-            .unwrap();
-        let svc = pool
-            .service("flags")
-            .request_response::<u64, u64>()
-            .create()
-            .unwrap();
-        let (mut server, mut client) = (svc.server().unwrap(), svc.client().unwrap());
+        let (pool, mut server, mut client) = u64_service("rpc-flags");
         let free = pool.free_count();
         let wait = Duration::from_secs(5);
         for (flags, what) in [(0, "answer"), (REFUSED, "refused"), (5, "fault")] {
@@ -575,5 +583,41 @@ mod tests {
             }
             assert_eq!(pool.free_count(), free, "{what}: every slot is back");
         }
+    }
+
+    /// `refuse` waits no longer than its timeout, for a slot or for room in the client's reply
+    /// ring, and a refusal it could not send gives its slot back (promises 7 and 9).
+    #[test]
+    fn a_refusal_ends_at_its_timeout_and_keeps_no_slot() {
+        let (pool, mut server, mut client) = u64_service("rpc-refuse-wait");
+        let free = pool.free_count();
+        let (wait, short) = (Duration::from_secs(5), Duration::from_millis(20));
+        // The client reads nothing: refusals fill its reply ring of 2, the third finds no room.
+        let mut sent = 0;
+        let full = loop {
+            assert!(sent < 8, "a reply ring of 2 took {sent} refusals");
+            client.send(client.loan_with(&sent).unwrap()).unwrap();
+            let req = server.recv_timeout(wait).unwrap();
+            sent += 1;
+            match server.refuse(&req, short) {
+                Ok(()) => {}
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(full, RefuseError::Timeout), "{full:?}");
+        assert_eq!(sent, 3, "the ring held two refusals");
+        // Every slot taken: the refusal has no buffer to go in.
+        client.send(client.loan_with(&9).unwrap()).unwrap();
+        let req = server.recv_timeout(wait).unwrap();
+        let held: Vec<_> = std::iter::from_fn(|| client.loan().ok()).collect();
+        assert!(
+            matches!(server.refuse(&req, short), Err(RefuseError::Loan(_))),
+            "no slot to loan"
+        );
+        drop((held, req));
+        for _ in 0..2 {
+            assert!(client.recv_timeout(wait).unwrap().refused);
+        }
+        assert_eq!(pool.free_count(), free, "every slot is back");
     }
 }
