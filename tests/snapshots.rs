@@ -541,11 +541,15 @@ fn recollapse_rebuilds_the_huge_pages_a_snapshot_split() {
         return;
     }
     let before = huge_bytes_at(arena.as_ptr());
+    // The child holds the old pages until the parent has written: it waits for a byte on a
+    // pipe. (A child that slept 200 ms instead was gone before the writes on a loaded machine,
+    // and nothing split.)
+    let (mut held, mut done) = std::io::pipe().unwrap();
     // SAFETY: the child's work takes no lock another thread may hold at the fork and starts no
     // snapshot of its own: the contract of `snapshot::spawn`.
     let child = unsafe {
-        snapshot::spawn(|| {
-            std::thread::sleep(Duration::from_millis(200));
+        snapshot::spawn(move || {
+            std::io::Read::read(&mut held, &mut [0u8; 1])?;
             Ok(())
         })
     }
@@ -553,6 +557,7 @@ fn recollapse_rebuilds_the_huge_pages_a_snapshot_split() {
     for i in (0..LEN).step_by(2 << 20) {
         arena[i] ^= 0xff; // one write per 2 MiB page, while the child holds the old ones
     }
+    std::io::Write::write_all(&mut done, &[1]).unwrap();
     child.wait().unwrap();
     let split = huge_bytes_at(arena.as_ptr());
     assert!(
