@@ -165,7 +165,7 @@ impl LocalRefs {
     /// (loom: `duplicated_lone_descriptor_imported_by_two_threads`). With the CAS one of them
     /// wins and the other takes the locked path, where the slot word refuses its copy. The CAS is
     /// on this process's own line, which no other core writes.
-    #[inline]
+    #[inline(always)]
     pub fn take_only<R>(
         &self,
         i: usize,

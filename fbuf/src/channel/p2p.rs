@@ -137,6 +137,9 @@ impl Sender {
     /// the slot, its holding becomes the in-flight descriptor in one atomic step. Every step is
     /// journaled, so a death at any instruction leaves the buffer accounted for.
     pub fn try_send(&mut self, buf: Buf) -> Result<(), SendError> {
+        if self.spsc.is_some() {
+            return self.send_one(buf);
+        }
         let mut one = std::mem::take(&mut self.one);
         one.push(buf);
         let r = match self.send_batch(&mut one) {
@@ -149,6 +152,57 @@ impl Sender {
         one.clear();
         self.one = one;
         r
+    }
+
+    /// [`Sender::try_send`] on a one-to-one ring: the steps of [`Sender::send_batch`] for one
+    /// buffer, journaled the same way, without the batch's vectors, drains and splices, which
+    /// one message per call paid for each time (docs/benchmarks.md, "One buffer per call").
+    fn send_one(&mut self, buf: Buf) -> Result<(), SendError> {
+        let unit = Unit::new(&self.pool, self.unit);
+        if unit.receiver_gone() {
+            return Err(SendError::Disconnected(buf));
+        }
+        let (UnitRing::Spsc(r), Some(st)) = (unit.ring(), self.spsc.as_mut()) else {
+            // A producer state is made only for a one-to-one ring (`Sender::open`).
+            return Err(SendError::Corrupted(buf));
+        };
+        match r.room(st, 1) {
+            Err(Stuck) => return Err(SendError::Corrupted(buf)),
+            Ok(0) => return Err(SendError::Full(buf)),
+            Ok(_) => {}
+        }
+        let j = self.journal.get();
+        j.begin(
+            Op::Send,
+            self.unit_id,
+            st.position(),
+            std::iter::once(buf.desc().to_words()),
+        );
+        let d = match buf.lend_into(&j, 0..1) {
+            Ok(d) => d,
+            Err((e, b)) => {
+                j.end();
+                return Err(SendError::Share(e, b));
+            }
+        };
+        let stuck = match r.push(st, std::slice::from_ref(&d)) {
+            Ok(1) => {
+                j.end();
+                unit.data_bell().ring(&FUTEX);
+                return Ok(());
+            }
+            Ok(_) => false,
+            Err(Stuck) => true,
+        };
+        // Not pushed (the ring's indices cannot be trusted: room was there): the handle comes
+        // back through a journaled import, as in `send_batch`.
+        let back = self.pool.import_entry(&j, 0, d);
+        j.end();
+        match back {
+            Ok(b) if stuck => Err(SendError::Corrupted(b)),
+            Ok(b) => Err(SendError::Full(b)),
+            Err(e) => Err(SendError::Lost(e)),
+        }
     }
 
     /// Sends `buf`, waiting up to `timeout` for room (`None`: forever, unless the receiver goes).

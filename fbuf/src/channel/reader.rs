@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::journaled::Owned;
 use super::unit::{Unit, UnitRing, awaits_import, wait_for_data};
 use super::{FUTEX, RecvError, WaitStrategy, deadline};
+use crate::journal::Journal;
 use crate::layout::UnitLayout;
 use crate::pool::{Buf, Desc, Pool};
 use crate::ring::{ConsumerState, Stuck};
@@ -22,8 +23,6 @@ pub(super) struct RingReader {
     spsc: Option<ConsumerState>,
     pub(super) strategy: WaitStrategy,
     batch: Vec<Desc>,
-    /// `try_recv`'s one-buffer batch, kept to spare an allocation per message.
-    one: Vec<Buf>,
     /// Senders that come and go are normal here (a request-response server's clients): an
     /// empty ring without senders is `Empty`, never `Disconnected`.
     pub(super) persistent: bool,
@@ -70,7 +69,6 @@ impl RingReader {
             spsc,
             strategy: WaitStrategy::default(),
             batch: Vec::new(),
-            one: Vec::with_capacity(1),
             persistent: false,
         })
     }
@@ -79,13 +77,24 @@ impl RingReader {
         Unit::new(&self.pool, self.unit)
     }
 
+    /// Receives one buffer if one is queued: [`RingReader::recv_batch`]'s steps for one
+    /// descriptor, without its vectors (docs/benchmarks.md, "One buffer per call").
     pub(super) fn try_recv(&mut self) -> Result<Buf, RecvError> {
-        let mut one = std::mem::take(&mut self.one);
-        let r = self
-            .recv_batch(&mut one, 1)
-            .and_then(|_| one.pop().ok_or(RecvError::Empty));
-        one.clear();
-        self.one = one;
+        let unit = Unit::new(&self.pool, self.unit);
+        let j = self.journal.get();
+        let (spsc, batch) = (self.spsc.as_mut(), &mut self.batch);
+        pop(&unit, &j, spsc, batch, self.unit_id, self.persistent, 1)?;
+        let d = self.batch[0];
+        let r = if awaits_import(&j, 0, &d) {
+            match self.pool.import_entry_held(&j, 0, d) {
+                Ok(()) => Ok(self.pool.held(d)),
+                Err(err) => Err(err.into()),
+            }
+        } else {
+            // A tombstone, stepped over: nothing to take now.
+            Err(RecvError::Empty)
+        };
+        j.end();
         r
     }
 
@@ -137,30 +146,8 @@ impl RingReader {
     ) -> Result<usize, RecvError> {
         let unit = Unit::new(&self.pool, self.unit);
         let j = self.journal.get();
-        let popped = unit.journaled_pop(self.spsc.as_mut(), &j, self.unit_id, max, &mut self.batch);
-        let n = match popped {
-            Ok(n) => n,
-            Err(Stuck) => {
-                j.end();
-                return Err(if self.push_pending(&unit) {
-                    RecvError::Empty
-                } else {
-                    RecvError::Corrupted
-                });
-            }
-        };
-        if n == 0 {
-            j.end();
-            return Err(
-                if !self.persistent && unit.senders_gone() && unit.ring_is_empty(self.spsc.as_ref())
-                {
-                    RecvError::Disconnected
-                } else {
-                    RecvError::Empty
-                },
-            );
-        }
-        unit.space_bell().ring(&FUTEX);
+        let (spsc, batch) = (self.spsc.as_mut(), &mut self.batch);
+        let n = pop(&unit, &j, spsc, batch, self.unit_id, self.persistent, max)?;
         let before = out.len();
         let mut first_err = None;
         // Entries 0..n are the popped cells, in `batch` order. The imports first, the handles
@@ -196,20 +183,6 @@ impl RingReader {
         }
     }
 
-    /// Whether the many-to-one cell this receiver is stuck at is a sender's push still under
-    /// way, or one its death cut short and its recovery will finish (a tombstone at worst): then
-    /// the ring is empty for now, not corrupt. (With the owner gone, the waits run that recovery:
-    /// `wait_for_data` checks peers. Not here: a service's removal drains under the directory
-    /// lock, which a recovery takes.)
-    fn push_pending(&self, unit: &Unit<'_>) -> bool {
-        match unit.ring() {
-            UnitRing::Mpmc(r) => {
-                super::journaled::push_pending(&self.pool, self.unit_id, r.head_pos())
-            }
-            UnitRing::Spsc(_) => false,
-        }
-    }
-
     pub(super) fn wait(&mut self, timeout: Option<Duration>) -> bool {
         let unit = Unit::new(&self.pool, self.unit);
         wait_for_data(
@@ -219,5 +192,55 @@ impl RingReader {
             deadline(timeout),
             self.persistent,
         )
+    }
+}
+
+/// Begins a receive in `j` (journal unit `unit_id`) and pops up to `max` descriptors into
+/// `batch` (entries `0..n` of `j`), waking a sender that waits for room; returns `n`. When
+/// nothing was popped, ends `j` and says why: empty, every sender gone (unless the reader is
+/// `persistent`), or a ring that cannot be trusted.
+fn pop(
+    unit: &Unit<'_>,
+    j: &Journal<'_>,
+    mut spsc: Option<&mut ConsumerState>,
+    batch: &mut Vec<Desc>,
+    unit_id: u32,
+    persistent: bool,
+    max: usize,
+) -> Result<usize, RecvError> {
+    let n = match unit.journaled_pop(spsc.as_deref_mut(), j, unit_id, max, batch) {
+        Ok(n) => n,
+        Err(Stuck) => {
+            j.end();
+            return Err(if push_pending(unit, unit_id) {
+                RecvError::Empty
+            } else {
+                RecvError::Corrupted
+            });
+        }
+    };
+    if n == 0 {
+        j.end();
+        return Err(
+            if !persistent && unit.senders_gone() && unit.ring_is_empty(spsc.as_deref()) {
+                RecvError::Disconnected
+            } else {
+                RecvError::Empty
+            },
+        );
+    }
+    unit.space_bell().ring(&FUTEX);
+    Ok(n)
+}
+
+/// Whether the many-to-one cell this receiver is stuck at is a sender's push still under
+/// way, or one its death cut short and its recovery will finish (a tombstone at worst): then
+/// the ring is empty for now, not corrupt. (With the owner gone, the waits run that recovery:
+/// `wait_for_data` checks peers. Not here: a service's removal drains under the directory
+/// lock, which a recovery takes.)
+fn push_pending(unit: &Unit<'_>, unit_id: u32) -> bool {
+    match unit.ring() {
+        UnitRing::Mpmc(r) => super::journaled::push_pending(unit.pool(), unit_id, r.head_pos()),
+        UnitRing::Spsc(_) => false,
     }
 }

@@ -65,6 +65,11 @@ impl<'a> Unit<'a> {
         }
     }
 
+    /// The pool the unit is in.
+    pub fn pool(&self) -> &'a Pool {
+        self.pool
+    }
+
     pub fn ring(&self) -> UnitRing<'a> {
         self.ring_of()
     }

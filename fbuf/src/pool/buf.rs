@@ -197,6 +197,7 @@ impl Buf {
     /// gives this handle up, every step journaled. On error the handle comes back. The caller
     /// holds a `Pool` (an endpoint's), which keeps the state the lend goes on using after the
     /// handle's count is cleared.
+    #[inline(always)]
     pub(crate) fn lend_into(
         self,
         j: &crate::journal::Journal<'_>,

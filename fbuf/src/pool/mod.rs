@@ -1113,7 +1113,7 @@ impl Shared {
         &self.control.atomics_u64(0, 1)[0]
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn class(&self, class: usize) -> ClassSlots<'_> {
         let c = &self.layout.classes[class];
         ClassSlots::new(
