@@ -165,6 +165,8 @@ impl LocalRefs {
     /// (loom: `duplicated_lone_descriptor_imported_by_two_threads`). With the CAS one of them
     /// wins and the other takes the locked path, where the slot word refuses its copy. The CAS is
     /// on this process's own line, which no other core writes.
+    // Always inlined: it runs once per buffer of a batch's receive, and left out of line it
+    // cost a call per buffer (docs/benchmarks.md, "One buffer per call").
     #[inline(always)]
     pub fn take_only<R>(
         &self,

@@ -1113,6 +1113,8 @@ impl Shared {
         &self.control.atomics_u64(0, 1)[0]
     }
 
+    // Always inlined: it runs once per buffer of a batch's send and receive, and left out of
+    // line it cost a call per buffer (docs/benchmarks.md, "One buffer per call").
     #[inline(always)]
     pub(crate) fn class(&self, class: usize) -> ClassSlots<'_> {
         let c = &self.layout.classes[class];
